@@ -1,0 +1,55 @@
+# posagent — developer entry points. `make demo` and `make test` work on a fresh
+# Debian machine with Python 3.11; as root they also install the Debian packages.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := xvfb x11-utils x11-xserver-utils xdotool socat adb grim cage \
+	tesseract-ocr strace iproute2 chromium systemd imagemagick procps util-linux
+PYTEST_ARGS ?=
+
+.PHONY: all test lint typecheck unit demo bench reliability debs venv clean
+
+all: test
+
+debs:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(DEB_PACKAGES) python3-venv; do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi; \
+	else echo "not root: skipping Debian packages ($(DEB_PACKAGES))"; fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: debs venv lint typecheck unit
+
+demo: debs venv
+	$(VENV)/bin/posagent demo
+
+bench: debs venv
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m bench
+
+reliability: debs venv
+	$(PY) -m bench.reliability
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

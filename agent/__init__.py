@@ -1,0 +1,3 @@
+"""posagent: monitoring agent for point-of-sale terminals."""
+
+__version__ = "0.1.0"

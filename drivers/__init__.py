@@ -1,0 +1,1 @@
+"""Hardware I/O for posagent: readers and pure parsers, no policy (never imports agent)."""

@@ -1,0 +1,1 @@
+"""Simulated POS terminal: stands in for every device the agent watches."""

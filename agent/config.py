@@ -152,7 +152,7 @@ class PrinterConfig:
 @dataclass(frozen=True)
 class SerialConfig:
     name: str = "pinpad"
-    device: str = ""
+    device: str = "/dev/ttyUSB0"
     match: str = _f("", pattern=r"^$|^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}(:.+)?$")
     probe_hex: str = _f("", pattern=r"^([0-9A-Fa-f]{2}\s?)*$")
     expect: str = ""

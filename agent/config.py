@@ -48,7 +48,12 @@ class ConfigError(Exception):
 def _f(default: Any, **meta: Any) -> Any:
     """A dataclass field with a default and validation metadata."""
     if isinstance(default, list | dict):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        frozen_default = default
+
+        def factory() -> Any:
+            return type(frozen_default)(frozen_default)
+
+        return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -187,6 +192,11 @@ class ScreenConfig:
     )
     display: str = ""
     fb_device: str = "/dev/fb0"
+    fb_pixel_format: str = _f(
+        "",
+        choices=("", "rgb565", "bgr565", "xrgb1555", "xbgr1555", "rgb888", "bgr888")
+        + ("xrgb8888", "argb8888", "xbgr8888", "abgr8888", "rgbx8888", "bgrx8888", "gray8"),
+    )
     wayland_display: str = ""
     command: list[str] = _f([])
     timeout_s: float = _f(3.0, min=0.1, max=60)
@@ -196,6 +206,7 @@ class ScreenConfig:
     pin_flag_max_age_s: float = _f(120.0, min=0, max=86400)
     mask_regions: list[str] = _f([])
     ocr_mask: bool = False
+    ocr_timeout_s: float = _f(10.0, min=0.5, max=120)
 
 
 @dataclass(frozen=True)
@@ -307,8 +318,8 @@ def read_secret_file(path: str) -> bytes:
 
 T = TypeVar("T")
 
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"-]+)\s*\]\]?")
-_KEYLINE = re.compile(r"^\s*([A-Za-z0-9_\"-]+(?:\s*\.\s*[A-Za-z0-9_\"-]+)*)\s*=")
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?")
+_KEYLINE = re.compile(r"^\s*([A-Za-z0-9_\"'-]+(?:\s*\.\s*[A-Za-z0-9_\"'-]+)*)\s*=")
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -325,7 +336,7 @@ def _key_lines(text: str) -> dict[str, int]:
             continue
         m = _HEADER.match(line)
         if m:
-            name = m.group(2).replace('"', "")
+            name = re.sub(r"\s*\.\s*", ".", m.group(2)).replace('"', "").replace("'", "")
             if m.group(1) == "[[":
                 idx = counters.get(name, 0)
                 counters[name] = idx + 1
@@ -336,7 +347,7 @@ def _key_lines(text: str) -> dict[str, int]:
             continue
         m = _KEYLINE.match(line)
         if m:
-            key = re.sub(r"\s*\.\s*", ".", m.group(1)).replace('"', "")
+            key = re.sub(r"\s*\.\s*", ".", m.group(1)).replace('"', "").replace("'", "")
             full = f"{section}.{key}" if section else key
             lines.setdefault(full, n)
             for q in ('"""', "'''"):
@@ -380,7 +391,7 @@ def _convert(tp: Any, value: Any, key: str, meta: typing.Mapping[str, Any], ctx:
         (inner,) = get_args(tp)
         if not isinstance(value, list):
             raise ctx.error(key, f"expected an array, got {_type_name(value)}")
-        sub = {}
+        sub: dict[str, Any] = {}
         return [
             _convert(inner, v, f"{key}[{i}]" if dataclasses.is_dataclass(inner) else key, sub, ctx)
             for i, v in enumerate(value)

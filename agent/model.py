@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     """How bad a fault is: critical means a sale is impossible."""
 
     WARNING = "warning"
@@ -51,7 +51,7 @@ class Reading:
         return d
 
 
-class FaultState(str, Enum):
+class FaultState(StrEnum):
     RAISED = "raised"
     CLEARED = "cleared"
 

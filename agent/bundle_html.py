@@ -1,0 +1,136 @@
+"""One self-contained HTML page for a bundle: summary, screenshot inline, timeline chart, diagnostics."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+from agent.bundle import MANIFEST, SIGNATURE, BundleReader
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem;max-width:1100px;color:#222}
+h1{font-size:1.4rem} h2{font-size:1.1rem;margin-top:1.6rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse} td,th{padding:2px 10px 2px 0;text-align:left;vertical-align:top}
+pre{background:#f6f6f6;padding:.8rem;overflow:auto;white-space:pre-wrap}
+.sev-critical{color:#b00020;font-weight:bold}.sev-error{color:#c05000}.sev-warning{color:#8a6d00}
+img.shot{max-width:100%;border:1px solid #ccc} .ok{color:#080} svg text{font-size:11px}
+"""
+
+
+def _esc(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def timeline_svg(readings: list[dict[str, Any]], width: int = 1000, row_h: int = 22) -> str:
+    """An SVG swim-lane chart: one row per source, a mark per reading (red when not ok)."""
+    if not readings:
+        return "<p>No readings in the timeline.</p>"
+    ts = [float(r.get("ts", 0)) for r in readings]
+    t0, t1 = min(ts), max(ts)
+    span = max(t1 - t0, 1.0)
+    sources = sorted({str(r.get("source")) for r in readings})
+    left = 160
+    h = row_h * len(sources) + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img">']
+    for i, s in enumerate(sources):
+        y = 20 + i * row_h
+        parts.append(f'<text x="0" y="{y + 4}">{_esc(s)}</text>')
+        parts.append(f'<line x1="{left}" y1="{y}" x2="{width - 10}" y2="{y}" stroke="#eee"/>')
+    for r in readings:
+        y = 20 + sources.index(str(r.get("source"))) * row_h
+        x = left + (float(r.get("ts", 0)) - t0) / span * (width - left - 20)
+        bad = (not r.get("ok", True)) or any(
+            v is True
+            and k
+            not in (
+                "online",
+                "running",
+                "carrier",
+                "connect_ok",
+                "dns_ok",
+                "ac_online",
+                "plugged",
+                "default_route",
+                "tls_ok",
+                "battery_present",
+                "clock_synced",
+            )
+            for k, v in (r.get("values") or {}).items()
+        )
+        color = "#d33" if bad else "#3a3"
+        title = _esc(json.dumps(r.get("values"), default=str)[:300])
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y}" r="4" fill="{color}"><title>{title}</title></circle>'
+        )
+    parts.append(
+        f'<text x="{left}" y="{h - 4}">-{span:.0f} s</text>'
+        f'<text x="{width - 60}" y="{h - 4}">trigger</text></svg>'
+    )
+    return "".join(parts)
+
+
+def render_html(reader: BundleReader, signature_checked: bool) -> str:
+    """The page; every value is escaped, the screenshot is a data: URI."""
+    m = reader.manifest()
+    trig = m.get("trigger") or {}
+    dev = m.get("device") or {}
+    sev = str(trig.get("severity", ""))
+    body: list[str] = [
+        f"<h1>Bundle {_esc(m.get('bundle_id'))}</h1>",
+        "<table>",
+        f"<tr><th>Trigger</th><td class='sev-{_esc(sev)}'>{_esc(trig.get('kind'))} "
+        f"{_esc(trig.get('key', ''))} {_esc(sev)}</td></tr>",
+        f"<tr><th>Summary</th><td>{_esc(trig.get('summary', ''))}</td></tr>",
+        f"<tr><th>Created</th><td>{_esc(m.get('created_at'))}</td></tr>",
+        f"<tr><th>Terminal</th><td>{_esc(dev.get('id'))} at {_esc(dev.get('site') or '-')} "
+        f"({_esc(dev.get('platform'))}/{_esc(dev.get('target'))})</td></tr>",
+        f"<tr><th>Integrity</th><td class='ok'>entries verified"
+        f"{', HMAC verified' if signature_checked else ' (HMAC not checked: no key)'}</td></tr>",
+        f"<tr><th>Screenshot</th><td>{_esc((m.get('redaction') or {}).get('screenshot'))}</td></tr>",
+        "</table>",
+    ]
+    names = reader.names
+    if "report.txt" in names:
+        body.append(
+            "<h2>Report</h2><pre>"
+            + _esc(reader.read("report.txt").decode("utf-8", "replace"))
+            + "</pre>"
+        )
+    if "screenshot.png" in names:
+        b64 = base64.b64encode(reader.read("screenshot.png")).decode()
+        body.append(
+            f'<h2>Screenshot</h2><img class="shot" alt="screenshot" src="data:image/png;base64,{b64}">'
+        )
+    if "timeline.json" in names:
+        try:
+            tl = json.loads(reader.read("timeline.json"))
+            readings = tl.get("readings", []) if isinstance(tl, dict) else []
+        except ValueError:
+            readings = []
+        body.append(
+            "<h2>Timeline</h2>" + timeline_svg([r for r in readings if isinstance(r, dict)])
+        )
+    diag = [n for n in names if n.startswith("diagnostics/")]
+    if diag:
+        body.append("<h2>Diagnostics</h2>")
+        for n in diag:
+            text = reader.read(n).decode("utf-8", "replace")
+            body.append(f"<details><summary>{_esc(n)}</summary><pre>{_esc(text)}</pre></details>")
+    body.append(
+        "<h2>Manifest</h2><pre>" + _esc(reader.read(MANIFEST).decode("utf-8", "replace")) + "</pre>"
+    )
+    others = [
+        n
+        for n in names
+        if n not in (MANIFEST, SIGNATURE, "report.txt", "screenshot.png", "timeline.json")
+        and n not in diag
+    ]
+    for n in others:
+        body.append(f"<p>Other entry: {_esc(n)}</p>")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>posagent bundle {_esc(m.get('bundle_id'))}</title><style>{_CSS}</style></head>"
+        "<body>" + "\n".join(body) + "</body></html>\n"
+    )

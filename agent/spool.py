@@ -1,0 +1,522 @@
+"""Crash-safe maildir-style queue of sealed bundles (DESIGN §5).
+
+Layout under `<state_dir>/spool/`: `tmp/` (being written), `new/` (captured,
+waiting), `cur/` (claimed by the uploader), `failed/` (rejected or
+quarantined), `sent/` (uploaded, kept for disputes), `retry/` (one JSON
+sidecar per bundle with attempts and next_at), `evicted.json` (eviction counts
+not yet reported in a manifest).
+
+A file name is `<bundle_id>.p<rank>[k].zip`: rank 0 warning, 1 error,
+2 critical; `k` marks the first bundle of a storm, kept over its repeats when
+evicting. A bundle is "captured" only after its file is fsynced, renamed into
+`new/` and `new/` is fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.bundle import BundleError, BundleReader, bundle_id_time, is_bundle_id
+from agent.config import SpoolConfig
+
+log = structlog.get_logger(__name__)
+
+STATES = ("tmp", "new", "cur", "failed", "sent")
+_NAME = re.compile(r"^(?P<id>[0-9a-f-]{36})\.p(?P<rank>[0-2])(?P<keep>k?)\.zip$")
+MIB = 1024 * 1024
+
+
+class SpoolError(Exception):
+    """The spool could not do what was asked."""
+
+
+class SpoolFull(SpoolError):
+    """Quota or free-space reserve leaves no room, even after eviction: not captured."""
+
+
+class SpoolWriteError(SpoolError):
+    """A write, fsync or rename failed: the bundle was not captured."""
+
+
+class NotFound(SpoolError):
+    """No bundle with that id in the requested state."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Quota of the spool (from [spool] config)."""
+
+    max_bytes: int = 256 * MIB
+    max_items: int = 10000
+    max_age_s: float = 30 * 86400
+    reserve_bytes: int = 64 * MIB
+    keep_sent: bool = True
+    sent_retention_s: float = 7 * 86400
+
+
+@dataclass(frozen=True)
+class Item:
+    """One bundle file in one state."""
+
+    bundle_id: str
+    state: str
+    rank: int
+    keep: bool
+    path: Path
+    size: int
+
+    @property
+    def created(self) -> float:
+        """Creation time from the UUIDv7 id."""
+        return bundle_id_time(self.bundle_id)
+
+    @property
+    def severity(self) -> str:
+        return ("warning", "error", "critical")[self.rank]
+
+
+@dataclass(frozen=True)
+class RetryState:
+    """Upload attempts of one bundle: kept in retry/<id>.json, replaced atomically."""
+
+    attempts: int = 0
+    next_at: float = 0.0
+    last_error: str = ""
+
+
+def file_name(bundle_id: str, rank: int, keep: bool = False) -> str:
+    """The spool file name for a bundle."""
+    return f"{bundle_id}.p{rank}{'k' if keep else ''}.zip"
+
+
+def parse_name(name: str) -> tuple[str, int, bool] | None:
+    """(bundle_id, rank, keep) from a spool file name, or None for a foreign file."""
+    m = _NAME.match(name)
+    if not m or not is_bundle_id(m.group("id")):
+        return None
+    return m.group("id"), int(m.group("rank")), bool(m.group("keep"))
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename into it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write to a temp file beside path, fsync, rename over path, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class Spool:
+    """The on-disk queue. Thread-safe; several processes may share it (renames are atomic)."""
+
+    def __init__(self, state_dir: str | Path, limits: Limits | None = None):
+        self.root = Path(state_dir) / "spool"
+        self.limits = limits or Limits()
+        self._lock = threading.RLock()
+        self.recovered: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ start-up
+
+    def open(self) -> Spool:
+        """Create the layout and recover: cur/ back to new/, stale tmp/ removed.
+
+        Touches only tmp/ and cur/ (small): never scans new/, so start-up stays
+        fast with 10,000 bundles queued. Bad files in new/ are quarantined when
+        they are claimed.
+        """
+        for d in (*STATES, "retry"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        moved = removed = 0
+        with self._lock:
+            for entry in os.scandir(self.root / "tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+            for entry in os.scandir(self.root / "cur"):
+                if parse_name(entry.name) is None:
+                    self._quarantine(Path(entry.path), "foreign file in cur/")
+                    continue
+                with contextlib.suppress(OSError):
+                    os.replace(entry.path, self.root / "new" / entry.name)
+                    moved += 1
+            if moved:
+                fsync_dir(self.root / "new")
+        self.recovered = {"cur_to_new": moved, "tmp_removed": removed}
+        if moved or removed:
+            log.info("spool_recovered", **self.recovered)
+        return self
+
+    # ------------------------------------------------------------------ listing
+
+    def items(self, state: str) -> Iterator[Item]:
+        """Bundles in one state, unordered; foreign files are skipped."""
+        try:
+            it = os.scandir(self.root / state)
+        except FileNotFoundError:
+            return
+        with it:
+            for entry in it:
+                parsed = parse_name(entry.name)
+                if parsed is None:
+                    continue
+                try:
+                    size = entry.stat().st_size
+                except OSError:
+                    continue
+                bid, rank, keep = parsed
+                yield Item(bid, state, rank, keep, Path(entry.path), size)
+
+    def queued(self) -> list[Item]:
+        """new/ in upload order: critical first, then oldest first."""
+        return sorted(self.items("new"), key=lambda i: (-i.rank, i.bundle_id))
+
+    def find(
+        self, bundle_id: str, states: tuple[str, ...] = ("new", "cur", "failed", "sent")
+    ) -> Item:
+        """Locate a bundle by id (a unique prefix of at least 8 characters works too)."""
+        hits = [
+            i for s in states for i in self.items(s) if i.bundle_id.startswith(bundle_id.lower())
+        ]
+        if len(bundle_id) < 8 or not hits:
+            raise NotFound(f"no bundle {bundle_id!r} in {', '.join(states)}")
+        if len({i.bundle_id for i in hits}) > 1:
+            raise NotFound(f"{bundle_id!r} is ambiguous")
+        return hits[0]
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes, items) over new/, cur/, failed/ and sent/."""
+        total = count = 0
+        for s in ("new", "cur", "failed", "sent"):
+            for i in self.items(s):
+                total += i.size
+                count += 1
+        return total, count
+
+    # ------------------------------------------------------------------ writing
+
+    def enqueue(self, bundle_id: str, data: bytes, rank: int, *, keep: bool = False) -> Path:
+        """Make room, then write tmp/ → fsync → rename into new/ → fsync new/.
+
+        Returns the path in new/. Raises SpoolFull or SpoolWriteError when the
+        bundle was not captured; nothing partial is ever left in new/.
+        """
+        if not is_bundle_id(bundle_id) or rank not in (0, 1, 2):
+            raise SpoolError(f"bad bundle id or rank: {bundle_id!r} {rank}")
+        name = file_name(bundle_id, rank, keep)
+        with self._lock:
+            self._make_room(len(data), rank)
+            tmp = self.root / "tmp" / name
+            dest = self.root / "new" / name
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, dest)
+                fsync_dir(dest.parent)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise SpoolWriteError(f"bundle not captured: {e.strerror or e}") from e
+        log.info("bundle_captured", bundle_id=bundle_id, size_bytes=len(data), rank=rank)
+        return dest
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def _make_room(self, size: int, rank: int) -> None:
+        lim = self.limits
+        total, count = self.usage()
+        victims = self._eviction_order(rank)
+        while True:
+            free = self._free_bytes()
+            fits_quota = total + size <= lim.max_bytes and count + 1 <= lim.max_items
+            fits_disk = free - size >= lim.reserve_bytes
+            if fits_quota and fits_disk:
+                return
+            victim = next(victims, None)
+            if victim is None:
+                why = "quota" if not fits_quota else "free-space reserve"
+                raise SpoolFull(
+                    f"bundle not captured: {why} reached "
+                    f"({total} bytes in {count} bundles, {free} bytes free)"
+                )
+            try:
+                victim.path.unlink()
+            except OSError:
+                continue
+            self._drop_retry(victim.bundle_id)
+            total -= victim.size
+            count -= 1
+            self._count_eviction(victim.state)
+            log.warning(
+                "bundle_evicted", bundle_id=victim.bundle_id, state=victim.state, rank=victim.rank
+            )
+
+    def _eviction_order(self, incoming_rank: int) -> Iterator[Item]:
+        """sent/, then failed/, then new/ lowest rank and oldest first, storm firsts last.
+
+        A bundle in new/ of a higher rank than the incoming one is never evicted for it.
+        """
+        yield from sorted(self.items("sent"), key=lambda i: i.bundle_id)
+        yield from sorted(self.items("failed"), key=lambda i: i.bundle_id)
+        queued = [i for i in self.items("new") if i.rank <= incoming_rank]
+        yield from sorted(queued, key=lambda i: (i.rank, i.keep, i.bundle_id))
+
+    # ------------------------------------------------------------------ evictions
+
+    @property
+    def _evicted_path(self) -> Path:
+        return self.root / "evicted.json"
+
+    def pending_evictions(self) -> dict[str, int]:
+        """Eviction counts not yet carried by a manifest."""
+        try:
+            data = json.loads(self._evicted_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): int(v) for k, v in data.items() if isinstance(v, int) and v > 0}
+
+    def _count_eviction(self, state: str) -> None:
+        counts = Counter(self.pending_evictions())
+        counts[state] += 1
+        with contextlib.suppress(OSError):
+            atomic_write(self._evicted_path, json.dumps(dict(counts)).encode(), durable=False)
+
+    def ack_evictions(self, reported: dict[str, int]) -> None:
+        """Subtract counts that a durable bundle's manifest now carries."""
+        with self._lock:
+            counts = Counter(self.pending_evictions())
+            counts.subtract(reported)
+            left = {k: v for k, v in counts.items() if v > 0}
+            with contextlib.suppress(OSError):
+                atomic_write(self._evicted_path, json.dumps(left).encode(), durable=False)
+
+    # ------------------------------------------------------------------ upload side
+
+    def retry_state(self, bundle_id: str) -> RetryState:
+        """Attempts and next_at of a bundle (defaults when none recorded or unreadable)."""
+        try:
+            d = json.loads((self.root / "retry" / f"{bundle_id}.json").read_text())
+            return RetryState(int(d["attempts"]), float(d["next_at"]), str(d.get("last_error", "")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return RetryState()
+
+    def _drop_retry(self, bundle_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.root / "retry" / f"{bundle_id}.json").unlink()
+
+    def next_due(self, now: float | None = None) -> tuple[Item | None, float | None]:
+        """The first queued bundle whose retry time has come, and the earliest future next_at."""
+        now = time.time() if now is None else now
+        earliest: float | None = None
+        for item in self.queued():
+            rs = self.retry_state(item.bundle_id)
+            if rs.next_at <= now:
+                return item, None
+            earliest = rs.next_at if earliest is None else min(earliest, rs.next_at)
+        return None, earliest
+
+    def claim(self, item: Item) -> Item | None:
+        """Move new/X → cur/X and check it; None if another claimer won or it was quarantined."""
+        dest = self.root / "cur" / item.path.name
+        with self._lock:
+            try:
+                os.rename(item.path, dest)
+            except FileNotFoundError:
+                return None
+        claimed = Item(item.bundle_id, "cur", item.rank, item.keep, dest, item.size)
+        problem = self.check(claimed)
+        if problem:
+            self._quarantine(dest, problem)
+            return None
+        return claimed
+
+    def check(self, item: Item) -> str:
+        """'' if the file is a structurally sound bundle with the id it is named by, else why not."""
+        try:
+            with BundleReader(item.path) as r:
+                m = r.verify(None).manifest
+        except BundleError as e:
+            return str(e)
+        if m.get("bundle_id") != item.bundle_id:
+            return "bundle_id in manifest does not match the file name"
+        return ""
+
+    def ack(self, item: Item) -> None:
+        """Uploaded: cur/ → sent/ (keep_sent) or deleted."""
+        with self._lock:
+            if self.limits.keep_sent:
+                os.replace(item.path, self.root / "sent" / item.path.name)
+            else:
+                item.path.unlink(missing_ok=True)
+            self._drop_retry(item.bundle_id)
+
+    def fail(self, item: Item, reason: str) -> None:
+        """Permanently rejected: cur/ → failed/, with the reason kept beside it."""
+        self._quarantine(item.path, reason)
+        self._drop_retry(item.bundle_id)
+
+    def release(self, item: Item, next_at: float, error: str) -> RetryState:
+        """Retry later: record attempts and next_at, then cur/ → new/."""
+        prev = self.retry_state(item.bundle_id)
+        rs = RetryState(prev.attempts + 1, next_at, error[:300])
+        with self._lock:
+            atomic_write(
+                self.root / "retry" / f"{item.bundle_id}.json",
+                json.dumps(rs.__dict__).encode(),
+                durable=False,
+            )
+            os.replace(item.path, self.root / "new" / item.path.name)
+        return rs
+
+    def reset_backoff(self) -> int:
+        """Connectivity is back: make every queued bundle due now. Returns how many."""
+        n = 0
+        for entry in os.scandir(self.root / "retry"):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                n += 1
+        return n
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        dest = self.root / "failed" / path.name
+        if parse_name(path.name) is None:
+            dest = self.root / "failed" / f"{path.name}.foreign"
+        with self._lock:
+            try:
+                os.replace(path, dest)
+            except OSError as e:
+                log.error("spool_quarantine_failed", path=str(path), error=str(e))
+                return
+            with contextlib.suppress(OSError):
+                atomic_write(
+                    dest.with_name(dest.name + ".reason"), reason.encode()[:1000], durable=False
+                )
+        log.warning("bundle_quarantined", file=path.name, reason=reason)
+
+    def failure_reason(self, item: Item) -> str:
+        """Why a bundle is in failed/ ('' when unknown)."""
+        try:
+            return item.path.with_name(item.path.name + ".reason").read_text()
+        except OSError:
+            return ""
+
+    # ------------------------------------------------------------------ operator actions
+
+    def retry(self, bundle_id: str) -> Item:
+        """Put a failed (or waiting) bundle back at the head of the queue, due now."""
+        item = self.find(bundle_id, ("failed", "new"))
+        with self._lock:
+            if item.state == "failed":
+                dest = self.root / "new" / item.path.name
+                os.replace(item.path, dest)
+                with contextlib.suppress(OSError):
+                    item.path.with_name(item.path.name + ".reason").unlink()
+                item = Item(item.bundle_id, "new", item.rank, item.keep, dest, item.size)
+            self._drop_retry(item.bundle_id)
+        return item
+
+    def purge(self, states: tuple[str, ...]) -> int:
+        """Delete every bundle in the given states; returns how many."""
+        n = 0
+        with self._lock:
+            for s in states:
+                for entry in os.scandir(self.root / s):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        if parse_name(entry.name):
+                            n += 1
+                            self._drop_retry(entry.name[:36])
+        return n
+
+    def housekeep(self, now: float | None = None) -> dict[str, int]:
+        """Apply max age to new/ and failed/, retention to sent/; clean orphan retry files."""
+        now = time.time() if now is None else now
+        lim = self.limits
+        dropped: Counter[str] = Counter()
+        with self._lock:
+            for state, max_age in (
+                ("new", lim.max_age_s),
+                ("failed", lim.max_age_s),
+                ("sent", lim.sent_retention_s),
+            ):
+                for item in self.items(state):
+                    if item.created and now - item.created > max_age:
+                        with contextlib.suppress(OSError):
+                            item.path.unlink()
+                            self._drop_retry(item.bundle_id)
+                            dropped[state] += 1
+                            if state != "sent":
+                                self._count_eviction(state)
+        return dict(dropped)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and bytes by state, and the oldest queued bundle's age."""
+        out: dict[str, Any] = {}
+        oldest: float | None = None
+        for s in ("new", "cur", "failed", "sent"):
+            n = size = 0
+            for i in self.items(s):
+                n += 1
+                size += i.size
+                if s == "new" and i.created and (oldest is None or i.created < oldest):
+                    oldest = i.created
+            out[s] = {"count": n, "bytes": size}
+        out["oldest_queued_age_s"] = round(time.time() - oldest, 1) if oldest else None
+        return out
+
+
+def limits_from_config(cfg: SpoolConfig) -> Limits:
+    """Spool limits from the [spool] config section."""
+    return Limits(
+        max_bytes=cfg.max_mib * MIB,
+        max_items=cfg.max_items,
+        max_age_s=cfg.max_age_days * 86400.0,
+        reserve_bytes=cfg.reserve_mib * MIB,
+        keep_sent=cfg.keep_sent,
+        sent_retention_s=cfg.sent_retention_days * 86400.0,
+    )

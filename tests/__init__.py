@@ -1,0 +1,1 @@
+"""posagent test suite."""

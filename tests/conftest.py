@@ -1,0 +1,64 @@
+"""Shared test fixtures: a throw-away config, state dir and device key."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+VENV_BIN = Path(sys.executable).parent
+
+
+def write_config(tmp: Path, extra: str = "", *, agent_extra: str = "") -> Path:
+    """Write a minimal agent.toml for tmp (state dir, key, token, roots) and return its path."""
+    (tmp / "state").mkdir(parents=True, exist_ok=True)
+    key = tmp / "device.key"
+    if not key.exists():
+        key.write_text("0123456789abcdef0123456789abcdef\n")
+    cfg = tmp / "agent.toml"
+    cfg.write_text(
+        f"""
+[agent]
+device_id = "T-TEST"
+site = "Test Store"
+serial = "SN-TEST-1"
+state_dir = "{tmp / "state"}"
+log_format = "json"
+{agent_extra}
+
+[roots]
+run = "{tmp / "run"}"
+
+[bundle]
+hmac_key_file = "{key}"
+
+[upload]
+token_file = "{tmp / "token"}"
+
+[spool]
+reserve_mib = 0
+
+{extra}
+"""
+    )
+    return cfg
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """A valid config file in tmp_path."""
+    return write_config(tmp_path)
+
+
+def posagent_argv(*args: str) -> list[str]:
+    """argv running the installed CLI with this interpreter."""
+    return [sys.executable, "-m", "agent.cli", *args]
+
+
+def is_root() -> bool:
+    """True when the tests run as root (namespaces, mounts)."""
+    return os.geteuid() == 0

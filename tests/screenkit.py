@@ -40,7 +40,7 @@ def known_image(width: int, height: int) -> Image.Image:
         d.line((x, hh - 8, x, hh + 7), fill=(v, 255 - v, (v * 7) % 256))
     for y in range(16):
         for x in range(16):
-            if (x + y) % 2:
+            if (x + y) % 2 and 8 + x < width and 8 + y < height:
                 img.putpixel((8 + x, 8 + y), (17, 34, 51))
     return img
 

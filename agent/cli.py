@@ -172,7 +172,7 @@ def cmd_spool(args: argparse.Namespace) -> int:
     import time
 
     from agent.bundle import BundleError, BundleReader
-    from agent.spool import NotFound
+    from agent.spool import NotFound, RetryState
 
     cfg = _load(args)
     spool = _spool(cfg)
@@ -180,9 +180,10 @@ def cmd_spool(args: argparse.Namespace) -> int:
         states = tuple(args.state) if args.state else ("new", "cur", "failed", "sent")
         rows = []
         now = time.time()
+        waiting = spool.retry_ids()
         for s in states:
             for it in spool.items(s):
-                rs = spool.retry_state(it.bundle_id)
+                rs = spool.retry_state(it.bundle_id) if it.bundle_id in waiting else RetryState()
                 rows.append(
                     {
                         "bundle_id": it.bundle_id,

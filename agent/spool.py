@@ -34,7 +34,10 @@ from agent.config import SpoolConfig
 log = structlog.get_logger(__name__)
 
 STATES = ("tmp", "new", "cur", "failed", "sent")
-_NAME = re.compile(r"^(?P<id>[0-9a-f-]{36})\.p(?P<rank>[0-2])(?P<keep>k?)\.zip$")
+_NAME = re.compile(
+    r"^(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"\.p(?P<rank>[0-2])(?P<keep>k?)\.zip$"
+)
 MIB = 1024 * 1024
 
 
@@ -74,8 +77,13 @@ class Item:
     state: str
     rank: int
     keep: bool
-    path: Path
+    file: str
     size: int
+
+    @property
+    def path(self) -> Path:
+        """The bundle file (built on demand: listing 10,000 items stays cheap)."""
+        return Path(self.file)
 
     @property
     def created(self) -> float:
@@ -104,7 +112,7 @@ def file_name(bundle_id: str, rank: int, keep: bool = False) -> str:
 def parse_name(name: str) -> tuple[str, int, bool] | None:
     """(bundle_id, rank, keep) from a spool file name, or None for a foreign file."""
     m = _NAME.match(name)
-    if not m or not is_bundle_id(m.group("id")):
+    if not m:
         return None
     return m.group("id"), int(m.group("rank")), bool(m.group("keep"))
 
@@ -199,7 +207,7 @@ class Spool:
                 except OSError:
                     continue
                 bid, rank, keep = parsed
-                yield Item(bid, state, rank, keep, Path(entry.path), size)
+                yield Item(bid, state, rank, keep, entry.path, size)
 
     def queued(self) -> list[Item]:
         """new/ in upload order: critical first, then oldest first."""
@@ -337,6 +345,13 @@ class Spool:
 
     # ------------------------------------------------------------------ upload side
 
+    def retry_ids(self) -> set[str]:
+        """Ids that have a retry sidecar (one directory listing)."""
+        try:
+            return {n[:-5] for n in os.listdir(self.root / "retry") if n.endswith(".json")}
+        except OSError:
+            return set()
+
     def retry_state(self, bundle_id: str) -> RetryState:
         """Attempts and next_at of a bundle (defaults when none recorded or unreadable)."""
         try:
@@ -353,7 +368,10 @@ class Spool:
         """The first queued bundle whose retry time has come, and the earliest future next_at."""
         now = time.time() if now is None else now
         earliest: float | None = None
+        waiting = self.retry_ids()
         for item in self.queued():
+            if item.bundle_id not in waiting:
+                return item, None
             rs = self.retry_state(item.bundle_id)
             if rs.next_at <= now:
                 return item, None
@@ -368,7 +386,7 @@ class Spool:
                 os.rename(item.path, dest)
             except FileNotFoundError:
                 return None
-        claimed = Item(item.bundle_id, "cur", item.rank, item.keep, dest, item.size)
+        claimed = Item(item.bundle_id, "cur", item.rank, item.keep, str(dest), item.size)
         problem = self.check(claimed)
         if problem:
             self._quarantine(dest, problem)
@@ -456,7 +474,7 @@ class Spool:
                 os.replace(item.path, dest)
                 with contextlib.suppress(OSError):
                     item.path.with_name(item.path.name + ".reason").unlink()
-                item = Item(item.bundle_id, "new", item.rank, item.keep, dest, item.size)
+                item = Item(item.bundle_id, "new", item.rank, item.keep, str(dest), item.size)
             self._drop_retry(item.bundle_id)
         return item
 

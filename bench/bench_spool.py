@@ -34,7 +34,7 @@ def fill(state: Path, n: int) -> None:
     """Put n small sealed bundles into new/ (written directly: the figure is the reading side)."""
     sp = Spool(state, Limits(max_items=10**6, max_bytes=1 << 40, reserve_bytes=0)).open()
     new = sp.root / "new"
-    template_id, data = _bundle(0)
+    _, data = _bundle(0)
     from agent.bundle import new_bundle_id
     from agent.spool import file_name
 

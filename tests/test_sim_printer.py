@@ -136,7 +136,7 @@ def test_late_reply_on_a_kept_open_port_is_flushed(printer: SimPrinter) -> None:
     try:
         first = query_status(link, ns=(2,), timeout_s=TIMEOUT_S, late_drain_s=0)
         assert first.state is PrinterLinkState.NO_REPLY
-        time.sleep(0.15)  # the late byte lands in the input queue
+        time.sleep(0.3)  # the late byte (due 0.05 s after the timeout) lands in the input queue
         printer.set_state(PrinterState())
         printer.set_mode(PrinterMode.NORMAL)
         second = query_status(link, ns=(2,), timeout_s=TIMEOUT_S)

@@ -183,9 +183,12 @@ def _int(value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        return int(value.strip())
+        n = int(value.strip())
     except ValueError:
         return None
+    # sysfs and dumpsys print at most 64-bit values; anything larger is garbage
+    # (and would overflow the float conversions below).
+    return n if -(2**63) <= n < 2**64 else None
 
 
 def _bool01(value: str | None) -> bool | None:

@@ -129,6 +129,8 @@ def read_system(
 
 # --------------------------------------------------------------------------- the POS app
 
+PID_MAX_LIMIT = 4_194_304  # the kernel's ceiling for /proc/sys/kernel/pid_max
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -153,7 +155,7 @@ def parse_pid_file(text: str) -> int | None:
         pid = int(tokens[0])
     except ValueError:
         return None
-    return pid if pid > 0 else None
+    return pid if 0 < pid <= PID_MAX_LIMIT else None
 
 
 def _info(p: psutil.Process, matches: int) -> ProcessInfo:

@@ -237,6 +237,15 @@ def test_unrecognized_output() -> None:
     assert android_power_status(b).errors
 
 
+def test_absurd_numbers_are_unknown_not_overflow() -> None:
+    """Numbers beyond 64 bits (garbage) read as unknown instead of overflowing float maths."""
+    huge = "9" * 400
+    b = parse_dumpsys_battery(f"  level: {huge}\n  scale: 100\n  temperature: {huge}\n")
+    assert b.level is None and b.temp_c is None and b.percent is None
+    s = parse_power_supply_uevent(f"POWER_SUPPLY_TEMP={huge}\nPOWER_SUPPLY_CAPACITY=-{huge}\n")
+    assert s.temp_c is None and s.capacity_pct is None
+
+
 # --------------------------------------------------------------------------- fuzz
 
 
@@ -269,3 +278,41 @@ def test_fuzz_uevent(text: str) -> None:
 def test_fuzz_uevent_bytes(raw: bytes) -> None:
     """Any bytes decoded as the reader does parse as a uevent without an exception."""
     assert isinstance(parse_uevent(raw.decode("utf-8", "replace")), dict)
+
+
+_KEYS = [
+    "AC powered",
+    "USB powered",
+    "status",
+    "health",
+    "present",
+    "level",
+    "scale",
+    "voltage",
+    "temperature",
+    "technology",
+    "Capacity level",
+    "Charge counter",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_KEYS),
+            st.integers(min_value=-(10**40), max_value=10**40).map(str)
+            | st.sampled_from(["true", "false", ""])
+            | st.text(max_size=6),
+            st.sampled_from(["", " ", "  ", "\t"]),
+        ),
+        max_size=20,
+    )
+)
+def test_fuzz_dumpsys_battery_structured(lines: list[tuple[str, str, str]]) -> None:
+    """Battery-shaped dumps with any values (huge numbers, text) parse without an exception."""
+    text = "Current Battery Service state:\n" + "".join(f"{i}{k}: {v}\n" for k, v, i in lines)
+    b = parse_dumpsys_battery(text)
+    android_power_status(b)
+    assert b.recognized
+    assert b.percent is None or b.percent == b.percent  # a number, never NaN

@@ -129,6 +129,8 @@ def test_pid_file_problems(tmp_path: Path) -> None:
     stale = find_process(pid_file=pf)
     assert not stale.found and stale.pid == p.pid
     assert find_process().error.startswith("no process name")
+    pf.write_text("9" * 30)
+    assert find_process(pid_file=pf).error == "pid file has no pid"
 
 
 def test_zombie_is_not_running(app_binary: Path) -> None:

@@ -8,13 +8,14 @@ Readers over psutil and the kernel; `parse_timedatectl_ntp` and
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -311,14 +312,18 @@ class ClockSync:
     error: str = ""
 
 
+@functools.cache
+def _adjtimex_fn() -> Any:
+    # The interpreter's own symbols include libc (no find_library: it runs ldconfig).
+    return ctypes.CDLL(None, use_errno=True).adjtimex
+
+
 def adjtimex_sync() -> ClockSync:
     """Read-only adjtimex(2) (modes=0): unsynced when TIME_ERROR or STA_UNSYNC is set."""
     if not sys.platform.startswith("linux"):
         return ClockSync(None, "none", error="adjtimex: not Linux")
-    libname = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(libname or "libc.so.6", use_errno=True)
-        fn = libc.adjtimex
+        fn = _adjtimex_fn()
     except (OSError, AttributeError) as e:
         return ClockSync(None, "none", error=f"adjtimex: {e}")
     tx = _Timex()

@@ -345,13 +345,103 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return EX_USAGE
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import Daemon
+
+    return Daemon(args.config).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from agent.daemon import status_path
+
+    cfg = _load(args)
+    path = status_path(cfg)
+    doc: dict[str, Any] | None = None
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        doc = None
+    except (OSError, ValueError) as e:
+        err(f"status file unreadable: {path}: {e}")
+    running = False
+    if doc is not None:
+        age = time.time() - float(doc.get("updated_at", 0))
+        running = doc.get("state") == "running" and age < 30 and _pid_alive(int(doc.get("pid", 0)))
+    if doc is None:
+        doc = {"state": "not running", "queue": _spool(cfg).stats()}
+    elif not running:
+        doc["state"] = "not running"
+        doc["queue"] = _spool(cfg).stats()
+    if args.json:
+        emit_json(doc)
+        return EX_OK if running else EX_UNAVAILABLE
+    out(f"posagent {doc.get('version', '')}  device {cfg.agent.device_id}  state {doc['state']}")
+    q = doc.get("queue") or {}
+    new = q.get("new", {})
+    out(
+        f"queue      {new.get('count', 0)} queued ({new.get('bytes', 0)} bytes), "
+        f"oldest {_fmt_age(q.get('oldest_queued_age_s'))}, "
+        f"failed {q.get('failed', {}).get('count', 0)}, sent {q.get('sent', {}).get('count', 0)}"
+    )
+    up = doc.get("upload") or {}
+    if up:
+        out(f"upload     last success {up.get('last_success') or '-'}")
+        out(f"           last failure {up.get('last_failure') or '-'}")
+    faults = doc.get("active_faults") or []
+    out(f"faults     {len(faults)} active")
+    for f in faults:
+        subj = f"@{f['subject']}" if f.get("subject") else ""
+        out(f"  {f['severity']:8} {f['key']}{subj}  {f.get('summary', '')}")
+    mons = doc.get("monitors") or []
+    if mons:
+        out("monitors")
+        for m in mons:
+            out(
+                f"  {m['name']:28} polls {m['polls']:>6}  failures {m['failures']:>4}  timeouts {m['timeouts']:>4}"
+            )
+    return EX_OK if running else EX_UNAVAILABLE
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    from collector.cli import run
+
+    return run(args)
+
+
 # --------------------------------------------------------------------------- parser
 
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    from agent.flush import run_flush
+
+    return run_flush(args)
+
+
 COMMANDS: dict[str, Handler] = {
+    "flush": cmd_flush,
+    "run": cmd_run,
+    "status": cmd_status,
     "check-config": cmd_check_config,
     "report": cmd_report,
     "spool": cmd_spool,
     "bundle": cmd_bundle,
+    "collector": cmd_collector,
 }
 
 
@@ -374,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"posagent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    p = sub.add_parser("run", help="the daemon, in the foreground (systemd Type=notify)")
+    _config_arg(p)
+
+    p = sub.add_parser("status", help="monitors, active faults, queue, last upload")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the status document as JSON")
 
     p = sub.add_parser("check-config", help="validate and print the effective config")
     _config_arg(p)
@@ -411,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sent", action="store_true", help="sent/ bundles")
     q.add_argument("--all", action="store_true", help="queued, failed and sent bundles")
 
+    p = sub.add_parser("flush", help="upload the queue now, with a progress bar")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     p = sub.add_parser("bundle", help="read a bundle file: verify|show|extract|html")
     bs = p.add_subparsers(dest="bundle_cmd", metavar="ACTION")
     bs.required = True
@@ -430,6 +531,17 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("target", help="directory to create")
         if name == "html":
             q.add_argument("-o", "--output", help="output .html (default: <bundle>.html here)")
+
+    p = sub.add_parser("collector", help="reference ingest server and web viewer: serve|add-device")
+    cs = p.add_subparsers(dest="collector_cmd", metavar="ACTION")
+    cs.required = True
+    q = cs.add_parser("serve", help="run the ingest server and web page in the foreground")
+    _config_arg(q)
+    q.add_argument("--listen", metavar="HOST:PORT", help="override [collector] listen")
+    q = cs.add_parser("add-device", help="register a device and print its new token once")
+    q.add_argument("device_id", help="the terminal's [agent] device_id")
+    _config_arg(q)
+    q.add_argument("--rotate", action="store_true", help="replace an existing device's token")
     return parser
 
 

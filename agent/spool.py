@@ -157,6 +157,7 @@ class Spool:
         self.limits = limits or Limits()
         self._lock = threading.RLock()
         self.recovered: dict[str, int] = {}
+        self._stats_cache: tuple[tuple[int, ...], dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -513,7 +514,23 @@ class Spool:
         return dict(dropped)
 
     def stats(self) -> dict[str, Any]:
-        """Counts and bytes by state, and the oldest queued bundle's age."""
+        """Counts and bytes by state, and the oldest queued bundle's age.
+
+        Cached on the state directories' mtimes (a rename in or out changes
+        them), so a status refresh every few seconds costs four stat calls.
+        """
+        try:
+            stamp = tuple(
+                os.stat(self.root / s).st_mtime_ns for s in ("new", "cur", "failed", "sent")
+            )
+        except OSError:
+            stamp = None
+        cached = self._stats_cache
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            hit = dict(cached[1])
+            first = hit.pop("_oldest")
+            hit["oldest_queued_age_s"] = round(time.time() - first, 1) if first else None
+            return hit
         out: dict[str, Any] = {}
         oldest: float | None = None
         for s in ("new", "cur", "failed", "sent"):
@@ -524,6 +541,9 @@ class Spool:
                 if s == "new" and i.created and (oldest is None or i.created < oldest):
                     oldest = i.created
             out[s] = {"count": n, "bytes": size}
+        # A change within the last second may share an mtime tick: do not cache then.
+        if stamp is not None and time.time_ns() - max(stamp) > 1_000_000_000:
+            self._stats_cache = (stamp, {**out, "_oldest": oldest})
         out["oldest_queued_age_s"] = round(time.time() - oldest, 1) if oldest else None
         return out
 

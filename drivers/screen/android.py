@@ -1,13 +1,10 @@
-"""Android: `screencap -p` in the device's root shell or over `adb exec-out`, and focus lines.
+"""Android: `screencap -p` in the device's root shell or over `adb exec-out`.
 
-The focus parser here is a small local one (mCurrentFocus / mFocusedApp lines
-of `dumpsys window`); the full dumpsys-window parser lives in drivers/android.py.
+read_focus() returns the raw `dumpsys window` text for the privacy check
+(parsed by drivers.android.parse_window_focus), with screen-typed errors.
 """
 
 from __future__ import annotations
-
-import re
-from dataclasses import dataclass
 
 from drivers.screen.errors import ScreenTimeout, ScreenUnavailable
 from drivers.shell import Shell, ShellTimeout, ShellUnavailable
@@ -30,37 +27,6 @@ def grab_android(shell: Shell, timeout_s: float) -> bytes:
         reason = err[-1][:160] if err else f"exit {r.returncode}"
         raise ScreenUnavailable(f"{label}: screencap: {reason}")
     return r.stdout
-
-
-@dataclass(frozen=True)
-class FocusEntry:
-    """One non-null mCurrentFocus / mFocusedApp value."""
-
-    field: str  # "mCurrentFocus" | "mFocusedApp"
-    raw: str  # the value as printed
-    component: str  # "pkg/.Activity", "pkg/pkg.Activity" or "pkg" ("" if none found)
-
-    @property
-    def expanded(self) -> str:
-        """The component with a leading-dot activity expanded ("pkg/pkg.Activity")."""
-        pkg, sep, act = self.component.partition("/")
-        return f"{pkg}/{pkg}{act}" if sep and act.startswith(".") else self.component
-
-
-_FOCUS = re.compile(r"^\s*(mCurrentFocus|mFocusedApp)=(.*?)\s*$", re.M)
-_COMPONENT = re.compile(r"\bu\d+ ([A-Za-z0-9_.$]+(?:/[A-Za-z0-9_.$]+)?)")
-
-
-def parse_focus_lines(text: str) -> list[FocusEntry]:
-    """Every non-null mCurrentFocus / mFocusedApp of a `dumpsys window` output, in order."""
-    out: list[FocusEntry] = []
-    for m in _FOCUS.finditer(text):
-        value = m.group(2)
-        if not value or value == "null":
-            continue
-        comps = _COMPONENT.findall(value)
-        out.append(FocusEntry(m.group(1), value, comps[-1] if comps else ""))
-    return out
 
 
 def read_focus(shell: Shell, timeout_s: float) -> str:

@@ -9,7 +9,7 @@ DEB_PACKAGES := xvfb x11-utils x11-xserver-utils xdotool socat adb grim cage \
 	tesseract-ocr strace iproute2 chromium systemd imagemagick procps util-linux
 PYTEST_ARGS ?=
 
-.PHONY: all test lint typecheck unit demo bench reliability debs venv clean
+.PHONY: all test lint typecheck unit demo bench reliability debs venv clean docs
 
 all: test
 
@@ -50,6 +50,9 @@ bench: debs venv
 
 reliability: debs venv
 	$(PY) -m bench.reliability
+
+docs:
+	$(PY) docs/sync_readme.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

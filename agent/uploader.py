@@ -1,0 +1,858 @@
+"""Connectivity-aware uploader: drains the spool to the collector (DESIGN §6).
+
+One daemon thread, one upload at a time, critical bundles first, then oldest.
+Each bundle is `PUT {endpoint}/v1/bundles/{bundle_id}` with the zip streamed
+from its spool file (optionally paced to a bandwidth cap) and the headers
+`Content-Type`, `Authorization: Bearer`, `Idempotency-Key`, `Content-Digest`
+(RFC 9530) and `X-Posagent-Device`.
+
+Responses map to spool moves:
+
+| response                                   | outcome                         |
+|--------------------------------------------|---------------------------------|
+| 200, 201                                   | done: `spool.ack`               |
+| 400, 409, 413, 422                         | permanent: `spool.fail`         |
+| 401, 403                                   | queue paused, `upload.auth_failed` raised, retried every backoff cap |
+| 408, 429, 503 with Retry-After             | queue waits as told (≤ 1 h)     |
+| other statuses, connection errors, timeouts, TLS errors, garbage | full-jitter backoff |
+
+Retriable failures hold the whole queue (`hold_until`) for a full-jitter delay
+whose exponent is the number of consecutive failures; the bundle itself gets
+`next_at` from the larger of its own attempts and that count, so one bundle the
+server keeps failing on backs off on its own while the rest of the queue flows.
+Connectivity coming back (`notify_online`) resets every backoff and wakes the
+thread at once. Between uploads the thread sleeps on an Event (never a busy
+loop), waking at least every `HEARTBEAT_S` to report progress to the watchdog.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import structlog
+
+from agent.config import Config, UploadConfig, read_secret_file
+from agent.spool import Item, Spool
+
+if TYPE_CHECKING:
+    import requests
+
+log = structlog.get_logger(__name__)
+
+AUTH_CONDITION = "upload.auth_failed"
+PROTOCOL_PATH = "/v1/bundles/"
+DONE_STATUSES = frozenset({200, 201})
+REJECT_STATUSES = frozenset({400, 409, 413, 422})
+AUTH_STATUSES = frozenset({401, 403})
+RETRY_AFTER_STATUSES = frozenset({408, 429, 503})
+MAX_RETRY_AFTER_S = 3600.0
+HEARTBEAT_S = 15.0  # longest sleep between two progress marks (watchdog)
+NOT_CONFIGURED_RECHECK_S = 60.0
+RESPONSE_BODY_LIMIT_BYTES = 4096
+RESPONSE_BODY_DEADLINE_S = 2.0
+READ_CHUNK_BYTES = 64 * 1024
+
+ConditionCallback = Callable[[str, bool, str], None]
+
+
+class Outcome(Enum):
+    """What one upload attempt came to."""
+
+    DONE = "done"
+    REJECTED = "rejected"  # permanent: failed/
+    AUTH = "auth"  # 401/403: pause the queue
+    WAIT = "wait"  # Retry-After: the server said when
+    RETRY = "retry"  # anything else: full-jitter backoff
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The result of one PUT."""
+
+    outcome: Outcome
+    status: int | None = None
+    error: str = ""
+    retry_after_s: float | None = None
+    bytes_sent: int = 0
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class Progress:
+    """Reported to a drain's progress callback: after every bundle and while a body is sent."""
+
+    bundle_id: str
+    event: str  # "sending" | "done" | "rejected" | "deferred"
+    done: int  # bundles finished (uploaded + failed) in this drain
+    total: int  # bundles queued when the drain started
+    bytes_sent: int  # bytes of bodies sent in this drain, including the current one
+    elapsed_s: float
+    size_bytes: int = 0
+    error: str = ""
+
+
+@dataclass
+class DrainSummary:
+    """Counts of one `drain_once`."""
+
+    uploaded: int = 0
+    failed: int = 0
+    deferred: int = 0
+    bytes_sent: int = 0
+    elapsed_s: float = 0.0
+    remaining: int = 0
+    last_error: str = ""
+    stopped: str = ""  # empty | not_due | retriable | auth | deadline | stopped | not_configured
+
+    @property
+    def rate_bytes_per_s(self) -> float:
+        return self.bytes_sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rate_bytes_per_s"] = round(self.rate_bytes_per_s, 1)
+        return d
+
+
+class _Aborted(Exception):
+    """The uploader is stopping: abandon the body being sent (not an OSError on purpose)."""
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Full-jitter backoff: uniform(0, min(cap, base * 2**attempt))."""
+    exp = min(max(attempt, 0), 62)
+    return rng.uniform(0.0, min(cap_s, base_s * (2.0**exp)))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), capped at 1 h.
+
+    None when absent or unparsable; 0 for a date in the past.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER_S)
+
+
+def classify(status: int, retry_after_s: float | None) -> Outcome:
+    """The protocol v1 response table."""
+    if status in DONE_STATUSES:
+        return Outcome.DONE
+    if status in REJECT_STATUSES:
+        return Outcome.REJECTED
+    if status in AUTH_STATUSES:
+        return Outcome.AUTH
+    if status in RETRY_AFTER_STATUSES and retry_after_s is not None:
+        return Outcome.WAIT
+    return Outcome.RETRY
+
+
+def content_digest(path: Path) -> tuple[str, int]:
+    """(RFC 9530 `sha-256=:<base64>:` of the file, its size), read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(256 * 1024):
+            h.update(chunk)
+            size += len(chunk)
+    return f"sha-256=:{base64.b64encode(h.digest()).decode()}:", size
+
+
+def bundle_url(endpoint: str, bundle_id: str) -> str:
+    """`{endpoint}/v1/bundles/{bundle_id}` (a path prefix in the endpoint is kept)."""
+    return endpoint.rstrip("/") + PROTOCOL_PATH + bundle_id
+
+
+def check_upload_config(up: UploadConfig) -> tuple[str, str]:
+    """(token, '') when uploads can be attempted, else ('', why not). Reads the token file."""
+    if not up.endpoint:
+        return "", "no upload endpoint configured ([upload] endpoint)"
+    parts = urlsplit(up.endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "", f"upload endpoint is not an http(s) URL: {up.endpoint!r}"
+    for key, path in (
+        ("ca_file", up.ca_file),
+        ("client_cert_file", up.client_cert_file),
+        ("client_key_file", up.client_key_file),
+    ):
+        if path and not os.access(path, os.R_OK):
+            return "", f"[upload] {key} is not readable: {path}"
+    token = up.token.strip() or read_secret_file(up.token_file).decode("utf-8", "replace").strip()
+    if any(c in token for c in "\r\n\x00") or any(ord(c) < 32 or ord(c) > 126 for c in token):
+        return "", "device token contains characters not allowed in a header"
+    if not token and not up.client_cert_file:
+        return "", f"no device token (token_file {up.token_file or '-'} missing or empty)"
+    return token, ""
+
+
+class _Body:
+    """A file-like request body: streams a file, paced to a byte rate, abortable.
+
+    `__len__` gives requests the Content-Length; `read(n)` is what urllib3 calls.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        size: int,
+        rate_bytes_per_s: int,
+        stop: threading.Event,
+        on_chunk: Callable[[int], None],
+    ) -> None:
+        """on_chunk gets the cumulative bytes handed to the socket after each read."""
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._size = size
+        self._rate = rate_bytes_per_s
+        self._stop = stop
+        self._on_chunk = on_chunk
+        self._sent = 0
+        self._t0 = time.monotonic()
+        # small chunks when paced, so the rate is smooth (≈ 20 chunks per second)
+        self._chunk_max = max(1024, rate_bytes_per_s // 20) if rate_bytes_per_s > 0 else 1 << 20
+
+    def __len__(self) -> int:
+        return self._size - self._sent
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(READ_CHUNK_BYTES):
+            yield chunk
+
+    @property
+    def sent(self) -> int:
+        return self._sent
+
+    def read(self, n: int = -1) -> bytes:
+        if self._stop.is_set():
+            raise _Aborted("uploader stopping")
+        want = self._chunk_max if n is None or n < 0 else min(n, self._chunk_max)
+        if self._rate > 0 and self._sent:
+            due = self._t0 + self._sent / self._rate
+            delay = due - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                raise _Aborted("uploader stopping")
+        chunk = self._f.read(want)
+        self._sent += len(chunk)
+        if chunk:
+            self._on_chunk(self._sent)
+        return chunk
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _read_capped(resp: requests.Response, limit: int, deadline_s: float) -> bytes:
+    """Up to `limit` bytes of a streamed response body, giving up at the deadline or any error."""
+    buf = bytearray()
+    end = time.monotonic() + deadline_s
+    try:
+        while len(buf) < limit and time.monotonic() < end:
+            chunk = resp.raw.read1(min(4096, limit - len(buf)))
+            if not chunk:
+                break
+            buf += chunk
+    except Exception:  # the status is what counts; a broken body only shortens the message
+        pass
+    return bytes(buf)
+
+
+def _describe_exception(e: BaseException) -> str:
+    """A one-line, kind-prefixed reason for a transport failure."""
+    import requests
+
+    if isinstance(e, requests.exceptions.SSLError):
+        kind = "tls"
+    elif isinstance(e, requests.exceptions.ConnectTimeout):
+        kind = "connect timeout"
+    elif isinstance(e, requests.exceptions.ReadTimeout):
+        kind = "read timeout"
+    elif isinstance(e, requests.exceptions.ProxyError):
+        kind = "proxy"
+    elif isinstance(e, requests.exceptions.ConnectionError):
+        kind = "connection"
+    else:
+        kind = type(e).__name__
+    return f"{kind}: {e}"[:300]
+
+
+# --------------------------------------------------------------------------- the uploader
+
+
+@dataclass
+class _State:
+    """Mutable status, guarded by Uploader._lock."""
+
+    activity: str = "idle"
+    config_error: str = ""
+    paused_auth: bool = False
+    hold_until: float = 0.0
+    next_attempt_at: float | None = None
+    online: bool | None = None
+    current_bundle: str = ""
+    last_success_at: float | None = None
+    last_success_bundle: str = ""
+    last_failure_at: float | None = None
+    last_failure_reason: str = ""
+    last_failure_bundle: str = ""
+    uploaded_total: int = 0
+    failed_total: int = 0
+    bytes_total: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Uploader:
+    """Drains the spool to the collector; thread-safe control methods, one worker thread."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        spool: Spool,
+        *,
+        on_condition: ConditionCallback | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.up = cfg.upload
+        self.spool = spool
+        self.device_id = cfg.agent.device_id
+        self._on_condition = on_condition
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._busy = threading.Lock()  # one upload at a time (thread or drain_once)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._session: requests.Session | None = None
+        self._reset_session = False
+        self._failures = 0  # consecutive retriable failures, queue-wide
+        self._progress_mono = time.monotonic()
+        self._s = _State()
+        self._warned_plain_http = False
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        """Start the worker thread (a daemon thread named posagent-uploader)."""
+        if self._thread and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="posagent-uploader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Ask the thread to stop (an upload in progress is abandoned); True if it ended in time."""
+        self._stop.set()
+        self._wake.set()
+        ended = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            ended = not self._thread.is_alive()
+        if ended:
+            self._close_session()
+            with self._lock:
+                self._s.activity = "stopped"
+        return ended
+
+    def wake(self) -> None:
+        """A bundle was queued: look at the spool now (does not reset backoff)."""
+        self._wake.set()
+
+    def notify_online(self) -> None:
+        """Connectivity is back: reset every backoff and drain at once."""
+        n = 0
+        try:
+            n = self.spool.reset_backoff()
+        except OSError as e:
+            log.warning("upload_backoff_reset_failed", error=str(e))
+        with self._lock:
+            self._failures = 0
+            self._s.hold_until = 0.0
+            self._s.next_attempt_at = None
+            self._s.online = True
+            self._reset_session = True
+        log.info("upload_connectivity_back", reset=n)
+        self._wake.set()
+
+    def connectivity_changed(self, up: bool) -> None:
+        """Called by the network monitor: up → notify_online; down is only recorded."""
+        if up:
+            self.notify_online()
+        else:
+            with self._lock:
+                self._s.online = False
+
+    def last_progress(self) -> float:
+        """time.monotonic() of the loop's last sign of life (watchdog)."""
+        return self._progress_mono
+
+    def status(self) -> dict[str, Any]:
+        """Queue depth, oldest age, last success/failure, auth pause, next attempt."""
+        depth = 0
+        oldest: float | None = None
+        for state in ("new", "cur"):
+            for item in self.spool.items(state):
+                depth += 1
+                c = item.created
+                if c and (oldest is None or c < oldest):
+                    oldest = c
+        now = self._clock()
+        with self._lock:
+            s = self._s
+            out: dict[str, Any] = {
+                "state": s.activity,
+                "endpoint": self.up.endpoint,
+                "configured": not s.config_error,
+                "error": s.config_error,
+                "queue_depth": depth,
+                "oldest_age_s": round(now - oldest, 1) if oldest else None,
+                "current_bundle": s.current_bundle or None,
+                "last_success_at": s.last_success_at,
+                "last_success_bundle": s.last_success_bundle or None,
+                "last_failure_at": s.last_failure_at,
+                "last_failure_reason": s.last_failure_reason or None,
+                "last_failure_bundle": s.last_failure_bundle or None,
+                "paused_for_auth": s.paused_auth,
+                "next_attempt_at": s.next_attempt_at,
+                "consecutive_failures": self._failures,
+                "online": s.online,
+                "uploaded_total": s.uploaded_total,
+                "failed_total": s.failed_total,
+                "bytes_total": s.bytes_total,
+            }
+        return out
+
+    # ------------------------------------------------------------------ draining
+
+    def drain_once(
+        self,
+        deadline_s: float | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> DrainSummary:
+        """Upload every bundle due now, critical first then oldest; stop at a retriable error.
+
+        A hold from an earlier failure is ignored (this is an explicit "now");
+        bundles whose own next_at lies ahead are not due and are left alone.
+        `deadline_s` bounds the drain (seconds from now); the bundle being sent
+        when it passes is finished first.
+        """
+        t0 = time.monotonic()
+        summary = DrainSummary()
+        total = sum(1 for _ in self.spool.items("new"))
+        tried: set[str] = set()
+        with self._busy:
+            while True:
+                if self._stop.is_set():
+                    summary.stopped = "stopped"
+                    break
+                if deadline_s is not None and time.monotonic() - t0 >= deadline_s:
+                    summary.stopped = "deadline"
+                    break
+                token, why = self._configured()
+                if why:
+                    summary.stopped = "not_configured"
+                    summary.last_error = why
+                    break
+                item, _ = self.spool.next_due(self._clock())
+                if item is None:
+                    summary.stopped = (
+                        "empty" if not any(True for _ in self.spool.items("new")) else "not_due"
+                    )
+                    break
+                if item.bundle_id in tried:
+                    summary.stopped = "not_due"
+                    break
+                tried.add(item.bundle_id)
+                outcome = self._process(item, token, summary, t0, total, progress)
+                if outcome in (Outcome.RETRY, Outcome.WAIT, Outcome.AUTH):
+                    summary.stopped = "auth" if outcome is Outcome.AUTH else "retriable"
+                    break
+        summary.elapsed_s = time.monotonic() - t0
+        summary.remaining = sum(1 for _ in self.spool.items("new")) + sum(
+            1 for _ in self.spool.items("cur")
+        )
+        return summary
+
+    def _configured(self) -> tuple[str, str]:
+        """(token, '') or ('', why not); records the error state for status()."""
+        token, why = check_upload_config(self.up)
+        with self._lock:
+            changed = why != self._s.config_error
+            self._s.config_error = why
+            if why:
+                self._s.activity = "not_configured"
+        if changed and why:
+            log.error("upload_not_configured", error=why)
+        elif changed:
+            log.info("upload_configured", endpoint=self.up.endpoint)
+        if not why and self.up.endpoint.startswith("http://") and not self._warned_plain_http:
+            self._warned_plain_http = True
+            log.warning("upload_plain_http", endpoint=self.up.endpoint)
+        return token, why
+
+    def _run(self) -> None:
+        log.info("uploader_started", endpoint=self.up.endpoint or None)
+        while not self._stop.is_set():
+            self._progress_mono = time.monotonic()
+            try:
+                delay = self._step()
+            except Exception as e:  # never let the thread die; back off and carry on
+                log.exception("uploader_loop_error", error=str(e))
+                delay = min(self.up.backoff_cap_s, 5.0)
+            if delay > 0:
+                self._sleep(delay)
+        log.info("uploader_stopped")
+
+    def _sleep(self, delay_s: float) -> None:
+        if self._wake.wait(min(delay_s, HEARTBEAT_S)):
+            self._wake.clear()
+
+    def _step(self) -> float:
+        """One loop turn: upload one due bundle (→ 0) or return how long to sleep."""
+        token, why = self._configured()
+        if why:
+            return min(NOT_CONFIGURED_RECHECK_S, self.up.backoff_cap_s)
+        now = self._clock()
+        with self._lock:
+            hold = self._s.hold_until
+        if hold > now:
+            with self._lock:
+                self._s.activity = "paused_auth" if self._s.paused_auth else "waiting"
+                self._s.next_attempt_at = hold
+            return hold - now
+        with self._busy:
+            item, earliest = self.spool.next_due(now)
+            if item is None:
+                with self._lock:
+                    self._s.activity = (
+                        "paused_auth"
+                        if self._s.paused_auth
+                        else ("waiting" if earliest else "idle")
+                    )
+                    self._s.next_attempt_at = earliest
+                return (earliest - now) if earliest is not None else HEARTBEAT_S
+            self._process(item, token, None, time.monotonic(), 0, None)
+        return 0.0
+
+    # ------------------------------------------------------------------ one bundle
+
+    def _process(
+        self,
+        item: Item,
+        token: str,
+        summary: DrainSummary | None,
+        t0: float,
+        total: int,
+        progress: Callable[[Progress], None] | None,
+    ) -> Outcome | None:
+        """Claim, upload and file one bundle; returns the outcome (None when not claimed)."""
+        claimed = self.spool.claim(item)
+        if claimed is None:
+            return None
+        with self._lock:
+            self._s.activity = "uploading"
+            self._s.current_bundle = claimed.bundle_id
+            self._s.next_attempt_at = None
+        base_sent = summary.bytes_sent if summary else 0
+        done_count = (summary.uploaded + summary.failed) if summary else 0
+
+        def on_chunk(sent_now: int) -> None:
+            self._progress_mono = time.monotonic()
+            if progress is not None:
+                progress(
+                    Progress(
+                        claimed.bundle_id,
+                        "sending",
+                        done_count,
+                        total,
+                        base_sent + sent_now,
+                        time.monotonic() - t0,
+                        claimed.size,
+                    )
+                )
+
+        try:
+            att = self._put(claimed, token, on_chunk)
+        except _Aborted:
+            self._safe(lambda: self.spool.release(claimed, self._clock(), "aborted: stopping"))
+            with self._lock:
+                self._s.current_bundle = ""
+            return None
+        finally:
+            self._progress_mono = time.monotonic()
+        event = self._file(claimed, att)
+        if summary is not None:
+            summary.bytes_sent += att.bytes_sent
+            if att.outcome is Outcome.DONE:
+                summary.uploaded += 1
+            elif att.outcome is Outcome.REJECTED:
+                summary.failed += 1
+                summary.last_error = att.error
+            else:
+                summary.deferred += 1
+                summary.last_error = att.error
+            if progress is not None:
+                progress(
+                    Progress(
+                        claimed.bundle_id,
+                        event,
+                        summary.uploaded + summary.failed,
+                        total,
+                        summary.bytes_sent,
+                        time.monotonic() - t0,
+                        claimed.size,
+                        att.error,
+                    )
+                )
+        return att.outcome
+
+    def _safe(self, op: Callable[[], object]) -> None:
+        """A spool move that may race an operator or a recovering process: log, never raise."""
+        try:
+            op()
+        except OSError as e:
+            log.warning("upload_spool_move_failed", error=str(e))
+
+    def _file(self, item: Item, att: Attempt) -> str:
+        """Move the bundle according to the attempt's outcome; update state, log, conditions."""
+        now = self._clock()
+        bid = item.bundle_id
+        up = self.up
+        if att.outcome is Outcome.DONE:
+            self._safe(lambda: self.spool.ack(item))
+            with self._lock:
+                self._failures = 0
+                self._s.hold_until = 0.0
+                self._s.current_bundle = ""
+                self._s.last_success_at = now
+                self._s.last_success_bundle = bid
+                self._s.uploaded_total += 1
+                self._s.bytes_total += att.bytes_sent
+                was_paused = self._s.paused_auth
+                self._s.paused_auth = False
+            log.info(
+                "upload_ok",
+                bundle_id=bid,
+                status=att.status,
+                size_bytes=att.bytes_sent,
+                elapsed_s=round(att.elapsed_s, 3),
+            )
+            if was_paused:
+                self._condition(False, "uploads accepted again")
+            return "done"
+        if att.outcome is Outcome.REJECTED:
+            reason = att.error or f"HTTP {att.status}"
+            self._safe(lambda: self.spool.fail(item, reason))
+            with self._lock:
+                self._failures = 0
+                self._s.current_bundle = ""
+                self._s.failed_total += 1
+                self._record_failure(now, bid, reason)
+            log.error("upload_rejected", bundle_id=bid, status=att.status, reason=reason)
+            return "rejected"
+        # retriable: pick the bundle's next_at and the queue's hold
+        prev_attempts = self.spool.retry_state(bid).attempts
+        with self._lock:
+            self._failures += 1
+            failures = self._failures
+        if att.outcome is Outcome.AUTH:
+            item_delay = queue_delay = up.backoff_cap_s
+        elif att.outcome is Outcome.WAIT:
+            # as told, but never a hot loop on "Retry-After: 0"
+            item_delay = queue_delay = max(att.retry_after_s or 0.0, min(1.0, up.backoff_base_s))
+        else:
+            queue_delay = backoff_delay(
+                failures - 1, up.backoff_base_s, up.backoff_cap_s, self._rng
+            )
+            item_delay = max(
+                queue_delay,
+                backoff_delay(
+                    max(prev_attempts, failures - 1),
+                    up.backoff_base_s,
+                    up.backoff_cap_s,
+                    self._rng,
+                ),
+            )
+        reason = att.error or f"HTTP {att.status}"
+        self._safe(lambda: self.spool.release(item, now + item_delay, reason))
+        with self._lock:
+            self._s.current_bundle = ""
+            self._s.hold_until = now + queue_delay
+            self._s.next_attempt_at = now + queue_delay
+            self._record_failure(now, bid, reason)
+            newly_paused = att.outcome is Outcome.AUTH and not self._s.paused_auth
+            if att.outcome is Outcome.AUTH:
+                self._s.paused_auth = True
+        if att.outcome is Outcome.AUTH:
+            log.error(
+                "upload_auth_failed",
+                bundle_id=bid,
+                status=att.status,
+                retry_in_s=round(queue_delay, 1),
+            )
+            if newly_paused:
+                self._condition(
+                    True, f"collector refused the device credentials (HTTP {att.status})"
+                )
+        else:
+            log.warning(
+                "upload_retry",
+                bundle_id=bid,
+                status=att.status,
+                error=reason,
+                attempt=prev_attempts + 1,
+                retry_in_s=round(queue_delay, 2),
+                bundle_retry_in_s=round(item_delay, 2),
+            )
+        return "deferred"
+
+    def _record_failure(self, now: float, bid: str, reason: str) -> None:
+        self._s.last_failure_at = now
+        self._s.last_failure_reason = reason
+        self._s.last_failure_bundle = bid
+
+    def _condition(self, bad: bool, summary: str) -> None:
+        if self._on_condition is None:
+            return
+        try:
+            self._on_condition(AUTH_CONDITION, bad, summary)
+        except Exception as e:
+            log.warning("upload_condition_callback_failed", error=str(e))
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _get_session(self) -> requests.Session:
+        import requests
+
+        with self._lock:
+            reset = self._reset_session
+            self._reset_session = False
+        if reset:
+            self._close_session()
+        if self._session is None:
+            up = self.up
+            s = requests.Session()
+            s.trust_env = False  # the config is the only source: no env proxies, no .netrc
+            if not up.verify_tls:
+                s.verify = False
+                log.warning("upload_tls_unverified", endpoint=up.endpoint)
+            elif up.ca_file:
+                s.verify = up.ca_file
+            if up.client_cert_file:
+                s.cert = (
+                    (up.client_cert_file, up.client_key_file)
+                    if up.client_key_file
+                    else up.client_cert_file
+                )
+            if up.proxy:
+                s.proxies = {"http": up.proxy, "https": up.proxy}
+            self._session = s
+        return self._session
+
+    def _close_session(self) -> None:
+        s, self._session = self._session, None
+        if s is not None:
+            try:
+                s.close()
+            except Exception as e:
+                log.debug("upload_session_close_failed", error=str(e))
+
+    def _put(self, item: Item, token: str, on_chunk: Callable[[int], None]) -> Attempt:
+        """One PUT of one claimed bundle; never raises for transport or HTTP trouble."""
+        t0 = time.monotonic()
+        try:
+            digest, size = content_digest(item.path)
+        except OSError as e:
+            return Attempt(Outcome.RETRY, error=f"cannot read bundle: {e.strerror or e}")
+        headers = {
+            "Content-Type": "application/zip",
+            "Idempotency-Key": item.bundle_id,
+            "Content-Digest": digest,
+            "X-Posagent-Device": self.device_id,
+        }
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            session = self._get_session()
+            body = _Body(
+                item.path,
+                size,
+                self.up.bandwidth_bytes_per_s,
+                self._stop,
+                on_chunk,
+            )
+        except OSError as e:
+            return Attempt(Outcome.RETRY, error=f"cannot read bundle: {e.strerror or e}")
+        try:
+            resp = session.put(
+                bundle_url(self.up.endpoint, item.bundle_id),
+                data=body,
+                headers=headers,
+                timeout=(self.up.connect_timeout_s, self.up.read_timeout_s),
+                allow_redirects=False,
+                stream=True,
+            )
+        except _Aborted:
+            raise
+        except Exception as e:  # requests' and urllib3's errors, ssl, socket: all retriable
+            if isinstance(e.__context__, _Aborted) or self._stop.is_set():
+                raise _Aborted("uploader stopping") from e
+            return Attempt(
+                Outcome.RETRY,
+                error=_describe_exception(e),
+                bytes_sent=body.sent,
+                elapsed_s=time.monotonic() - t0,
+            )
+        finally:
+            body.close()
+        try:
+            status = resp.status_code
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock())
+            outcome = classify(status, retry_after)
+            text = b""
+            length = resp.headers.get("Content-Length", "")
+            small = length.isdigit() and int(length) <= RESPONSE_BODY_LIMIT_BYTES
+            if outcome is not Outcome.DONE or small:
+                # errors: a snippet for the log; small success bodies: read so the
+                # connection can be reused. A long or endless success body is dropped.
+                text = _read_capped(resp, RESPONSE_BODY_LIMIT_BYTES, RESPONSE_BODY_DEADLINE_S)
+        finally:
+            resp.close()
+        error = ""
+        if outcome is not Outcome.DONE:
+            snippet = " ".join(text.decode("utf-8", "replace").split())[:200]
+            error = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+        return Attempt(
+            outcome,
+            status=status,
+            error=error,
+            retry_after_s=retry_after,
+            bytes_sent=body.sent,
+            elapsed_s=time.monotonic() - t0,
+        )

@@ -433,14 +433,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
     return run_flush(args)
 
 
-def cmd_flush(args: argparse.Namespace) -> int:
-    from agent.flush import run_flush
-
-    return run_flush(args)
-
-
 COMMANDS: dict[str, Handler] = {
-    "flush": cmd_flush,
     "flush": cmd_flush,
     "run": cmd_run,
     "status": cmd_status,
@@ -514,10 +507,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--failed", action="store_true", help="failed/ bundles")
     q.add_argument("--sent", action="store_true", help="sent/ bundles")
     q.add_argument("--all", action="store_true", help="queued, failed and sent bundles")
-
-    p = sub.add_parser("flush", help="upload the queue now, with a progress bar")
-    _config_arg(p)
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("flush", help="upload the queue now, with a progress bar")
     _config_arg(p)

@@ -253,6 +253,7 @@ class CollectorConfig:
     device_keys_dir: str = ""
     max_body_mib: int = _f(32, min=1, max=4096)
     rate_per_minute: int = _f(120, min=1, max=1_000_000)
+    operator_token_file: str = ""
 
 
 @dataclass(frozen=True)

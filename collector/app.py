@@ -1,0 +1,727 @@
+"""The collector's ASGI application (Starlette): upload protocol v1, read API, operator page.
+
+Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
+``{"status", "bundle_id", "error"}``:
+
+1. the id in the path is a canonical UUID (400);
+2. ``Authorization: Bearer <device token>`` names a registered device (401);
+3. ``X-Posagent-Device`` is that device (403);
+4. the device's token bucket has a token (429 + Retry-After);
+5. ``Idempotency-Key`` (when sent) equals the id; Content-Type is application/zip
+   (400 / 415); a declared Content-Length over max_body_mib (413, before reading);
+6. the body streams into ``data_dir/incoming`` with the limit enforced per
+   chunk (413) while its SHA-256 is computed and compared with
+   ``Content-Digest: sha-256=:<base64>:`` (400);
+7. the bundle is verified with the reader of agent.bundle: structure (hostile
+   zips), schema, entry digests, and the HMAC when ``device_keys_dir`` holds
+   ``<device>.key`` (422 with the one-line reason);
+8. the manifest's bundle_id equals the path id (400) and its device id the
+   token's device (403);
+9. stored once: 201 created, 200 same digest already stored, 409 other digest.
+
+Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
+per-bundle endpoints, the HTML page at ``/``, and ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import math
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import structlog
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent.bundle import (
+    BundleError,
+    BundleReader,
+    bundle_id_time,
+    is_bundle_id,
+    load_key,
+)
+from agent.config import CollectorConfig
+from collector import pages
+from collector.auth import (
+    SESSION_COOKIE,
+    OperatorAuth,
+    TokenFileError,
+    TokenStore,
+    load_operator_auth,
+    valid_device_id,
+)
+from collector.ratelimit import RateLimiter
+from collector.storage import BundleRecord, BundleStore, Query, StorageError, open_default
+
+log = structlog.get_logger(__name__)
+
+MAX_LIST_LIMIT = 500
+MAX_LOGIN_BODY_BYTES = 4096
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+]
+_DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):\s*(?:;[^,]*)?(?:,|$)")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass
+class Collector:
+    """Everything the request handlers share."""
+
+    cfg: CollectorConfig
+    store: BundleStore
+    tokens: TokenStore
+    operator: OperatorAuth
+    limiter: RateLimiter
+    login_limiter: RateLimiter
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.cfg.max_body_mib * 1024 * 1024
+
+    def device_key(self, device: str) -> bytes | None:
+        """The device's HMAC key from device_keys_dir, or None when not known."""
+        if not self.cfg.device_keys_dir or not valid_device_id(device):
+            return None
+        path = Path(self.cfg.device_keys_dir) / f"{device}.key"
+        if not path.exists():
+            return None
+        return load_key(path)
+
+
+def _reply(
+    code: int,
+    status: str,
+    bundle_id: str | None,
+    error: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    bid = bundle_id[:80] if bundle_id else None
+    return JSONResponse(
+        {"status": status, "bundle_id": bid, "error": error}, status_code=code, headers=headers
+    )
+
+
+def parse_content_digest(value: str) -> bytes | None:
+    """The sha-256 value of an RFC 9530 Content-Digest header, or None."""
+    m = _DIGEST_RE.search(value.strip())
+    if not m:
+        return None
+    try:
+        raw = base64.b64decode(m.group(1), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def parse_time(text: str) -> float | None:
+    """since/until: epoch seconds, RFC 3339, or a naive ISO time (taken as UTC); '' is None."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"not a time: {text!r}")
+        return value
+    iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    try:
+        dt = datetime.fromisoformat(iso)
+    except ValueError:
+        raise ValueError(f"not a time (RFC 3339 or epoch seconds): {text[:40]!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def record_from_manifest(
+    m: dict[str, Any], *, size_bytes: int, sha256: str, signature_checked: bool, received_at: float
+) -> BundleRecord:
+    """The index row for a verified manifest."""
+
+    def section(name: str) -> dict[str, Any]:
+        v = m.get(name)
+        return v if isinstance(v, dict) else {}
+
+    trig, dev, red = section("trigger"), section("device"), section("redaction")
+    bid = str(m["bundle_id"])
+    try:
+        created = parse_time(str(m.get("created_at") or "")) or bundle_id_time(bid)
+    except ValueError:
+        created = bundle_id_time(bid)
+
+    def s(d: dict[str, Any], k: str, limit: int = 200) -> str:
+        v = d.get(k)
+        return "" if v is None else str(v)[:limit]
+
+    return BundleRecord(
+        bundle_id=bid,
+        device=s(dev, "id", 64),
+        site=s(dev, "site"),
+        fault_key=s(trig, "key", 100),
+        severity=s(trig, "severity", 20),
+        trigger_kind=s(trig, "kind", 20),
+        summary=s(trig, "summary", 300),
+        created_at=created or received_at,
+        received_at=received_at,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        screenshot=s(red, "screenshot", 100),
+        signature_checked=signature_checked,
+    )
+
+
+def record_json(r: BundleRecord) -> dict[str, Any]:
+    """A record for the JSON API: times in RFC 3339, links to the bundle's endpoints."""
+    d = r.to_dict()
+    d["created_at"] = pages.rfc3339(r.created_at)
+    d["received_at"] = pages.rfc3339(r.received_at)
+    base = f"/v1/bundles/{r.bundle_id}"
+    d["links"] = {
+        "manifest": base,
+        "download": f"{base}/download",
+        "page": f"/bundles/{r.bundle_id}",
+    }
+    return d
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+async def _receive_to_file(request: Request, path: Path, limit: int) -> tuple[int, bytes]:
+    h = hashlib.sha256()
+    n = 0
+    fd = path.open("xb")
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            n += len(chunk)
+            if n > limit:
+                raise _TooLarge()
+            h.update(chunk)
+            fd.write(chunk)
+    finally:
+        fd.close()
+    return n, h.digest()
+
+
+def _verify_and_commit(
+    col: Collector, bid: str, device: str, staged: Path, size: int, sha_hex: str
+) -> JSONResponse:
+    """Blocking part of ingest (runs in the thread pool)."""
+    import time
+
+    try:
+        key = col.device_key(device)
+    except BundleError as e:
+        log.error("device_key_unreadable", device=device, error=str(e))
+        return _reply(503, "unavailable", bid, "device key unreadable on the collector")
+    try:
+        with BundleReader(staged) as reader:
+            res = reader.verify(key)
+    except BundleError as e:
+        log.warning("bundle_rejected", bundle_id=bid, device=device, reason=str(e))
+        return _reply(422, "invalid_bundle", bid, str(e))
+    m = res.manifest
+    if m["bundle_id"] != bid:
+        return _reply(400, "bad_request", bid, "bundle id in the path differs from the manifest")
+    mdev = (m.get("device") or {}).get("id") if isinstance(m.get("device"), dict) else None
+    if mdev != device:
+        log.warning("bundle_device_mismatch", bundle_id=bid, device=device, manifest_device=mdev)
+        return _reply(403, "forbidden", bid, "manifest device differs from the token's device")
+    record = record_from_manifest(
+        m,
+        size_bytes=size,
+        sha256=sha_hex,
+        signature_checked=res.signature_checked,
+        received_at=time.time(),
+    )
+    result = col.store.commit(record, staged)
+    if result == "created":
+        log.info("bundle_stored", bundle_id=bid, device=device, size_bytes=size)
+        return _reply(201, "created", bid)
+    if result == "exists":
+        return _reply(200, "already_stored", bid)
+    log.warning("bundle_conflict", bundle_id=bid, device=device)
+    return _reply(409, "conflict", bid, "a different bundle is stored under this id")
+
+
+async def put_bundle(request: Request) -> Response:
+    col: Collector = request.app.state.collector
+    bid = str(request.path_params["bundle_id"])
+    if not is_bundle_id(bid):
+        return _reply(400, "bad_request", None, "bundle id must be a canonical lower-case UUID")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        await run_in_threadpool(col.tokens.reload)
+    except TokenFileError as e:
+        log.error("tokens_file_unreadable", error=str(e))
+        return _reply(503, "unavailable", bid, "device tokens unavailable")
+    device = col.tokens.device_for(token.strip()) if scheme.lower() == "bearer" else None
+    if device is None:
+        return _reply(
+            401,
+            "unauthorized",
+            bid,
+            "missing or unknown device token",
+            headers={"WWW-Authenticate": 'Bearer realm="posagent"'},
+        )
+    claimed = request.headers.get("x-posagent-device", "")
+    if claimed != device:
+        return _reply(403, "forbidden", bid, "X-Posagent-Device does not match the token's device")
+    wait_s = col.limiter.take(device)
+    if wait_s > 0:
+        return _reply(
+            429,
+            "rate_limited",
+            bid,
+            f"more than {col.cfg.rate_per_minute} uploads per minute",
+            headers={"Retry-After": str(int(wait_s))},
+        )
+    ikey = request.headers.get("idempotency-key")
+    if ikey is not None and ikey.strip() != bid:
+        return _reply(400, "bad_request", bid, "Idempotency-Key must equal the bundle id")
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/zip":
+        return _reply(415, "unsupported_media_type", bid, "Content-Type must be application/zip")
+    limit = col.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            return _reply(400, "bad_request", bid, "invalid Content-Length")
+        if int(declared) > limit:
+            return _reply(413, "too_large", bid, f"body over {col.cfg.max_body_mib} MiB")
+    expected = parse_content_digest(request.headers.get("content-digest", ""))
+    if expected is None:
+        return _reply(400, "bad_request", bid, "Content-Digest sha-256=:<base64>: required")
+    staged = col.store.staging_dir / f"{bid}.{secrets.token_hex(6)}.part"
+    try:
+        try:
+            size, digest = await _receive_to_file(request, staged, limit)
+        except _TooLarge:
+            log.warning("bundle_too_large", bundle_id=bid, device=device)
+            return _reply(413, "too_large", bid, f"body over {col.cfg.max_body_mib} MiB")
+        except ClientDisconnect:
+            return _reply(400, "bad_request", bid, "client disconnected")
+        if not secrets.compare_digest(digest, expected):
+            return _reply(400, "bad_request", bid, "Content-Digest does not match the body")
+        return await run_in_threadpool(
+            _verify_and_commit, col, bid, device, staged, size, digest.hex()
+        )
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- read side
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def operator_only(html: bool) -> Callable[[Handler], Handler]:
+    """Gate a read handler behind the operator token (no-op when none is configured)."""
+
+    def wrap(fn: Handler) -> Handler:
+        async def inner(request: Request) -> Response:
+            col: Collector = request.app.state.collector
+            if col.operator.allows(
+                request.headers.get("authorization", ""), request.cookies.get(SESSION_COOKIE, "")
+            ):
+                return await fn(request)
+            if html:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+            return _reply(
+                401,
+                "unauthorized",
+                None,
+                "operator token required",
+                headers={"WWW-Authenticate": 'Bearer realm="posagent-operator"'},
+            )
+
+        return inner
+
+    return wrap
+
+
+def _query_from(params: dict[str, str]) -> Query:
+    def number(name: str, default: int, lo: int, hi: int) -> int:
+        raw = params.get(name, "")
+        if not raw:
+            return default
+        if not raw.isdigit():
+            raise ValueError(f"{name} must be a non-negative integer")
+        return max(lo, min(hi, int(raw)))
+
+    sev = params.get("severity", "")
+    if sev and sev not in pages.SEVERITIES:
+        raise ValueError(f"severity must be one of {', '.join(pages.SEVERITIES)}")
+    return Query(
+        device=params.get("device", "").strip(),
+        site=params.get("site", "").strip(),
+        fault=params.get("fault", "").strip(),
+        severity=sev,
+        since=parse_time(params.get("since", "")),
+        until=parse_time(params.get("until", "")),
+        limit=number("limit", 50, 1, MAX_LIST_LIMIT),
+        offset=number("offset", 0, 0, 10**9),
+    )
+
+
+def _list(col: Collector, q: Query) -> tuple[list[BundleRecord], int, dict[str, int]]:
+    return col.store.index.query(q), col.store.index.count(q), col.store.index.counts(q)
+
+
+@operator_only(html=False)
+async def list_bundles(request: Request) -> Response:
+    col: Collector = request.app.state.collector
+    try:
+        q = _query_from(dict(request.query_params))
+    except ValueError as e:
+        return _reply(400, "bad_request", None, str(e))
+    records, total, counts = await run_in_threadpool(_list, col, q)
+    return JSONResponse(
+        {
+            "bundles": [record_json(r) for r in records],
+            "total": total,
+            "limit": q.limit,
+            "offset": q.offset,
+            "counts_by_fault": counts,
+        }
+    )
+
+
+def _load(col: Collector, bid: str) -> tuple[BundleRecord, bytes] | None:
+    record = col.store.index.get(bid)
+    if record is None:
+        return None
+    try:
+        return record, col.store.blobs.get(bid)
+    except KeyError:
+        log.error("bundle_blob_missing", bundle_id=bid)
+        return None
+
+
+async def _bundle_or_error(request: Request) -> tuple[BundleRecord, bytes] | Response:
+    col: Collector = request.app.state.collector
+    bid = str(request.path_params["bundle_id"])
+    if not is_bundle_id(bid):
+        return _reply(400, "bad_request", None, "bundle id must be a canonical lower-case UUID")
+    found = await run_in_threadpool(_load, col, bid)
+    if found is None:
+        return _reply(404, "not_found", bid, "no such bundle")
+    return found
+
+
+@operator_only(html=False)
+async def get_manifest(request: Request) -> Response:
+    found = await _bundle_or_error(request)
+    if isinstance(found, Response):
+        return found
+    with BundleReader(found[1]) as r:
+        return JSONResponse(r.manifest())
+
+
+@operator_only(html=False)
+async def download(request: Request) -> Response:
+    found = await _bundle_or_error(request)
+    if isinstance(found, Response):
+        return found
+    record, data = found
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{record.bundle_id}.zip"'},
+    )
+
+
+_ENTRY_TYPES = {
+    ".png": "image/png",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".log": "text/plain; charset=utf-8",
+}
+
+
+def _entry_response(data: bytes, record: BundleRecord, name: str) -> Response:
+    with BundleReader(data) as r:
+        if name not in r.names:
+            return _reply(404, "not_found", record.bundle_id, f"no entry {name[:100]!r}")
+        body = r.read(name)
+    suffix = Path(name).suffix.lower()
+    media = _ENTRY_TYPES.get(suffix, "application/octet-stream")
+    headers = {}
+    if media == "application/octet-stream":
+        headers["Content-Disposition"] = "attachment"
+    return Response(body, media_type=media, headers=headers)
+
+
+def entry_handler(fixed: str | None) -> Handler:
+    """Serve one entry of a stored bundle (a fixed name, or the {name} path parameter)."""
+
+    @operator_only(html=False)
+    async def handler(request: Request) -> Response:
+        found = await _bundle_or_error(request)
+        if isinstance(found, Response):
+            return found
+        record, data = found
+        name = fixed or str(request.path_params.get("name", ""))
+        return _entry_response(data, record, name)
+
+    return handler
+
+
+@operator_only(html=False)
+async def diagnostics(request: Request) -> Response:
+    found = await _bundle_or_error(request)
+    if isinstance(found, Response):
+        return found
+    out: dict[str, Any] = {}
+    with BundleReader(found[1]) as r:
+        for n in r.names:
+            if n.startswith("diagnostics/"):
+                raw = r.read(n).decode("utf-8", "replace")
+                if n.endswith(".json"):
+                    try:
+                        out[n] = json.loads(raw)
+                        continue
+                    except ValueError:
+                        pass
+                out[n] = raw
+    return JSONResponse(out)
+
+
+@operator_only(html=True)
+async def index_page(request: Request) -> Response:
+    col: Collector = request.app.state.collector
+    params = {k: v for k, v in request.query_params.items() if v}
+    error = ""
+    try:
+        q = _query_from(params)
+    except ValueError as e:
+        error = str(e)
+        q = Query()
+    records, total, counts = await run_in_threadpool(_list, col, q)
+    return HTMLResponse(
+        pages.render_list(
+            records,
+            counts,
+            total,
+            params,
+            q.limit,
+            q.offset,
+            error=error,
+            operator_login=col.operator.enabled,
+        ),
+        status_code=400 if error else 200,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@operator_only(html=True)
+async def bundle_page(request: Request) -> Response:
+    col: Collector = request.app.state.collector
+    found = await _bundle_or_error(request)
+    if isinstance(found, Response):
+        code = found.status_code
+        msg = "No such bundle." if code == 404 else "Not a bundle id."
+        return HTMLResponse(pages.layout("posagent collector", f"<h1>{msg}</h1>"), status_code=code)
+    record, data = found
+    with BundleReader(data) as r:
+        page = pages.render_bundle(record, r, operator_login=col.operator.enabled)
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+
+def _safe_next(target: str) -> str:
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+async def login(request: Request) -> Response:
+    col: Collector = request.app.state.collector
+    if not col.operator.enabled:
+        return RedirectResponse("/", status_code=303)
+    if request.method == "GET":
+        return HTMLResponse(
+            pages.render_login(next_url=_safe_next(request.query_params.get("next", "/")))
+        )
+    client = request.client.host if request.client else "?"
+    wait_s = col.login_limiter.take(client)
+    if wait_s > 0:
+        return HTMLResponse(
+            pages.render_login("Too many attempts; wait and retry."),
+            status_code=429,
+            headers={"Retry-After": str(int(wait_s))},
+        )
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_BODY_BYTES:
+            return PlainTextResponse("too large", status_code=413)
+    form = parse_qs(body.decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0].strip()
+    target = _safe_next((form.get("next") or ["/"])[0])
+    if not col.operator.check_token(token):
+        log.warning("operator_login_failed", client=client)
+        return HTMLResponse(pages.render_login("Wrong token.", target), status_code=401)
+    resp = RedirectResponse(target, status_code=303)
+    resp.set_cookie(
+        SESSION_COOKIE,
+        col.operator.session_value(),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return resp
+
+
+async def logout(request: Request) -> Response:
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+async def healthz(request: Request) -> Response:
+    col: Collector = request.app.state.collector
+    try:
+        await run_in_threadpool(col.store.index.get, "00000000-0000-0000-0000-000000000000")
+    except StorageError as e:
+        return JSONResponse({"status": "unhealthy", "error": str(e)}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+# --------------------------------------------------------------------------- errors, headers
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/v1/"):
+        status = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        return _reply(exc.status_code, status, None, str(exc.detail), headers=exc.headers)
+    return HTMLResponse(
+        pages.layout("posagent collector", f"<h1>{exc.status_code}: {pages.esc(exc.detail)}</h1>"),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    log.error("storage_error", path=request.url.path, error=str(exc))
+    return _reply(503, "unavailable", None, "storage unavailable, retry later")
+
+
+async def _bundle_error(request: Request, exc: Exception) -> Response:
+    log.error("stored_bundle_unreadable", path=request.url.path, error=str(exc))
+    return _reply(500, "error", None, f"stored bundle unreadable: {exc}")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("collector_internal_error", path=request.url.path, error=repr(exc))
+    return _reply(500, "error", None, "internal error")
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Starlette:
+    """The collector application for cfg; store defaults to files + SQLite under data_dir."""
+    col = Collector(
+        cfg=cfg,
+        store=store or open_default(cfg.data_dir),
+        tokens=TokenStore(cfg.tokens_file),
+        operator=load_operator_auth(cfg.operator_token_file),
+        limiter=RateLimiter(cfg.rate_per_minute),
+        login_limiter=RateLimiter(10),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        col.store.close()
+
+    routes = [
+        Route("/", index_page, methods=["GET"]),
+        Route("/bundles/{bundle_id}", bundle_page, methods=["GET"]),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["GET", "POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/bundles", list_bundles, methods=["GET"]),
+        Route("/v1/bundles/{bundle_id}", put_bundle, methods=["PUT"]),
+        Route("/v1/bundles/{bundle_id}", get_manifest, methods=["GET"]),
+        Route("/v1/bundles/{bundle_id}/download", download, methods=["GET"]),
+        Route(
+            "/v1/bundles/{bundle_id}/screenshot.png",
+            entry_handler("screenshot.png"),
+            methods=["GET"],
+        ),
+        Route("/v1/bundles/{bundle_id}/report.txt", entry_handler("report.txt"), methods=["GET"]),
+        Route(
+            "/v1/bundles/{bundle_id}/timeline.json", entry_handler("timeline.json"), methods=["GET"]
+        ),
+        Route("/v1/bundles/{bundle_id}/diagnostics", diagnostics, methods=["GET"]),
+        Route("/v1/bundles/{bundle_id}/entries/{name:path}", entry_handler(None), methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            HTTPException: _http_error,
+            StorageError: _storage_error,
+            BundleError: _bundle_error,
+            Exception: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.collector = col
+    app.add_middleware(SecurityHeaders)
+    return app

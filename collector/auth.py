@@ -1,0 +1,210 @@
+"""Device tokens (ingest) and the optional operator token (read side).
+
+tokens_file holds one line per device, ``<device_id> <sha256 hex of the token>``;
+``#`` starts a comment. Only hashes are stored: `add_device` prints the token
+once. A presented token is hashed, looked up by that hash (an attacker cannot
+steer SHA-256 prefixes) and confirmed with `hmac.compare_digest`. The file is
+re-read when it changes, so `add-device` works while the collector runs.
+
+Operator access: when ``operator_token_file`` is set, the read API and the web
+page require ``Authorization: Bearer <operator token>`` or the session cookie
+set by the login form (an HMAC of the token, never the token itself).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SESSION_COOKIE = "posagent_operator"
+
+
+class TokenFileError(Exception):
+    """The tokens file cannot be read or has a malformed line."""
+
+
+def valid_device_id(device_id: str) -> bool:
+    """Same charset as [agent] device_id; never '.' or '..' (ids name key files)."""
+    return bool(DEVICE_ID_RE.match(device_id)) and device_id not in (".", "..")
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: SHA-256 hex of its UTF-8 bytes."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh device token: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def parse_tokens(text: str, source: str = "<tokens>") -> dict[str, str]:
+    """device_id -> token hash from the tokens file's text; TokenFileError on a bad line."""
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not valid_device_id(parts[0]) or not _HEX64.match(parts[1]):
+            raise TokenFileError(f"{source}:{n}: expected '<device_id> <sha256 hex>'")
+        if parts[0] in out:
+            raise TokenFileError(f"{source}:{n}: device {parts[0]} listed twice")
+        out[parts[0]] = parts[1]
+    return out
+
+
+class TokenStore:
+    """Resolves a bearer token to its device; reloads the file when it changes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._by_hash: dict[str, str] = {}
+        self._by_device: dict[str, str] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the file if its inode, size or mtime changed; a missing file means no devices."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            with self._lock:
+                self._stamp, self._by_hash, self._by_device = None, {}, {}
+            return
+        except OSError as e:
+            raise TokenFileError(f"{self.path}: {e.strerror or e}") from e
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TokenFileError(f"{self.path}: {e}") from e
+        table = parse_tokens(text, str(self.path))
+        with self._lock:
+            self._by_hash = {h: dev for dev, h in table.items()}
+            self._by_device = table
+            self._stamp = stamp
+
+    def devices(self) -> list[str]:
+        """Registered device ids."""
+        with self._lock:
+            return sorted(self._by_device)
+
+    def device_for(self, token: str) -> str | None:
+        """The device a token belongs to, or None."""
+        if not token:
+            return None
+        digest = hash_token(token)
+        with self._lock:
+            device = self._by_hash.get(digest)
+            stored = self._by_device.get(device, "") if device is not None else ""
+        if device is None or not hmac.compare_digest(stored, digest):
+            return None
+        return device
+
+
+def add_device(path: str | Path, device_id: str, *, rotate: bool = False) -> str:
+    """Register device_id with a new token; return the token (store only its hash).
+
+    Raises ValueError for a bad id, FileExistsError when the device is already
+    registered and rotate is False. The file is rewritten atomically (0600)
+    under an exclusive lock.
+    """
+    if not valid_device_id(device_id):
+        raise ValueError(f"invalid device id {device_id!r} (letters, digits, . _ : -, 1-64)")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = p.with_name(p.name + ".lock")
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        table = parse_tokens(text, str(p))
+        if device_id in table and not rotate:
+            raise FileExistsError(f"device {device_id} already has a token (use --rotate)")
+        token = new_token()
+        table[device_id] = hash_token(token)
+        body = "# posagent collector device tokens: <device_id> <sha256 hex of token>\n"
+        body += "".join(f"{d} {h}\n" for d, h in sorted(table.items()))
+        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return token
+    finally:
+        os.close(lock_fd)
+
+
+# --------------------------------------------------------------------------- operator access
+
+
+@dataclass(frozen=True)
+class OperatorAuth:
+    """The read side's gate: open when token is empty, else Bearer or session cookie."""
+
+    token: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+    def session_value(self) -> str:
+        """The cookie value: an HMAC of the operator token (the token never leaves the login)."""
+        return hmac.new(
+            self.token.encode("utf-8"), b"posagent-operator-session/1", hashlib.sha256
+        ).hexdigest()
+
+    def check_token(self, presented: str) -> bool:
+        """Constant-time comparison of a presented operator token."""
+        return self.enabled and hmac.compare_digest(
+            presented.encode("utf-8"), self.token.encode("utf-8")
+        )
+
+    def allows(self, authorization: str, cookie: str) -> bool:
+        """True when access is open, or the Bearer header or the cookie is right."""
+        if not self.enabled:
+            return True
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and self.check_token(value.strip()):
+            return True
+        return bool(cookie) and hmac.compare_digest(cookie, self.session_value())
+
+
+def load_operator_auth(path: str) -> OperatorAuth:
+    """OperatorAuth from operator_token_file; empty path = open. Fails closed on a bad file."""
+    if not path:
+        return OperatorAuth("")
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TokenFileError(f"operator_token_file {path}: {e}") from e
+    if len(token) < 8:
+        raise TokenFileError(f"operator_token_file {path}: token shorter than 8 characters")
+    return OperatorAuth(token)

@@ -1,0 +1,110 @@
+"""`posagent collector serve|add-device` (registered in agent/cli.py; imports stay lazy)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_CONFIG = 78
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch `posagent collector ACTION`."""
+    if args.collector_cmd == "serve":
+        return cmd_serve(args)
+    if args.collector_cmd == "add-device":
+        return cmd_add_device(args)
+    return EX_USAGE
+
+
+def cmd_add_device(args: argparse.Namespace) -> int:
+    """Print a new token for DEVICE_ID once; tokens_file keeps only its SHA-256."""
+    from agent.config import load_config
+    from collector.auth import TokenFileError, add_device
+
+    cfg = load_config(args.config).collector
+    try:
+        token = add_device(cfg.tokens_file, args.device_id, rotate=args.rotate)
+    except ValueError as e:
+        _err(f"posagent collector add-device: {e}")
+        return EX_USAGE
+    except FileExistsError as e:
+        _err(f"posagent collector add-device: {e}")
+        return EX_CANTCREAT
+    except TokenFileError as e:
+        _err(f"posagent collector add-device: {e}")
+        return EX_DATAERR
+    except OSError as e:
+        _err(f"posagent collector add-device: cannot write {cfg.tokens_file}: {e.strerror or e}")
+        return EX_CANTCREAT
+    sys.stdout.write(token + "\n")
+    _err(
+        f"device {args.device_id} registered in {cfg.tokens_file}; "
+        "the token above is shown once: put it in the terminal's [upload] token_file"
+    )
+    return EX_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the collector on uvicorn until SIGINT/SIGTERM."""
+    from agent import log as agent_log
+    from agent.config import load_config
+    from agent.redact import Redactor
+
+    cfg = load_config(args.config)
+    ccfg = cfg.collector
+    agent_log.configure(cfg.agent.log_level, cfg.agent.log_format, Redactor(), sys.stderr)
+    try:
+        from collector.auth import TokenFileError
+        from collector.server import bind, parse_listen, serve
+        from collector.storage import StorageError
+    except ImportError as e:
+        _err(f"posagent collector serve: install the collector extra (posagent[collector]): {e}")
+        return EX_UNAVAILABLE
+    import structlog
+
+    log = structlog.get_logger("collector")
+    try:
+        host, port = parse_listen(args.listen or ccfg.listen)
+    except ValueError as e:
+        _err(f"posagent collector serve: {e}")
+        return EX_CONFIG
+    try:
+        sock = bind(host, port)
+    except OSError as e:
+        _err(f"posagent collector serve: cannot listen on {host}:{port}: {e.strerror or e}")
+        return EX_UNAVAILABLE
+    if not Path(ccfg.tokens_file).exists():
+        log.warning("collector_no_devices", tokens_file=ccfg.tokens_file, hint="add-device")
+    log.info(
+        "collector_starting",
+        listen=f"{host}:{sock.getsockname()[1]}",
+        data_dir=ccfg.data_dir,
+        operator_token=bool(ccfg.operator_token_file),
+    )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the previous
+    # handler in place: make that handler a no-op so a requested stop exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        serve(ccfg, sock)
+    except TokenFileError as e:
+        _err(f"posagent collector serve: {e}")
+        return EX_CONFIG
+    except (StorageError, OSError) as e:
+        _err(f"posagent collector serve: storage unusable under {ccfg.data_dir}: {e}")
+        return EX_CANTCREAT
+    finally:
+        sock.close()
+    return EX_OK

@@ -1,0 +1,326 @@
+"""Server-rendered HTML for the operator page. Every value passes html.escape; no external assets."""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from agent.bundle import MANIFEST, SIGNATURE, BundleReader
+from agent.bundle_html import timeline_svg
+from collector.storage import BundleRecord
+
+SEVERITIES = ("critical", "error", "warning")
+
+CSS = """
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2330;background:#f4f6f9}
+header{background:#1f2a44;color:#fff;padding:.7rem 1.5rem;display:flex;gap:1.5rem;align-items:baseline}
+header a{color:#fff;text-decoration:none}header .brand{font-weight:600;font-size:1.1rem}
+header .right{margin-left:auto;font-size:.85rem;opacity:.85}
+main{padding:1rem 1.5rem;max-width:1300px}
+h1{font-size:1.3rem;margin:.2rem 0 .8rem}h2{font-size:1.05rem;margin:1.4rem 0 .5rem}
+.card{background:#fff;border:1px solid #dde2ea;border-radius:6px;padding:.8rem 1rem;margin-bottom:1rem}
+form.filters{display:flex;flex-wrap:wrap;gap:.6rem;align-items:end}
+form.filters label{display:flex;flex-direction:column;font-size:.78rem;color:#556}
+form.filters input,form.filters select{font:inherit;padding:.25rem .4rem;border:1px solid #c5ccd8;border-radius:4px;min-width:9rem}
+button,.button{font:inherit;padding:.3rem .9rem;border:1px solid #1f2a44;border-radius:4px;background:#1f2a44;color:#fff;text-decoration:none;cursor:pointer}
+.button.light{background:#fff;color:#1f2a44}
+.chips{display:flex;flex-wrap:wrap;gap:.4rem}
+.chip{display:inline-block;padding:.15rem .6rem;border-radius:999px;background:#e8ecf3;color:#1d2330;text-decoration:none;font-size:.85rem}
+.chip.on{background:#1f2a44;color:#fff}.chip b{margin-left:.3rem}
+table.list{border-collapse:collapse;width:100%;background:#fff}
+table.list th{font-size:.78rem;text-transform:uppercase;color:#556;text-align:left;border-bottom:2px solid #dde2ea;padding:.35rem .5rem}
+table.list td{border-bottom:1px solid #eef1f5;padding:.35rem .5rem;vertical-align:top}
+table.list tr:hover td{background:#f7f9fc}
+table.facts td,table.facts th{text-align:left;padding:.15rem 1rem .15rem 0;vertical-align:top}
+table.facts th{color:#556;font-weight:500;white-space:nowrap}
+.sev{display:inline-block;padding:0 .45rem;border-radius:3px;font-size:.8rem;font-weight:600}
+.sev-critical{background:#fde2e4;color:#a4001d}.sev-error{background:#ffe9d6;color:#a14400}
+.sev-warning{background:#fff5cc;color:#7a5b00}.sev-info,.sev-{background:#e8ecf3;color:#445}
+.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85em}
+pre{background:#f6f8fb;border:1px solid #e3e7ee;border-radius:4px;padding:.7rem;overflow:auto;white-space:pre-wrap;margin:0}
+img.shot{max-width:100%;border:1px solid #ccd;border-radius:4px;display:block}
+.svgwrap{overflow-x:auto}svg text{font-size:11px}
+.muted{color:#778}.pager{margin-top:.6rem;display:flex;gap:.6rem;align-items:center}
+details{margin:.3rem 0}summary{cursor:pointer}
+.error{color:#a4001d}
+"""
+
+
+def esc(v: Any) -> str:
+    """HTML-escape any value (quotes included)."""
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def fmt_time(ts: float | None) -> str:
+    """Epoch seconds as 'YYYY-MM-DD HH:MM:SSZ' (UTC)."""
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def rfc3339(ts: float) -> str:
+    """Epoch seconds as RFC 3339 UTC with milliseconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fmt_size(n: int) -> str:
+    """Bytes for people."""
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.0f} KiB"
+    return f"{n} B"
+
+
+def sev_badge(sev: str) -> str:
+    """A coloured severity label."""
+    cls = sev if sev in SEVERITIES else "info"
+    return f'<span class="sev sev-{cls}">{esc(sev or "-")}</span>'
+
+
+def layout(title: str, body: str, *, operator_login: bool = False) -> str:
+    """The page frame: header, inline CSS, no scripts, no external assets."""
+    right = '<a href="/logout">log out</a>' if operator_login else ""
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+        "<header><a class='brand' href='/'>posagent collector</a>"
+        "<a href='/'>Bundles</a><a href='/v1/bundles'>JSON API</a>"
+        f"<span class='right'>{right}</span></header>"
+        f"<main>{body}</main></body></html>\n"
+    )
+
+
+def _link(params: dict[str, str], **changes: str) -> str:
+    merged = {k: v for k, v in params.items() if k != "offset"}
+    merged.update(changes)
+    return "/?" + urlencode({k: v for k, v in merged.items() if v})
+
+
+def render_list(
+    records: list[BundleRecord],
+    counts: dict[str, int],
+    total: int,
+    params: dict[str, str],
+    limit: int,
+    offset: int,
+    *,
+    error: str = "",
+    operator_login: bool = False,
+) -> str:
+    """The bundle list: filters, counts by fault, a table newest first, a pager."""
+    fault_options = sorted(set(counts) | ({params.get("fault", "")} - {""}))
+    opts = ["<option value=''>any</option>"] + [
+        f"<option value='{esc(f)}'{' selected' if f == params.get('fault') else ''}>"
+        f"{esc(f or '(none)')}</option>"
+        for f in fault_options
+        if f
+    ]
+    sev_opts = ["<option value=''>any</option>"] + [
+        f"<option value='{s}'{' selected' if s == params.get('severity') else ''}>{s}</option>"
+        for s in SEVERITIES
+    ]
+
+    def field(name: str, label: str, kind: str = "text") -> str:
+        return (
+            f"<label>{label}<input type='{kind}' name='{name}' id='f-{name}' "
+            f"value='{esc(params.get(name, ''))}'></label>"
+        )
+
+    form = (
+        "<form class='filters' method='get' action='/'>"
+        + field("device", "Device")
+        + field("site", "Site")
+        + f"<label>Fault<select name='fault' id='f-fault'>{''.join(opts)}</select></label>"
+        + f"<label>Severity<select name='severity' id='f-severity'>{''.join(sev_opts)}</select></label>"
+        + field("since", "Since (UTC)", "datetime-local")
+        + field("until", "Until (UTC)", "datetime-local")
+        + "<button type='submit' id='apply'>Filter</button>"
+        + "<a class='button light' href='/'>Clear</a></form>"
+    )
+    chips = [
+        f"<a class='chip{' on' if not params.get('fault') else ''}' href='{esc(_link(params, fault=''))}'>"
+        f"all<b>{sum(counts.values())}</b></a>"
+    ]
+    for fault, n in counts.items():
+        on = " on" if fault and fault == params.get("fault") else ""
+        chips.append(
+            f"<a class='chip{on}' data-fault='{esc(fault)}' href='{esc(_link(params, fault=fault))}'>"
+            f"{esc(fault or '(none)')}<b>{n}</b></a>"
+        )
+    rows = []
+    for r in records:
+        href = f"/bundles/{quote(r.bundle_id)}"
+        rows.append(
+            f"<tr data-bundle='{esc(r.bundle_id)}'>"
+            f"<td class='mono'><a href='{href}'>{esc(fmt_time(r.created_at))}</a></td>"
+            f"<td>{esc(r.device)}</td><td>{esc(r.site or '-')}</td>"
+            f"<td class='mono'><a href='{href}'>{esc(r.fault_key or '-')}</a></td>"
+            f"<td>{sev_badge(r.severity)}</td><td>{esc(r.trigger_kind)}</td>"
+            f"<td>{esc(r.summary)}</td><td>{esc(r.screenshot)}</td>"
+            f"<td class='muted'>{esc(fmt_size(r.size_bytes))}</td></tr>"
+        )
+    table = (
+        "<table class='list' id='bundles'><thead><tr><th>Created</th><th>Device</th><th>Site</th>"
+        "<th>Fault</th><th>Severity</th><th>Trigger</th><th>Summary</th><th>Screenshot</th>"
+        "<th>Size</th></tr></thead><tbody>"
+        + ("".join(rows) or "<tr><td colspan='9' class='muted'>No bundles match.</td></tr>")
+        + "</tbody></table>"
+    )
+    pager = [f"<span class='muted' id='total'>{total} bundle(s)</span>"]
+    if offset > 0:
+        pager.append(
+            f"<a class='button light' href='{esc(_link(params, offset=str(max(0, offset - limit))))}'>newer</a>"
+        )
+    if offset + limit < total:
+        pager.append(
+            f"<a class='button light' href='{esc(_link(params, offset=str(offset + limit)))}'>older</a>"
+        )
+    err_html = f"<p class='error'>{esc(error)}</p>" if error else ""
+    body = (
+        "<h1>Bundles</h1>"
+        f"<div class='card'>{form}{err_html}</div>"
+        f"<div class='card'><div class='chips' id='counts'>{''.join(chips)}</div></div>"
+        f"{table}<div class='pager'>{''.join(pager)}</div>"
+    )
+    return layout("posagent collector: bundles", body, operator_login=operator_login)
+
+
+def render_bundle(
+    record: BundleRecord, reader: BundleReader, *, operator_login: bool = False
+) -> str:
+    """One bundle: the fault, screenshot, report, timeline chart, diagnostics, download."""
+    m = reader.manifest()
+    trig = m.get("trigger") or {}
+    dev = m.get("device") or {}
+    names = reader.names
+    bid = quote(record.bundle_id)
+    base = f"/v1/bundles/{bid}"
+    facts = [
+        ("Bundle", f"<span class='mono'>{esc(record.bundle_id)}</span>"),
+        ("Created", esc(m.get("created_at"))),
+        ("Received", esc(fmt_time(record.received_at))),
+        (
+            "Terminal",
+            f"{esc(dev.get('id'))} ({esc(dev.get('model') or '-')}, serial {esc(dev.get('serial') or '-')})",
+        ),
+        ("Site", esc(dev.get("site") or "-")),
+        ("Platform", f"{esc(dev.get('platform'))} / {esc(dev.get('target'))}"),
+        ("Agent", esc((m.get("agent") or {}).get("version") or "-")),
+        (
+            "Integrity",
+            "entries verified, HMAC verified"
+            if record.signature_checked
+            else "entries verified; HMAC not checked (no device key on the collector)",
+        ),
+        (
+            "Size",
+            f"{esc(fmt_size(record.size_bytes))} <span class='mono muted'>sha256 {esc(record.sha256)}</span>",
+        ),
+    ]
+    fault_rows = []
+    for k in (
+        "kind",
+        "key",
+        "severity",
+        "summary",
+        "raised_at",
+        "cleared_at",
+        "duration_s",
+        "suppressed",
+        "note",
+        "contact",
+    ):
+        if trig.get(k) not in (None, ""):
+            val = sev_badge(str(trig[k])) if k == "severity" else esc(trig[k])
+            fault_rows.append(f"<tr><th>{esc(k)}</th><td>{val}</td></tr>")
+    readings = trig.get("readings") or []
+    if isinstance(readings, list) and readings:
+        fault_rows.append(
+            "<tr><th>readings</th><td><pre>"
+            + esc(json.dumps(readings, indent=1, ensure_ascii=False, default=str))
+            + "</pre></td></tr>"
+        )
+    parts = [
+        f"<h1>{esc(record.fault_key or record.trigger_kind)} {sev_badge(record.severity)}</h1>",
+        f"<p>{esc(record.summary)}</p>" if record.summary else "",
+        f"<p><a class='button' id='download' href='{base}/download'>Download bundle (.zip)</a> "
+        f"<a class='button light' href='{base}'>Manifest (JSON)</a></p>",
+        "<div class='card'><table class='facts'>"
+        + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
+        + "</table></div>",
+        "<h2>Fault</h2><div class='card'><table class='facts' id='fault'>"
+        + "".join(fault_rows)
+        + "</table></div>",
+    ]
+    shot_status = (m.get("redaction") or {}).get("screenshot", "")
+    parts.append("<h2>Screenshot</h2><div class='card'>")
+    if "screenshot.png" in names:
+        parts.append(
+            f"<img class='shot' id='screenshot' alt='screenshot' src='{base}/screenshot.png'>"
+        )
+        if shot_status and shot_status != "captured":
+            parts.append(f"<p class='muted'>{esc(shot_status)}</p>")
+    else:
+        parts.append(f"<p class='muted'>No screenshot: {esc(shot_status or 'not captured')}</p>")
+    parts.append("</div>")
+    if "report.txt" in names:
+        report = reader.read("report.txt").decode("utf-8", "replace")
+        parts.append(f"<h2>Report</h2><pre id='report'>{esc(report)}</pre>")
+    if "timeline.json" in names:
+        try:
+            tl = json.loads(reader.read("timeline.json"))
+            tl_readings = tl.get("readings", []) if isinstance(tl, dict) else []
+        except ValueError:
+            tl_readings = []
+        svg = timeline_svg([r for r in tl_readings if isinstance(r, dict)])
+        parts.append(
+            f"<h2>Timeline</h2><div class='card svgwrap' id='timeline'>{svg}"
+            f"<p class='muted'>{len(tl_readings)} reading(s); red marks failed or faulty readings. "
+            f"<a href='{base}/timeline.json'>timeline.json</a></p></div>"
+        )
+    diag = [n for n in names if n.startswith("diagnostics/")]
+    if diag:
+        parts.append("<h2>Diagnostics</h2><div class='card' id='diagnostics'>")
+        for n in diag:
+            text = reader.read(n).decode("utf-8", "replace")
+            parts.append(f"<details><summary>{esc(n)}</summary><pre>{esc(text)}</pre></details>")
+        parts.append("</div>")
+    others = [
+        n
+        for n in names
+        if n not in (MANIFEST, SIGNATURE, "report.txt", "screenshot.png", "timeline.json")
+        and n not in diag
+    ]
+    if others:
+        parts.append(
+            "<h2>Other entries</h2><ul>"
+            + "".join(f"<li><a href='{base}/entries/{quote(n)}'>{esc(n)}</a></li>" for n in others)
+            + "</ul>"
+        )
+    parts.append(
+        "<h2>Manifest</h2><details><summary>manifest.json</summary><pre>"
+        + esc(reader.read(MANIFEST).decode("utf-8", "replace"))
+        + "</pre></details>"
+    )
+    title = f"posagent bundle {record.fault_key or record.trigger_kind} {record.bundle_id}"
+    return layout(title, "".join(parts), operator_login=operator_login)
+
+
+def render_login(error: str = "", next_url: str = "/") -> str:
+    """The operator login form (only when operator_token_file is set)."""
+    err_html = f"<p class='error'>{esc(error)}</p>" if error else ""
+    body = (
+        "<h1>Operator login</h1><div class='card'>"
+        "<form method='post' action='/login' class='filters'>"
+        f"<input type='hidden' name='next' value='{esc(next_url)}'>"
+        "<label>Operator token<input type='password' name='token' id='token' autocomplete='current-password'></label>"
+        "<button type='submit'>Log in</button></form>"
+        f"{err_html}</div>"
+    )
+    return layout("posagent collector: login", body)

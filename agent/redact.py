@@ -1,0 +1,838 @@
+"""Redaction engine: removes card data and secrets from text, JSON-able data and log events.
+
+Every text and JSON entry of a bundle passes :meth:`Redactor.text` / :meth:`Redactor.obj`
+before it is written, and :meth:`Redactor.processor` is a structlog processor that does
+the same to every log event. What is found, in the order the passes run:
+
+1. the agent's own configured secrets (literal, plus their URL- and JSON-escaped forms)
+   → ``[REDACTED:config_secret]``;
+2. ``Authorization`` / ``Proxy-Authorization`` values → ``[REDACTED:authorization]``,
+   then any other ``Bearer <token>`` → ``Bearer [REDACTED:bearer]``;
+3. labelled values in ``key=value``, ``key: value`` and JSON form: CVV/CVC, PIN, PIN
+   block, passwords, secrets/tokens/API keys, track 1/2 → ``[REDACTED:<kind>]``;
+4. track 1 (``%B<PAN>^<NAME>^<YYMM>...?``) → ``[REDACTED:track1]``;
+5. hex-encoded EMV TLV elements 5A (PAN), 57 and 9F6B (track 2 equivalent) and 56
+   (track 1 equivalent): the value is replaced, tag and length kept
+   (``5A08[REDACTED:emv_tlv]``);
+6. track 2 (``;<PAN>=<YYMM>...?`` and the ``<PAN>D<YYMM>...`` form) →
+   ``[REDACTED:track2]``;
+7. PANs: 12-19 digits passing Luhn, plain or grouped (4-4-4-4..., 4-6-5, 4-6-4) with one
+   consistent separator (space, dash, dot, ``+`` or ``%20``), not touching other digits
+   → first 6 and last 4 digits kept, separators kept (``4111 11** **** 1111``), or
+   every digit masked with ``pan_mask="full"``.
+
+Left alone on purpose: numbers that fail Luhn; runs with digits on either side; numbers
+starting with 0 (zero-padded counters, amounts); epoch times (a leading 1 outside the
+15-digit UATP length); compact timestamps ``YYYYMMDDhhmm[ss[fff...]]``; E.164 phone
+numbers (a leading ``+``); 18-19 digit ICCIDs (prefix 89, the telecom numbering of ISO
+7812); digits inside UUIDs and hex digests (32/40/56/64/96/128 hex characters); and
+the allow-listed identifiers (IMEI, serial) given to the constructor.
+
+The work is a few precompiled scans; the costly passes only run when a cheap C-level
+pre-check (``in`` on the lower-cased text, one digit-run regex) says they can match.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any, Final
+
+RULESET_VERSION: Final = "1"
+
+PAN_MASKS: Final = ("first6last4", "full")
+
+_MARK = "[REDACTED:{}]"
+
+# ----------------------------------------------------------------------------- helpers
+
+
+_LUHN_DOUBLE: Final = str.maketrans("0123456789", "0246813579")
+
+
+def luhn_ok(digits: str) -> bool:
+    """True when the ASCII decimal string passes the Luhn (mod 10) check."""
+    total = sum(map(int, digits[-1::-2])) + sum(map(int, digits[-2::-2].translate(_LUHN_DOUBLE)))
+    return total % 10 == 0
+
+
+def _marker(kind: str) -> str:
+    return _MARK.format(kind)
+
+
+def _bump(counts: Counter[str] | None, kind: str, n: int = 1) -> None:
+    if counts is not None and n:
+        counts[kind] += n
+
+
+# ----------------------------------------------------------------------------- sensitive keys
+
+# Normalised key (lower case, no "_", "-", " ", ".") → kind. Used by obj()/processor() for
+# dict keys and, through _LABEL_KINDS, for labels in free text.
+_KEY_KINDS: Final[dict[str, str]] = {
+    "cvv": "cvv",
+    "cvv2": "cvv",
+    "cvc": "cvv",
+    "cvc2": "cvv",
+    "cvn": "cvv",
+    "cvn2": "cvv",
+    "cvd": "cvv",
+    "csc": "cvv",
+    "cav2": "cvv",
+    "cid2": "cvv",
+    "securitycode": "cvv",
+    "cardsecuritycode": "cvv",
+    "cardverificationvalue": "cvv",
+    "cardverificationcode": "cvv",
+    "pin": "pin",
+    "pincode": "pin",
+    "cardpin": "pin",
+    "pinblock": "pin_block",
+    "epb": "pin_block",
+    "encryptedpinblock": "pin_block",
+    "password": "password",
+    "passwd": "password",
+    "pwd": "password",
+    "passphrase": "password",
+    "secret": "secret",
+    "clientsecret": "secret",
+    "secretkey": "secret",
+    "privatekey": "secret",
+    "token": "secret",
+    "accesstoken": "secret",
+    "refreshtoken": "secret",
+    "idtoken": "secret",
+    "authtoken": "secret",
+    "apikey": "secret",
+    "apitoken": "secret",
+    "accesskey": "secret",
+    "hmackey": "secret",
+    "authorization": "authorization",
+    "proxyauthorization": "authorization",
+    "track1": "track1",
+    "track1data": "track1",
+    "track2": "track2",
+    "track2data": "track2",
+    "track2equivalent": "track2",
+    "track2equivalentdata": "track2",
+}
+
+# Key suffixes that make any key sensitive ("db_password", "device_token", "upload_secret").
+_KEY_SUFFIXES: Final[tuple[tuple[str, str], ...]] = (
+    ("password", "password"),
+    ("passwd", "password"),
+    ("secret", "secret"),
+    ("token", "secret"),
+    ("apikey", "secret"),
+    ("privatekey", "secret"),
+    ("pinblock", "pin_block"),
+)
+
+_KEY_NORMALISE = str.maketrans("", "", "_- .")
+
+
+def sensitive_key_kind(key: str) -> str | None:
+    """The redaction kind of a dict key ("cvv", "password", ...) or None when not sensitive."""
+    k = key.lower().translate(_KEY_NORMALISE)
+    kind = _KEY_KINDS.get(k)
+    if kind is not None:
+        return kind
+    for suffix, suffix_kind in _KEY_SUFFIXES:
+        if k.endswith(suffix):
+            return suffix_kind
+    return None
+
+
+# ----------------------------------------------------------------------------- patterns
+
+_SEP = r"[ _.-]?"
+# Labels recognised in free text, most specific first. Each maps to a kind via the
+# normalised label (see _label_kind).
+_LABELS = "|".join(
+    [
+        rf"proxy{_SEP}authorization",
+        rf"encrypted{_SEP}pin{_SEP}block",
+        rf"pin{_SEP}block",
+        r"epb",
+        rf"card{_SEP}security{_SEP}code",
+        rf"card{_SEP}verification{_SEP}(?:value|code)",
+        rf"security{_SEP}code",
+        r"cvv2?",
+        r"cvc2?",
+        r"cvn2?",
+        r"cvd",
+        r"csc",
+        r"cav2",
+        rf"card{_SEP}pin",
+        rf"pin{_SEP}code",
+        r"pin",
+        r"passphrase",
+        r"password",
+        r"passwd",
+        r"pwd",
+        rf"client{_SEP}secret",
+        rf"secret{_SEP}key",
+        rf"private{_SEP}key",
+        r"secret",
+        rf"(?:access|refresh|id|auth|api){_SEP}token",
+        r"token",
+        rf"api{_SEP}key",
+        rf"access{_SEP}key",
+        rf"hmac{_SEP}key",
+        rf"track{_SEP}2{_SEP}equivalent(?:{_SEP}data)?",
+        rf"track{_SEP}[12](?:{_SEP}data)?",
+    ]
+)
+
+# A label ends on an optional quote and a separator. It starts at a word boundary or at
+# a camelCase hump ("newPassword", "apiKey"); "db_password" and "x-api-key" qualify
+# since "_" and "-" are boundaries. The value follows (_KV_VALUE_RE); values already
+# redacted are skipped so that a second pass changes nothing, and so are bare values
+# that name a Java object ("token=Token{42af...}" in Android dumpsys is a window handle).
+_KV_HEAD_RE: Final = re.compile(
+    r"(?i)(?:(?<![A-Za-z0-9])|(?-i:(?<=[a-z0-9])(?=[A-Z])))(?P<label>" + _LABELS + r")"
+    r"(?P<kq>\\?[\"']?)[ \t]*(?:=>|[:=])",
+    re.ASCII,
+)
+_KV_VALUE_RE: Final = re.compile(
+    r"[ \t]*(?!\\?[\"']?\[REDACTED:)(?P<val>"
+    r"(?P<vq>\\?\")(?P<v1>(?:[^\"\\\r\n]|\\[^\"\r\n])*)(?P=vq)"
+    r"|'(?P<v2>[^'\r\n]*)'"
+    r"|(?![A-Z][A-Za-z0-9_$.]*\{)(?P<v3>[^\s\"'&,;)\]}<>]+))",
+    re.ASCII,
+)
+
+# Words found in every label: the lower-cased text must contain one for a label to match.
+_KV_WORDS: Final = (
+    "cv",
+    "csc",
+    "cav2",
+    "security",
+    "verification",
+    "pin",
+    "epb",
+    "pass",
+    "pwd",
+    "secret",
+    "key",
+    "token",
+    "track",
+)
+_KV_WORDS_B: Final = tuple(w.encode() for w in _KV_WORDS)
+_TRIGGER_WORDS: Final = (b"authoriz", b"bearer", *_KV_WORDS_B)
+_WORDS: Final = 1  # a segment holds a label word
+_CARDS: Final = 2  # a segment holds digits that may be card data
+
+# Card-data pre-check on a copy of the text where every ASCII digit is "0".
+_DIGITS_TO_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
+_RUN12: Final = b"0" * 12
+_ZERO_RUN: Final = re.compile(b"0*")
+_GROUP_TRIGGERS: Final = (b"0000 0000", b"0000-0000", b"0000.0000", b"0000+0000", b"0000%000000")
+_TRACK_FOLLOWERS: Final = frozenset("=^")
+_HEX_LETTERS: Final = frozenset("abcdefABCDEF")
+
+_AUTH_SCHEMES = (
+    r"(?:Basic|Bearer|Digest|Negotiate|NTLM|Token|ApiKey|OAuth|Hawk|HMAC|SharedKey"
+    r"|AWS4-HMAC-SHA256|DPoP|Mutual|SCRAM-SHA-256)[ \t]+"
+)
+
+# Authorization header value: header style (to end of line) or key=value style.
+_AUTH_RE: Final = re.compile(
+    r"(?i)(?<![A-Za-z0-9])(?P<key>(?:proxy-)?authorization)(?P<kq>\\?[\"']?)"
+    r"(?P<sep>[ \t]*[:=][ \t]*)(?!\\?[\"']?\[REDACTED:)"
+    r"(?:(?P<vq>\\?\")(?P<v1>(?:[^\"\\\r\n]|\\[^\"\r\n])*)(?P=vq)"
+    r"|'(?P<v2>[^'\r\n]*)'"
+    r"|(?P<v3>(?:" + _AUTH_SCHEMES + r")?(?:[A-Za-z0-9_-]+=\"[^\"\r\n]*\"|[^\s\"'&,;)\]}<>]+)"
+    r"(?:,[ \t]*[A-Za-z0-9_-]+=(?:\"[^\"\r\n]*\"|[^\s,\"']+))*))",
+    re.ASCII,
+)
+
+_BEARER_RE: Final = re.compile(
+    r"(?i)(?<![A-Za-z0-9])(?P<scheme>bearer)(?P<sp>[ \t]+|%20|\+)(?!\[REDACTED:)"
+    r"(?P<tok>[A-Za-z0-9\-._~+/]+=*)",
+    re.ASCII,
+)
+
+_TRACK1_RE: Final = re.compile(
+    r"%?[Bb](?P<pan>\d{12,19})\^(?P<name>[^^\r\n]{0,40})\^(?P<exp>\d{4})"
+    r"(?:[^?\r\n\"'&<>]{0,79}\?|[^\s?\"'&<>^]*)",
+    re.ASCII,
+)
+
+# Tag candidates of hex EMV TLV. 5A: PAN (n, F-padded); 57/9F6B: track 2 equivalent
+# (PAN 'D' YYMM ...); 56: track 1 equivalent (ASCII 'B' = 0x42 then digits 0x3X).
+_TLV_RE: Final = re.compile(
+    r"(?i)(?P<tag>5A|57|9F6B|56)(?P<len>[0-9A-F]{2})(?=(?:\d{12}|423\d3\d))", re.ASCII
+)
+_HEX_RE: Final = re.compile(r"[0-9A-Fa-f]*", re.ASCII)
+
+_TRACK2_RE: Final = re.compile(
+    r"(?:(?P<ss>;)|(?<![0-9A-Za-z]))(?P<pan>\d{12,19})"
+    r"(?:=(?P<exp>\d{4})(?P<rest>\d{0,30})\??(?!\d)"
+    r"|[Dd](?P<dexp>\d{4})(?P<drest>[0-9A-Fa-f]{0,30})\??(?![0-9A-Za-z]))",
+    re.ASCII,
+)
+
+# A PAN candidate: a plain run of 12-19 digits, or 4-digit groups (at least 3 groups) or
+# 4-6-x groups with one consistent separator. Shapes are checked in code.
+_PAN_RE: Final = re.compile(
+    r"(?<!\d)(?:(?P<plain>\d{12,19})"
+    r"|(?P<grouped>\d{4}(?P<sep>[ .+-]|%20)\d{4,6}(?:(?P=sep)\d{1,7}){1,4}))(?!\d)",
+    re.ASCII,
+)
+
+# Identifiers with a fixed length that a Luhn-valid number may collide with, recognised
+# by their label: RRN (12 digits), merchant id (15), IMEI (15), IMSI (15).
+_ID_LENGTHS: Final[dict[str, int]] = {
+    "rrn": 12,
+    "retrievalreferencenumber": 12,
+    "retrievalref": 12,
+    "mid": 15,
+    "merchantid": 15,
+    "imei": 15,
+    "imsi": 15,
+}
+_ID_VALUE_OPENERS: Final = frozenset("=: \"'")
+_ID_LABEL_RE: Final = re.compile(
+    r"(?i)(?<![A-Za-z0-9])(?P<label>rrn|mid|imei|imsi|merchant[ _.-]?id"
+    r"|retrieval[ _.-]?ref(?:erence)?(?:[ _.-]?number)?)"
+    r"\\?[\"']?[ \t]*[:=][ \t]*\\?[\"']?\Z",
+    re.ASCII,
+)
+
+_UUID_RE: Final = re.compile(
+    r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}", re.ASCII
+)
+_ALNUM_RUN_RIGHT: Final = re.compile(r"[0-9A-Za-z]*", re.ASCII)
+_ALNUM_RUN_LEFT: Final = re.compile(r"[0-9A-Za-z]*\Z", re.ASCII)
+_HASH_LENGTHS: Final = frozenset({32, 40, 56, 64, 96, 128})
+_HEX_CHARS: Final = frozenset("0123456789abcdefABCDEF")
+
+
+def _looks_like_timestamp(d: str) -> bool:
+    """YYYYMMDDhhmm[ss[fraction]] with a year 1970-2099 and valid fields."""
+    if len(d) < 12:
+        return False
+    year = int(d[0:4])
+    month = int(d[4:6])
+    day = int(d[6:8])
+    hour = int(d[8:10])
+    minute = int(d[10:12])
+    if not (1970 <= year <= 2099 and 1 <= month <= 12 and 1 <= day <= 31):
+        return False
+    if hour > 23 or minute > 59:
+        return False
+    return not (len(d) >= 14 and int(d[12:14]) > 60)
+
+
+def _group_shape_ok(lengths: list[int]) -> bool:
+    """Card-number groupings: 4-4-4[-4][-x] (x 1..7 last) and 4-6-4 / 4-6-5."""
+    total = sum(lengths)
+    if not 12 <= total <= 19 or lengths[0] != 4:
+        return False
+    if len(lengths) == 3 and lengths[1] == 6 and lengths[2] in (4, 5):
+        return True
+    return len(lengths) >= 3 and all(n == 4 for n in lengths[1:-1]) and 1 <= lengths[-1] <= 7
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class Redactor:
+    """Finds and masks card data and secrets; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        *,
+        pan_mask: str = "first6last4",
+        secrets: Iterable[str] = (),
+        allow: Iterable[str] = (),
+    ) -> None:
+        if pan_mask not in PAN_MASKS:
+            raise ValueError(f"pan_mask must be one of {PAN_MASKS}, not {pan_mask!r}")
+        self.pan_mask = pan_mask
+        variants: set[str] = set()
+        for raw in secrets:
+            s = raw.strip()
+            # A secret of 1-3 characters would mangle every text it appears in.
+            if len(s) < 4:
+                continue
+            variants.add(s)
+            variants.add(urllib.parse.quote(s, safe=""))
+            variants.add(urllib.parse.quote_plus(s, safe=""))
+            variants.add(s.replace("\\", "\\\\").replace('"', '\\"'))
+        # Longest first so a secret containing another is masked whole.
+        self._secrets: tuple[str, ...] = tuple(sorted(variants, key=len, reverse=True))
+        self._secrets_re: re.Pattern[str] | None = (
+            re.compile("|".join(re.escape(s) for s in self._secrets)) if self._secrets else None
+        )
+        allow_literals: set[str] = set()
+        allow_digits: set[str] = set()
+        for raw in allow:
+            a = raw.strip()
+            if not a:
+                continue
+            allow_literals.add(a)
+            digits = "".join(ch for ch in a if ch.isdigit())
+            if digits and len(digits) >= 12 and not any(ch.isalpha() for ch in a):
+                allow_digits.add(digits)
+        self._allow_literals: tuple[str, ...] = tuple(sorted(allow_literals))
+        self._allow_margin = max((len(a) for a in allow_literals), default=0)
+        self._allow_digits: frozenset[str] = frozenset(allow_digits)
+
+    # ------------------------------------------------------------------ public API
+
+    def text(self, s: str, counts: Counter[str] | None = None) -> str:
+        """Return s with card data and secrets masked; counts (if given) gains one per find."""
+        if not s:
+            return s
+        if self._secrets_re is not None and any(sec in s for sec in self._secrets):
+            s, n = self._secrets_re.subn(_marker("config_secret"), s)
+            _bump(counts, "config_secret", n)
+        # Every other rule matches within one line. Find the few lines that can hold a
+        # match with C-level searches, and run the regular expressions on those only.
+        hits = self._trigger_positions(s)
+        if hits and len(s) <= 512:
+            what = 0
+            for _pos, kind in hits:
+                what |= kind
+            return self._segment(s, counts, what)
+        if not hits:
+            return s
+        hits.sort()
+        lines: list[list[int]] = []  # [lo, hi, what]
+        for pos, what in hits:
+            if lines and pos < lines[-1][1]:
+                lines[-1][2] |= what
+                continue
+            lo = s.rfind("\n", 0, pos) + 1
+            hi = s.find("\n", pos)
+            lines.append([lo, len(s) if hi < 0 else hi, what])
+        pieces: list[str] = []
+        done = 0
+        for lo, hi, what in lines:
+            pieces.append(s[done:lo])
+            pieces.append(self._segment(s[lo:hi], counts, what))
+            done = hi
+        pieces.append(s[done:])
+        return "".join(pieces)
+
+    def _trigger_positions(self, s: str) -> list[tuple[int, int]]:
+        """(position, _WORDS or _CARDS) of everything that may start a match: label words,
+        and digit runs or groups that could be card data. Only bytes find (C speed), on
+        a latin-1 copy (one byte per character, so positions are the text's)."""
+        hits: list[tuple[int, int]] = []
+        raw = s.encode("latin-1", "replace")
+        low = raw.lower()
+        for word in _TRIGGER_WORDS:
+            i = low.find(word)
+            while i >= 0:
+                hits.append((i, _WORDS))
+                i = low.find(word, i + len(word))
+        digits = raw.translate(_DIGITS_TO_ZERO)
+        i = digits.find(_RUN12)
+        while i >= 0:
+            j = _ZERO_RUN.match(digits, i).end()  # type: ignore[union-attr]
+            if self._run_may_be_card_data(s, i, j):
+                hits.append((i, _CARDS))
+            i = digits.find(_RUN12, j)
+        for group in _GROUP_TRIGGERS:
+            i = digits.find(group)
+            while i >= 0:
+                m = _PAN_RE.match(s, i)
+                if m is not None and m.group("grouped") is not None:
+                    if self._pan_sub(m, None) != m.group(0):
+                        hits.append((i, _CARDS))
+                    i = digits.find(group, m.end())
+                else:
+                    i = digits.find(group, i + 1)
+        return hits
+
+    def _run_may_be_card_data(self, s: str, i: int, j: int) -> bool:
+        """Whether the digit run s[i:j] (>= 12 digits) can be part of a PAN, track or TLV."""
+        after = s[j : j + 1]
+        before = s[i - 1 : i]
+        if after in _TRACK_FOLLOWERS or after in _HEX_LETTERS or before in _HEX_LETTERS:
+            return True  # track 2 "=" / "D", track 1 "^", inside hex (EMV TLV)
+        if before == ";":
+            return True
+        if not 12 <= j - i <= 19:
+            return False
+        return self._pan_ok(s[i:j], s, i, j)
+
+    def _segment(self, s: str, counts: Counter[str] | None, what: int) -> str:
+        """The rules (all but the configured secrets) on one or a few whole lines; what
+        says which families can match (_WORDS: labels, _CARDS: card data)."""
+        if what & _WORDS:
+            low = s.lower()
+            if "authoriz" in low:
+                s = _AUTH_RE.sub(lambda m: self._kv_sub(m, "authorization", counts), s)
+            if "bearer" in low:
+                s = _BEARER_RE.sub(lambda m: self._bearer_sub(m, counts), s)
+        if what & _CARDS:
+            if "^" in s:
+                s = _TRACK1_RE.sub(lambda m: self._track1_sub(m, counts), s)
+            s = self._tlv(s, counts)
+            s = _TRACK2_RE.sub(lambda m: self._track2_sub(m, counts), s)
+        if what & _WORDS:
+            s = self._kv_pass(s, counts)
+        if what & _CARDS:
+            s = _PAN_RE.sub(lambda m: self._pan_sub(m, counts), s)
+        return s
+
+    def obj(self, o: Any, counts: Counter[str] | None = None) -> Any:
+        """Deep-redact JSON-able data: every string value; a value under a sensitive key
+        (cvv, cvc, cvv2, pin, pin_block, password, passwd, secret, token, authorization,
+        api_key, track1, track2 ... case-insensitive) is replaced whole."""
+        return self._value(o, counts)
+
+    def processor(
+        self,
+    ) -> Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]:
+        """A structlog processor redacting every event dict in place.
+
+        Place it after ``format_exc_info`` (so rendered tracebacks are redacted) and
+        before the renderer. ``exc_info`` / ``stack_info`` values are left for structlog.
+        """
+
+        def redact_event(
+            _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+        ) -> MutableMapping[str, Any]:
+            for key in list(event_dict):
+                if key in ("exc_info", "stack_info"):
+                    continue
+                value = event_dict[key]
+                kind = sensitive_key_kind(key) if isinstance(key, str) else None
+                if kind is not None and key != "event":
+                    if value is not None and value != "":
+                        event_dict[key] = _marker(kind)
+                else:
+                    event_dict[key] = self._value(value, None, opaque=True)
+            return event_dict
+
+        return redact_event
+
+    # ------------------------------------------------------------------ deep values
+
+    def _value(self, o: Any, counts: Counter[str] | None, *, opaque: bool = False) -> Any:
+        if isinstance(o, str):
+            return self.text(o, counts)
+        if o is None or isinstance(o, bool | float):
+            return o
+        if isinstance(o, int):
+            if o < 10**11 and o > -(10**11):
+                return o
+            rendered = str(o)
+            redacted = self.text(rendered, counts)
+            return o if redacted == rendered else redacted
+        if isinstance(o, dict):
+            out: dict[Any, Any] = {}
+            for k, v in o.items():
+                kind = sensitive_key_kind(k) if isinstance(k, str) else None
+                new_k = self.text(k, counts) if isinstance(k, str) else k
+                if kind is not None and v is not None and v != "":
+                    _bump(counts, kind)
+                    out[new_k] = _marker(kind)
+                elif isinstance(k, str) and _is_labelled_id(k, v):
+                    out[new_k] = v
+                else:
+                    out[new_k] = self._value(v, counts, opaque=opaque)
+            return out
+        if isinstance(o, list):
+            return [self._value(v, counts, opaque=opaque) for v in o]
+        if isinstance(o, tuple):
+            return tuple(self._value(v, counts, opaque=opaque) for v in o)
+        if isinstance(o, bytes | bytearray):
+            decoded = bytes(o).decode("utf-8", "replace")
+            redacted = self.text(decoded, counts)
+            return o if redacted == decoded else redacted
+        if opaque:
+            # Anything else a log event may carry (exceptions, paths, objects): judged by
+            # its str(); replaced by the redacted string only when that str() held data.
+            try:
+                rendered = str(o)
+            except Exception:  # a broken __str__ must not break logging
+                return o
+            redacted = self.text(rendered, counts)
+            return o if redacted == rendered else redacted
+        return o
+
+    # ------------------------------------------------------------------ substitutions
+
+    def _kv_sub(self, m: re.Match[str], kind: str, counts: Counter[str] | None) -> str:
+        """Replace the value of an Authorization match, keeping key, separator, quoting."""
+        _bump(counts, kind)
+        return m.string[m.start() : m.end("sep")] + _wrap(kind, m.group("kq"), m)
+
+    def _kv_pass(self, s: str, counts: Counter[str] | None) -> str:
+        """Labelled values: search the label only near each label word found."""
+        low = s.encode("latin-1", "replace").lower()
+        starts: list[int] = []
+        for word in _KV_WORDS_B:
+            i = low.find(word)
+            while i >= 0:
+                starts.append(i)
+                i = low.find(word, i + 1)
+        if not starts:
+            return s
+        starts.sort()
+        pieces: list[str] = []
+        done = 0
+        n = len(s)
+        seen: set[int] = set()
+        for p in starts:
+            pos = max(done, p - 16)
+            end = min(n, p + 48)
+            while pos < end:
+                head = _KV_HEAD_RE.search(s, pos, end)
+                if head is None:
+                    break
+                pos = head.start() + 1
+                if head.start() in seen:
+                    continue
+                seen.add(head.start())
+                value = _KV_VALUE_RE.match(s, head.end())
+                if value is None:
+                    continue
+                kind = _label_kind(head.group("label"))
+                if not _label_value_ok(kind, value):
+                    continue
+                _bump(counts, kind)
+                pieces.append(s[done : value.start("val")])
+                pieces.append(_wrap(kind, head.group("kq"), value))
+                done = pos = value.end()
+        if not pieces:
+            return s
+        pieces.append(s[done:])
+        return "".join(pieces)
+
+    def _bearer_sub(self, m: re.Match[str], counts: Counter[str] | None) -> str:
+        _bump(counts, "bearer")
+        return f"{m.group('scheme')}{m.group('sp')}{_marker('bearer')}"
+
+    def _track1_sub(self, m: re.Match[str], counts: Counter[str] | None) -> str:
+        _bump(counts, "track1")
+        return _marker("track1")
+
+    def _track2_sub(self, m: re.Match[str], counts: Counter[str] | None) -> str:
+        pan = m.group("pan")
+        exp = m.group("exp") or m.group("dexp") or "0000"
+        rest = m.group("rest") if m.group("rest") is not None else (m.group("drest") or "")
+        plausible = 1 <= int(exp[2:4]) <= 12 and len(rest) >= 3
+        if not (m.group("ss") or luhn_ok(pan) or plausible):
+            return m.group(0)
+        if pan in self._allow_digits:
+            return m.group(0)
+        _bump(counts, "track2")
+        return _marker("track2")
+
+    def _tlv(self, s: str, counts: Counter[str] | None) -> str:
+        """Replace the values of EMV TLV elements 5A, 57, 9F6B and 56 found in hex text."""
+        pieces: list[str] = []
+        pos = 0
+        search_at = 0
+        mark = _marker("emv_tlv")
+        while True:
+            m = _TLV_RE.search(s, search_at)
+            if m is None:
+                break
+            tag = m.group("tag").upper()
+            length = int(m.group("len"), 16)
+            vstart = m.end()
+            vend = vstart + 2 * length
+            value = s[vstart:vend]
+            ok = (
+                length > 0
+                and len(value) == 2 * length
+                and _HEX_RE.fullmatch(value) is not None
+                and _tlv_value_ok(tag, value)
+            )
+            if not ok:
+                search_at = m.start() + 1
+                continue
+            pieces.append(s[pos:vstart])
+            pieces.append(mark)
+            _bump(counts, "emv_tlv")
+            pos = search_at = vend
+        if not pieces:
+            return s
+        pieces.append(s[pos:])
+        return "".join(pieces)
+
+    def _pan_sub(self, m: re.Match[str], counts: Counter[str] | None) -> str:
+        text = m.string
+        start, end = m.span()
+        plain = m.group("plain")
+        if plain is not None:
+            if self._pan_ok(plain, text, start, end):
+                _bump(counts, "pan")
+                return self._mask_digits(plain)
+            return plain
+        sep = m.group("sep")
+        whole = m.group("grouped")
+        groups = whole.split(sep)
+        lengths = [len(g) for g in groups]
+        n = len(groups)
+        # Longest card-shaped sub-run of groups, leftmost first (a PAN followed by a
+        # CVV or preceded by a reference number still gets masked).
+        for size in range(n, 2, -1):
+            for i in range(0, n - size + 1):
+                sub = lengths[i : i + size]
+                if not _group_shape_ok(sub):
+                    continue
+                digits = "".join(groups[i : i + size])
+                sub_start = start + sum(lengths[:i]) + i * len(sep)
+                sub_end = sub_start + sum(sub) + (size - 1) * len(sep)
+                if not self._pan_ok(digits, text, sub_start, sub_end):
+                    continue
+                _bump(counts, "pan")
+                left = sep.join(groups[:i]) + (sep if i else "")
+                right = (sep if i + size < n else "") + sep.join(groups[i + size :])
+                return left + self._mask_grouped(groups[i : i + size], sep) + right
+        return whole
+
+    # ------------------------------------------------------------------ PAN decisions
+
+    def _pan_ok(self, digits: str, text: str, start: int, end: int) -> bool:
+        """True when digits at text[start:end] should be masked as a PAN."""
+        first = digits[0]
+        if first == "0":
+            return False
+        if first == "1" and len(digits) != 15:
+            return False  # epoch s/ms/us/ns; only UATP (15 digits) starts with 1
+        if digits.startswith("89") and len(digits) >= 18:
+            return False  # ICCID (SIM serial)
+        if first in "12" and _looks_like_timestamp(digits):
+            return False
+        if not luhn_ok(digits):
+            return False
+        if digits in self._allow_digits:
+            return False
+        if start > 0 and text[start - 1] == "+":
+            return False  # E.164 phone number
+        if (
+            end - start == len(digits)  # a plain run: identifiers are not written grouped
+            and text[start - 1 : start] in _ID_VALUE_OPENERS
+            and digits[:2] not in ("34", "37")  # 15 digits from 34/37: an Amex PAN wins
+        ):
+            label = _ID_LABEL_RE.search(text, max(0, start - 40), start)
+            if label is not None and id_length(label.group("label")) == len(digits):
+                return False
+        return not self._protected(text, start, end)
+
+    def _protected(self, text: str, start: int, end: int) -> bool:
+        """Inside a UUID, a hex digest or an allow-listed identifier."""
+        right = _ALNUM_RUN_RIGHT.match(text, end)
+        left = _ALNUM_RUN_LEFT.search(text, max(0, start - 130), start)
+        tok_start = left.start() if left else start
+        tok_end = right.end() if right else end
+        token = text[tok_start:tok_end]
+        if (
+            len(token) in _HASH_LENGTHS
+            and len(token) > end - start
+            and all(ch in _HEX_CHARS for ch in token)
+        ):
+            return True
+        margin = max(36, self._allow_margin)
+        lo, hi = max(0, start - margin), min(len(text), end + margin)
+        window = text[lo:hi]
+        if "-" in window:
+            for u in _UUID_RE.finditer(window):
+                if u.start() + lo <= start and end <= u.end() + lo:
+                    return True
+        for a in self._allow_literals:
+            if a in window:
+                idx = window.find(a)
+                while idx != -1:
+                    if idx + lo <= start and end <= idx + lo + len(a):
+                        return True
+                    idx = window.find(a, idx + 1)
+        return False
+
+    def _mask_digits(self, digits: str) -> str:
+        if self.pan_mask == "full":
+            return "*" * len(digits)
+        return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
+
+    def _mask_grouped(self, groups: list[str], sep: str) -> str:
+        masked = self._mask_digits("".join(groups))
+        out: list[str] = []
+        i = 0
+        for g in groups:
+            out.append(masked[i : i + len(g)])
+            i += len(g)
+        return sep.join(out)
+
+
+_NULLS: Final = frozenset({"null", "None", "nil", "undefined", "NULL"})
+
+
+def _is_labelled_id(key: str, value: Any) -> bool:
+    """A value under an identifier key (rrn, imei, ...) with exactly that identifier's length."""
+    length = id_length(key)
+    if length is None or isinstance(value, bool) or not isinstance(value, str | int):
+        return False
+    text = str(value)
+    return len(text) == length and text.isdigit() and text[:2] not in ("34", "37")
+
+
+def _wrap(kind: str, kq: str, value: re.Match[str]) -> str:
+    """The marker replacing a value, quoted like the value (or like a JSON key)."""
+    mark = _marker(kind)
+    vq = value.group("vq")
+    if vq is not None:
+        return f"{vq}{mark}{vq}"
+    if value.group("v2") is not None:
+        return f"'{mark}'"
+    if kq.endswith('"'):
+        return f"{kq}{mark}{kq}"  # a bare JSON value under a JSON key: keep the JSON valid
+    return mark
+
+
+def _label_value_ok(kind: str, value: re.Match[str]) -> bool:
+    """Whether a labelled value is one to redact."""
+    v = value.group("v1")
+    if v is None:
+        v = value.group("v2") if value.group("v2") is not None else value.group("v3")
+    if not v or (value.group("v3") is not None and v in _NULLS):
+        return False  # an empty or null value reveals nothing
+    if kind == "pin":
+        return 4 <= len(v) <= 12 and v.isdigit()  # "pin=2" is a drawer kick pin
+    if kind == "cvv" and value.group("v3") is not None:
+        return v.isdigit()  # "cvv: present", "cvc=M" (a check result) carry no code
+    return True
+
+
+def id_length(key: str) -> int | None:
+    """The digit count of a fixed-length identifier named by key (rrn, imei...), or None."""
+    return _ID_LENGTHS.get(key.lower().translate(_KEY_NORMALISE))
+
+
+def _label_kind(label: str) -> str:
+    norm = label.lower().translate(_KEY_NORMALISE)
+    kind = _KEY_KINDS.get(norm)
+    if kind is not None:
+        return kind
+    if norm.startswith("track2"):
+        return "track2"
+    if norm.startswith("track1"):
+        return "track1"
+    return sensitive_key_kind(norm) or "secret"
+
+
+def _tlv_value_ok(tag: str, value: str) -> bool:
+    """The hex value of a candidate TLV element has the shape its tag demands."""
+    if tag == "5A":
+        digits = value.rstrip("Ff")
+        return 12 <= len(digits) <= 19 and digits.isdigit()
+    if tag in ("57", "9F6B"):
+        pan, sep, rest = value.upper().partition("D")
+        return bool(sep) and 12 <= len(pan) <= 19 and pan.isdigit() and rest[:4].isdigit()
+    # 56: track 1 equivalent, ASCII: 'B' PAN '^' NAME '^' YYMM ...
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        return False
+    return raw[:1] == b"B" and raw[1:13].isdigit() and b"^" in raw

@@ -353,6 +353,7 @@ class Uploader:
         self._reset_session = False
         self._failures = 0  # consecutive retriable failures, queue-wide
         self._progress_mono = time.monotonic()
+        self._in_request = False
         self._s = _State()
         self._warned_plain_http = False
 
@@ -409,8 +410,18 @@ class Uploader:
                 self._s.online = False
 
     def last_progress(self) -> float:
-        """time.monotonic() of the loop's last sign of life (watchdog)."""
-        return self._progress_mono
+        """time.monotonic() of the loop's last sign of life (watchdog).
+
+        Sending a body marks progress at every chunk. Waiting for a reply is a
+        bounded wait (connect + read timeouts), so while a request is in flight
+        the loop counts as alive for that long after its last mark; a request
+        stuck beyond its own bounds shows as stale.
+        """
+        p = self._progress_mono
+        if self._in_request:
+            grace = self.up.connect_timeout_s + self.up.read_timeout_s + 5.0
+            return max(p, min(time.monotonic(), p + grace))
+        return p
 
     def status(self) -> dict[str, Any]:
         """Queue depth, oldest age, last success/failure, auth pause, next attempt."""
@@ -597,6 +608,7 @@ class Uploader:
                     )
                 )
 
+        self._in_request = True
         try:
             att = self._put(claimed, token, on_chunk)
         except _Aborted:
@@ -606,6 +618,7 @@ class Uploader:
             return None
         finally:
             self._progress_mono = time.monotonic()
+            self._in_request = False
         event = self._file(claimed, att)
         if summary is not None:
             summary.bytes_sent += att.bytes_sent

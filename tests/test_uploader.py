@@ -345,6 +345,26 @@ def test_hang_hits_the_read_timeout(tmp_path: Path, server: FaultServer) -> None
     assert spool.retry_state(bid).attempts == 1
 
 
+def test_waiting_for_a_reply_counts_as_progress_for_the_watchdog(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """While a reply is awaited within its timeouts, last_progress stays fresh."""
+    cfg = make_cfg(tmp_path, server.url, read_timeout_s=1.5)
+    spool = make_spool(cfg)
+    bid = enqueue(spool)
+    server.script(Hang())
+    up = Uploader(cfg, spool)
+    up.start()
+    try:
+        assert server.wait_requests(1, 5)
+        time.sleep(1.0)
+        assert up.status()["current_bundle"] == bid
+        assert time.monotonic() - up.last_progress() < 0.5
+        assert wait_for(lambda: spool.retry_state(bid).attempts >= 1, 5)
+    finally:
+        assert up.stop(5)
+
+
 def test_trickled_success_is_done_without_waiting_for_the_body(
     env: tuple[Config, Spool, Uploader], server: FaultServer
 ) -> None:

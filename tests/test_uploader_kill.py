@@ -1,0 +1,123 @@
+"""Uploader durability: SIGKILL an uploading process at random points, bundles are stored exactly once."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import requests  # noqa: F401  (imported here so forked children start uploading at once)
+
+from agent.config import load_config
+from agent.spool import Limits, Spool
+from agent.uploader import Uploader
+from tests.conftest import ROOT, write_config
+from tests.faultserver import sized_bundle
+
+KILLS = 60
+BUNDLES = 90
+PACE_BYTES_PER_S = 2_000_000  # paced bodies outlast the socket buffers, so kills cut them
+
+
+def _child_upload_forever(cfg_path: Path, endpoint: str) -> None:
+    """In a forked child: recover the spool like a restarted daemon and drain it forever."""
+    try:
+        cfg = load_config(cfg_path)
+        cfg = dataclasses.replace(
+            cfg,
+            upload=dataclasses.replace(
+                cfg.upload,
+                endpoint=endpoint,
+                backoff_base_s=0.01,
+                backoff_cap_s=0.02,
+                bandwidth_bytes_per_s=PACE_BYTES_PER_S,
+            ),
+        )
+        spool = Spool(cfg.agent.state_dir, Limits(reserve_bytes=0)).open()
+        up = Uploader(cfg, spool)
+        while True:
+            s = up.drain_once()
+            if s.stopped != "empty":
+                up.notify_online()
+            time.sleep(0.002)
+    finally:
+        os._exit(0)
+
+
+@pytest.fixture
+def store_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The idempotent store server in its own process (a slow reader, so kills land mid-body)."""
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.faultserver", "--port-file", str(port_file),
+         "--read-delay-s", "0.001"],
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 20
+        while not port_file.exists():
+            assert proc.poll() is None and time.monotonic() < end, "store server did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port_file.read_text()}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _state(endpoint: str) -> dict[str, object]:
+    with urllib.request.urlopen(endpoint + "/_state", timeout=10) as r:
+        doc: dict[str, object] = json.loads(r.read())
+    return doc
+
+
+@pytest.mark.slow
+def test_kill9_loop_stores_every_bundle_exactly_once(tmp_path: Path, store_server: str) -> None:
+    """An uploading child SIGKILLed 60 times mid-body: every bundle ends stored once, right digest."""
+    cfg_path = write_config(tmp_path)
+    (tmp_path / "token").write_text("tok-kill-loop\n")
+    cfg = load_config(cfg_path)
+    spool = Spool(cfg.agent.state_dir, Limits(reserve_bytes=0)).open()
+    rng = random.Random(4321)
+    ids = set()
+    for i in range(BUNDLES):
+        b = sized_bundle(rng.choice((40_000, 80_000, 120_000)), f"kill {i}")
+        spool.enqueue(b.bundle_id, b.data, rng.choice((0, 1, 2)))
+        ids.add(b.bundle_id)
+    kills = 0
+    for _ in range(KILLS):
+        pid = os.fork()
+        if pid == 0:
+            _child_upload_forever(cfg_path, store_server)
+        time.sleep(rng.uniform(0.01, 0.15))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        kills += 1
+    mid = _state(store_server)
+    assert kills == KILLS
+    # a final clean drain, as the restarted daemon would do
+    spool = Spool(cfg.agent.state_dir, Limits(reserve_bytes=0)).open()
+    up_cfg = dataclasses.replace(cfg, upload=dataclasses.replace(cfg.upload, endpoint=store_server))
+    s = Uploader(up_cfg, spool).drain_once(deadline_s=120)
+    assert s.remaining == 0 and s.failed == 0, s
+    state = _state(store_server)
+    store = state["store"]
+    assert isinstance(store, dict) and set(store) == ids
+    sent = {i.bundle_id: i for i in spool.items("sent")}
+    assert set(sent) == ids
+    for bid, rec in store.items():
+        assert rec["creations"] == 1, f"{bid} stored {rec['creations']} times"
+        assert rec["digest"] == hashlib.sha256(sent[bid].path.read_bytes()).hexdigest()
+    for state_dir in ("cur", "new", "failed"):
+        assert not list(spool.items(state_dir)), state_dir
+    # the kills really interrupted bodies, and uploads progressed between kills
+    assert isinstance(mid["truncated_bodies"], int) and mid["truncated_bodies"] >= 10, mid
+    assert isinstance(mid["store"], dict) and len(mid["store"]) >= 10, len(mid["store"])

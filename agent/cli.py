@@ -433,7 +433,14 @@ def cmd_flush(args: argparse.Namespace) -> int:
     return run_flush(args)
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from agent.selftest import main as selftest_main
+
+    return selftest_main(args)
+
+
 COMMANDS: dict[str, Handler] = {
+    "selftest": cmd_selftest,
     "flush": cmd_flush,
     "run": cmd_run,
     "status": cmd_status,
@@ -475,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate and print the effective config")
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = sub.add_parser("selftest", help="poll every configured device once; a table")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="states and raw readings as JSON")
 
     p = sub.add_parser("report", help="manual problem report, captured now")
     _config_arg(p)

@@ -31,15 +31,16 @@ class AdbMonitor:
     shell: Shell
     interval_s: float = 5.0
     reconnect: bool = True
+    state_timeout_s: float = STATE_TIMEOUT_S
     name: str = "adb"
 
     @property
     def timeout_s(self) -> float:
-        return 2 * STATE_TIMEOUT_S + 2.0
+        return 2 * self.state_timeout_s + 2.0
 
     def poll(self) -> list[Reading]:
         try:
-            state = self.shell.adb_state(STATE_TIMEOUT_S)
+            state = self.shell.adb_state(self.state_timeout_s)
         except ShellTimeout as e:
             state = f"timeout: {e}"
         online = state == "device"
@@ -47,7 +48,7 @@ class AdbMonitor:
         if not online and self.reconnect:
             tried = True
             try:
-                self.shell.reconnect(STATE_TIMEOUT_S)
+                self.shell.reconnect(self.state_timeout_s)
             except ShellUnavailable:
                 raise
             except ShellError as e:  # reconnect is best effort; the state above is the reading

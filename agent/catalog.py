@@ -304,6 +304,8 @@ def _printer_bit(name: str, bad_value: bool = True) -> Check:
 def _serial_state(bad: set[str], good: set[str]) -> Check:
     def check(v: Mapping[str, Any], ctx: CheckContext) -> Verdict:
         state = v.get("state")
+        if not isinstance(state, str):
+            return None
         if state in bad:
             return True
         if state in good:

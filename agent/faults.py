@@ -464,7 +464,11 @@ class FaultEngine:
     ) -> None:
         values = reading.values
         if rule.expand is not None:
-            found = rule.expand(values, CheckContext(self._cfg))
+            try:
+                found = rule.expand(values, CheckContext(self._cfg))
+            except Exception as e:  # a rule bug must not stop the engine
+                log.error("fault_rule_failed", key=rule.key, source=reading.source, error=repr(e))
+                found = None
             if found is None:
                 return  # the list itself is unknown: hold every instance
             verdicts = dict(found)
@@ -484,7 +488,11 @@ class FaultEngine:
                 inst.window.append(sample)
             if inst.window:
                 extra["p95_ms"] = p95(list(inst.window))
-        verdict = rule.check(values, CheckContext(self._cfg, tuple(inst.window)))
+        try:
+            verdict = rule.check(values, CheckContext(self._cfg, tuple(inst.window)))
+        except Exception as e:  # a rule bug must not stop the engine: unknown verdict
+            log.error("fault_rule_failed", key=rule.key, source=reading.source, error=repr(e))
+            verdict = None
         self._observe(rule, inst, verdict, reading, now, out, values=extra)
         self._forget_if_idle(inst)
 

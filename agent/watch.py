@@ -301,6 +301,7 @@ class CrashDirWatcher(_DirWatcher):
         fresh_ns = time.time_ns() - int(self._settle_s * 1e9)
         for name, mtime in list(present.items()):
             if mtime > fresh_ns and seen.get(name) != mtime:
+                self._touch(directory / name)  # handled once it has settled
                 if name in seen:
                     present[name] = seen[name]
                 else:
@@ -412,8 +413,14 @@ class TriggerDirWatcher(_DirWatcher):
         self._scan(self._directory)
 
     def _scan(self, directory: Path) -> None:
-        for name in sorted(_files(directory)):
-            if not name.endswith(".failed"):
+        # a file written to right now is left for its settled event or the next scan
+        fresh_ns = time.time_ns() - int(self._settle_s * 1e9)
+        for name, mtime in sorted(_files(directory).items()):
+            if name.endswith(".failed"):
+                continue
+            if mtime > fresh_ns:
+                self._touch(directory / name)  # handled once it has settled
+            else:
                 self._handle(directory / name)
 
     def _handle(self, path: Path) -> None:

@@ -258,3 +258,48 @@ def test_p95_small_windows() -> None:
     """With 20 samples the p95 is the 19th smallest; with 5 it is the largest."""
     assert p95([float(i) for i in range(1, 21)]) == 19.0
     assert p95([1.0, 5.0, 2.0, 4.0, 3.0]) == 5.0
+
+
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=10),
+    st.lists(st.one_of(st.text(max_size=6), st.integers()), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+VALUE_KEYS = sorted(
+    {
+        "ac_online", "plugged", "battery_present", "battery_pct", "battery_status",
+        "battery_health", "battery_temp_c", "carrier", "operstate", "default_route",
+        "dns_ok", "connect_ok", "connect_ms", "tls_ok", "link", "online", "cover_open",
+        "paper_end", "paper_near_end", "cutter_error", "unrecoverable", "auto_recoverable",
+        "drawer_open", "state", "identity_changed", "unexpected", "cpu_pct",
+        "mem_available_pct", "disk_free_pct", "disk_free_mib", "clock_synced",
+        "clock_jump_s", "running", "restarts_10min", "heartbeat_age_s",
+    }
+)  # fmt: skip
+
+
+@given(
+    st.dictionaries(st.sampled_from(VALUE_KEYS), ANY_VALUE, max_size=12),
+    st.lists(st.floats(allow_nan=False), max_size=25),
+)
+def test_every_check_answers_a_verdict_for_any_values(
+    values: dict[str, object], window: list[float]
+) -> None:
+    """No rule check raises on values of any type; each answers None, a bool or a Severity."""
+    ctx = CheckContext(Config(), window)
+    for rule in RULES.values():
+        if rule.kind is not Kind.READING:
+            continue
+        if rule.expand is not None:
+            found = rule.expand(values, ctx)
+            assert found is None or all(isinstance(s, str) for s, _ in found)
+            continue
+        verdict = rule.check(values, ctx)
+        assert verdict is None or isinstance(verdict, bool | Severity), rule.key
+        if rule.sample is not None:
+            sample = rule.sample(values)
+            assert sample is None or isinstance(sample, float)

@@ -439,7 +439,14 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return selftest_main(args)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import main as demo_main
+
+    return demo_main(args)
+
+
 COMMANDS: dict[str, Handler] = {
+    "demo": cmd_demo,
     "selftest": cmd_selftest,
     "flush": cmd_flush,
     "run": cmd_run,
@@ -553,6 +560,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("device_id", help="the terminal's [agent] device_id")
     _config_arg(q)
     q.add_argument("--rotate", action="store_true", help="replace an existing device's token")
+
+    p = sub.add_parser(
+        "demo", help="simulated terminal + collector + agent: five faults end to end"
+    )
+    p.add_argument("--keep", action="store_true", help="leave the collector running to browse")
+    p.add_argument(
+        "--workdir", metavar="DIR", help="where to put everything (default: a new temp dir)"
+    )
+    p.add_argument(
+        "--screen",
+        default="auto",
+        choices=("auto", "x11", "fbdev"),
+        help="POS screen: Xvfb + Tk (x11), framebuffer file (fbdev), or x11 when Xvfb exists",
+    )
     return parser
 
 

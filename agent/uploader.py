@@ -34,6 +34,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -59,10 +60,12 @@ AUTH_STATUSES = frozenset({401, 403})
 RETRY_AFTER_STATUSES = frozenset({408, 429, 503})
 MAX_RETRY_AFTER_S = 3600.0
 HEARTBEAT_S = 15.0  # longest sleep between two progress marks (watchdog)
+RESCAN_S = 1.0  # the due list is rebuilt at least this often (a new critical bundle jumps ahead)
 NOT_CONFIGURED_RECHECK_S = 60.0
 RESPONSE_BODY_LIMIT_BYTES = 4096
 RESPONSE_BODY_DEADLINE_S = 2.0
 READ_CHUNK_BYTES = 64 * 1024
+SEND_BLOCK_BYTES = 256 * 1024
 
 ConditionCallback = Callable[[str, bool, str], None]
 
@@ -266,6 +269,18 @@ class _Body:
         self._f.close()
 
 
+def _adapter() -> requests.adapters.HTTPAdapter:
+    """requests' adapter, sending bodies in SEND_BLOCK_BYTES blocks (urllib3's default is 16 KiB)."""
+    from requests.adapters import HTTPAdapter
+
+    class _BigBlocks(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["blocksize"] = SEND_BLOCK_BYTES
+            super().init_poolmanager(*args, **kwargs)
+
+    return _BigBlocks(max_retries=0)
+
+
 def _read_capped(resp: requests.Response, limit: int, deadline_s: float) -> bytes:
     """Up to `limit` bytes of a streamed response body, giving up at the deadline or any error."""
     buf = bytearray()
@@ -354,6 +369,9 @@ class Uploader:
         self._failures = 0  # consecutive retriable failures, queue-wide
         self._progress_mono = time.monotonic()
         self._in_request = False
+        self._due: deque[Item] = deque()
+        self._due_at = 0.0
+        self._due_stale = False
         self._s = _State()
         self._warned_plain_http = False
 
@@ -383,6 +401,7 @@ class Uploader:
 
     def wake(self) -> None:
         """A bundle was queued: look at the spool now (does not reset backoff)."""
+        self._due_stale = True
         self._wake.set()
 
     def notify_online(self) -> None:
@@ -398,6 +417,7 @@ class Uploader:
             self._s.next_attempt_at = None
             self._s.online = True
             self._reset_session = True
+        self._due_stale = True
         log.info("upload_connectivity_back", reset=n)
         self._wake.set()
 
@@ -477,6 +497,7 @@ class Uploader:
         summary = DrainSummary()
         total = sum(1 for _ in self.spool.items("new"))
         tried: set[str] = set()
+        self._due_stale = True
         with self._busy:
             while True:
                 if self._stop.is_set():
@@ -490,7 +511,7 @@ class Uploader:
                     summary.stopped = "not_configured"
                     summary.last_error = why
                     break
-                item, _ = self.spool.next_due(self._clock())
+                item, _ = self._next_due(self._clock())
                 if item is None:
                     summary.stopped = (
                         "empty" if not any(True for _ in self.spool.items("new")) else "not_due"
@@ -509,6 +530,33 @@ class Uploader:
             1 for _ in self.spool.items("cur")
         )
         return summary
+
+    def _next_due(self, now: float) -> tuple[Item | None, float | None]:
+        """Like spool.next_due, from a due list rebuilt every RESCAN_S or after a wake.
+
+        One directory scan serves many uploads instead of one scan per upload
+        (which is O(n) each, O(n²) for a drain). wake() and notify_online()
+        invalidate the list, so a newly queued critical bundle still goes next.
+        """
+        mono = time.monotonic()
+        if self._due and mono - self._due_at < RESCAN_S and not self._due_stale:
+            return self._due.popleft(), None
+        self._due_stale = False
+        self._due_at = mono
+        waiting = self.spool.retry_ids()
+        due: deque[Item] = deque()
+        earliest: float | None = None
+        for item in self.spool.queued():
+            if item.bundle_id in waiting:
+                next_at = self.spool.retry_state(item.bundle_id).next_at
+                if next_at > now:
+                    earliest = next_at if earliest is None else min(earliest, next_at)
+                    continue
+            due.append(item)
+        self._due = due
+        if due:
+            return due.popleft(), None
+        return None, earliest
 
     def _configured(self) -> tuple[str, str]:
         """(token, '') or ('', why not); records the error state for status()."""
@@ -558,7 +606,7 @@ class Uploader:
                 self._s.next_attempt_at = hold
             return hold - now
         with self._busy:
-            item, earliest = self.spool.next_due(now)
+            item, earliest = self._next_due(now)
             if item is None:
                 with self._lock:
                     self._s.activity = (
@@ -771,6 +819,8 @@ class Uploader:
         if self._session is None:
             up = self.up
             s = requests.Session()
+            s.mount("https://", _adapter())
+            s.mount("http://", _adapter())
             s.trust_env = False  # the config is the only source: no env proxies, no .netrc
             if not up.verify_tls:
                 s.verify = False

@@ -542,8 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--read-delay-s", type=float, default=0.0)
+    ap.add_argument(
+        "--accept-all",
+        action="store_true",
+        help="answer 201 to every body without hashing or storing (benchmarks)",
+    )
     args = ap.parse_args(argv)
-    srv = FaultServer(read_delay_s=args.read_delay_s).start()
+    if args.accept_all:
+        srv = FaultServer(default=Reply(201), hash_bodies=False).start()
+    else:
+        srv = FaultServer(read_delay_s=args.read_delay_s).start()
     tmp = Path(args.port_file + ".tmp")
     tmp.write_text(str(srv.port))
     tmp.rename(args.port_file)

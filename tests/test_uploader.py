@@ -798,3 +798,21 @@ def test_status_is_thread_safe_under_load(
     assert seen and all(s["state"] in ("idle", "uploading", "waiting") for s in seen)
     totals = [s["uploaded_total"] for s in seen]
     assert totals == sorted(totals) and up.status()["uploaded_total"] == 20
+
+
+def test_a_critical_bundle_queued_mid_drain_goes_next(tmp_path: Path, server: FaultServer) -> None:
+    """A critical bundle queued (and woken for) during an upload overtakes older queued bundles."""
+    cfg = make_cfg(tmp_path, server.url, bandwidth_bytes_per_s=200_000)
+    spool = make_spool(cfg)
+    a = enqueue(spool, 100_000, rank=0)
+    b = enqueue(spool, 4000, rank=0)
+    up = Uploader(cfg, spool)
+    up.start()
+    try:
+        assert wait_for(lambda: up.status()["current_bundle"] == a, 5)
+        c = enqueue(spool, 4000, rank=2)
+        up.wake()
+        assert wait_for(lambda: len(names(spool, "sent")) == 3, 10)
+    finally:
+        assert up.stop(5)
+    assert [r.bundle_id for r in server.requests] == [a, c, b]

@@ -7,6 +7,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -44,10 +45,10 @@ class Collector:
         self.thread = collector_server.CollectorThread(self.cfg).start()
         self.url: str = self.thread.url
 
-    def listing(self) -> dict[str, object]:
+    def listing(self) -> dict[str, Any]:
         r = requests.get(f"{self.url}/v1/bundles", params={"device": DEV}, timeout=10)
         r.raise_for_status()
-        doc: dict[str, object] = r.json()
+        doc: dict[str, Any] = r.json()
         return doc
 
     def download(self, bid: str) -> bytes:
@@ -88,7 +89,7 @@ def test_uploads_land_in_the_collector_byte_for_byte(tmp_path: Path, collector: 
     s = Uploader(cfg, spool).drain_once()
     assert (s.uploaded, s.failed, s.remaining) == (3, 0, 0), s
     listing = collector.listing()
-    assert {b["bundle_id"] for b in listing["bundles"]} == set(ids)  # type: ignore[index, union-attr]
+    assert {b["bundle_id"] for b in listing["bundles"]} == set(ids)
     for item in spool.items("sent"):
         assert collector.download(item.bundle_id) == item.path.read_bytes()
 

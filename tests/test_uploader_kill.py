@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests  # noqa: F401  (imported here so forked children start uploading at once)
@@ -73,9 +74,9 @@ def store_server(tmp_path: Path):  # type: ignore[no-untyped-def]
         proc.wait(10)
 
 
-def _state(endpoint: str) -> dict[str, object]:
+def _state(endpoint: str) -> dict[str, Any]:
     with urllib.request.urlopen(endpoint + "/_state", timeout=10) as r:
-        doc: dict[str, object] = json.loads(r.read())
+        doc: dict[str, Any] = json.loads(r.read())
     return doc
 
 

@@ -33,6 +33,7 @@ import json
 import math
 import re
 import secrets
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,6 +80,7 @@ log = structlog.get_logger(__name__)
 
 MAX_LIST_LIMIT = 500
 MAX_LOGIN_BODY_BYTES = 4096
+RETRY_LATER = {"Retry-After": "60"}
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -220,6 +222,43 @@ def record_json(r: BundleRecord) -> dict[str, Any]:
     return d
 
 
+def _reindex_record(
+    col: Collector, bid: str, data: bytes, received_at: float
+) -> BundleRecord | None:
+    """The index row for a stored blob the index lost (verified again on the way)."""
+    try:
+        with BundleReader(data) as r:
+            m = r.manifest()
+            dev = m.get("device")
+            device = str(dev.get("id", "")) if isinstance(dev, dict) else ""
+            res = r.verify(col.device_key(device))
+    except BundleError as e:
+        log.error("stored_bundle_unreadable", bundle_id=bid, error=str(e))
+        return None
+    if res.manifest["bundle_id"] != bid:
+        log.error("stored_bundle_misnamed", bundle_id=bid)
+        return None
+    return record_from_manifest(
+        res.manifest,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        signature_checked=res.signature_checked,
+        received_at=received_at,
+    )
+
+
+def reconcile(col: Collector) -> int:
+    """Index stored blobs missing from the index (start-up, in the background)."""
+    try:
+        added = col.store.reconcile(lambda b, d, t: _reindex_record(col, b, d, t))
+    except (StorageError, OSError) as e:
+        log.error("reconcile_failed", error=str(e))
+        return 0
+    if added:
+        log.warning("reconcile_reindexed", bundles=added)
+    return added
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -251,7 +290,9 @@ def _verify_and_commit(
         key = col.device_key(device)
     except BundleError as e:
         log.error("device_key_unreadable", device=device, error=str(e))
-        return _reply(503, "unavailable", bid, "device key unreadable on the collector")
+        return _reply(
+            503, "unavailable", bid, "device key unreadable on the collector", headers=RETRY_LATER
+        )
     try:
         with BundleReader(staged) as reader:
             res = reader.verify(key)
@@ -289,11 +330,10 @@ async def put_bundle(request: Request) -> Response:
         return _reply(400, "bad_request", None, "bundle id must be a canonical lower-case UUID")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     try:
-        await run_in_threadpool(col.tokens.reload)
+        device = col.tokens.resolve(token.strip()) if scheme.lower() == "bearer" else None
     except TokenFileError as e:
         log.error("tokens_file_unreadable", error=str(e))
-        return _reply(503, "unavailable", bid, "device tokens unavailable")
-    device = col.tokens.device_for(token.strip()) if scheme.lower() == "bearer" else None
+        return _reply(503, "unavailable", bid, "device tokens unavailable", headers=RETRY_LATER)
     if device is None:
         return _reply(
             401,
@@ -625,6 +665,10 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def favicon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
 # --------------------------------------------------------------------------- errors, headers
 
 
@@ -642,7 +686,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _storage_error(request: Request, exc: Exception) -> Response:
     log.error("storage_error", path=request.url.path, error=str(exc))
-    return _reply(503, "unavailable", None, "storage unavailable, retry later")
+    return _reply(503, "unavailable", None, "storage unavailable, retry later", headers=RETRY_LATER)
 
 
 async def _bundle_error(request: Request, exc: Exception) -> Response:
@@ -687,7 +731,10 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        worker = threading.Thread(target=reconcile, args=(col,), name="collector-reconcile")
+        worker.start()
         yield
+        worker.join(timeout=30)
         col.store.close()
 
     routes = [
@@ -696,6 +743,7 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
         Route("/v1/bundles/{bundle_id}", put_bundle, methods=["PUT"]),
         Route("/v1/bundles/{bundle_id}", get_manifest, methods=["GET"]),

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class TokenStore:
         self._stamp: tuple[int, int, int] | None = None
         self._by_hash: dict[str, str] = {}
         self._by_device: dict[str, str] = {}
+        self._checked_at = time.monotonic()
         self.reload()
 
     def reload(self) -> None:
@@ -96,6 +98,23 @@ class TokenStore:
             self._by_hash = {h: dev for dev, h in table.items()}
             self._by_device = table
             self._stamp = stamp
+
+    def resolve(self, token: str, *, recheck_s: float = 1.0) -> str | None:
+        """device_for with the file re-checked at most every recheck_s, and on every miss.
+
+        A device added while the collector runs works on its first upload; a
+        rotated or removed token stops working within recheck_s.
+        """
+        now = time.monotonic()
+        if now - self._checked_at >= recheck_s:
+            self._checked_at = now
+            self.reload()
+            return self.device_for(token)
+        device = self.device_for(token)
+        if device is None:
+            self.reload()
+            device = self.device_for(token)
+        return device
 
     def devices(self) -> list[str]:
         """Registered device ids."""

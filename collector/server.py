@@ -29,7 +29,18 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket (IPv4 or IPv6 by the host); OSError when taken or not allowed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=1024)
+    # proto=IPPROTO_TCP matters: asyncio only disables Nagle on accepted sockets whose
+    # proto says TCP, and a socket made with proto 0 answers every request 40 ms late
+    # (Nagle against delayed ACK on the response's header and body writes).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 

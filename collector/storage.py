@@ -8,14 +8,24 @@ and `SqliteIndex` (``data_dir/index.sqlite3``, WAL mode). An S3-compatible
 blob store or a PostgreSQL index implements the same methods; `BundleStore`
 composes any pair and owns the idempotency rule (201 new / 200 same digest /
 409 other digest).
+
+Durability: the blob store is the record and the index is derived from it. A
+blob is fsynced (file and directory) before the upload is acknowledged; the
+index commits without its own fsync (SQLite WAL, synchronous=NORMAL), and
+`BundleStore.reconcile` re-indexes blobs the index lost (power cut between
+the two), run in the background at start-up. This keeps one sequential
+client above 100 bundles/s on a disk where each fsync costs milliseconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import sqlite3
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -82,6 +92,9 @@ class BlobStore(Protocol):
     def delete(self, bundle_id: str) -> None:
         """Remove a blob (retention); absent is not an error."""
 
+    def ids(self, modified_since: float | None = None) -> Iterator[str]:
+        """Stored bundle ids (those written at or after modified_since, epoch s, when given)."""
+
 
 @runtime_checkable
 class Index(Protocol):
@@ -101,6 +114,9 @@ class Index(Protocol):
 
     def counts(self, q: Query) -> dict[str, int]:
         """Matching records by fault key (ignoring q.fault, limit and offset)."""
+
+    def latest_received_at(self) -> float | None:
+        """The newest received_at in the index, or None when it is empty."""
 
     def close(self) -> None:
         """Release connections."""
@@ -129,6 +145,7 @@ class FsBlobStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._shards: set[str] = set()
 
     def path(self, bundle_id: str) -> Path:
         """The file a bundle id maps to (ValueError for anything but a canonical UUID)."""
@@ -139,7 +156,10 @@ class FsBlobStore:
     def put(self, bundle_id: str, src: Path) -> None:
         dest = self.path(bundle_id)
         try:
-            dest.parent.mkdir(exist_ok=True)
+            if dest.parent.name not in self._shards:
+                dest.parent.mkdir(exist_ok=True)
+                _fsync_dir(self.root)
+                self._shards.add(dest.parent.name)
             fd = os.open(src, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -166,6 +186,22 @@ class FsBlobStore:
             self.path(bundle_id).unlink()
         except FileNotFoundError:
             pass
+
+    def ids(self, modified_since: float | None = None) -> Iterator[str]:
+        for shard in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(shard.path):
+                name = entry.name
+                if not name.endswith(".zip") or not is_bundle_id(name[:-4]):
+                    continue
+                if modified_since is not None:
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime < modified_since:
+                            continue
+                    except FileNotFoundError:
+                        continue
+                yield name[:-4]
 
 
 # --------------------------------------------------------------------------- SQLite index
@@ -218,9 +254,18 @@ def _where(q: Query, *, with_fault: bool = True) -> tuple[str, list[Any]]:
 
 
 class SqliteIndex:
-    """The index in one SQLite file (WAL, synchronous=FULL); one connection per thread."""
+    """The index in one SQLite file; one connection per thread.
 
-    def __init__(self, path: str | Path):
+    WAL mode with synchronous=NORMAL by default: a commit survives a crash of
+    the collector, and a power cut may drop the last commits, which
+    `BundleStore.reconcile` restores from the blobs. Pass synchronous="FULL"
+    to fsync every commit instead.
+    """
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL"):
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.synchronous = synchronous
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -236,7 +281,7 @@ class SqliteIndex:
         if conn is None:
             try:
                 conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 conn.execute("PRAGMA busy_timeout=10000")
             except sqlite3.Error as e:
                 raise StorageError(f"cannot open index {self.path}: {e}") from e
@@ -311,6 +356,13 @@ class SqliteIndex:
             raise StorageError(f"index read failed: {e}") from e
         return {str(k): int(n) for k, n in rows}
 
+    def latest_received_at(self) -> float | None:
+        try:
+            row = self._conn().execute("SELECT MAX(received_at) FROM bundles").fetchone()
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return None if row[0] is None else float(row[0])
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
@@ -338,17 +390,54 @@ class BundleStore:
         "created": stored now; "exists": already stored with the same sha256;
         "conflict": already stored with another digest. The staged file is
         consumed on "created" and left for the caller to delete otherwise.
-        The blob is written before the index row, so an indexed bundle always
-        has its bytes; a crash between the two leaves an unindexed blob that
-        the device's retry overwrites.
+        The blob is made durable before the index row is written, so an
+        indexed bundle always has its bytes. A blob without a row (the index
+        lost it) counts as stored: same bytes are re-indexed ("exists"),
+        other bytes are a "conflict".
         """
         with self._lock:
             known = self.index.get(record.bundle_id)
             if known is not None:
                 return "exists" if known.sha256 == record.sha256 else "conflict"
+            if self.blobs.exists(record.bundle_id):
+                old = hashlib.sha256(self.blobs.get(record.bundle_id)).hexdigest()
+                if old != record.sha256:
+                    return "conflict"
+                self.index.add(record)
+                return "exists"
             self.blobs.put(record.bundle_id, staged)
             self.index.add(record)
             return "created"
+
+    def reconcile(
+        self,
+        make_record: Callable[[str, bytes, float], BundleRecord | None],
+        *,
+        margin_s: float = 3600.0,
+    ) -> int:
+        """Index blobs the index does not know; returns how many were added.
+
+        Only blobs written after the newest indexed receipt minus margin_s are
+        looked at (all of them when the index is empty). make_record(id,
+        bytes, received_at) builds the row, or returns None to skip a blob.
+        """
+        latest = self.index.latest_received_at()
+        since = None if latest is None else latest - margin_s
+        added = 0
+        for bid in self.blobs.ids(modified_since=since):
+            if self.index.get(bid) is not None:
+                continue
+            with self._lock:
+                if self.index.get(bid) is not None:
+                    continue
+                try:
+                    data = self.blobs.get(bid)
+                except KeyError:
+                    continue
+                record = make_record(bid, data, time.time())
+                if record is not None and self.index.add(record):
+                    added += 1
+        return added
 
     def close(self) -> None:
         self.index.close()

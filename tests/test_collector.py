@@ -182,11 +182,50 @@ def test_hmac_checked_when_the_device_key_is_known(env: Env) -> None:
     assert listed[0]["signature_checked"] is True
 
 
-def test_new_device_works_without_restart(env: Env) -> None:
-    """add-device while the collector runs takes effect on the next upload."""
+def test_token_changes_apply_without_restart(env: Env) -> None:
+    """A device added while running uploads at once; a rotated token stops within a second."""
     token = add_device(env.cfg.tokens_file, "T-0002")
     b = make_bundle(device="T-0002")
     assert env.upload(b, token=token, device="T-0002").status_code == 201
+    assert env.upload(make_bundle(device=DEV, seed=1)).status_code == 201
+    new = add_device(env.cfg.tokens_file, DEV, rotate=True)
+    time.sleep(1.1)
+    assert env.upload(make_bundle(device=DEV, seed=2)).status_code == 401
+    assert env.upload(make_bundle(device=DEV, seed=3), token=new).status_code == 201
+
+
+def test_broken_tokens_file_answers_503_with_retry_after(env: Env) -> None:
+    """A malformed tokens file makes ingest retryable (503 + Retry-After), never open."""
+    Path(env.cfg.tokens_file).write_text("T-0001 not-a-hash\n")
+    time.sleep(1.1)  # the file is re-checked at most once a second while tokens match
+    r = env.upload(make_bundle(device=DEV))
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "60"
+    assert r.json()["status"] == "unavailable"
+    assert env.count() == 0
+
+
+def test_start_up_reindexes_blobs_the_index_lost(tmp_path: Path) -> None:
+    """A stored blob without an index row (power cut between the two) is indexed at start-up."""
+    lost = make_bundle(device=DEV)
+    blobs = FsBlobStore(tmp_path / "store" / "bundles")
+    staged = tmp_path / "staged.zip"
+    staged.write_bytes(lost.data)
+    blobs.put(lost.bundle_id, staged)
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a zip")
+    blobs.put("01900000-0000-7000-8000-000000000001", junk)
+    e = Env(tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while e.count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        listed = e.http.get(f"{e.url}/v1/bundles", timeout=10).json()["bundles"]
+        assert [b["bundle_id"] for b in listed] == [lost.bundle_id]
+        assert listed[0]["sha256"] == hashlib.sha256(lost.data).hexdigest()
+        assert e.upload(lost).status_code == 200
+    finally:
+        e.close()
 
 
 # --------------------------------------------------------------------------- hostile uploads
@@ -600,6 +639,17 @@ def test_storage_implements_the_interfaces_and_commits_once(tmp_path: Path) -> N
     assert store.index.get(b.bundle_id) == rec
     assert store.index.query(Query(fault="f.k")) == [rec]
     assert store.index.counts(Query()) == {"f.k": 1}
+    assert store.index.latest_received_at() == 2.0
+    other = make_bundle(device=DEV, seed=7)
+    orphan = replace(rec, bundle_id=other.bundle_id, sha256=hashlib.sha256(other.data).hexdigest())
+    staged.write_bytes(other.data)
+    store.blobs.put(other.bundle_id, staged)  # blob stored, index row lost
+    staged.write_bytes(other.data)
+    assert store.commit(replace(orphan, sha256="1" * 64), staged) == "conflict"
+    assert store.index.get(other.bundle_id) is None
+    assert store.commit(orphan, staged) == "exists"
+    assert store.index.get(other.bundle_id) == orphan
+    assert sorted(store.blobs.ids()) == sorted([b.bundle_id, other.bundle_id])
     with pytest.raises(ValueError):
         store.blobs.path("../../etc/passwd")  # type: ignore[attr-defined]
     with pytest.raises(KeyError):

@@ -485,6 +485,7 @@ class Daemon:
     def __init__(self, config_path: str | None, notifier: Notifier | None = None):
         self.config_path = config_path
         self.notifier = notifier or Notifier()
+        self.stuck_after_s = STUCK_AFTER_S
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -533,12 +534,16 @@ class Daemon:
                 self._write_status(agent)
                 next_status = now + STATUS_EVERY_S
             if wd is not None and now >= next_wd:
-                stuck = [n for n, t in agent.progress().items() if now - t > STUCK_AFTER_S]
-                if stuck:
-                    log.error("watchdog_withheld", stuck=stuck)
-                else:
-                    self.notifier.watchdog()
+                self.watchdog_tick(agent, now)
                 next_wd = now + min(wd, 5.0)
+
+    def watchdog_tick(self, agent: Agent, now: float) -> bool:
+        """Ping WATCHDOG=1 only if every loop made progress within stuck_after_s."""
+        stuck = [n for n, t in agent.progress().items() if now - t > self.stuck_after_s]
+        if stuck:
+            log.error("watchdog_withheld", stuck=stuck)
+            return False
+        return self.notifier.watchdog()
 
     def _reload(self, agent: Agent) -> Agent:
         self.notifier.reloading()

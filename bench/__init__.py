@@ -1,8 +1,10 @@
 """Benchmarks: one module per figure, each with main() -> dict."""
 
-import logging as _logging
 
-import structlog as _structlog
+def quiet_logs() -> None:
+    """Benchmarks print figures, not the agent's info events (called by the runners, not on import)."""
+    import logging
 
-# Benchmarks print figures, not the agent's info events.
-_structlog.configure(wrapper_class=_structlog.make_filtering_bound_logger(_logging.WARNING))
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

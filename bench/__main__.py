@@ -16,6 +16,9 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     """Import each bench module, call main(), collect the figures."""
+    from bench import quiet_logs
+
+    quiet_logs()
     here = Path(__file__).parent
     names = argv or sorted(p.stem[len("bench_") :] for p in here.glob("bench_*.py"))
     results: dict[str, object] = {

@@ -90,8 +90,7 @@ def start_xvfb(width: int = 320, height: int = 240, timeout_s: float = 10.0) -> 
     )
     os.close(wfd)
     try:
-        ready, _, _ = select.select([rfd], [], [], timeout_s)
-        number = os.read(rfd, 32).decode().strip() if ready else ""
+        number = _read_display_number(rfd, time.monotonic() + timeout_s)
         if not number:
             err = proc.stderr.read().decode() if proc.poll() is not None and proc.stderr else ""
             raise ScreenSimError(f"Xvfb did not start: {err.strip()[:200]}")
@@ -102,6 +101,25 @@ def start_xvfb(width: int = 320, height: int = 240, timeout_s: float = 10.0) -> 
         raise
     finally:
         os.close(rfd)
+
+
+def _read_display_number(fd: int, deadline: float) -> str:
+    """The display number Xvfb writes to -displayfd, read up to its newline.
+
+    Xvfb writes the number and the newline separately and dies ("Cannot write
+    display number") if the pipe is closed in between: read both.
+    """
+    buf = b""
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(0.0, left))
+        if not ready:
+            break
+        chunk = os.read(fd, 32)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()
 
 
 def _await_x_socket(path: Path, deadline: float) -> None:
@@ -159,7 +177,7 @@ class TkWindow:
                     self.proc.wait(2)
             if self.proc.poll() is not None and self.proc.stderr is not None:
                 err = self.proc.stderr.read().decode()
-            raise ScreenSimError(f"Tk painter did not answer: {line!r} {err.strip()[:300]}")
+            raise ScreenSimError(f"Tk painter did not answer: {line!r} {err.strip()[-300:]}")
 
     def show(self, image: Path, title: str) -> None:
         """Repaint with image under title; returns once the window shows it."""

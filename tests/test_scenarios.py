@@ -1,0 +1,218 @@
+"""The scenario library end to end (agent and collector as real subprocesses), and its machinery.
+
+Each file under simulator/scenarios/ runs through `simulator.scenario.run`:
+the simulated terminal's twins, `posagent collector serve` behind the
+cuttable NetCut proxy, and `posagent run`; every expectation must pass.
+The machinery (loader validation, NetCut, SimTerminal actions, config
+rendering) is tested on its own with real sockets and files.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from simulator.netcut import NetCut
+from simulator.scenario import SCENARIO_DIR, ScenarioError, load, run
+from simulator.terminal import SimError, SimTerminal, merge_sections, render_toml
+
+SCENARIOS = sorted(SCENARIO_DIR.glob("*.toml"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario_passes(path: Path, tmp_path: Path) -> None:
+    """Every expectation of the scenario holds against the real agent and collector."""
+    result = run(load(path), tmp_path / "run")
+    lines = [f"{'PASS' if e.passed else 'FAIL'} {e.describe()}: {e.detail}" for e in result.expects]
+    assert result.passed, "\n".join([result.error, *lines, *result.log_tail[-15:]])
+
+
+def test_library_covers_the_simulable_catalog() -> None:
+    """The library raises every DESIGN §3 fault the simulated devices can produce."""
+    raised = set()
+    for p in SCENARIOS:
+        raised |= {e.key for e in load(p).expects if e.kind == "raised"}
+    wanted = {
+        "printer.paper_end",
+        "printer.paper_near_end",
+        "printer.cover_open",
+        "printer.cutter_error",
+        "printer.overheat",
+        "printer.unrecoverable",
+        "printer.no_reply",
+        "printer.absent",
+        "power.ac_lost",
+        "power.battery_low",
+        "power.battery_critical",
+        "power.battery_health",
+        "power.battery_hot",
+        "power.not_charging",
+        "network.link_down",
+        "network.no_route",
+        "network.host_unreachable",
+        "serial.missing",
+        "serial.identity_changed",
+        "serial.no_reply",
+        "serial.unexpected_device",
+        "app.crash_report",
+        "app.anr",
+        "app.log_error",
+        "manual.report",
+    }
+    assert wanted <= raised, sorted(wanted - raised)
+
+
+def test_cli_runs_a_scenario_and_exits_by_verdict(tmp_path: Path) -> None:
+    """`python -m simulator run` prints PASS per expectation and exits 0; a failing one exits 1."""
+    good = tmp_path / "good.toml"
+    good.write_text(
+        'name = "pad"\ntimeout_s = 6\ncollector = false\n'
+        '[[step]]\nat_s = 0.2\ndevice = "pinpad"\nset = {plugged = false}\n'
+        '[[expect]]\nraised = "serial.missing"\n'
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'name = "never"\ntimeout_s = 2\ncollector = false\n[[expect]]\nraised = "power.ac_lost"\n'
+    )
+    root = Path(__file__).resolve().parent.parent
+    ok = subprocess.run(
+        [sys.executable, "-m", "simulator", "run", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "PASS  raised serial.missing" in ok.stdout
+    ko = subprocess.run(
+        [sys.executable, "-m", "simulator", "run", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert ko.returncode == 1
+    assert "FAIL  raised power.ac_lost: no raised event for power.ac_lost" in ko.stdout
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            '[[expect]]\nraised = "a.b"\n[[step]]\ndevice = "toaster"\nset = {x = 1}\n',
+            "unknown device",
+        ),
+        (
+            '[[step]]\ndevice = "printer"\nset = {colour = "red"}\n[[expect]]\nraised = "a"\n',
+            "no setting",
+        ),
+        ('[[expect]]\nraised = "a"\ncleared = "b"\n', "exactly one"),
+        ('[[expect]]\nbundle = "a"\nsize = 3\n', "unknown keys"),
+        ('[[expect]]\nraised = "a"\nbefore_step = 4\n', "not a step"),
+        ('name = "x"\n', "no [[expect]]"),
+        ('speed = 3\n[[expect]]\nraised = "a"\n', "unknown keys"),
+        ("= broken", "Invalid"),
+    ],
+)
+def test_loader_rejects_bad_files(tmp_path: Path, body: str, message: str) -> None:
+    """A malformed scenario is a ScenarioError naming the file and the problem."""
+    p = tmp_path / "s.toml"
+    p.write_text(body)
+    with pytest.raises(ScenarioError, match=message) as info:
+        load(p)
+    assert str(p) in str(info.value)
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                while data := c.recv(1024):
+                    c.sendall(data.upper())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t
+
+
+def test_netcut_relays_cuts_and_restores() -> None:
+    """Through NetCut bytes flow; cut() refuses and resets; restore() serves on the same port."""
+    srv, _ = _echo_server()
+    with srv, NetCut("127.0.0.1", srv.getsockname()[1]) as cut:
+        port = cut.port
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+            c.sendall(b"hello")
+            assert c.recv(16) == b"HELLO"
+            cut.cut()
+            c.settimeout(2)
+            try:
+                got = c.recv(16)
+            except ConnectionResetError:
+                got = b""
+            assert got == b""
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        cut.restore()
+        assert cut.port == port
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+            c.sendall(b"back")
+            assert c.recv(16) == b"BACK"
+        assert cut.relayed == 2
+
+
+def test_terminal_actions_change_the_twins(tmp_path: Path) -> None:
+    """apply() reaches each twin (sysfs power, link, routes, pty printer, trigger file) and rejects unknowns."""
+    with SimTerminal(tmp_path) as term:
+        term.apply("power", {"ac_online": False, "capacity": 9})
+        psu = term.sys / "class" / "power_supply"
+        assert (psu / "AC" / "online").read_text().strip() == "0"
+        assert (psu / "BAT0" / "capacity").read_text().strip() == "9"
+        term.apply("network", {"carrier": False, "default_route": False})
+        assert (term.sys / "class" / "net" / "eth0" / "carrier").read_text().strip() == "0"
+        assert len((term.proc / "net" / "route").read_text().splitlines()) == 1
+        term.apply("printer", {"paper": "end"})
+        assert term.printer is not None and term.printer.state.paper == "end"
+        term.apply("pinpad", {"plugged": False})
+        assert not (term.dev / "ttyUSB0").exists()
+        term.apply("trigger", {"note": "drawer stuck", "contact": "Bo"})
+        (report,) = list(term.trigger_dir.iterdir())
+        assert report.read_text() == "drawer stuck\ncontact: Bo\n"
+        with pytest.raises(SimError, match="unknown device"):
+            term.apply("toaster", {"on": True})
+        with pytest.raises(SimError, match="no setting"):
+            term.apply("printer", {"colour": "red"})
+
+
+def test_agent_config_renders_as_valid_toml(tmp_path: Path) -> None:
+    """The terminal's agent sections, merged with overrides, render to TOML the agent accepts."""
+    from agent.config import parse_config
+
+    with SimTerminal(tmp_path) as term:
+        sections = merge_sections(
+            term.agent_sections("http://127.0.0.1:9", str(tmp_path / "token")),
+            {"printer": [{"interval_s": 0.25}], "faults": {"power.ac_lost": {"raise_after": 1.0}}},
+        )
+        text = render_toml(sections)
+        doc = tomllib.loads(text)
+        assert doc["printer"][0]["interval_s"] == 0.25
+        assert doc["printer"][0]["device"] == "/dev/ttyS0"
+        cfg = parse_config(text, "sim.toml")
+        assert cfg.network.payment_hosts == [term.host.address]
+        assert cfg.faults["power.ac_lost"].raise_after == 1.0
+        assert cfg.faults["system.clock_unsynced"].enabled is False

@@ -387,8 +387,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     up = doc.get("upload") or {}
     if up:
-        out(f"upload     last success {up.get('last_success') or '-'}")
-        out(f"           last failure {up.get('last_failure') or '-'}")
+        ok_at, fail_at = up.get("last_success_at"), up.get("last_failure_at")
+        out(f"upload     {up.get('state', '-')} to {up.get('endpoint') or '(no endpoint)'}")
+        out(
+            f"           last success {_when(ok_at)} {up.get('last_success_bundle') or ''}".rstrip()
+        )
+        out(
+            f"           last failure {_when(fail_at)} {up.get('last_failure_reason') or ''}".rstrip()
+        )
     faults = doc.get("active_faults") or []
     out(f"faults     {len(faults)} active")
     for f in faults:
@@ -402,6 +408,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {m['name']:28} polls {m['polls']:>6}  failures {m['failures']:>4}  timeouts {m['timeouts']:>4}"
             )
     return EX_OK if running else EX_UNAVAILABLE
+
+
+def _when(ts: Any) -> str:
+    """An epoch time as RFC 3339, or '-'."""
+    from agent.bundle import rfc3339
+
+    return rfc3339(float(ts)) if isinstance(ts, int | float) and ts > 0 else "-"
 
 
 def _pid_alive(pid: int) -> bool:

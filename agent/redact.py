@@ -34,6 +34,7 @@ pre-check (``in`` on the lower-cased text, one digit-run regex) says they can ma
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 from collections import Counter
@@ -133,6 +134,30 @@ _KEY_SUFFIXES: Final[tuple[tuple[str, str], ...]] = (
 _KEY_NORMALISE = str.maketrans("", "", "_- .")
 
 
+def _word_positions(s: str, raw: bytes | None, words: tuple[str, ...]) -> list[int]:
+    """Positions of every occurrence of the lower-case ASCII words in s, ignoring case.
+    Searches str.lower() when it keeps positions (str search is the faster), else the
+    latin-1 bytes (one byte per character)."""
+    out: list[int] = []
+    low = s.lower()
+    if len(low) == len(s):
+        for word in words:
+            i = low.find(word)
+            while i >= 0:
+                out.append(i)
+                i = low.find(word, i + 1)
+        return out
+    low_b = (raw if raw is not None else s.encode("latin-1", "replace")).lower()
+    for word in words:
+        word_b = word.encode()
+        i = low_b.find(word_b)
+        while i >= 0:
+            out.append(i)
+            i = low_b.find(word_b, i + 1)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
 def sensitive_key_kind(key: str) -> str | None:
     """The redaction kind of a dict key ("cvv", "password", ...) or None when not sensitive."""
     k = key.lower().translate(_KEY_NORMALISE)
@@ -220,18 +245,27 @@ _KV_WORDS: Final = (
     "token",
     "track",
 )
-_KV_WORDS_B: Final = tuple(w.encode() for w in _KV_WORDS)
-_TRIGGER_WORDS: Final = (b"authoriz", b"bearer", *_KV_WORDS_B)
+_TRIGGER_WORDS_STR: Final = ("authoriz", "bearer", *_KV_WORDS)
+_SHORT: Final = 512  # text() of strings up to this length skips the per-line bookkeeping
 _WORDS: Final = 1  # a segment holds a label word
-_CARDS: Final = 2  # a segment holds digits that may be card data
+_PAN: Final = 2  # a segment holds digits that may be a PAN
+_TRACK: Final = 4  # a segment holds digits that may be track data or EMV TLV
 
 # Card-data pre-check on a copy of the text where every ASCII digit is "0".
-_DIGITS_TO_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
+# Card-data pre-check on a latin-1 copy of the text where every ASCII digit is "0",
+# every PAN group separator (space . + - and the % of %20) is "s" and the rest is "_":
+# then a 12-digit run is b"0" * 12 and two separated 4-digit groups are b"0000s0000".
+_DIGIT_SHAPES: Final = bytes(
+    ord("0") if chr(b).isdigit() and b < 128 else ord("s") if chr(b) in " .+-%" else ord("_")
+    for b in range(256)
+)
 _RUN12: Final = b"0" * 12
 _ZERO_RUN: Final = re.compile(b"0*")
-_GROUP_TRIGGERS: Final = (b"0000 0000", b"0000-0000", b"0000.0000", b"0000+0000", b"0000%000000")
-_TRACK_FOLLOWERS: Final = frozenset("=^")
-_HEX_LETTERS: Final = frozenset("abcdefABCDEF")
+_GROUP_TRIGGER: Final = b"0000s0000"
+_TRACK_FOLLOWERS: Final = frozenset("=^DdEe")
+_TRACK_LEADERS: Final = frozenset(";Bb")
+_TLV_5A: Final = frozenset({"5A", "5a"})
+_TLV_5A0A: Final = frozenset({"5A0A", "5a0a", "5A0a", "5a0A"})  # 5A of a 19-digit PAN
 
 _AUTH_SCHEMES = (
     r"(?:Basic|Bearer|Digest|Negotiate|NTLM|Token|ApiKey|OAuth|Hawk|HMAC|SharedKey"
@@ -279,7 +313,7 @@ _TRACK2_RE: Final = re.compile(
 # 4-6-x groups with one consistent separator. Shapes are checked in code.
 _PAN_RE: Final = re.compile(
     r"(?<!\d)(?:(?P<plain>\d{12,19})"
-    r"|(?P<grouped>\d{4}(?P<sep>[ .+-]|%20)\d{4,6}(?:(?P=sep)\d{1,7}){1,4}))(?!\d)",
+    r"|(?P<grouped>\d{4}(?P<sep>[ .+-]|%20)\d{4,6}(?:(?P=sep)\d{1,7})+))(?!\d)",
     re.ASCII,
 )
 
@@ -391,14 +425,11 @@ class Redactor:
         if self._secrets_re is not None and any(sec in s for sec in self._secrets):
             s, n = self._secrets_re.subn(_marker("config_secret"), s)
             _bump(counts, "config_secret", n)
+        if len(s) <= _SHORT:
+            return self._short(s, counts)
         # Every other rule matches within one line. Find the few lines that can hold a
         # match with C-level searches, and run the regular expressions on those only.
         hits = self._trigger_positions(s)
-        if hits and len(s) <= 512:
-            what = 0
-            for _pos, kind in hits:
-                what |= kind
-            return self._segment(s, counts, what)
         if not hits:
             return s
         hits.sort()
@@ -419,66 +450,97 @@ class Redactor:
         pieces.append(s[done:])
         return "".join(pieces)
 
+    def _short(self, s: str, counts: Counter[str] | None) -> str:
+        """text() for a short string (a log event field, a line): flags, then the rules."""
+        low = s.lower()
+        what = 0
+        for word in _TRIGGER_WORDS_STR:  # str "in" beats bytes "in" on short needles
+            if word in low:
+                what = _WORDS
+                break
+        digits = s.encode("latin-1", "replace").translate(_DIGIT_SHAPES)
+        if _RUN12 in digits or _GROUP_TRIGGER in digits:
+            for _pos, kind in self._card_hits(s, digits):
+                what |= kind
+        return self._segment(s, counts, what) if what else s
+
     def _trigger_positions(self, s: str) -> list[tuple[int, int]]:
-        """(position, _WORDS or _CARDS) of everything that may start a match: label words,
+        """(position, _WORDS/_PAN/_TRACK) of everything that may start a match: label words,
         and digit runs or groups that could be card data. Only bytes find (C speed), on
         a latin-1 copy (one byte per character, so positions are the text's)."""
         hits: list[tuple[int, int]] = []
         raw = s.encode("latin-1", "replace")
-        low = raw.lower()
-        for word in _TRIGGER_WORDS:
-            i = low.find(word)
-            while i >= 0:
-                hits.append((i, _WORDS))
-                i = low.find(word, i + len(word))
-        digits = raw.translate(_DIGITS_TO_ZERO)
+        hits.extend((i, _WORDS) for i in _word_positions(s, raw, _TRIGGER_WORDS_STR))
+        hits.extend(self._card_hits(s, raw.translate(_DIGIT_SHAPES)))
+        return hits
+
+    def _card_hits(self, s: str, digits: bytes) -> list[tuple[int, int]]:
+        """(position, _PAN/_TRACK) of digit runs and groups in s that may be card data;
+        digits is s translated with _DIGIT_SHAPES."""
+        hits: list[tuple[int, int]] = []
         i = digits.find(_RUN12)
         while i >= 0:
             j = _ZERO_RUN.match(digits, i).end()  # type: ignore[union-attr]
-            if self._run_may_be_card_data(s, i, j):
-                hits.append((i, _CARDS))
+            kind = self._run_kind(s, i, j)
+            if kind:
+                hits.append((i, kind))
             i = digits.find(_RUN12, j)
-        for group in _GROUP_TRIGGERS:
-            i = digits.find(group)
-            while i >= 0:
-                m = _PAN_RE.match(s, i)
-                if m is not None and m.group("grouped") is not None:
-                    if self._pan_sub(m, None) != m.group(0):
-                        hits.append((i, _CARDS))
-                    i = digits.find(group, m.end())
-                else:
-                    i = digits.find(group, i + 1)
+        i = digits.find(_GROUP_TRIGGER)
+        while i >= 0:
+            m = _PAN_RE.match(s, i)
+            if m is not None and m.group("grouped") is not None:
+                if self._pan_sub(m, None) != m.group(0):
+                    hits.append((i, _PAN))
+                i = digits.find(_GROUP_TRIGGER, m.end())
+            else:
+                i = digits.find(_GROUP_TRIGGER, i + 1)
         return hits
 
-    def _run_may_be_card_data(self, s: str, i: int, j: int) -> bool:
-        """Whether the digit run s[i:j] (>= 12 digits) can be part of a PAN, track or TLV."""
+    def _run_kind(self, s: str, i: int, j: int) -> int:
+        """What the digit run s[i:j] (>= 12 digits) can be part of: _TRACK (track 2 "=" or
+        "D" after it, track 1 "B" before and "^" after, EMV TLV 5A(0A) before it or 56's
+        ASCII-hex "^" = 5E after it, a ";" sentinel), _PAN, or 0 (nothing)."""
         after = s[j : j + 1]
+        if after in _TRACK_FOLLOWERS:
+            return _TRACK
         before = s[i - 1 : i]
-        if after in _TRACK_FOLLOWERS or after in _HEX_LETTERS or before in _HEX_LETTERS:
-            return True  # track 2 "=" / "D", track 1 "^", inside hex (EMV TLV)
-        if before == ";":
-            return True
-        if not 12 <= j - i <= 19:
-            return False
-        return self._pan_ok(s[i:j], s, i, j)
+        if before in _TRACK_LEADERS or s[i - 2 : i] in _TLV_5A or s[i - 4 : i] in _TLV_5A0A:
+            return _TRACK
+        if 12 <= j - i <= 19 and self._pan_ok(s[i:j], s, i, j):
+            return _PAN
+        return 0
 
     def _segment(self, s: str, counts: Counter[str] | None, what: int) -> str:
         """The rules (all but the configured secrets) on one or a few whole lines; what
-        says which families can match (_WORDS: labels, _CARDS: card data)."""
+        says which families can match (_WORDS: labels, _PAN, _TRACK: card data).
+
+        Masking can leave digits that read as a new find ("251210114111 1111 1111 1111":
+        the 12-digit run is masked, then "4111 1111 1111 1111" stands alone), so the rules
+        run again, all of them, until nothing changes (at most three rounds): a second
+        redaction of the result then changes nothing either."""
+        for _ in range(3):
+            out = self._rules(s, counts, what)
+            if out == s:
+                break
+            s, what = out, _WORDS | _PAN | _TRACK
+        return s
+
+    def _rules(self, s: str, counts: Counter[str] | None, what: int) -> str:
+        """One round of the rules of _segment."""
         if what & _WORDS:
             low = s.lower()
             if "authoriz" in low:
                 s = _AUTH_RE.sub(lambda m: self._kv_sub(m, "authorization", counts), s)
             if "bearer" in low:
                 s = _BEARER_RE.sub(lambda m: self._bearer_sub(m, counts), s)
-        if what & _CARDS:
+        if what & _TRACK:
             if "^" in s:
                 s = _TRACK1_RE.sub(lambda m: self._track1_sub(m, counts), s)
             s = self._tlv(s, counts)
             s = _TRACK2_RE.sub(lambda m: self._track2_sub(m, counts), s)
         if what & _WORDS:
             s = self._kv_pass(s, counts)
-        if what & _CARDS:
+        if what & (_PAN | _TRACK):
             s = _PAN_RE.sub(lambda m: self._pan_sub(m, counts), s)
         return s
 
@@ -568,13 +630,7 @@ class Redactor:
 
     def _kv_pass(self, s: str, counts: Counter[str] | None) -> str:
         """Labelled values: search the label only near each label word found."""
-        low = s.encode("latin-1", "replace").lower()
-        starts: list[int] = []
-        for word in _KV_WORDS_B:
-            i = low.find(word)
-            while i >= 0:
-                starts.append(i)
-                i = low.find(word, i + 1)
+        starts = _word_positions(s, None, _KV_WORDS)
         if not starts:
             return s
         starts.sort()
@@ -671,27 +727,33 @@ class Redactor:
                 return self._mask_digits(plain)
             return plain
         sep = m.group("sep")
-        whole = m.group("grouped")
-        groups = whole.split(sep)
+        groups = m.group("grouped").split(sep)
         lengths = [len(g) for g in groups]
         n = len(groups)
-        # Longest card-shaped sub-run of groups, leftmost first (a PAN followed by a
-        # CVV or preceded by a reference number still gets masked).
-        for size in range(n, 2, -1):
-            for i in range(0, n - size + 1):
+        out: list[str] = []
+        # Left to right, the longest card-shaped run of 3-5 groups at each group: a PAN
+        # followed by a CVV or preceded by a reference number still gets masked, and so
+        # does every PAN of a chain of them.
+        i = 0
+        pos = start
+        while i < n:
+            for size in (5, 4, 3):
                 sub = lengths[i : i + size]
-                if not _group_shape_ok(sub):
+                if len(sub) < size or not _group_shape_ok(sub):
                     continue
-                digits = "".join(groups[i : i + size])
-                sub_start = start + sum(lengths[:i]) + i * len(sep)
-                sub_end = sub_start + sum(sub) + (size - 1) * len(sep)
-                if not self._pan_ok(digits, text, sub_start, sub_end):
+                sub_end = pos + sum(sub) + (size - 1) * len(sep)
+                if not self._pan_ok("".join(groups[i : i + size]), text, pos, sub_end):
                     continue
                 _bump(counts, "pan")
-                left = sep.join(groups[:i]) + (sep if i else "")
-                right = (sep if i + size < n else "") + sep.join(groups[i + size :])
-                return left + self._mask_grouped(groups[i : i + size], sep) + right
-        return whole
+                out.append(self._mask_grouped(groups[i : i + size], sep))
+                i += size
+                pos = sub_end + len(sep)
+                break
+            else:
+                out.append(groups[i])
+                pos += lengths[i] + len(sep)
+                i += 1
+        return sep.join(out)
 
     # ------------------------------------------------------------------ PAN decisions
 

@@ -483,3 +483,43 @@ def test_no_corpus_pan_survives_in_any_context(
     text = f"{prefix} | {render(fmt[1], network, digits)} | {suffix}"
     out = Redactor(pan_mask="full" if full else "first6last4").text(text)
     assert not pan_survives(out, digits), out
+
+
+_ALL_RULES = 1 | 2 | 4  # _WORDS | _PAN | _TRACK: every rule, no pre-check
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.one_of(st.text(), _MIXED_TEXT))
+def test_prechecks_never_skip_a_match(text: str) -> None:
+    """The fast pre-checks change nothing: text() equals running every rule on every line."""
+    r = Redactor()
+    oracle = "\n".join(r._segment(line, None, _ALL_RULES) for line in text.split("\n"))
+    assert r.text(text) == oracle
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.one_of(_MIXED_TEXT, st.sampled_from([c["input"] for c in CASES]))))
+def test_long_text_equals_line_by_line(lines: list[str]) -> None:
+    """A long text (bundle entry) redacts exactly like its lines one by one (log events)."""
+    r = Redactor(secrets=["tok_live_8f3b2c1d9e"])
+    filler = "2026-11-23T22:21:57.123Z [info] printer_poll_ok port=/dev/ttyS0 " * 10
+    lines = [*lines, filler]
+    counts_whole: Counter[str] = Counter()
+    counts_lines: Counter[str] = Counter()
+    whole = r.text("\n".join(lines), counts_whole)
+    assert whole == "\n".join(r.text(line, counts_lines) for line in lines)
+    assert counts_whole == counts_lines
+
+
+def test_long_corpus_text_is_fully_redacted() -> None:
+    """Every corpus PAN in every format inside one long text is removed, counts add up."""
+    r = Redactor()
+    lines = [render(t, n, p) for _, t, _, _ in FORMATS for n, p in PANS]
+    counts: Counter[str] = Counter()
+    out = r.text("\n".join(lines), counts)
+    for _, pan in PANS:
+        assert not pan_survives(out, pan)
+    expected: Counter[str] = Counter()
+    for _, _, kind, count in FORMATS:
+        expected[kind] += count * len(PANS)
+    assert counts == expected

@@ -23,6 +23,43 @@ def _esc(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
+BAD_WHEN_TRUE = frozenset(
+    {
+        "cover_open",
+        "paper_end",
+        "paper_near_end",
+        "cutter_error",
+        "unrecoverable",
+        "auto_recoverable",
+        "identity_changed",
+        "updates_stopped",
+    }
+)
+BAD_WHEN_FALSE = frozenset(
+    {
+        "online",
+        "running",
+        "carrier",
+        "connect_ok",
+        "dns_ok",
+        "tls_ok",
+        "ac_online",
+        "default_route",
+        "clock_synced",
+    }
+)
+
+
+def looks_bad(values: dict[str, Any]) -> bool:
+    """Whether a reading's values show a device problem (the red marks of the chart)."""
+    for k, v in values.items():
+        if (k in BAD_WHEN_TRUE and v is True) or (k in BAD_WHEN_FALSE and v is False):
+            return True
+        if k in ("link", "state") and isinstance(v, str) and v not in ("ok", "up"):
+            return True
+    return bool(values.get("unexpected"))
+
+
 def timeline_svg(readings: list[dict[str, Any]], width: int = 1000, row_h: int = 22) -> str:
     """An SVG swim-lane chart: one row per source, a mark per reading (red when not ok)."""
     if not readings:
@@ -41,24 +78,7 @@ def timeline_svg(readings: list[dict[str, Any]], width: int = 1000, row_h: int =
     for r in readings:
         y = 20 + sources.index(str(r.get("source"))) * row_h
         x = left + (float(r.get("ts", 0)) - t0) / span * (width - left - 20)
-        bad = (not r.get("ok", True)) or any(
-            v is True
-            and k
-            not in (
-                "online",
-                "running",
-                "carrier",
-                "connect_ok",
-                "dns_ok",
-                "ac_online",
-                "plugged",
-                "default_route",
-                "tls_ok",
-                "battery_present",
-                "clock_synced",
-            )
-            for k, v in (r.get("values") or {}).items()
-        )
+        bad = (not r.get("ok", True)) or looks_bad(r.get("values") or {})
         color = "#d33" if bad else "#3a3"
         title = _esc(json.dumps(r.get("values"), default=str)[:300])
         parts.append(

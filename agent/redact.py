@@ -309,10 +309,11 @@ _TRACK2_RE: Final = re.compile(
     re.ASCII,
 )
 
-# A PAN candidate: a plain run of 12-19 digits, or 4-digit groups (at least 3 groups) or
+# A PAN candidate: a plain run of 12-19 digits (up to 23: an escape's digits may lead
+# it, see _escape_digits), or 4-digit groups (at least 3 groups) or
 # 4-6-x groups with one consistent separator. Shapes are checked in code.
 _PAN_RE: Final = re.compile(
-    r"(?<!\d)(?:(?P<plain>\d{12,19})"
+    r"(?<!\d)(?:(?P<plain>\d{12,23})"
     r"|(?P<grouped>\d{4}(?P<sep>[ .+-]|%20)\d{4,6}(?:(?P=sep)\d{1,7})+))(?!\d)",
     re.ASCII,
 )
@@ -507,6 +508,9 @@ class Redactor:
         if before in _TRACK_LEADERS or s[i - 2 : i] in _TLV_5A or s[i - 4 : i] in _TLV_5A0A:
             return _TRACK
         if 12 <= j - i <= 19 and self._pan_ok(s[i:j], s, i, j):
+            return _PAN
+        k = i + _escape_digits(s, i)
+        if k > i and 12 <= j - k <= 19 and self._pan_ok(s[k:j], s, k, j):
             return _PAN
         return 0
 
@@ -722,9 +726,17 @@ class Redactor:
         start, end = m.span()
         plain = m.group("plain")
         if plain is not None:
-            if self._pan_ok(plain, text, start, end):
+            if len(plain) <= 19 and self._pan_ok(plain, text, start, end):
                 _bump(counts, "pan")
                 return self._mask_digits(plain)
+            skip = _escape_digits(text, start)
+            if (
+                skip
+                and 12 <= len(plain) - skip <= 19
+                and self._pan_ok(plain[skip:], text, start + skip, end)
+            ):
+                _bump(counts, "pan")
+                return plain[:skip] + self._mask_digits(plain[skip:])
             return plain
         sep = m.group("sep")
         groups = m.group("grouped").split(sep)
@@ -772,12 +784,12 @@ class Redactor:
             return False
         if digits in self._allow_digits:
             return False
-        if start > 0 and text[start - 1] == "+":
-            return False  # E.164 phone number
+        if text[start - 1 : start] == "+" and not text[start - 2 : start - 1].isalnum():
+            return False  # E.164 phone number ("+4915...", not form-encoded "card+4111...")
         if (
             end - start == len(digits)  # a plain run: identifiers are not written grouped
             and text[start - 1 : start] in _ID_VALUE_OPENERS
-            and digits[:2] not in ("34", "37")  # 15 digits from 34/37: an Amex PAN wins
+            and not _amex_shaped(digits)  # 15 digits from 34/37: an Amex PAN wins
         ):
             label = _ID_LABEL_RE.search(text, max(0, start - 40), start)
             if label is not None and id_length(label.group("label")) == len(digits):
@@ -831,13 +843,29 @@ class Redactor:
 _NULLS: Final = frozenset({"null", "None", "nil", "undefined", "NULL"})
 
 
+def _amex_shaped(digits: str) -> bool:
+    """15 digits starting 34 or 37: read as an Amex PAN even under an IMEI/MID label."""
+    return len(digits) == 15 and digits[:2] in ("34", "37")
+
+
+def _escape_digits(text: str, start: int) -> int:
+    """How many leading digits of the run at text[start] belong to an escape before it:
+    2 after "%" ("%224111..." is a URL-encoded quote, then the PAN), 4 after "\\u"
+    ("\\u00224111..." in JSON), else 0."""
+    if text[start - 1 : start] == "%":
+        return 2
+    if text[start - 2 : start] == "\\u":
+        return 4
+    return 0
+
+
 def _is_labelled_id(key: str, value: Any) -> bool:
     """A value under an identifier key (rrn, imei, ...) with exactly that identifier's length."""
     length = id_length(key)
     if length is None or isinstance(value, bool) or not isinstance(value, str | int):
         return False
     text = str(value)
-    return len(text) == length and text.isdigit() and text[:2] not in ("34", "37")
+    return len(text) == length and text.isdigit() and not _amex_shaped(text)
 
 
 def _wrap(kind: str, kq: str, value: re.Match[str]) -> str:

@@ -69,17 +69,35 @@ def _line(rng: random.Random, i: int) -> str:
             f"{ts} WARN  [Emv] kernel=VISA aid=A0000000031010 tvr=0000008000 tsi=E800 "
             f"atc={rng.randrange(65536):04X} order={rng.randrange(10**9)} phone=+4915123456789"
         )
-    # the rare sensitive lines
+    # the rare sensitive lines; injected() tells main() what each one holds
     pan = rng.choice(_PANS)
-    return rng.choice(
-        (
-            f"{ts} ERROR [Host] declined pan={pan} exp=2512 cvv=123",
-            f"{ts} DEBUG [Emv] tlv=9F02060000000010005A08{pan[:16].ljust(16, 'F')}5F2403251231",
-            f"{ts} DEBUG [Reader] track2=;{pan}=25121010000000000000? len=37",
-            f"{ts} DEBUG [Http] Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc{i}",
-            f"{ts} INFO  [Ui] card {pan[:4]} {pan[4:8]} {pan[8:12]} {pan[12:]} entered",
-        )
-    )
+    pick = rng.randrange(5)
+    return (
+        f"{ts} ERROR [Host] declined pan={pan} exp=2512 cvv=123",
+        f"{ts} DEBUG [Emv] tlv=9F02060000000010005A08{pan[:16].ljust(16, 'F')}5F2403251231",
+        f"{ts} DEBUG [Reader] track2=;{pan}=25121010000000000000? len=37",
+        f"{ts} DEBUG [Http] Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc{i}",
+        f"{ts} INFO  [Ui] card {pan[:4]} {pan[4:8]} {pan[8:12]} {pan[12:]} entered",
+    )[pick]
+
+
+_INJECTED = {
+    "declined pan=": ("pan", "cvv"),
+    "tlv=9F02": ("emv_tlv",),
+    "track2=;": ("track2",),
+    "Authorization: Bearer": ("authorization",),
+    "[Ui] card ": ("pan",),
+}
+
+
+def injected(text: str) -> Counter[str]:
+    """What the corpus holds by kind: the finds a perfect redactor makes."""
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        for marker, kinds in _INJECTED.items():
+            if marker in line:
+                out.update(kinds)
+    return out
 
 
 def corpus(size_bytes: int = 4 * 1024 * 1024, seed: int = 7) -> str:
@@ -119,6 +137,7 @@ def main() -> dict[str, float]:
     counts: Counter[str] = Counter()
     for c in chunks:
         redactor.text(c, counts)
+    expected = injected(text)
 
     cpu_chunks, wall_chunks = _best_of(5, lambda: [redactor.text(c) for c in chunks])
     cpu_lines, wall_lines = _best_of(5, lambda: [redactor.text(ln) for ln in lines])
@@ -129,11 +148,10 @@ def main() -> dict[str, float]:
         "lines_mb_per_s": round(size_mb / cpu_lines, 1),
         "lines_wall_mb_per_s": round(size_mb / wall_lines, 1),
         "lines_per_s": round(len(lines) / cpu_lines),
-        "found_pan": counts["pan"],
-        "found_track2": counts["track2"],
-        "found_emv_tlv": counts["emv_tlv"],
-        "found_cvv": counts["cvv"],
-        "found_authorization": counts["authorization"],
+        "expected_finds": sum(expected.values()),
+        "found": sum(counts.values()),
+        "false_positives": sum((counts - expected).values()),
+        "misses": sum((expected - counts).values()),
         "target_mb_per_s": 10.0,
     }
     for name, value in figures.items():

@@ -168,6 +168,10 @@ def test_imei_passes_luhn_so_only_the_allow_list_saves_it() -> None:
     assert Redactor(allow=["35-693803-564380-9"]).text(f"dev {imei}") == f"dev {imei}"
     labelled = f'{{"imei": "{imei}"}}'
     assert Redactor().text(labelled) == labelled
+    # an identifier label never shields an Amex-shaped number or a grouped one
+    assert Redactor().text("imei=378282246310005") == "imei=378282*****0005"
+    assert Redactor().text("mid=3782-822463-10005") == "mid=3782-82****-*0005"
+    assert Redactor().obj({"imei": 378282246310005}) == {"imei": "378282*****0005"}
 
 
 @pytest.mark.parametrize("path", DEVICE_OUTPUTS, ids=[p.name for p in DEVICE_OUTPUTS])

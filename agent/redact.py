@@ -8,28 +8,37 @@ the same to every log event. What is found, in the order the passes run:
    → ``[REDACTED:config_secret]``;
 2. ``Authorization`` / ``Proxy-Authorization`` values → ``[REDACTED:authorization]``,
    then any other ``Bearer <token>`` → ``Bearer [REDACTED:bearer]``;
-3. labelled values in ``key=value``, ``key: value`` and JSON form: CVV/CVC, PIN, PIN
-   block, passwords, secrets/tokens/API keys, track 1/2 → ``[REDACTED:<kind>]``;
-4. track 1 (``%B<PAN>^<NAME>^<YYMM>...?``) → ``[REDACTED:track1]``;
-5. hex-encoded EMV TLV elements 5A (PAN), 57 and 9F6B (track 2 equivalent) and 56
+3. track 1 (``%B<PAN>^<NAME>^<YYMM>...?``) → ``[REDACTED:track1]``;
+4. hex-encoded EMV TLV elements 5A (PAN), 57 and 9F6B (track 2 equivalent) and 56
    (track 1 equivalent): the value is replaced, tag and length kept
    (``5A08[REDACTED:emv_tlv]``);
-6. track 2 (``;<PAN>=<YYMM>...?`` and the ``<PAN>D<YYMM>...`` form) →
-   ``[REDACTED:track2]``;
+5. track 2 (``;<PAN>=<YYMM>...?``, bare ``<PAN>=<YYMM>...`` and ``<PAN>D<YYMM>...``)
+   → ``[REDACTED:track2]``;
+6. labelled values in ``key=value``, ``key: value`` and JSON form (snake, kebab and
+   camelCase keys): CVV/CVC, PIN, PIN block, passwords, secrets/tokens/API keys,
+   track 1/2 → ``[REDACTED:<kind>]``, quoting kept;
 7. PANs: 12-19 digits passing Luhn, plain or grouped (4-4-4-4..., 4-6-5, 4-6-4) with one
    consistent separator (space, dash, dot, ``+`` or ``%20``), not touching other digits
-   → first 6 and last 4 digits kept, separators kept (``4111 11** **** 1111``), or
-   every digit masked with ``pan_mask="full"``.
+   (a URL escape such as ``%22`` or a JSON ``\\u0022`` before it does not count) →
+   first 6 and last 4 digits kept, separators kept (``4111 11** **** 1111``), or every
+   digit masked with ``pan_mask="full"``.
+
+The passes rerun on what they changed until nothing changes, so redacting twice gives
+the same text as redacting once.
 
 Left alone on purpose: numbers that fail Luhn; runs with digits on either side; numbers
 starting with 0 (zero-padded counters, amounts); epoch times (a leading 1 outside the
-15-digit UATP length); compact timestamps ``YYYYMMDDhhmm[ss[fff...]]``; E.164 phone
-numbers (a leading ``+``); 18-19 digit ICCIDs (prefix 89, the telecom numbering of ISO
-7812); digits inside UUIDs and hex digests (32/40/56/64/96/128 hex characters); and
-the allow-listed identifiers (IMEI, serial) given to the constructor.
+15-digit UATP length); compact timestamps ``YYYYMMDDhhmm[ss[fff...]]`` (years
+1970-2099); E.164 phone numbers (``+`` not after a letter or digit); 18-19 digit ICCIDs
+(prefix 89, the telecom numbering of ISO 7812); fixed-length identifiers right after
+their label (RRN 12 digits; merchant id, IMEI, IMSI 15 digits, unless Amex-shaped);
+digits inside UUIDs and hex digests (32/40/56/64/96/128 hex characters); and the
+allow-listed identifiers (IMEI, serial) given to the constructor.
 
-The work is a few precompiled scans; the costly passes only run when a cheap C-level
-pre-check (``in`` on the lower-cased text, one digit-run regex) says they can match.
+Speed: every rule matches within one line, so text() first finds the few lines that can
+hold a match with C-level searches (label words in the lower-cased text; 12-digit runs
+and separated 4-digit groups in a digit-shape copy, each run judged at once) and runs
+the regular expressions on those lines only.
 """
 
 from __future__ import annotations
@@ -45,7 +54,24 @@ RULESET_VERSION: Final = "1"
 
 PAN_MASKS: Final = ("first6last4", "full")
 
+# The kinds counted (keys of the counts Counter and of the manifest's redaction counts).
+KINDS: Final = (
+    "pan",
+    "track1",
+    "track2",
+    "emv_tlv",
+    "cvv",
+    "pin",
+    "pin_block",
+    "authorization",
+    "bearer",
+    "password",
+    "secret",
+    "config_secret",
+)
+
 _MARK = "[REDACTED:{}]"
+_MARKERS: Final = tuple(_MARK.format(k) for k in KINDS)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -71,7 +97,7 @@ def _bump(counts: Counter[str] | None, kind: str, n: int = 1) -> None:
 # ----------------------------------------------------------------------------- sensitive keys
 
 # Normalised key (lower case, no "_", "-", " ", ".") → kind. Used by obj()/processor() for
-# dict keys and, through _LABEL_KINDS, for labels in free text.
+# dict keys and, through _label_kind(), for labels in free text.
 _KEY_KINDS: Final[dict[str, str]] = {
     "cvv": "cvv",
     "cvv2": "cvv",
@@ -251,7 +277,6 @@ _WORDS: Final = 1  # a segment holds a label word
 _PAN: Final = 2  # a segment holds digits that may be a PAN
 _TRACK: Final = 4  # a segment holds digits that may be track data or EMV TLV
 
-# Card-data pre-check on a copy of the text where every ASCII digit is "0".
 # Card-data pre-check on a latin-1 copy of the text where every ASCII digit is "0",
 # every PAN group separator (space . + - and the % of %20) is "s" and the rest is "_":
 # then a 12-digit run is b"0" * 12 and two separated 4-digit groups are b"0000s0000".
@@ -272,7 +297,8 @@ _AUTH_SCHEMES = (
     r"|AWS4-HMAC-SHA256|DPoP|Mutual|SCRAM-SHA-256)[ \t]+"
 )
 
-# Authorization header value: header style (to end of line) or key=value style.
+# Authorization value (header, key=value or JSON): quoted whole, or an optional scheme
+# and the credentials, with Digest-style ", name=value" parameters.
 _AUTH_RE: Final = re.compile(
     r"(?i)(?<![A-Za-z0-9])(?P<key>(?:proxy-)?authorization)(?P<kq>\\?[\"']?)"
     r"(?P<sep>[ \t]*[:=][ \t]*)(?!\\?[\"']?\[REDACTED:)"
@@ -398,7 +424,9 @@ class Redactor:
             variants.add(urllib.parse.quote(s, safe=""))
             variants.add(urllib.parse.quote_plus(s, safe=""))
             variants.add(s.replace("\\", "\\\\").replace('"', '\\"'))
-        # Longest first so a secret containing another is masked whole.
+        # A "secret" found inside a marker ("REDACTED", "secret") would grow the text on
+        # every pass; longest first so a secret containing another is masked whole.
+        variants = {v for v in variants if not any(v in m for m in _MARKERS)}
         self._secrets: tuple[str, ...] = tuple(sorted(variants, key=len, reverse=True))
         self._secrets_re: re.Pattern[str] | None = (
             re.compile("|".join(re.escape(s) for s in self._secrets)) if self._secrets else None
@@ -467,8 +495,9 @@ class Redactor:
 
     def _trigger_positions(self, s: str) -> list[tuple[int, int]]:
         """(position, _WORDS/_PAN/_TRACK) of everything that may start a match: label words,
-        and digit runs or groups that could be card data. Only bytes find (C speed), on
-        a latin-1 copy (one byte per character, so positions are the text's)."""
+        and digit runs or groups that could be card data. Only str/bytes find (C speed);
+        the digit shapes come from a latin-1 copy (one byte per character, so positions
+        are the text's)."""
         hits: list[tuple[int, int]] = []
         raw = s.encode("latin-1", "replace")
         hits.extend((i, _WORDS) for i in _word_positions(s, raw, _TRIGGER_WORDS_STR))
@@ -575,14 +604,14 @@ class Redactor:
                     if value is not None and value != "":
                         event_dict[key] = _marker(kind)
                 else:
-                    event_dict[key] = self._value(value, None, opaque=True)
+                    event_dict[key] = self._value(value, None)
             return event_dict
 
         return redact_event
 
     # ------------------------------------------------------------------ deep values
 
-    def _value(self, o: Any, counts: Counter[str] | None, *, opaque: bool = False) -> Any:
+    def _value(self, o: Any, counts: Counter[str] | None) -> Any:
         if isinstance(o, str):
             return self.text(o, counts)
         if o is None or isinstance(o, bool | float):
@@ -604,26 +633,24 @@ class Redactor:
                 elif isinstance(k, str) and _is_labelled_id(k, v):
                     out[new_k] = v
                 else:
-                    out[new_k] = self._value(v, counts, opaque=opaque)
+                    out[new_k] = self._value(v, counts)
             return out
         if isinstance(o, list):
-            return [self._value(v, counts, opaque=opaque) for v in o]
+            return [self._value(v, counts) for v in o]
         if isinstance(o, tuple):
-            return tuple(self._value(v, counts, opaque=opaque) for v in o)
+            return tuple(self._value(v, counts) for v in o)
         if isinstance(o, bytes | bytearray):
             decoded = bytes(o).decode("utf-8", "replace")
             redacted = self.text(decoded, counts)
             return o if redacted == decoded else redacted
-        if opaque:
-            # Anything else a log event may carry (exceptions, paths, objects): judged by
-            # its str(); replaced by the redacted string only when that str() held data.
-            try:
-                rendered = str(o)
-            except Exception:  # a broken __str__ must not break logging
-                return o
-            redacted = self.text(rendered, counts)
-            return o if redacted == rendered else redacted
-        return o
+        # Anything else (exceptions, paths, datetimes, objects in a log event): judged by
+        # its str(), replaced by the redacted string only when that str() held data.
+        try:
+            rendered = str(o)
+        except Exception:  # a broken __str__ must not break logging
+            return o
+        redacted = self.text(rendered, counts)
+        return o if redacted == rendered else redacted
 
     # ------------------------------------------------------------------ substitutions
 

@@ -14,7 +14,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.redact import RULESET_VERSION, Redactor, luhn_ok, sensitive_key_kind
+from agent.redact import KINDS, RULESET_VERSION, Redactor, luhn_ok, sensitive_key_kind
 
 DATA = Path(__file__).parent / "fixtures" / "redaction"
 
@@ -238,6 +238,24 @@ def test_configured_secrets_are_masked_in_every_encoding() -> None:
     assert out.endswith("short abc stays")
 
 
+def test_secret_that_is_part_of_a_marker_does_not_grow_the_text() -> None:
+    """A configured secret found inside a marker ("REDACTED") is left out, so passes settle."""
+    r = Redactor(secrets=["REDACTED", "hunter22"])
+    once = r.text("password=hunter22 cvv=123")
+    assert once == "password=[REDACTED:config_secret] cvv=[REDACTED:cvv]"
+    assert r.text(once) == once
+
+
+def test_counted_kinds_are_the_documented_ones() -> None:
+    """Every kind the engine counts is one of KINDS (the manifest's vocabulary)."""
+    counts: Counter[str] = Counter()
+    r = Redactor(secrets=["tok_live_8f3b2c1d9e"])
+    for case in CASES:
+        r.text(case["input"], counts)
+    r.text("tok_live_8f3b2c1d9e", counts)
+    assert set(counts) == set(KINDS)
+
+
 def test_secret_values_in_key_value_json_and_headers() -> None:
     """Passwords, secrets, tokens, API keys and Authorization values are replaced by markers."""
     r = Redactor()
@@ -288,6 +306,8 @@ def test_obj_deep_redacts_and_replaces_sensitive_keys_whole() -> None:
         "4111111111111111": "key holds a PAN",
         "tuple": ("5555555555554444",),
         "raw": b"track2=;4111111111111111=2512?",
+        "path": Path("/var/log/4111111111111111.txt"),
+        "when": Path("/var/log/pos.log"),
     }
     counts: Counter[str] = Counter()
     out = r.obj(data, counts)
@@ -304,11 +324,13 @@ def test_obj_deep_redacts_and_replaces_sensitive_keys_whole() -> None:
     assert out["411111******1111"] == "key holds a PAN"
     assert out["tuple"] == ("555555******4444",)
     assert out["raw"] == "track2=[REDACTED:track2]"
+    assert out["path"] == "/var/log/411111******1111.txt"  # judged by its str()
+    assert out["when"] is data["when"]  # nothing to mask: the object itself
     assert data["CVV"] == "123"  # the input is not modified
     assert counts == Counter(
-        pan=4, cvv=1, pin_block=1, authorization=1, secret=1, config_secret=1, track2=1
+        pan=5, cvv=1, pin_block=1, authorization=1, secret=1, config_secret=1, track2=1
     )
-    json.dumps(out)  # still JSON-able
+    json.dumps(out, default=str)
 
 
 def test_sensitive_key_names() -> None:

@@ -205,6 +205,9 @@ def _not_charging(v: Mapping[str, Any], ctx: CheckContext) -> Verdict:
         return False
     if plugged is None or not isinstance(status, str):
         return None
+    pct = v.get("battery_pct")
+    if isinstance(pct, int | float) and not isinstance(pct, bool) and pct >= 95:
+        return False  # firmware stops charging near full and says "Not charging"
     return status.strip().lower() == "not charging"
 
 
@@ -296,6 +299,22 @@ def _printer_bit(name: str, bad_value: bool = True) -> Check:
         return _bad_if(v, name, bad_value)
 
     return check
+
+
+PRINTER_CAUSES = ("cover_open", "paper_end", "cutter_error", "unrecoverable", "auto_recoverable")
+
+
+def _printer_offline(v: Mapping[str, Any], ctx: CheckContext) -> Verdict:
+    """Offline with no more specific cause: a printer goes offline on paper end or an open
+    cover too, and those have faults of their own (one fault, one bundle)."""
+    if v.get("link") != "ok":
+        return None
+    online = _flag(v, "online")
+    if online is None:
+        return None
+    if online:
+        return False
+    return not any(v.get(k) is True for k in PRINTER_CAUSES)
 
 
 # --------------------------------------------------------------------------- checks: serial
@@ -552,7 +571,7 @@ CATALOG: tuple[Rule, ...] = (
         Kind.READING,
         "printer {subject}: offline",
         source="printer:*",
-        check=_printer_bit("online", bad_value=False),
+        check=_printer_offline,
         raise_after=readings(2),
         clear_after=readings(2),
         doc="DLE EOT 1 bit 3",

@@ -303,3 +303,35 @@ def test_every_check_answers_a_verdict_for_any_values(
         if rule.sample is not None:
             sample = rule.sample(values)
             assert sample is None or isinstance(sample, float)
+
+
+def test_printer_offline_only_without_a_more_specific_cause() -> None:
+    """A printer offline because of paper end or an open cover raises that fault, not printer.offline too."""
+    from agent.catalog import RULES, CheckContext
+    from agent.config import Config
+
+    check = RULES["printer.offline"].check
+    ctx = CheckContext(Config(), [])
+    base = {"link": "ok", "online": False, "cover_open": False, "paper_end": False}
+    assert check(base, ctx) is True
+    assert check({**base, "paper_end": True}, ctx) is False
+    assert check({**base, "cover_open": True}, ctx) is False
+    assert check({**base, "online": True}, ctx) is False
+    assert check({**base, "link": "no_reply"}, ctx) is None
+
+
+def test_not_charging_ignores_a_full_battery() -> None:
+    """Firmware that reports "Not charging" near 100 % does not raise power.not_charging."""
+    from agent.catalog import RULES, CheckContext
+    from agent.config import Config
+
+    check = RULES["power.not_charging"].check
+    ctx = CheckContext(Config(), [])
+    v = {
+        "plugged": True,
+        "battery_present": True,
+        "battery_status": "Not charging",
+        "battery_pct": 60.0,
+    }
+    assert check(v, ctx) is True
+    assert check({**v, "battery_pct": 100.0}, ctx) is False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,13 @@ def posagent_argv(*args: str) -> list[str]:
 def is_root() -> bool:
     """True when the tests run as root (namespaces, mounts)."""
     return os.geteuid() == 0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Each test starts with structlog's defaults: an in-process CLI call configures it globally."""
+    import structlog
+
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

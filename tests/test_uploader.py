@@ -349,7 +349,7 @@ def test_waiting_for_a_reply_counts_as_progress_for_the_watchdog(
     tmp_path: Path, server: FaultServer
 ) -> None:
     """While a reply is awaited within its timeouts, last_progress stays fresh."""
-    cfg = make_cfg(tmp_path, server.url, read_timeout_s=1.5)
+    cfg = make_cfg(tmp_path, server.url, read_timeout_s=4.0)
     spool = make_spool(cfg)
     bid = enqueue(spool)
     server.script(Hang())
@@ -360,7 +360,7 @@ def test_waiting_for_a_reply_counts_as_progress_for_the_watchdog(
         time.sleep(1.0)
         assert up.status()["current_bundle"] == bid
         assert time.monotonic() - up.last_progress() < 0.5
-        assert wait_for(lambda: spool.retry_state(bid).attempts >= 1, 5)
+        assert wait_for(lambda: spool.retry_state(bid).attempts >= 1, 10)
     finally:
         assert up.stop(5)
 

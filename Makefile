@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := xvfb x11-utils x11-xserver-utils xdotool socat adb grim cage \
-	tesseract-ocr strace iproute2 chromium systemd imagemagick procps util-linux
+	tesseract-ocr tesseract-ocr-eng strace iproute2 chromium systemd imagemagick procps util-linux \
+	python3-tk fonts-dejavu-core openssl
 PYTEST_ARGS ?=
 
 .PHONY: all test lint typecheck unit demo bench reliability debs venv clean docs

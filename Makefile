@@ -47,7 +47,7 @@ demo: debs venv
 
 bench: debs venv
 	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) -m bench
+	$(PY) -m bench; rc=$$?; $(PY) -m bench.report && exit $$rc
 
 reliability: debs venv
 	$(PY) -m bench.reliability

@@ -9,7 +9,8 @@
   the pty of the PIN pad (answers STX S ETX), fb0 on the fallback;
 - a payment host on loopback (SimHost) whose mode switches ok/refuse/...;
 - optionally the screen (Xvfb + Tk POS window, or the framebuffer file);
-- trigger/, crash/ and app.log: the directories and log the agent watches.
+- trigger/, crash/, anr/ and app.log: the directories and log the agent watches
+  (app_files=False leaves them to the caller).
 
 `apply(device, changes)` is the one entry point scenarios and the demo use
 to act on a device (see DEVICES for the keys each device takes).
@@ -144,6 +145,7 @@ class SimTerminal:
         screen: str = "none",
         printer: bool = True,
         pinpad: bool = True,
+        app_files: bool = True,
     ) -> None:
         self.root = Path(root)
         self.device_id = device_id
@@ -157,6 +159,7 @@ class SimTerminal:
         self.screen_mode = screen
         self.want_printer = printer
         self.want_pinpad = pinpad
+        self.want_app_files = app_files
         self.power = SimPower(self.sys)
         self.net = SimNet(self.sys, self.proc)
         self.host = SimHost()
@@ -174,9 +177,10 @@ class SimTerminal:
         try:
             for d in (self.sys, self.proc, self.dev, self.run, self.state):
                 d.mkdir(parents=True, exist_ok=True)
-            for d in (self.trigger_dir, self.crash_dir, self.anr_dir):
-                d.mkdir(parents=True, exist_ok=True)
-            self.app_log.touch()
+            if self.want_app_files:
+                for d in (self.trigger_dir, self.crash_dir, self.anr_dir):
+                    d.mkdir(parents=True, exist_ok=True)
+                self.app_log.touch()
             self.power.add_mains("AC", online=True)
             self.power.add_battery("BAT0", capacity_pct=80, status="Charging")
             self.net.set_link("eth0", carrier=True)
@@ -332,12 +336,7 @@ class SimTerminal:
                 "state_dir": str(self.state),
                 "log_format": "json",
             },
-            "roots": {
-                "sys": str(self.sys),
-                "proc": str(self.proc),
-                "dev": str(self.dev),
-                "run": str(self.run),
-            },
+            "roots": self.roots_section(),
             "bundle": {"hmac_key_file": key_file or str(self.root / "device.key")},
             "spool": {"reserve_mib": 0},
             "upload": {
@@ -377,14 +376,29 @@ class SimTerminal:
             # the host's own NTP state is not the simulated terminal's
             "faults": {"system.clock_unsynced": {"enabled": False}},
         }
+        s.update(self.device_sections(interval_s=0.5, timeout_s=0.3))
+        return s
+
+    def roots_section(self) -> dict[str, str]:
+        """The [roots] section: the agent reads sys/proc/dev/run of this terminal."""
+        return {
+            "sys": str(self.sys),
+            "proc": str(self.proc),
+            "dev": str(self.dev),
+            "run": str(self.run),
+        }
+
+    def device_sections(self, *, interval_s: float, timeout_s: float) -> dict[str, Any]:
+        """[[printer]] for the receipt printer and [[serial]] for the PIN pad, if present."""
+        s: dict[str, Any] = {}
         if self.printer is not None:
             s["printer"] = [
                 {
                     "name": "receipt",
                     "transport": "serial",
                     "device": "/dev/ttyS0",
-                    "interval_s": 0.5,
-                    "timeout_s": 0.3,
+                    "interval_s": interval_s,
+                    "timeout_s": timeout_s,
                 }
             ]
         if self.pinpad is not None:
@@ -394,8 +408,8 @@ class SimTerminal:
                     "device": "/dev/ttyUSB0",
                     "probe_hex": "02 53 03",
                     "expect": "S0OK",
-                    "interval_s": 0.5,
-                    "timeout_s": 0.3,
+                    "interval_s": interval_s,
+                    "timeout_s": timeout_s,
                 }
             ]
         return s

@@ -1,8 +1,9 @@
 """A simulated terminal for the monitor tests: every twin under one tmp dir, and its config.
 
-`SimTerminal` starts the power tree, the link/route tree, a loopback payment
-host, the pty printer and the pty PIN pad (with its USB identity in the fake
-sysfs), and renders an agent.toml pointing the whole agent at them.
+`SimTerminal` starts the whole terminal of the simulator (simulator.terminal:
+power tree, link/route tree, loopback payment host, pty printer at dev/ttyS0,
+pty PIN pad at dev/ttyUSB0 with its USB identity in the fake sysfs) and
+renders a short-interval agent.toml pointing the monitors at it.
 """
 
 from __future__ import annotations
@@ -15,59 +16,30 @@ from agent.config import Config, parse_config
 from agent.monitors import MonitorContext
 from drivers.roots import Roots
 from drivers.shell import Shell
-from simulator.hosts import SimHost, SimNet, SimRoute
-from simulator.peripherals import SimPeripheral, pinpad
-from simulator.power import SimPower
+from simulator import terminal
+from simulator.peripherals import SimPeripheral
 from simulator.printer import SimPrinter
+from simulator.terminal import DEFAULT_ROUTE, render_toml
 
-DEFAULT_ROUTE = SimRoute("eth0", gateway="192.0.2.1")
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render_toml(sections: dict[str, Any]) -> str:
-    """TOML for {section: {key: value}} and {array_section: [{...}, ...]}."""
-    out: list[str] = []
-    for name, body in sections.items():
-        items = body if isinstance(body, list) else [body]
-        for item in items:
-            out.append(f"[[{name}]]" if isinstance(body, list) else f"[{name}]")
-            out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
-            out.append("")
-    return "\n".join(out)
+__all__ = ["DEFAULT_ROUTE", "SimTerminal", "render_toml"]
 
 
 class SimTerminal:
-    """The twins of one terminal under `tmp`; `config()` points an agent at them."""
+    """The twins of one terminal under `tmp`, started; `config()` points an agent at them."""
 
     def __init__(self, tmp: Path, *, printer: bool = True, peripheral: bool = True) -> None:
         self.tmp = tmp
-        self.sys, self.proc, self.dev = tmp / "sys", tmp / "proc", tmp / "dev"
-        self.state = tmp / "state"
-        for d in (self.sys, self.proc, self.dev, self.state, tmp / "run"):
-            d.mkdir(parents=True, exist_ok=True)
-        self.power = SimPower(self.sys)
-        self.power.add_mains("AC", online=True)
-        self.power.add_battery("BAT0", capacity_pct=80, status="Charging")
-        self.net = SimNet(self.sys, self.proc)
-        self.net.set_link("eth0", carrier=True)
-        self.net.set_routes([DEFAULT_ROUTE])
-        self.host = SimHost().start()
-        self.printer: SimPrinter | None = None
-        self.pinpad: SimPeripheral | None = None
+        # app_files=False: the monitor tests make their own crash/, anr/, trigger/
+        # dirs and logs under tmp (and expect them not to exist beforehand).
+        self.sim = terminal.SimTerminal(
+            tmp, printer=printer, pinpad=peripheral, app_files=False
+        ).start()
+        self.sys, self.proc, self.dev = self.sim.sys, self.sim.proc, self.sim.dev
+        self.state = self.sim.state
+        self.power, self.net, self.host = self.sim.power, self.sim.net, self.sim.host
+        self.printer: SimPrinter | None = self.sim.printer
+        self.pinpad: SimPeripheral | None = self.sim.pinpad
         self._extra: list[Any] = []
-        if printer:
-            self.printer = SimPrinter(self.dev / "ttyS0").start()
-        if peripheral:
-            self.pinpad = pinpad(self.dev / "ttyUSB0", sys_root=self.sys, usb_port="1-1").start()
 
     def add(self, device: Any) -> Any:
         """Start another twin and stop it with the terminal."""
@@ -76,25 +48,24 @@ class SimTerminal:
 
     def close(self) -> None:
         """Stop every twin."""
-        for d in [*self._extra, self.printer, self.pinpad, self.host]:
-            if d is not None:
-                with contextlib.suppress(Exception):
-                    d.stop()
+        for d in self._extra:
+            with contextlib.suppress(Exception):
+                d.stop()
+        self.sim.close()
 
     @property
     def roots(self) -> Roots:
-        return Roots(self.sys, self.proc, self.dev, self.tmp / "run", self.state)
+        return Roots(self.sys, self.proc, self.dev, self.sim.run, self.state)
 
     def sections(self) -> dict[str, Any]:
-        """The config as sections (tests change entries before rendering)."""
-        s: dict[str, Any] = {
+        """The config as sections (tests change entries before rendering).
+
+        Not `agent_sections()` of the simulator: the monitor tests want 0.2 s
+        polls and no app/capture/screen/faults sections of the demo terminal.
+        """
+        return {
             "agent": {"device_id": "T-SIM", "state_dir": str(self.state), "log_format": "json"},
-            "roots": {
-                "sys": str(self.sys),
-                "proc": str(self.proc),
-                "dev": str(self.dev),
-                "run": str(self.tmp / "run"),
-            },
+            "roots": self.sim.roots_section(),
             "bundle": {"hmac_key_file": str(self.tmp / "device.key")},
             "upload": {"token_file": str(self.tmp / "token")},
             "power": {"interval_s": 0.2},
@@ -107,29 +78,8 @@ class SimTerminal:
             },
             "peripherals": {"interval_s": 0.2, "extra_globs": []},
             "system": {"interval_s": 0.2, "disk_paths": [str(self.tmp)]},
+            **self.sim.device_sections(interval_s=0.2, timeout_s=0.2),
         }
-        if self.printer is not None:
-            s["printer"] = [
-                {
-                    "name": "receipt",
-                    "transport": "serial",
-                    "device": "/dev/ttyS0",
-                    "interval_s": 0.2,
-                    "timeout_s": 0.2,
-                }
-            ]
-        if self.pinpad is not None:
-            s["serial"] = [
-                {
-                    "name": "pinpad",
-                    "device": "/dev/ttyUSB0",
-                    "probe_hex": "02 53 03",
-                    "expect": "S0OK",
-                    "interval_s": 0.2,
-                    "timeout_s": 0.2,
-                }
-            ]
-        return s
 
     def write_config(self, sections: dict[str, Any] | None = None) -> Path:
         """Write agent.toml for these sections (default: `sections()`); returns its path."""

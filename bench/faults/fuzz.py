@@ -121,7 +121,7 @@ def _targets() -> list[Target]:
 def parsers(quick: bool, work: Path) -> Result:
     """Every text parser of the drivers and of the agent's and collector's input paths (uevent, dumpsys battery/connectivity/window, getprop, /proc/net/route, ip route, route -n, kernel log, fbset, xwininfo, xprop, tesseract TSV, Retry-After, Content-Digest, tokens file, trigger files, the redaction engine) fed seeded random text and mutations of the real captured outputs in tests/fixtures."""
     res = Result("fuzz_parsers", "fuzzed parser inputs")
-    per = 250 if quick else 2500
+    per = 250 if quick else 3000
     rng = random.Random(61)
     crashes: dict[str, int] = {}
     for name, fn, allowed, seeds in _targets():

@@ -300,7 +300,8 @@ def readonly_state(quick: bool, work: Path) -> Result:
         res.duplicates = sum(max(0, s.creations - 1) for s in srv.store.values())
         res.notes.append(
             f"{cycles} ro/rw cycles with the daemon running; {agent.capture_failures} captures "
-            f"refused and counted by the capture worker, direct calls raised {typed}; "
+            f"refused and counted by the capture worker ({cycles * per_cycle} manual reports "
+            f"plus faults the engine raised meanwhile), direct calls raised {typed}; "
             f"{captured} captured in the rw phases, all uploaded after the remount; "
             f"{stale_cur} uploaded just before a remount could not move to sent/ and stayed in "
             f"cur/ until the next start re-sent them ({again} answered 'already stored'); "

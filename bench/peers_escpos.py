@@ -67,7 +67,7 @@ def _escpos(dev: str) -> tuple[str, Any]:
     try:
         p.open()
     except DeviceNotFoundError as e:
-        return "port absent", f"DeviceNotFoundError: {str(e).splitlines()[0]}"
+        return "port absent", f"DeviceNotFoundError: {str(e).split(' (')[0]}"
     try:
         online = p.is_online()
         paper = p.paper_status()

@@ -54,7 +54,7 @@ def verdict(ok: bool | None) -> str:
 def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or b == 0:
         return "—"
-    return f"{a / b:.2f}×"
+    return f"{a / b:.3f}×"
 
 
 def _num(v: Any, unit: str = "", nd: int = 2) -> str:
@@ -136,10 +136,12 @@ def spool_rows(res: dict[str, Any]) -> list[Row]:
         return text, ok
 
     ours_text, ours_ok = dur("posagent_spool")
-    for peer, key in (
-        ("persist-queue SQLiteAckQueue", "persist_queue_sqlite_ack"),
-        ("plain loop with fsyncs", "plain_rename_fsync"),
-        ("plain loop without fsync", "plain_rename_no_fsync"),
+    for i, (peer, key) in enumerate(
+        (
+            ("persist-queue SQLiteAckQueue", "persist_queue_sqlite_ack"),
+            ("plain loop with fsyncs", "plain_rename_fsync"),
+            ("plain loop without fsync", "plain_rename_no_fsync"),
+        )
     ):
         peer_text, _ = dur(key)
         rows.append(
@@ -150,7 +152,7 @@ def spool_rows(res: dict[str, Any]) -> list[Row]:
                 peer,
                 peer_text,
                 "—",
-                verdict(ours_ok),
+                verdict(ours_ok) if i == 0 else "(same as above)",
             )
         )
     return rows
@@ -184,7 +186,7 @@ def escpos_rows(res: dict[str, Any]) -> list[Row]:
                 f"{c.get('posagent_answer')} in {_num(c.get('posagent_ms'), ' ms', 1)} "
                 f"(N={c.get('runs')})",
                 "python-escpos is_online() / paper_status()",
-                f"{c.get('escpos_answer')} (returns {c.get('escpos_returns')}) in "
+                f"{c.get('escpos_answer')} (returns {str(c.get('escpos_returns')).split(' (')[0]}) in "
                 f"{_num(c.get('escpos_ms'), ' ms', 1)}; "
                 + ("right" if c.get("escpos_right") else "**wrong**"),
                 ratio(c.get("posagent_ms"), c.get("escpos_ms")),
@@ -323,7 +325,7 @@ def upload_rows(res: dict[str, Any]) -> list[Row]:
                 f"{_num(ours, ' bundles/s', 1)} (median of 5 rounds)",
                 "bare requests.Session loop PUTting the same files",
                 _num(bare, " bundles/s", 1),
-                f"{r:.2f}× (median of per-round ratios; min {u.get('uploader_vs_bare_ratio_min')})"
+                f"{r:.3f}× (median of per-round ratios; min {u.get('uploader_vs_bare_ratio_min')})"
                 if r is not None
                 else "—",
                 verdict(r >= 0.8 if r is not None else None),

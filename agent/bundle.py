@@ -343,7 +343,7 @@ class BundleReader:
                 self._zf = zipfile.ZipFile(source)
         except FileNotFoundError:
             raise BundleError(f"no such file: {self.name}") from None
-        except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as e:
             raise BundleCorrupt(f"not a zip or truncated: {e}") from None
         except OSError as e:
             raise BundleError(f"cannot open bundle: {e.strerror or e}") from None

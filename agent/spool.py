@@ -39,6 +39,8 @@ _NAME = re.compile(
     r"\.p(?P<rank>[0-2])(?P<keep>k?)\.zip$"
 )
 MIB = 1024 * 1024
+PLAUSIBLE_SINCE = 1_704_067_200.0  # 2024-01-01: ids from before were made by a wrong clock
+MAX_RETRY_AHEAD_S = 86400.0 + 3600.0  # longest backoff cap plus the longest Retry-After
 
 
 class SpoolError(Exception):
@@ -158,6 +160,7 @@ class Spool:
         self._lock = threading.RLock()
         self.recovered: dict[str, int] = {}
         self._stats_cache: tuple[tuple[int, ...], dict[str, Any]] | None = None
+        self._tally: tuple[tuple[int, ...], int, int] | None = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -204,7 +207,9 @@ class Spool:
                 if parsed is None:
                     continue
                 try:
-                    size = entry.stat().st_size
+                    if not entry.is_file(follow_symlinks=False):
+                        continue  # a FIFO or link named like a bundle is never opened
+                    size = entry.stat(follow_symlinks=False).st_size
                 except OSError:
                     continue
                 bid, rank, keep = parsed
@@ -227,6 +232,28 @@ class Spool:
             raise NotFound(f"{bundle_id!r} is ambiguous")
         return hits[0]
 
+    def _dir_stamp(self) -> tuple[int, ...] | None:
+        try:
+            return tuple(
+                os.stat(self.root / s).st_mtime_ns for s in ("new", "cur", "failed", "sent")
+            )
+        except OSError:
+            return None
+
+    def _usage_tallied(self) -> tuple[int, int]:
+        """usage(), from a running tally while no other process touched the spool.
+
+        The tally is trusted while the state directories' mtimes are the ones
+        this object saw after its own last change; anything else (another
+        process, a claim or an ack) means one full listing.
+        """
+        stamp = self._dir_stamp()
+        if stamp is not None and self._tally is not None and self._tally[0] == stamp:
+            return self._tally[1], self._tally[2]
+        total, count = self.usage()
+        self._tally = None if stamp is None else (stamp, total, count)
+        return total, count
+
     def usage(self) -> tuple[int, int]:
         """(bytes, items) over new/, cur/, failed/ and sent/."""
         total = count = 0
@@ -248,7 +275,7 @@ class Spool:
             raise SpoolError(f"bad bundle id or rank: {bundle_id!r} {rank}")
         name = file_name(bundle_id, rank, keep)
         with self._lock:
-            self._make_room(len(data), rank)
+            total, count = self._make_room(len(data), rank)
             tmp = self.root / "tmp" / name
             dest = self.root / "new" / name
             try:
@@ -264,9 +291,12 @@ class Spool:
                 os.rename(tmp, dest)
                 fsync_dir(dest.parent)
             except OSError as e:
+                self._tally = None
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                 raise SpoolWriteError(f"bundle not captured: {e.strerror or e}") from e
+            stamp = self._dir_stamp()
+            self._tally = None if stamp is None else (stamp, total + len(data), count + 1)
         log.info("bundle_captured", bundle_id=bundle_id, size_bytes=len(data), rank=rank)
         return dest
 
@@ -274,16 +304,17 @@ class Spool:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
-    def _make_room(self, size: int, rank: int) -> None:
+    def _make_room(self, size: int, rank: int) -> tuple[int, int]:
+        """Evict until the bundle fits; returns (bytes, items) in the spool after evicting."""
         lim = self.limits
-        total, count = self.usage()
+        total, count = self._usage_tallied()
         victims = self._eviction_order(rank)
         while True:
             free = self._free_bytes()
             fits_quota = total + size <= lim.max_bytes and count + 1 <= lim.max_items
             fits_disk = free - size >= lim.reserve_bytes
             if fits_quota and fits_disk:
-                return
+                return total, count
             victim = next(victims, None)
             if victim is None:
                 why = "quota" if not fits_quota else "free-space reserve"
@@ -353,13 +384,22 @@ class Spool:
         except OSError:
             return set()
 
-    def retry_state(self, bundle_id: str) -> RetryState:
-        """Attempts and next_at of a bundle (defaults when none recorded or unreadable)."""
+    def retry_state(
+        self, bundle_id: str, now: float | None = None, max_ahead_s: float = MAX_RETRY_AHEAD_S
+    ) -> RetryState:
+        """Attempts and next_at of a bundle (defaults when none recorded or unreadable).
+
+        A next_at further ahead than any legitimate wait (the clock jumped
+        back since it was set) counts as due now.
+        """
         try:
             d = json.loads((self.root / "retry" / f"{bundle_id}.json").read_text())
-            return RetryState(int(d["attempts"]), float(d["next_at"]), str(d.get("last_error", "")))
+            rs = RetryState(int(d["attempts"]), float(d["next_at"]), str(d.get("last_error", "")))
         except (OSError, ValueError, KeyError, TypeError):
             return RetryState()
+        if rs.next_at > (time.time() if now is None else now) + max_ahead_s:
+            return RetryState(rs.attempts, 0.0, rs.last_error)
+        return rs
 
     def _drop_retry(self, bundle_id: str) -> None:
         with contextlib.suppress(OSError):
@@ -373,7 +413,7 @@ class Spool:
         for item in self.queued():
             if item.bundle_id not in waiting:
                 return item, None
-            rs = self.retry_state(item.bundle_id)
+            rs = self.retry_state(item.bundle_id, now)
             if rs.next_at <= now:
                 return item, None
             earliest = rs.next_at if earliest is None else min(earliest, rs.next_at)
@@ -492,19 +532,34 @@ class Spool:
                             self._drop_retry(entry.name[:36])
         return n
 
-    def housekeep(self, now: float | None = None) -> dict[str, int]:
-        """Apply max age to new/ and failed/, retention to sent/; clean orphan retry files."""
-        now = time.time() if now is None else now
+    def housekeep(
+        self, now: float | None = None, *, mono: float | None = None, boot_id: str | None = None
+    ) -> dict[str, int]:
+        """Apply max age to new/ and failed/ and retention to sent/; quarantine non-files.
+
+        Ages are measured against the spool's own clock (`_aging_now`), which
+        trusts the wall clock only as far as the monotonic clock agrees, so a
+        clock jump never makes a fresh bundle look old. Bundle ids with an
+        implausible time (before 2024, or ahead of that clock) are never aged.
+        """
+        wall = time.time() if now is None else now
+        eff = self._aging_now(wall, time.monotonic() if mono is None else mono, boot_id)
         lim = self.limits
         dropped: Counter[str] = Counter()
         with self._lock:
+            self._quarantine_non_files()
+            if eff is None:
+                return {}
             for state, max_age in (
                 ("new", lim.max_age_s),
                 ("failed", lim.max_age_s),
                 ("sent", lim.sent_retention_s),
             ):
                 for item in self.items(state):
-                    if item.created and now - item.created > max_age:
+                    created = item.created
+                    if created < PLAUSIBLE_SINCE or created > eff + 86400:
+                        continue  # captured while the clock was wrong: its age is unknown
+                    if eff - created > max_age:
                         with contextlib.suppress(OSError):
                             item.path.unlink()
                             self._drop_retry(item.bundle_id)
@@ -512,6 +567,54 @@ class Spool:
                             if state != "sent":
                                 self._count_eviction(state)
         return dict(dropped)
+
+    def _aging_now(self, wall: float, mono: float, boot_id: str | None) -> float | None:
+        """The spool's clock for aging, persisted in clock.json.
+
+        Within one boot it advances only by monotonic time since the last call
+        (wall-clock jumps are ignored); across a reboot it takes the wall clock
+        but never goes back. The first call only sets the clock: None, no aging.
+        """
+        from agent.lifecycle import current_boot_id
+
+        boot = current_boot_id() if boot_id is None else boot_id
+        path = self.root / "clock.json"
+        try:
+            st = json.loads(path.read_text())
+            prev_eff, prev_mono, prev_boot = float(st["eff"]), float(st["mono"]), str(st["boot_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            prev_eff = None
+        if prev_eff is None:
+            eff: float | None = None
+            new_eff = wall
+        elif prev_boot == boot and boot and mono >= prev_mono:
+            eff = new_eff = prev_eff + (mono - prev_mono)
+        else:
+            eff = new_eff = max(wall, prev_eff)
+        with contextlib.suppress(OSError):
+            atomic_write(
+                path,
+                json.dumps({"eff": new_eff, "mono": mono, "boot_id": boot}).encode(),
+                durable=False,
+            )
+        return eff
+
+    def _quarantine_non_files(self) -> None:
+        """FIFOs, devices, sockets and symlinks named like bundles in new/ go to failed/, unopened."""
+        try:
+            it = os.scandir(self.root / "new")
+        except OSError:
+            return
+        with it:
+            for entry in it:
+                if parse_name(entry.name) is None:
+                    continue
+                try:
+                    regular = entry.is_file(follow_symlinks=False)
+                except OSError:
+                    regular = False
+                if not regular:
+                    self._quarantine(Path(entry.path), "not a regular file")
 
     def stats(self) -> dict[str, Any]:
         """Counts and bytes by state, and the oldest queued bundle's age.

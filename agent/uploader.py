@@ -429,6 +429,11 @@ class Uploader:
             with self._lock:
                 self._s.online = False
 
+    @property
+    def _max_wait_s(self) -> float:
+        """The longest legitimate wait: a retry time further ahead means the clock jumped back."""
+        return max(self.up.backoff_cap_s, MAX_RETRY_AFTER_S) + 60.0
+
     def last_progress(self) -> float:
         """time.monotonic() of the loop's last sign of life (watchdog).
 
@@ -541,7 +546,7 @@ class Uploader:
         earliest: float | None = None
         for item in self.spool.queued():
             if item.bundle_id in waiting:
-                next_at = self.spool.retry_state(item.bundle_id).next_at
+                next_at = self.spool.retry_state(item.bundle_id, now, self._max_wait_s).next_at
                 if next_at > now:
                     earliest = next_at if earliest is None else min(earliest, next_at)
                     continue

@@ -297,3 +297,62 @@ TestSpoolModel.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_housekeep_ages_by_its_own_clock_not_wall_jumps(tmp_path: Path) -> None:
+    """A wall-clock jump never makes a fresh bundle look old; real elapsed time does age it."""
+    sp = Spool(tmp_path, Limits(max_age_s=100, reserve_bytes=0)).open()
+    b = small_bundle()
+    sp.enqueue(b.bundle_id, b.data, 1)
+    now = time.time()
+    assert sp.housekeep(now, mono=1000.0, boot_id="boot-a") == {}  # first call only sets the clock
+    assert sp.housekeep(now + 10 * 365 * 86400, mono=1001.0, boot_id="boot-a") == {}  # jump
+    assert [i.bundle_id for i in sp.items("new")] == [b.bundle_id]
+    assert sp.housekeep(now + 10 * 365 * 86400, mono=1200.0, boot_id="boot-a") == {"new": 1}
+    assert sp.pending_evictions() == {"new": 1}
+
+
+def test_housekeep_never_ages_implausible_ids(tmp_path: Path) -> None:
+    """A bundle made while the clock read 1970 (no RTC) is kept: its age is unknown."""
+    from agent.bundle import DeviceInfo, seal, text_entry
+    from agent.redact import Redactor
+
+    old = seal(
+        device=DeviceInfo(id="T"),
+        trigger={"kind": "manual"},
+        entries=[text_entry("report.txt", "x")],
+        key=KEY,
+        redactor=Redactor(),
+        bundle_id="00000000-03e8-7000-8000-000000000001",
+    )
+    sp = Spool(tmp_path, Limits(max_age_s=100, reserve_bytes=0)).open()
+    sp.enqueue(old.bundle_id, old.data, 1)
+    sp.housekeep(mono=1.0, boot_id="b")
+    sp.housekeep(mono=10_000.0, boot_id="b")
+    assert [i.bundle_id for i in sp.items("new")] == [old.bundle_id]
+
+
+def test_fifo_named_like_a_bundle_is_never_opened(tmp_path: Path) -> None:
+    """A FIFO in new/ is skipped by the queue (no hang) and quarantined by housekeeping."""
+    sp = Spool(tmp_path).open()
+    fifo_id = small_bundle().bundle_id
+    os.mkfifo(sp.root / "new" / file_name(fifo_id, 2))
+    b = small_bundle()
+    sp.enqueue(b.bundle_id, b.data, 1)
+    item, _ = sp.next_due()
+    assert item is not None and item.bundle_id == b.bundle_id
+    sp.housekeep(mono=1.0, boot_id="b")
+    assert not (sp.root / "new" / file_name(fifo_id, 2)).exists()
+    assert (sp.root / "failed" / file_name(fifo_id, 2)).exists()
+
+
+def test_retry_time_far_ahead_counts_as_due(tmp_path: Path) -> None:
+    """A retry time set before the clock jumped back years does not hold the bundle."""
+    sp = Spool(tmp_path).open()
+    b = small_bundle()
+    sp.enqueue(b.bundle_id, b.data, 1)
+    claimed = sp.claim(sp.queued()[0])
+    assert claimed is not None
+    sp.release(claimed, time.time() + 10 * 365 * 86400, "503")
+    due, _ = sp.next_due()
+    assert due is not None and due.bundle_id == b.bundle_id

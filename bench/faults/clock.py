@@ -95,7 +95,8 @@ def clock_jumps(quick: bool, work: Path) -> Result:
                 s = up.drain_once(deadline_s=20)
                 if s.stopped == "not_due":
                     waits = [
-                        spool.retry_state(i.bundle_id).next_at - wall() for i in spool.queued()
+                        spool.retry_state(i.bundle_id, wall(), up._max_wait_s).next_at - wall()
+                        for i in spool.queued()
                     ]
                     longest = max(waits, default=0.0)
                     # a legitimate wait is at most the backoff cap or a capped Retry-After

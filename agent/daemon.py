@@ -144,14 +144,19 @@ class Agent:
     # ------------------------------------------------------------------ wiring helpers
 
     def _screen_fn(self, shot_type: Any) -> Callable[[], Any] | None:
+        """The capture stage's screen step: in a child process when the config is a file."""
         if self.cfg.screen.backend == "none":
             return None
         from agent.privacy import capture_screen
+        from agent.screenshot_worker import capture_in_child
 
         def shoot() -> Any:
-            res = capture_screen(
-                self.cfg.screen, self.cfg.agent.target, self.ctx.shell, self.ctx.roots
-            )
+            if Path(self.cfg.source).is_file():
+                res = capture_in_child(self.cfg)  # keeps Pillow out of the daemon
+            else:
+                res = capture_screen(
+                    self.cfg.screen, self.cfg.agent.target, self.ctx.shell, self.ctx.roots
+                )
             return shot_type(res.png, res.status)
 
         return shoot

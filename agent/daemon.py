@@ -274,6 +274,7 @@ class Agent:
         self.captures += 1
         self.last_capture = {"bundle_id": res.bundle_id, "key": ev.key, "at": time.time()}
         self.uploader.wake()
+        trim_heap()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -436,6 +437,27 @@ class Agent:
                 p.name: {"failures": p.failures, "last_error": p.last_error} for p in self.parts
             },
         }
+
+
+def trim_heap() -> None:
+    """Give freed heap back to the OS after a capture (glibc malloc_trim; no-op elsewhere).
+
+    A capture allocates a few MB in short-lived buffers (diagnostics, the zip);
+    without this, glibc keeps them mapped and the daemon's RSS ratchets up.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 def _connectivity(r: Reading) -> bool | None:

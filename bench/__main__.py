@@ -39,7 +39,13 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(f"   FAILED: {type(e).__name__}: {e}\n")
     out = here / "out"
     out.mkdir(exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    path = out / "results.json"
+    if argv and path.exists():  # a partial run updates the figures it measured, keeps the rest
+        try:
+            results = {**json.loads(path.read_text()), **results}
+        except ValueError:
+            pass
+    path.write_text(json.dumps(results, indent=2, default=str))
     sys.stdout.write(f"figures written to {out / 'results.json'}\n")
     return 1 if failed else 0
 

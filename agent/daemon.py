@@ -35,7 +35,7 @@ from agent.spool import Spool, atomic_write, limits_from_config
 log = structlog.get_logger(__name__)
 
 STUCK_AFTER_S = 45.0  # a loop without progress this long is stuck: stop pinging WATCHDOG
-STATUS_EVERY_S = 2.0
+STATUS_EVERY_S = 5.0
 PART_BACKOFF_MAX_S = 60.0
 
 

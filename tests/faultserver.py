@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -535,6 +536,38 @@ def server_tls_context(
 
 
 # --------------------------------------------------------------------------- as a process
+
+
+@contextlib.contextmanager
+def store_process(work: Path, read_delay_s: float = 0.001) -> Iterator[str]:
+    """The idempotent store in its own process (a slow reader, so kills land mid-body); yields its URL."""
+    import subprocess
+
+    port_file = work / "store.port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.faultserver", "--port-file", str(port_file),
+         "--read-delay-s", str(read_delay_s)],
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 20
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("store server did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port_file.read_text()}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def store_state(endpoint: str) -> dict[str, Any]:
+    """The store's `/_state`: stored ids with digests and creations, request counts."""
+    import urllib.request
+
+    with urllib.request.urlopen(endpoint + "/_state", timeout=10) as r:
+        doc: dict[str, Any] = json.loads(r.read())
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests  # noqa: F401  (imported here so forked children start uploading at once)
@@ -21,8 +17,8 @@ import requests  # noqa: F401  (imported here so forked children start uploading
 from agent.config import load_config
 from agent.spool import Limits, Spool
 from agent.uploader import Uploader
-from tests.conftest import ROOT, write_config
-from tests.faultserver import sized_bundle
+from tests.conftest import write_config
+from tests.faultserver import sized_bundle, store_process, store_state
 
 KILLS = 60
 BUNDLES = 90
@@ -55,29 +51,10 @@ def _child_upload_forever(cfg_path: Path, endpoint: str) -> None:
 
 
 @pytest.fixture
-def store_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def store_server(tmp_path: Path) -> Iterator[str]:
     """The idempotent store server in its own process (a slow reader, so kills land mid-body)."""
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.faultserver", "--port-file", str(port_file),
-         "--read-delay-s", "0.001"],
-        cwd=ROOT,
-    )  # fmt: skip
-    try:
-        end = time.monotonic() + 20
-        while not port_file.exists():
-            assert proc.poll() is None and time.monotonic() < end, "store server did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port_file.read_text()}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _state(endpoint: str) -> dict[str, Any]:
-    with urllib.request.urlopen(endpoint + "/_state", timeout=10) as r:
-        doc: dict[str, Any] = json.loads(r.read())
-    return doc
+    with store_process(tmp_path) as url:
+        yield url
 
 
 @pytest.mark.slow
@@ -102,14 +79,14 @@ def test_kill9_loop_stores_every_bundle_exactly_once(tmp_path: Path, store_serve
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         kills += 1
-    mid = _state(store_server)
+    mid = store_state(store_server)
     assert kills == KILLS
     # a final clean drain, as the restarted daemon would do
     spool = Spool(cfg.agent.state_dir, Limits(reserve_bytes=0)).open()
     up_cfg = dataclasses.replace(cfg, upload=dataclasses.replace(cfg.upload, endpoint=store_server))
     s = Uploader(up_cfg, spool).drain_once(deadline_s=120)
     assert s.remaining == 0 and s.failed == 0, s
-    state = _state(store_server)
+    state = store_state(store_server)
     store = state["store"]
     assert isinstance(store, dict) and set(store) == ids
     sent = {i.bundle_id: i for i in spool.items("sent")}

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,18 +155,12 @@ def capture(quick: bool, work: Path) -> Result:
 # --------------------------------------------------------------------------- upload
 
 
-def _store_state(endpoint: str) -> dict[str, Any]:
-    with urllib.request.urlopen(endpoint + "/_state", timeout=10) as r:
-        doc: dict[str, Any] = json.loads(r.read())
-    return doc
-
-
 def upload(quick: bool, work: Path) -> Result:
     """kill -9 of an uploading process mid-body, against a store server in its own process."""
     from agent.config import load_config
     from agent.uploader import Uploader
     from tests.conftest import write_config
-    from tests.faultserver import sized_bundle
+    from tests.faultserver import sized_bundle, store_process, store_state
     from tests.test_uploader_kill import _child_upload_forever
 
     res = Result("kill9_upload", "kill -9 during upload")
@@ -185,19 +175,7 @@ def upload(quick: bool, work: Path) -> Result:
         b = sized_bundle(rng.choice((40_000, 80_000, 120_000)), f"kill {i}")
         spool.enqueue(b.bundle_id, b.data, rng.choice((0, 1, 2)))
         ids.add(b.bundle_id)
-    port_file = work / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.faultserver", "--port-file", str(port_file),
-         "--read-delay-s", "0.001"],
-        cwd=ROOT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("store server did not start")
-            time.sleep(0.02)
-        endpoint = f"http://127.0.0.1:{port_file.read_text()}"
+    with store_process(work) as endpoint:
         for _ in range(kills):
             pid = os.fork()
             if pid == 0:  # pragma: no cover - child
@@ -206,14 +184,11 @@ def upload(quick: bool, work: Path) -> Result:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             res.trials += 1
-        mid = _store_state(endpoint)
+        mid = store_state(endpoint)
         spool = Spool(cfg.agent.state_dir, Limits(reserve_bytes=0)).open()
         up_cfg = dataclasses.replace(cfg, upload=dataclasses.replace(cfg.upload, endpoint=endpoint))
         summary = Uploader(up_cfg, spool).drain_once(deadline_s=120)
-        state = _store_state(endpoint)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        state = store_state(endpoint)
     store: dict[str, Any] = state["store"]
     sent = {i.bundle_id: i for i in spool.items("sent")}
     for bid in sorted(ids):

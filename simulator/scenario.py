@@ -7,6 +7,7 @@ A scenario is a TOML file:
     timeout_s = 12          # bound on waiting for the expectations (default 12)
     screen = "none"         # none | auto | x11 | fbdev
     collector = true        # start the collector behind the cuttable uplink
+    disk_mib = 0            # > 0: the terminal's disk is a tmpfs of this size (needs root)
 
     [config]                # merged into the agent config (tables by key, arrays by index)
     printer = [{interval_s = 0.5}]
@@ -14,7 +15,8 @@ A scenario is a TOML file:
     [[step]]
     at_s = 1                # seconds after the agent started (at the earliest)
     device = "printer"      # printer | power | network | payment_host | pinpad | usb
-    set = {paper = "end"}   # | screen | trigger | app | uplink (see terminal.DEVICES)
+    set = {paper = "end"}   # | screen | trigger | app (see terminal.DEVICES)
+                            # | uplink | agent | credentials (see stack.STACK_DEVICES)
 
     [[expect]]
     raised = "printer.paper_end"     # or cleared = "...", or not_raised = "..."
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.stack import BundleInfo, Stack, bundle_names, bundle_texts
+from simulator.stack import STACK_DEVICES, BundleInfo, Stack, bundle_names, bundle_texts
 from simulator.terminal import DEVICES
 
 EXPECT_KINDS = ("raised", "cleared", "not_raised", "bundle")
@@ -94,6 +96,7 @@ class Scenario:
     screen: str
     collector: bool
     config: dict[str, Any]
+    disk_mib: int
     steps: list[Step]
     expects: list[Expect]
 
@@ -104,19 +107,29 @@ def load(path: Path) -> Scenario:
         doc = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ScenarioError(f"{path}: {e}") from e
-    known = {"name", "about", "timeout_s", "screen", "collector", "config", "step", "expect"}
+    known = {
+        "name",
+        "about",
+        "timeout_s",
+        "screen",
+        "collector",
+        "disk_mib",
+        "config",
+        "step",
+        "expect",
+    }
     bad = sorted(set(doc) - known)
     if bad:
         raise ScenarioError(f"{path}: unknown keys {bad}")
     steps: list[Step] = []
     for i, s in enumerate(doc.get("step", []), 1):
         dev = s.get("device", "")
-        if dev not in (*DEVICES, "uplink"):
+        if dev not in DEVICES and dev not in STACK_DEVICES:
             raise ScenarioError(f"{path}: step {i}: unknown device {dev!r}")
         changes = s.get("set", {})
         if not isinstance(changes, dict) or not changes:
             raise ScenarioError(f"{path}: step {i}: `set` must be a non-empty table")
-        allowed = DEVICES.get(dev, ("up",))
+        allowed = DEVICES.get(dev) or STACK_DEVICES[dev]
         unknown = sorted(set(changes) - set(allowed))
         if unknown:
             raise ScenarioError(f"{path}: step {i}: {dev} has no setting {unknown}")
@@ -148,6 +161,7 @@ def load(path: Path) -> Scenario:
         screen,
         bool(doc.get("collector", True)),
         dict(doc.get("config", {})),
+        int(doc.get("disk_mib", 0)),
         steps,
         expects,
     )
@@ -278,13 +292,29 @@ def _await(checker: Checker, expects: list[Expect], deadline: float, poll_s: flo
 
 
 def apply_step(stack: Stack, step: Step) -> str:
-    """Run one step on the stack: the uplink here, devices on the terminal."""
+    """Run one step: uplink, agent and credentials on the stack, devices on the terminal."""
+    c = step.changes
     if step.device == "uplink":
-        if step.changes["up"]:
+        if c["up"]:
             stack.restore_uplink()
         else:
             stack.cut_uplink()
-        return f"uplink: up={step.changes['up']}"
+        return f"uplink: up={c['up']}"
+    if step.device == "agent":
+        if not c.get("kill9"):
+            return "agent: unchanged"
+        old = stack.kill9_agent()
+        new = stack.agent_proc.pid if stack.agent_proc is not None else 0
+        return f"agent: pid {old} killed with SIGKILL, restarted as pid {new}"
+    if step.device == "credentials":
+        done = []
+        if c.get("revoke"):
+            stack.revoke_token()
+            done.append("token rotated on the collector")
+        if c.get("provision"):
+            stack.provision_token()
+            done.append("current token written to the agent's token_file")
+        return "credentials: " + ("; ".join(done) or "unchanged")
     return stack.term.apply(step.device, step.changes)
 
 
@@ -293,7 +323,13 @@ def run(sc: Scenario, workdir: Path, say: Callable[[str], None] | None = None) -
     out = say or (lambda _m: None)
     t0 = time.monotonic()
     result = Result(sc, sc.expects)
-    stack = Stack(workdir, screen=sc.screen, collector=sc.collector, agent_config=sc.config)
+    stack = Stack(
+        workdir,
+        screen=sc.screen,
+        collector=sc.collector,
+        agent_config=sc.config,
+        disk_mib=sc.disk_mib,
+    )
     try:
         stack.start()
         checker = Checker(stack)

@@ -10,6 +10,18 @@
 4. writes the agent config and starts `posagent run`, reading its JSON log
    lines on a thread (fault_raised / fault_cleared events, with times).
 `close()` stops everything it started, in reverse order, even after a failure.
+
+Besides the terminal's devices, the stack itself can be acted on (STACK_DEVICES):
+the uplink (cut / restore), the agent (`kill9`: SIGKILL its whole process
+group, as a power cut would, then start it again on the same state dir) and
+the device credentials (`revoke`: `posagent collector add-device --rotate`,
+so the token the agent holds is no longer valid; `provision`: write the
+collector's current token to the agent's token_file, as an operator would).
+
+The agent config decides two optional twins: `[app] process` set starts the
+POS app process (its pid file and heartbeat are filled in), `[network] tls =
+true` makes the payment host speak TLS with a throw-away certificate the
+agent trusts through SSL_CERT_FILE.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +48,12 @@ import requests
 from simulator.netcut import NetCut
 from simulator.screen import stop_process
 from simulator.terminal import SimTerminal, merge_sections, render_toml
+
+STACK_DEVICES: dict[str, tuple[str, ...]] = {
+    "uplink": ("up",),
+    "agent": ("kill9",),
+    "credentials": ("revoke", "provision"),
+}
 
 
 class StackError(RuntimeError):
@@ -132,11 +151,20 @@ class Stack:
         collector: bool = True,
         agent_config: dict[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
+        disk_mib: int = 0,
     ) -> None:
         self.workdir = Path(workdir)
-        self.term = SimTerminal(self.workdir / "terminal", screen=screen)
-        self.with_collector = collector
         self.extra_config = agent_config or {}
+        app_cfg = self.extra_config.get("app", {})
+        net_cfg = self.extra_config.get("network", {})
+        self.term = SimTerminal(
+            self.workdir / "terminal",
+            screen=screen,
+            pos_app=bool(isinstance(app_cfg, dict) and app_cfg.get("process")),
+            payment_tls=bool(isinstance(net_cfg, dict) and net_cfg.get("tls")),
+            disk_mib=disk_mib,
+        )
+        self.with_collector = collector
         self.say = log or (lambda _m: None)
         self.collector_proc: subprocess.Popen[bytes] | None = None
         self.agent_proc: subprocess.Popen[bytes] | None = None
@@ -144,6 +172,8 @@ class Stack:
         self.collector_url = ""
         self.faults = FaultLog()
         self.agent_config_path = self.workdir / "agent.toml"
+        self.token_path = self.workdir / "token"
+        self.current_token = ""
         self.collector_config_path = self.workdir / "collector.toml"
         self._reader: threading.Thread | None = None
         self._http = requests.Session()
@@ -175,8 +205,10 @@ class Stack:
             key_path.parent.mkdir(parents=True, exist_ok=True)
             key_path.write_text(secrets.token_hex(32) + "\n")
             key_path.chmod(0o600)
-            token_path = self.workdir / "token"
+            token_path = self.token_path
             endpoint = ""
+            if self.term.payment_ca_file:
+                self.env["SSL_CERT_FILE"] = self.term.payment_ca_file
             if self.with_collector:
                 self._start_collector(token_path)
                 self.netcut = NetCut("127.0.0.1", int(self.collector_url.rsplit(":", 1)[1]))
@@ -208,24 +240,8 @@ class Stack:
             },
         }
         self.collector_config_path.write_text(render_toml(cfg))
-        r = subprocess.run(
-            [
-                *posagent_argv(),
-                "collector",
-                "add-device",
-                self.term.device_id,
-                "--config",
-                str(self.collector_config_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=self.env,
-        )
-        if r.returncode != 0 or not r.stdout.strip():
-            raise StackError(f"collector add-device failed ({r.returncode}): {r.stderr.strip()}")
-        token_path.write_text(r.stdout.strip() + "\n")
-        token_path.chmod(0o600)
+        self._add_device(rotate=False)
+        self.provision_token()
         self.collector_log = (self.workdir / "collector.log").open("wb")
         self.collector_proc = subprocess.Popen(
             [*posagent_argv(), "collector", "serve", "--config", str(self.collector_config_path)],
@@ -248,6 +264,50 @@ class Stack:
             time.sleep(0.1)
         raise StackError("collector did not answer /healthz within 20 s")
 
+    def _add_device(self, *, rotate: bool) -> None:
+        """Register (or rotate) the device on the collector; keeps the token it printed."""
+        r = subprocess.run(
+            [
+                *posagent_argv(),
+                "collector",
+                "add-device",
+                self.term.device_id,
+                "--config",
+                str(self.collector_config_path),
+                *(["--rotate"] if rotate else []),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=self.env,
+        )
+        if r.returncode != 0 or not r.stdout.strip():
+            raise StackError(f"collector add-device failed ({r.returncode}): {r.stderr.strip()}")
+        self.current_token = r.stdout.strip()
+
+    def revoke_token(self) -> None:
+        """Rotate the device's token on the collector: the agent's copy stops being valid."""
+        self._add_device(rotate=True)
+
+    def provision_token(self) -> None:
+        """Write the collector's current token to the agent's token_file."""
+        self.token_path.write_text(self.current_token + "\n")
+        self.token_path.chmod(0o600)
+
+    def kill9_agent(self) -> int:
+        """SIGKILL the agent's process group (no clean stop), then start it again; the old pid."""
+        if self.agent_proc is None:
+            raise StackError("the agent is not running")
+        old = self.agent_proc
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(old.pid, signal.SIGKILL)
+        old.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(2)
+        self.faults.started.clear()
+        self._start_agent()
+        return old.pid
+
     def _start_agent(self) -> None:
         self.agent_proc = subprocess.Popen(
             [*posagent_argv(), "run", "--config", str(self.agent_config_path)],
@@ -256,7 +316,7 @@ class Stack:
             env=self.env,
             start_new_session=True,
         )
-        agent_log = (self.workdir / "agent.log").open("w")
+        agent_log = (self.workdir / "agent.log").open("a")
         proc = self.agent_proc
 
         def read() -> None:

@@ -10,7 +10,13 @@
 - a payment host on loopback (SimHost) whose mode switches ok/refuse/...;
 - optionally the screen (Xvfb + Tk POS window, or the framebuffer file);
 - trigger/, crash/, anr/ and app.log: the directories and log the agent watches
-  (app_files=False leaves them to the caller).
+  (app_files=False leaves them to the caller);
+- with pos_app=True, the POS application twin (SimPosApp: a real `posapp`
+  process, its pid file and heartbeat under run/);
+- with disk_mib > 0, disk/: a tmpfs of that size (mounting needs root) that
+  is the only path the agent's disk check watches; device "disk" fills it;
+- with payment_tls=True, a TLS payment host whose self-signed certificate is
+  `payment_ca_file` (the agent trusts it through SSL_CERT_FILE).
 
 `apply(device, changes)` is the one entry point scenarios and the demo use
 to act on a device (see DEVICES for the keys each device takes).
@@ -20,12 +26,15 @@ to act on a device (see DEVICES for the keys each device takes).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from simulator.hosts import SimHost, SimNet, SimRoute
+from drivers.shell import run_argv
+from simulator.hosts import SimHost, SimNet, SimRoute, make_self_signed_cert
 from simulator.peripherals import SimPeripheral, UsbIdentity, card_reader, pinpad
+from simulator.posapp import APP_NAME, SimPosApp
 from simulator.power import SimPower
 from simulator.printer import SimPrinter
 from simulator.screen import SimScreen
@@ -52,7 +61,8 @@ DEVICES: dict[str, tuple[str, ...]] = {
     "usb": ("plug", "unplug"),
     "screen": ("pin",),
     "trigger": ("note", "contact"),
-    "app": ("crash", "anr", "log"),
+    "app": ("crash", "anr", "log", "running", "restart", "hung"),
+    "disk": ("fill_pct",),
 }
 
 
@@ -146,6 +156,9 @@ class SimTerminal:
         printer: bool = True,
         pinpad: bool = True,
         app_files: bool = True,
+        pos_app: bool = False,
+        payment_tls: bool = False,
+        disk_mib: int = 0,
     ) -> None:
         self.root = Path(root)
         self.device_id = device_id
@@ -162,7 +175,13 @@ class SimTerminal:
         self.want_app_files = app_files
         self.power = SimPower(self.sys)
         self.net = SimNet(self.sys, self.proc)
+        self.payment_tls = payment_tls
+        self.disk_mib = disk_mib
+        self.disk = self.root / "disk"
+        self._disk_mounted = False
+        self.payment_ca_file = ""
         self.host = SimHost()
+        self.pos_app = SimPosApp(self.root) if pos_app else None
         self.printer: SimPrinter | None = None
         self.pinpad: SimPeripheral | None = None
         self.screen: SimScreen | None = None
@@ -185,7 +204,15 @@ class SimTerminal:
             self.power.add_battery("BAT0", capacity_pct=80, status="Charging")
             self.net.set_link("eth0", carrier=True)
             self.net.set_routes([DEFAULT_ROUTE])
+            if self.payment_tls:
+                cert = make_self_signed_cert(self.root / "certs", "127.0.0.1", ("127.0.0.1",))
+                self.host = SimHost(cert=cert)
+                self.payment_ca_file = str(cert.cert_path)
             self.host.start()
+            if self.disk_mib > 0:
+                self._mount_disk()
+            if self.pos_app is not None:
+                self.pos_app.start()
             if self.want_printer:
                 self.printer = SimPrinter(self.dev / "ttyS0").start()
             if self.want_pinpad:
@@ -208,6 +235,26 @@ class SimTerminal:
                     d.stop()
         self.usb.clear()
         self.screen = None
+        if self.pos_app is not None:
+            with contextlib.suppress(Exception):
+                self.pos_app.stop()
+        if self._disk_mounted:
+            r = run_argv(["umount", str(self.disk)], timeout_s=10)
+            if r.returncode != 0:
+                run_argv(["umount", "-l", str(self.disk)], timeout_s=10)
+            self._disk_mounted = False
+
+    def _mount_disk(self) -> None:
+        """Mount a tmpfs of disk_mib MiB on disk/ (root only: SimError with the reason)."""
+        if os.geteuid() != 0:
+            raise SimError("a disk twin (disk_mib) mounts a tmpfs, which needs root")
+        self.disk.mkdir(parents=True, exist_ok=True)
+        argv = ["mount", "-t", "tmpfs", "-o", f"size={self.disk_mib}m,mode=0755", "tmpfs"]
+        r = run_argv([*argv, str(self.disk)], timeout_s=10)
+        if r.returncode != 0:
+            err = r.stderr.decode("utf-8", "replace").strip()
+            raise SimError(f"mount tmpfs on {self.disk} failed: {err}")
+        self._disk_mounted = True
 
     def __enter__(self) -> SimTerminal:
         return self.start()
@@ -292,6 +339,22 @@ class SimTerminal:
                 raise SimError(f"no extra USB device {c['unplug']!r} plugged")
             d.unplug()
 
+    def _apply_disk(self, c: dict[str, Any]) -> None:
+        """Fill the disk twin to fill_pct % used with a real file (0: remove it)."""
+        if not self._disk_mounted:
+            raise SimError("the terminal has no disk twin (disk_mib)")
+        filler = self.disk / "fill.bin"
+        filler.unlink(missing_ok=True)
+        st = os.statvfs(self.disk)
+        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        want = int(total * float(c["fill_pct"]) / 100) - (total - free)
+        if want <= 0:
+            return
+        chunk = b"\0" * (1 << 20)
+        with filler.open("wb") as f:
+            while want > 0:
+                want -= f.write(chunk[: min(len(chunk), want)])
+
     def _apply_screen(self, c: dict[str, Any]) -> None:
         self._need(self.screen, "screen").set_pin(bool(c["pin"]))
 
@@ -306,6 +369,14 @@ class SimTerminal:
         if "log" in c:
             with self.app_log.open("a") as f:
                 f.write(f"{time.strftime('%H:%M:%S')} {c['log']}\n")
+        if any(k in c for k in ("running", "restart", "hung")):
+            app = self._need(self.pos_app, "POS app process (pos_app=True)")
+            if "running" in c:
+                app.start() if c["running"] else app.stop()
+            if c.get("restart"):
+                app.restart()
+            if "hung" in c:
+                app.hang(bool(c["hung"]))
 
     def drop_trigger(self, note: str, contact: str = "") -> Path:
         """A manual report as the POS app's button would drop it: note, then "contact: ..."."""
@@ -356,13 +427,17 @@ class SimTerminal:
                 "connect_timeout_s": 0.5,
             },
             "peripherals": {"interval_s": 1.0, "extra_globs": ["ttyACM*"]},
-            "system": {"interval_s": 5.0, "disk_paths": [str(self.root)]},
+            "system": {
+                "interval_s": 5.0,
+                "disk_paths": [str(self.disk if self._disk_mounted else self.root)],
+            },
             "screen": self.screen.config() if self.screen is not None else {"backend": "none"},
             "app": {
                 "log_files": [str(self.app_log)],
                 "log_patterns": ["FATAL|PAYMENT ERROR"],
                 "crash_dirs": [str(self.crash_dir)],
                 "anr_dirs": [str(self.anr_dir)],
+                **self.pos_app_section(),
             },
             "capture": {
                 "cooldown_s": 2.0,
@@ -378,6 +453,16 @@ class SimTerminal:
         }
         s.update(self.device_sections(interval_s=0.5, timeout_s=0.3))
         return s
+
+    def pos_app_section(self) -> dict[str, Any]:
+        """[app] keys naming the POS app twin (process, pid file, heartbeat), when there is one."""
+        if self.pos_app is None:
+            return {}
+        return {
+            "process": APP_NAME,
+            "pid_file": str(self.pos_app.pid_file),
+            "heartbeat_file": str(self.pos_app.heartbeat_file),
+        }
 
     def roots_section(self) -> dict[str, str]:
         """The [roots] section: the agent reads sys/proc/dev/run of this terminal."""

@@ -105,3 +105,14 @@ class SimPosApp:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGSTOP if hung else signal.SIGCONT)
         self.hung = hung
+        # signal delivery is asynchronous: return once the kernel shows the new state
+        want_stopped = hung
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return
+            if (state in ("T", "t")) == want_stopped:
+                return
+            time.sleep(0.01)

@@ -1,20 +1,17 @@
 """Diagnostics collectors: each returns JSON-able data or text for one bundle entry.
 
 The capture stage runs collectors in parallel, each with its own timeout
-inside a total budget (agent/capture.py). Collectors here read the host with
-psutil; device collectors come from the monitors' drivers.
+inside a total budget (agent/capture.py). The readings come from drivers
+(drivers/system.py here); this module only shapes them into entries.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
+from drivers.system import read_interfaces, read_system, top_processes, uptime_s
 
 
 @dataclass(frozen=True)
@@ -28,60 +25,30 @@ class Collector:
 
 def system_snapshot(disk_paths: list[str] | None = None, top_n: int = 10) -> dict[str, Any]:
     """CPU, memory, disks, uptime, interfaces and the top processes by RSS."""
-    vm = psutil.virtual_memory()
+    snap = read_system(disk_paths or ["/"], temperatures=False)
     disks: dict[str, Any] = {}
-    for p in disk_paths or ["/"]:
-        try:
-            du = psutil.disk_usage(p)
-        except OSError as e:
-            disks[p] = {"error": e.strerror or str(e)}
+    for d in snap.disks:
+        if d.error or d.total_bytes is None:
+            disks[d.path] = {"error": d.error}
             continue
-        disks[p] = {
-            "total_bytes": du.total,
-            "free_bytes": du.free,
-            "used_pct": du.percent,
+        used_pct = 100.0 * (d.used_bytes or 0) / d.total_bytes if d.total_bytes else 0.0
+        disks[d.path] = {
+            "total_bytes": d.total_bytes,
+            "free_bytes": d.free_bytes,
+            "used_pct": round(used_pct, 1),
         }
-    ifaces: dict[str, Any] = {}
-    stats = psutil.net_if_stats()
-    for name, addrs in psutil.net_if_addrs().items():
-        st = stats.get(name)
-        ifaces[name] = {
-            "up": bool(st.isup) if st else None,
-            "speed_mbps": st.speed if st else None,
-            "addresses": [
-                a.address for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)
-            ],
-        }
-    procs: list[dict[str, Any]] = []
-    for proc in psutil.process_iter(["pid", "name", "memory_info", "cpu_times", "status"]):
-        info = proc.info
-        mem = info.get("memory_info")
-        cpu = info.get("cpu_times")
-        procs.append(
-            {
-                "pid": info["pid"],
-                "name": info.get("name") or "",
-                "rss_bytes": mem.rss if mem else 0,
-                "cpu_s": round(cpu.user + cpu.system, 2) if cpu else None,
-                "status": info.get("status"),
-            }
-        )
-    procs.sort(key=lambda d: d["rss_bytes"], reverse=True)
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = []
+    load = [round(x, 2) for x in (snap.load_1, snap.load_5, snap.load_15) if x is not None]
     return {
-        "cpu_pct": psutil.cpu_percent(interval=None),
-        "cpu_count": psutil.cpu_count(),
+        "cpu_pct": snap.cpu_percent,
+        "cpu_count": snap.cpu_count,
         "load_avg": load,
         "memory": {
-            "total_bytes": vm.total,
-            "available_bytes": vm.available,
-            "available_pct": round(vm.available * 100.0 / vm.total, 1) if vm.total else None,
+            "total_bytes": snap.memory_total_bytes,
+            "available_bytes": snap.memory_available_bytes,
+            "available_pct": round(snap.memory_available_pct, 1),
         },
         "disks": disks,
-        "uptime_s": round(time.time() - psutil.boot_time(), 1),
-        "interfaces": ifaces,
-        "top_processes": procs[:top_n],
+        "uptime_s": round(uptime_s(), 1),
+        "interfaces": read_interfaces(),
+        "top_processes": top_processes(top_n),
     }

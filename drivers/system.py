@@ -128,6 +128,49 @@ def read_system(
     )
 
 
+def read_interfaces() -> dict[str, dict[str, Any]]:
+    """Every network interface: up, speed, IPv4/IPv6 addresses (psutil)."""
+    import socket
+
+    stats = psutil.net_if_stats()
+    out: dict[str, dict[str, Any]] = {}
+    for name, addrs in psutil.net_if_addrs().items():
+        st = stats.get(name)
+        out[name] = {
+            "up": bool(st.isup) if st else None,
+            "speed_mbps": st.speed if st else None,
+            "addresses": [
+                a.address for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)
+            ],
+        }
+    return out
+
+
+def top_processes(n: int = 10) -> list[dict[str, Any]]:
+    """The n processes with the largest RSS: pid, name, rss, cpu seconds, status."""
+    procs: list[dict[str, Any]] = []
+    for proc in psutil.process_iter(["pid", "name", "memory_info", "cpu_times", "status"]):
+        info = proc.info
+        mem = info.get("memory_info")
+        cpu = info.get("cpu_times")
+        procs.append(
+            {
+                "pid": info["pid"],
+                "name": info.get("name") or "",
+                "rss_bytes": mem.rss if mem else 0,
+                "cpu_s": round(cpu.user + cpu.system, 2) if cpu else None,
+                "status": info.get("status"),
+            }
+        )
+    procs.sort(key=lambda d: d["rss_bytes"], reverse=True)
+    return procs[:n]
+
+
+def uptime_s() -> float:
+    """Seconds since boot (psutil.boot_time)."""
+    return time.time() - psutil.boot_time()
+
+
 # --------------------------------------------------------------------------- the POS app
 
 PID_MAX_LIMIT = 4_194_304  # the kernel's ceiling for /proc/sys/kernel/pid_max

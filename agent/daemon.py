@@ -136,6 +136,7 @@ class Agent:
         )
         self.parts: list[Part] = []
         self.watchers: list[Any] = []
+        self._unsubscribe: Callable[[], None] = lambda: None
         self.started_at = time.time()
         self.captures = 0
         self.capture_failures = 0
@@ -203,7 +204,6 @@ class Agent:
         persist_every = self.cfg.capture.persist_interval_s
         next_persist = time.monotonic() + persist_every
         next_housekeep = time.monotonic() + 60.0
-        online: bool | None = None
         while not self.stop_event.is_set():
             part.beat()
             try:
@@ -215,11 +215,6 @@ class Agent:
                 if r.ok:
                     self.recorder.add(r)
                 self._emit(self.engine.feed(r))
-                up = _connectivity(r)
-                if up is not None and up != online:
-                    if up and online is False:
-                        self.uploader.notify_online()
-                    online = up
             self._emit(self.engine.tick())
             if time.monotonic() >= next_persist:
                 self.persist()
@@ -280,7 +275,11 @@ class Agent:
 
     def start(self, previous_unclean: Any = None) -> None:
         """Start every part; fast: nothing here scans the spool."""
+        from agent.monitors.network import subscribe_connectivity
+
         self.marker.start()
+        # connectivity back (the network monitor's tracker) resets backoff and drains at once
+        self._unsubscribe = subscribe_connectivity(self.uploader.connectivity_changed)
         self.scheduler.start()
         self.uploader.start()
         for name, body in (("engine", self._engine_loop), ("capture", self._capture_loop)):
@@ -363,6 +362,7 @@ class Agent:
     def stop(self, timeout_s: float = 8.0) -> None:
         """Stop monitors first, finish the bundle being written, persist state."""
         deadline = time.monotonic() + timeout_s
+        self._unsubscribe()
         self.scheduler.stop(timeout_s=1.0)
         for w in self.watchers:
             try:
@@ -458,17 +458,6 @@ def trim_heap() -> None:
 
 
 _malloc_trim: Any = None
-
-
-def _connectivity(r: Reading) -> bool | None:
-    """Reachability signal from a reading: payment host connect or default route."""
-    if r.source.startswith("payment:"):
-        v = r.values.get("connect_ok")
-        return v if isinstance(v, bool) else None
-    if r.source == "network":
-        v = r.values.get("default_route")
-        return v if isinstance(v, bool) else None
-    return None
 
 
 def trigger_of(ev: FaultEvent, suppressed: int = 0) -> dict[str, Any]:

@@ -49,6 +49,33 @@ reserve_mib = 0
     return cfg
 
 
+def quick_config(tmp: Path, payment_hosts: list[str], extra: str = "") -> Path:
+    """A daemon config with quick intervals, loopback-only network probes and no devices."""
+    hosts = ", ".join(f'"{h}"' for h in payment_hosts)
+    return write_config(
+        tmp,
+        f"""
+[network]
+interval_s = 0.5
+interfaces = ["lo"]
+payment_hosts = [{hosts}]
+
+[power]
+interval_s = 0.5
+
+[system]
+interval_s = 1.0
+
+[screen]
+backend = "none"
+
+[capture]
+persist_interval_s = 1.0
+{extra}
+""",
+    )
+
+
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     """A valid config file in tmp_path."""

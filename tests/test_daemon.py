@@ -17,7 +17,7 @@ import pytest
 from agent.config import load_config
 from agent.model import Reading
 from agent.sdnotify import Notifier
-from tests.conftest import posagent_argv, write_config
+from tests.conftest import posagent_argv, quick_config
 
 
 @pytest.fixture
@@ -47,29 +47,8 @@ def payment_port() -> Iterator[int]:
 
 
 def daemon_config(tmp: Path, port: int, extra: str = "") -> Path:
-    """A config with quick intervals, loopback-only network probes and no devices."""
-    return write_config(
-        tmp,
-        f"""
-[network]
-interval_s = 0.5
-interfaces = ["lo"]
-payment_hosts = ["127.0.0.1:{port}"]
-
-[power]
-interval_s = 0.5
-
-[system]
-interval_s = 1.0
-
-[screen]
-backend = "none"
-
-[capture]
-persist_interval_s = 1.0
-{extra}
-""",
-    )
+    """A quick config whose payment host is the loopback listener."""
+    return quick_config(tmp, [f"127.0.0.1:{port}"], extra)
 
 
 class NotifySocket:

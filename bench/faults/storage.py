@@ -163,29 +163,9 @@ def _rmtree(path: Path) -> None:
 
 
 def _agent_config(tmp: Path, state: Path, endpoint: str) -> Path:
-    from tests.conftest import write_config
+    from tests.conftest import quick_config
 
-    cfg = write_config(
-        tmp,
-        """
-[network]
-interval_s = 0.5
-interfaces = ["lo"]
-payment_hosts = []
-
-[power]
-interval_s = 0.5
-
-[system]
-interval_s = 1.0
-
-[screen]
-backend = "none"
-
-[capture]
-persist_interval_s = 1.0
-""",
-    )
+    cfg = quick_config(tmp, [])
     text = cfg.read_text().replace(f'state_dir = "{tmp / "state"}"', f'state_dir = "{state}"')
     text = text.replace(
         "[upload]\n",

@@ -1,6 +1,6 @@
 """Simulated network: payment hosts on loopback, and fake <sys>/class/net and <proc>/net/route.
 
-`SimHost` listens on 127.0.0.1 only and can be switched at run time between
+`SimHost` listens on 127.0.0.1 (or the address it is given) and can be switched at run time between
 answering ("ok"), refusing (port closed), blackholing (SYNs dropped: the
 accept queue is kept full, so connect() times out), hanging after accept
 (no TLS handshake, no HTTP answer) and answering slowly (a delay first).
@@ -99,6 +99,7 @@ class SimHost:
         delay_s: float = 0.0,
         http_status: int | None = None,
         port: int = 0,
+        host: str = "127.0.0.1",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -106,7 +107,7 @@ class SimHost:
         self.mode = mode
         self.delay_s = delay_s
         self.http_status = http_status
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = port
         self.accepted = 0
         self._lock = threading.Lock()

@@ -1,6 +1,7 @@
 """A loopback TCP proxy that can be cut and restored: the WAN between agent and collector.
 
 `NetCut(upstream_host, upstream_port).start()` listens on 127.0.0.1:<port>
+(or `host`:<port>)
 and relays every connection to the upstream. `cut()` closes the listener
 (new connections are refused) and resets every relayed connection (what a
 dead uplink looks like to the agent); `restore()` listens again on the same
@@ -20,9 +21,11 @@ from types import TracebackType
 class NetCut:
     """A cuttable TCP relay on 127.0.0.1 in front of host:port."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, port: int = 0) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, port: int = 0, host: str = "127.0.0.1"
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = port
         self.relayed = 0
         self._lock = threading.Lock()

@@ -8,6 +8,9 @@ A scenario is a TOML file:
     screen = "none"         # none | auto | x11 | fbdev
     collector = true        # start the collector behind the cuttable uplink
     disk_mib = 0            # > 0: the terminal's disk is a tmpfs of this size (needs root)
+    netns = false           # the agent runs in a network namespace whose only resolver
+                            # is the DNS twin; its payment host is a name (needs root)
+    fake_clock = false      # the agent runs on a libfaketime clock that steps can move
 
     [config]                # merged into the agent config (tables by key, arrays by index)
     printer = [{interval_s = 0.5}]
@@ -17,6 +20,8 @@ A scenario is a TOML file:
     device = "printer"      # printer | power | network | payment_host | pinpad | usb
     set = {paper = "end"}   # | screen | trigger | app (see terminal.DEVICES)
                             # | uplink | agent | credentials (see stack.STACK_DEVICES)
+                            # | dns: {mode = "ok|servfail|nxdomain|silent"} (netns)
+                            # | clock: {step_s = 3600} (fake_clock)
 
     [[expect]]
     raised = "printer.paper_end"     # or cleared = "...", or not_raised = "..."
@@ -99,6 +104,8 @@ class Scenario:
     disk_mib: int
     steps: list[Step]
     expects: list[Expect]
+    netns: bool = False
+    fake_clock: bool = False
 
 
 def load(path: Path) -> Scenario:
@@ -114,6 +121,8 @@ def load(path: Path) -> Scenario:
         "screen",
         "collector",
         "disk_mib",
+        "netns",
+        "fake_clock",
         "config",
         "step",
         "expect",
@@ -164,6 +173,8 @@ def load(path: Path) -> Scenario:
         int(doc.get("disk_mib", 0)),
         steps,
         expects,
+        bool(doc.get("netns", False)),
+        bool(doc.get("fake_clock", False)),
     )
 
 
@@ -292,7 +303,7 @@ def _await(checker: Checker, expects: list[Expect], deadline: float, poll_s: flo
 
 
 def apply_step(stack: Stack, step: Step) -> str:
-    """Run one step: uplink, agent and credentials on the stack, devices on the terminal."""
+    """Run one step: uplink, agent, credentials, dns and clock on the stack, devices on the terminal."""
     c = step.changes
     if step.device == "uplink":
         if c["up"]:
@@ -315,6 +326,12 @@ def apply_step(stack: Stack, step: Step) -> str:
             stack.provision_token()
             done.append("current token written to the agent's token_file")
         return "credentials: " + ("; ".join(done) or "unchanged")
+    if step.device == "dns":
+        stack.set_dns_mode(str(c["mode"]))
+        return f"dns: mode={c['mode']}"
+    if step.device == "clock":
+        total = stack.step_clock(float(c["step_s"]))
+        return f"clock: agent's wall clock stepped by {c['step_s']} s (offset now {total:+g} s)"
     return stack.term.apply(step.device, step.changes)
 
 
@@ -329,6 +346,8 @@ def run(sc: Scenario, workdir: Path, say: Callable[[str], None] | None = None) -
         collector=sc.collector,
         agent_config=sc.config,
         disk_mib=sc.disk_mib,
+        netns=sc.netns,
+        fake_clock=sc.fake_clock,
     )
     try:
         stack.start()

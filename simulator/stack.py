@@ -22,6 +22,18 @@ The agent config decides two optional twins: `[app] process` set starts the
 POS app process (its pid file and heartbeat are filled in), `[network] tls =
 true` makes the payment host speak TLS with a throw-away certificate the
 agent trusts through SSL_CERT_FILE.
+
+Two options change where the agent runs (root / libfaketime needed):
+- `netns=True`: the agent runs in a fresh network namespace (SimNetns,
+  `ip netns exec`) whose resolv.conf names only the DNS twin (SimDns on the
+  host end of the veth, port 53). The payment host and the NetCut relay
+  listen on that host end too, and the agent's payment host is the NAME
+  `PAYMENT_NAME:port`, which the twin resolves; device "dns" switches the
+  twin's mode (ok | servfail | nxdomain | silent). No query leaves the
+  machine: the namespace has no route beyond the veth.
+- `fake_clock=True`: the agent (only) runs with libfaketime preloaded
+  (FakeClock); device "clock" steps its wall clock by `step_s` seconds
+  while its monotonic and boot-time clocks run on.
 """
 
 from __future__ import annotations
@@ -45,7 +57,10 @@ from typing import Any
 
 import requests
 
+from simulator.clock import FakeClock
+from simulator.dns import SimDns
 from simulator.netcut import NetCut
+from simulator.netns import NetnsError, SimNetns
 from simulator.screen import stop_process
 from simulator.terminal import SimTerminal, merge_sections, render_toml
 
@@ -53,7 +68,10 @@ STACK_DEVICES: dict[str, tuple[str, ...]] = {
     "uplink": ("up",),
     "agent": ("kill9",),
     "credentials": ("revoke", "provision"),
+    "dns": ("mode",),
+    "clock": ("step_s",),
 }
+PAYMENT_NAME = "pay.posagent.test"  # the payment host's name under netns=True
 
 
 class StackError(RuntimeError):
@@ -152,18 +170,25 @@ class Stack:
         agent_config: dict[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
         disk_mib: int = 0,
+        netns: bool = False,
+        fake_clock: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.extra_config = agent_config or {}
         app_cfg = self.extra_config.get("app", {})
         net_cfg = self.extra_config.get("network", {})
-        self.term = SimTerminal(
-            self.workdir / "terminal",
-            screen=screen,
-            pos_app=bool(isinstance(app_cfg, dict) and app_cfg.get("process")),
-            payment_tls=bool(isinstance(net_cfg, dict) and net_cfg.get("tls")),
-            disk_mib=disk_mib,
-        )
+        self._term_args: dict[str, Any] = {
+            "screen": screen,
+            "pos_app": bool(isinstance(app_cfg, dict) and app_cfg.get("process")),
+            "payment_tls": bool(isinstance(net_cfg, dict) and net_cfg.get("tls")),
+            "disk_mib": disk_mib,
+        }
+        self.term = SimTerminal(self.workdir / "terminal", **self._term_args)
+        self.want_netns = netns
+        self.want_fake_clock = fake_clock
+        self.netns: SimNetns | None = None
+        self.dns: SimDns | None = None
+        self.clock: FakeClock | None = None
         self.with_collector = collector
         self.say = log or (lambda _m: None)
         self.collector_proc: subprocess.Popen[bytes] | None = None
@@ -188,6 +213,10 @@ class Stack:
         """Start every part; on any failure stop what started and raise StackError."""
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
+            if self.want_netns:
+                self._start_netns()
+            if self.want_fake_clock:
+                self.clock = FakeClock(self.workdir / "faketime").start()
             self.term.start()
             self.say(
                 "terminal: printer on dev/ttyS0, PIN pad on dev/ttyUSB0, payment host "
@@ -211,11 +240,17 @@ class Stack:
                 self.env["SSL_CERT_FILE"] = self.term.payment_ca_file
             if self.with_collector:
                 self._start_collector(token_path)
-                self.netcut = NetCut("127.0.0.1", int(self.collector_url.rsplit(":", 1)[1]))
+                self.netcut = NetCut(
+                    "127.0.0.1",
+                    int(self.collector_url.rsplit(":", 1)[1]),
+                    host=self.netns.host_ip if self.netns is not None else "127.0.0.1",
+                )
                 self.netcut.start()
                 endpoint = self.netcut.url
                 self.say(f"collector: {self.collector_url} (agent uploads via {endpoint})")
             sections = self.term.agent_sections(endpoint, str(token_path), str(key_path))
+            if self.netns is not None:
+                sections["network"]["payment_hosts"] = [f"{PAYMENT_NAME}:{self.term.host.port}"]
             sections = merge_sections(sections, self.extra_config)
             self.agent_config_path.write_text(render_toml(sections))
             self._start_agent()
@@ -225,6 +260,42 @@ class Stack:
                 raise
             raise StackError(f"{type(e).__name__}: {e}") from e
         return self
+
+    def _start_netns(self) -> None:
+        """Namespace + veth, the DNS twin on the host end, the payment host bound there too."""
+        if self._term_args["payment_tls"]:
+            raise StackError("netns with [network] tls = true is not supported")
+        try:
+            self.netns = SimNetns().start()
+        except NetnsError as e:
+            raise StackError(f"network namespace: {e}") from e
+        ip = self.netns.host_ip
+        self.term = SimTerminal(self.workdir / "terminal", payment_bind=ip, **self._term_args)
+        self.dns = SimDns({PAYMENT_NAME: ip}, host=ip, port=53).start()
+        self.netns.write_etc(ip)
+        self.say(
+            f"netns: {self.netns.name}, agent at {self.netns.ns_ip}, DNS twin {ip}:53 "
+            f"({PAYMENT_NAME} -> {ip})"
+        )
+
+    def agent_env(self) -> dict[str, str]:
+        """The agent's environment: the stack's, plus libfaketime under fake_clock."""
+        env = dict(self.env)
+        if self.clock is not None:
+            env.update(self.clock.env())
+        return env
+
+    def set_dns_mode(self, mode: str) -> None:
+        """Switch the DNS twin (ok | servfail | nxdomain | silent); StackError without netns."""
+        if self.dns is None:
+            raise StackError("the stack has no DNS twin (scenario key netns = true)")
+        self.dns.set_mode(mode)
+
+    def step_clock(self, seconds: float) -> float:
+        """Step the agent's wall clock by seconds; returns the total offset."""
+        if self.clock is None:
+            raise StackError("the agent has no fake clock (scenario key fake_clock = true)")
+        return self.clock.step(seconds)
 
     def _start_collector(self, token_path: Path) -> None:
         port = free_port()
@@ -309,11 +380,14 @@ class Stack:
         return old.pid
 
     def _start_agent(self) -> None:
+        argv = [*posagent_argv(), "run", "--config", str(self.agent_config_path)]
+        if self.netns is not None:
+            argv = self.netns.exec_argv(argv)
         self.agent_proc = subprocess.Popen(
-            [*posagent_argv(), "run", "--config", str(self.agent_config_path)],
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env=self.agent_env(),
             start_new_session=True,
         )
         agent_log = (self.workdir / "agent.log").open("a")
@@ -443,6 +517,14 @@ class Stack:
                 self.collector_log.close()
         with contextlib.suppress(Exception):
             self.term.close()
+        if self.dns is not None:
+            with contextlib.suppress(Exception):
+                self.dns.stop()
+            self.dns = None
+        if self.netns is not None:
+            with contextlib.suppress(Exception):
+                self.netns.close()
+            self.netns = None
         self._http.close()
 
     def __enter__(self) -> Stack:

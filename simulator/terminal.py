@@ -7,7 +7,8 @@
 - proc/net/route : a default route via eth0;
 - dev/ : ttyS0 -> the pty of the receipt printer (DLE EOT twin), ttyUSB0 ->
   the pty of the PIN pad (answers STX S ETX), fb0 on the fallback;
-- a payment host on loopback (SimHost) whose mode switches ok/refuse/...;
+- a payment host on loopback (SimHost) whose mode switches ok/refuse/...
+  (payment_bind: another local address to listen on, e.g. a veth end);
 - optionally the screen (Xvfb + Tk POS window, or the framebuffer file);
 - trigger/, crash/, anr/ and app.log: the directories and log the agent watches
   (app_files=False leaves them to the caller);
@@ -159,6 +160,7 @@ class SimTerminal:
         pos_app: bool = False,
         payment_tls: bool = False,
         disk_mib: int = 0,
+        payment_bind: str = "127.0.0.1",
     ) -> None:
         self.root = Path(root)
         self.device_id = device_id
@@ -180,7 +182,7 @@ class SimTerminal:
         self.disk = self.root / "disk"
         self._disk_mounted = False
         self.payment_ca_file = ""
-        self.host = SimHost()
+        self.host = SimHost(host=payment_bind)
         self.pos_app = SimPosApp(self.root) if pos_app else None
         self.printer: SimPrinter | None = None
         self.pinpad: SimPeripheral | None = None

@@ -30,8 +30,20 @@ SCENARIOS = sorted(SCENARIO_DIR.glob("*.toml"))
 
 def _host_skip_reason(path: Path) -> str:
     """Why this host cannot run the scenario honestly ('' when it can)."""
-    if load(path).disk_mib > 0 and os.geteuid() != 0:
+    sc = load(path)
+    if sc.disk_mib > 0 and os.geteuid() != 0:
         return "the scenario's disk twin mounts a tmpfs, which needs root"
+    if sc.netns:
+        from simulator.netns import netns_unavailable
+
+        reason = netns_unavailable()
+        if reason:
+            return f"the scenario runs the agent in a network namespace: {reason}"
+    if sc.fake_clock:
+        from simulator.clock import find_libfaketime
+
+        if find_libfaketime() is None:
+            return "libfaketime not installed"
     if path.stem == "system_clock_unsynced":
         from drivers.system import adjtimex_sync
 
@@ -97,6 +109,8 @@ def test_library_covers_the_simulable_catalog() -> None:
         "system.memory_low",
         "system.cpu_saturated",
         "system.clock_unsynced",
+        "network.dns_failure",
+        "system.clock_jump",
     }
     assert wanted <= raised, sorted(wanted - raised)
 

@@ -472,6 +472,11 @@ class Spool:
             os.replace(item.path, self.root / "new" / item.path.name)
         return rs
 
+    def unclaim(self, item: Item) -> None:
+        """Give a claimed bundle back untouched (cur/ → new/): no attempt is counted."""
+        with self._lock:
+            os.replace(item.path, self.root / "new" / item.path.name)
+
     def reset_backoff(self) -> int:
         """Connectivity is back: make every queued bundle due now. Returns how many."""
         n = 0

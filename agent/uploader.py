@@ -1,8 +1,9 @@
 """Connectivity-aware uploader: drains the spool to the collector (DESIGN §6).
 
 One daemon thread, one upload at a time, critical bundles first, then oldest.
-Each bundle is `PUT {endpoint}/v1/bundles/{bundle_id}` with the zip streamed
-from its spool file (optionally paced to a bandwidth cap) and the headers
+Each bundle is `PUT {endpoint}/v1/bundles/{bundle_id}`, sent by the upload
+worker child (agent/upload_worker.py, so the daemon never loads requests), with
+the zip streamed from its spool file (optionally paced to a bandwidth cap) and the headers
 `Content-Type`, `Authorization: Bearer`, `Idempotency-Key`, `Content-Digest`
 (RFC 9530) and `X-Posagent-Device`.
 
@@ -35,20 +36,18 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 
 from agent.config import Config, UploadConfig, read_secret_file
 from agent.spool import Item, Spool
-
-if TYPE_CHECKING:
-    import requests
+from agent.upload_worker import Aborted, PutRequest, TlsSettings, WorkerTransport
 
 log = structlog.get_logger(__name__)
 
@@ -62,10 +61,6 @@ MAX_RETRY_AFTER_S = 3600.0
 HEARTBEAT_S = 15.0  # longest sleep between two progress marks (watchdog)
 RESCAN_S = 1.0  # the due list is rebuilt at least this often (a new critical bundle jumps ahead)
 NOT_CONFIGURED_RECHECK_S = 60.0
-RESPONSE_BODY_LIMIT_BYTES = 4096
-RESPONSE_BODY_DEADLINE_S = 2.0
-READ_CHUNK_BYTES = 64 * 1024
-SEND_BLOCK_BYTES = 256 * 1024
 
 ConditionCallback = Callable[[str, bool, str], None]
 
@@ -127,13 +122,6 @@ class DrainSummary:
         d = asdict(self)
         d["rate_bytes_per_s"] = round(self.rate_bytes_per_s, 1)
         return d
-
-
-class _Aborted(Exception):
-    """The uploader is stopping: abandon the body being sent (not an OSError on purpose)."""
-
-
-# --------------------------------------------------------------------------- pure helpers
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
@@ -214,107 +202,6 @@ def check_upload_config(up: UploadConfig) -> tuple[str, str]:
     return token, ""
 
 
-class _Body:
-    """A file-like request body: streams a file, paced to a byte rate, abortable.
-
-    `__len__` gives requests the Content-Length; `read(n)` is what urllib3 calls.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        size: int,
-        rate_bytes_per_s: int,
-        stop: threading.Event,
-        on_chunk: Callable[[int], None],
-    ) -> None:
-        """on_chunk gets the cumulative bytes handed to the socket after each read."""
-        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self._size = size
-        self._rate = rate_bytes_per_s
-        self._stop = stop
-        self._on_chunk = on_chunk
-        self._sent = 0
-        self._t0 = time.monotonic()
-        # small chunks when paced, so the rate is smooth (≈ 20 chunks per second)
-        self._chunk_max = max(1024, rate_bytes_per_s // 20) if rate_bytes_per_s > 0 else 1 << 20
-
-    def __len__(self) -> int:
-        return self._size - self._sent
-
-    def __iter__(self) -> Iterator[bytes]:
-        while chunk := self.read(READ_CHUNK_BYTES):
-            yield chunk
-
-    @property
-    def sent(self) -> int:
-        return self._sent
-
-    def read(self, n: int = -1) -> bytes:
-        if self._stop.is_set():
-            raise _Aborted("uploader stopping")
-        want = self._chunk_max if n is None or n < 0 else min(n, self._chunk_max)
-        if self._rate > 0 and self._sent:
-            due = self._t0 + self._sent / self._rate
-            delay = due - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
-                raise _Aborted("uploader stopping")
-        chunk = self._f.read(want)
-        self._sent += len(chunk)
-        if chunk:
-            self._on_chunk(self._sent)
-        return chunk
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def _adapter() -> requests.adapters.HTTPAdapter:
-    """requests' adapter, sending bodies in SEND_BLOCK_BYTES blocks (urllib3's default is 16 KiB)."""
-    from requests.adapters import HTTPAdapter
-
-    class _BigBlocks(HTTPAdapter):
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["blocksize"] = SEND_BLOCK_BYTES
-            super().init_poolmanager(*args, **kwargs)
-
-    return _BigBlocks(max_retries=0)
-
-
-def _read_capped(resp: requests.Response, limit: int, deadline_s: float) -> bytes:
-    """Up to `limit` bytes of a streamed response body, giving up at the deadline or any error."""
-    buf = bytearray()
-    end = time.monotonic() + deadline_s
-    try:
-        while len(buf) < limit and time.monotonic() < end:
-            chunk = resp.raw.read1(min(4096, limit - len(buf)))
-            if not chunk:
-                break
-            buf += chunk
-    except Exception:  # the status is what counts; a broken body only shortens the message
-        pass
-    return bytes(buf)
-
-
-def _describe_exception(e: BaseException) -> str:
-    """A one-line, kind-prefixed reason for a transport failure."""
-    import requests
-
-    if isinstance(e, requests.exceptions.SSLError):
-        kind = "tls"
-    elif isinstance(e, requests.exceptions.ConnectTimeout):
-        kind = "connect timeout"
-    elif isinstance(e, requests.exceptions.ReadTimeout):
-        kind = "read timeout"
-    elif isinstance(e, requests.exceptions.ProxyError):
-        kind = "proxy"
-    elif isinstance(e, requests.exceptions.ConnectionError):
-        kind = "connection"
-    else:
-        kind = type(e).__name__
-    return f"{kind}: {e}"[:300]
-
-
 # --------------------------------------------------------------------------- the uploader
 
 
@@ -351,6 +238,7 @@ class Uploader:
         on_condition: ConditionCallback | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        transport: WorkerTransport | None = None,
     ) -> None:
         self.cfg = cfg
         self.up = cfg.upload
@@ -364,7 +252,10 @@ class Uploader:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._session: requests.Session | None = None
+        self._transport = transport or WorkerTransport()
+        self._owns_transport = transport is None  # a one-shot drain then ends its worker
+        self._ahead: tuple[Item, Item] | None = None  # (claimed, as queued) of the next bundle
+        self._ahead_digest: tuple[str, str, int] | None = None
         self._reset_session = False
         self._failures = 0  # consecutive retriable failures, queue-wide
         self._progress_mono = time.monotonic()
@@ -374,6 +265,7 @@ class Uploader:
         self._due_stale = False
         self._s = _State()
         self._warned_plain_http = False
+        self._warned_unverified = False
 
     # ------------------------------------------------------------------ control
 
@@ -394,6 +286,8 @@ class Uploader:
             self._thread.join(timeout_s)
             ended = not self._thread.is_alive()
         if ended:
+            with self._busy:
+                self._unclaim_ahead()
             self._close_session()
             with self._lock:
                 self._s.activity = "stopped"
@@ -523,6 +417,9 @@ class Uploader:
                 if outcome in (Outcome.RETRY, Outcome.WAIT, Outcome.AUTH):
                     summary.stopped = "auth" if outcome is Outcome.AUTH else "retriable"
                     break
+            self._unclaim_ahead()
+        if self._owns_transport and (self._thread is None or not self._thread.is_alive()):
+            self._close_session()  # a one-shot drain (flush): no worker left behind
         summary.elapsed_s = time.monotonic() - t0
         summary.remaining = sum(1 for _ in self.spool.items("new")) + sum(
             1 for _ in self.spool.items("cur")
@@ -536,6 +433,10 @@ class Uploader:
         (which is O(n) each, O(n²) for a drain). wake() and notify_online()
         invalidate the list, so a newly queued critical bundle still goes next.
         """
+        if self._ahead is not None:
+            if not self._due_stale:
+                return self._ahead[1], None  # claimed while the previous bundle was sent
+            self._unclaim_ahead()  # something was queued meanwhile: choose afresh (critical first)
         mono = time.monotonic()
         if self._due and mono - self._due_at < RESCAN_S and not self._due_stale:
             return self._due.popleft(), None
@@ -583,6 +484,9 @@ class Uploader:
                 log.exception("uploader_loop_error", error=str(e))
                 delay = min(self.up.backoff_cap_s, 5.0)
             if delay > 0:
+                with self._busy:
+                    self._unclaim_ahead()
+                self._transport.close_if_idle()
                 self._sleep(delay)
         log.info("uploader_stopped")
 
@@ -629,7 +533,7 @@ class Uploader:
         progress: Callable[[Progress], None] | None,
     ) -> Outcome | None:
         """Claim, upload and file one bundle; returns the outcome (None when not claimed)."""
-        claimed = self.spool.claim(item)
+        claimed = self._claim(item)
         if claimed is None:
             return None
         with self._lock:
@@ -657,8 +561,9 @@ class Uploader:
         self._in_request = True
         try:
             att = self._put(claimed, token, on_chunk)
-        except _Aborted:
+        except Aborted:
             self._safe(lambda: self.spool.release(claimed, self._clock(), "aborted: stopping"))
+            self._unclaim_ahead()
             with self._lock:
                 self._s.current_bundle = ""
             return None
@@ -666,6 +571,8 @@ class Uploader:
             self._progress_mono = time.monotonic()
             self._in_request = False
         event = self._file(claimed, att)
+        if att.outcome not in (Outcome.DONE, Outcome.REJECTED):
+            self._unclaim_ahead()  # the queue is held: the next bundle waits in new/
         if summary is not None:
             summary.bytes_sent += att.bytes_sent
             if att.outcome is Outcome.DONE:
@@ -690,6 +597,48 @@ class Uploader:
                     )
                 )
         return att.outcome
+
+    # ------------------------------------------------------------------ claim ahead
+
+    def _claim(self, item: Item) -> Item | None:
+        """The bundle claimed ahead for this item, else claim it now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if ahead[0].bundle_id == item.bundle_id:
+                return ahead[0]
+            self._safe(lambda: self.spool.unclaim(ahead[0]))
+        return self.spool.claim(item)
+
+    def _claim_ahead(self) -> None:
+        """While the worker sends a bundle: claim (check) the next due one and hash it.
+
+        The spool's integrity check and the digest are the parent's share of
+        an upload; doing them for bundle N+1 while the child sends bundle N
+        keeps both processes busy. A bundle queued meanwhile (wake) makes
+        `_next_due` give it back and choose afresh, so critical still goes
+        first. Whatever ends the drain early gives it back too (a crash
+        leaves it in cur/, which start-up returns to new/).
+        """
+        if self._ahead is not None or self._stop.is_set():
+            return
+        try:
+            item, _ = self._next_due(self._clock())
+            if item is None:
+                return
+            claimed = self.spool.claim(item)
+            if claimed is None:
+                return
+            self._ahead = (claimed, item)
+            self._ahead_digest = (claimed.bundle_id, *content_digest(claimed.path))
+        except OSError as e:  # the bundle is taken again the normal way, which reports it
+            log.warning("upload_claim_ahead_failed", error=str(e))
+
+    def _unclaim_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        self._ahead_digest = None
+        if ahead is not None:
+            self._safe(lambda: self.spool.unclaim(ahead[0]))
+            self._due_stale = True
 
     def _safe(self, op: Callable[[], object]) -> None:
         """A spool move that may race an operator or a recovering process: log, never raise."""
@@ -806,49 +755,33 @@ class Uploader:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _get_session(self) -> requests.Session:
-        import requests
-
-        with self._lock:
-            reset = self._reset_session
-            self._reset_session = False
-        if reset:
-            self._close_session()
-        if self._session is None:
-            up = self.up
-            s = requests.Session()
-            s.mount("https://", _adapter())
-            s.mount("http://", _adapter())
-            s.trust_env = False  # the config is the only source: no env proxies, no .netrc
-            if not up.verify_tls:
-                s.verify = False
-                log.warning("upload_tls_unverified", endpoint=up.endpoint)
-            elif up.ca_file:
-                s.verify = up.ca_file
-            if up.client_cert_file:
-                s.cert = (
-                    (up.client_cert_file, up.client_key_file)
-                    if up.client_key_file
-                    else up.client_cert_file
-                )
-            if up.proxy:
-                s.proxies = {"http": up.proxy, "https": up.proxy}
-            self._session = s
-        return self._session
+    def _tls(self) -> TlsSettings:
+        up = self.up
+        if not up.verify_tls and not self._warned_unverified:
+            self._warned_unverified = True
+            log.warning("upload_tls_unverified", endpoint=up.endpoint)
+        return TlsSettings(
+            verify_tls=up.verify_tls,
+            ca_file=up.ca_file,
+            client_cert_file=up.client_cert_file,
+            client_key_file=up.client_key_file,
+            proxy=up.proxy,
+        )
 
     def _close_session(self) -> None:
-        s, self._session = self._session, None
-        if s is not None:
-            try:
-                s.close()
-            except Exception as e:
-                log.debug("upload_session_close_failed", error=str(e))
+        try:
+            self._transport.close()
+        except Exception as e:
+            log.debug("upload_worker_close_failed", error=str(e))
 
     def _put(self, item: Item, token: str, on_chunk: Callable[[int], None]) -> Attempt:
-        """One PUT of one claimed bundle; never raises for transport or HTTP trouble."""
+        """One PUT of one claimed bundle (in the upload worker); never raises for transport or HTTP trouble."""
         t0 = time.monotonic()
+        known, self._ahead_digest = self._ahead_digest, None
         try:
-            digest, size = content_digest(item.path)
+            digest, size = (
+                known[1:] if known and known[0] == item.bundle_id else content_digest(item.path)
+            )
         except OSError as e:
             return Attempt(Outcome.RETRY, error=f"cannot read bundle: {e.strerror or e}")
         headers = {
@@ -859,61 +792,41 @@ class Uploader:
         }
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        try:
-            session = self._get_session()
-            body = _Body(
-                item.path,
-                size,
-                self.up.bandwidth_bytes_per_s,
-                self._stop,
-                on_chunk,
-            )
-        except OSError as e:
-            return Attempt(Outcome.RETRY, error=f"cannot read bundle: {e.strerror or e}")
-        try:
-            resp = session.put(
-                bundle_url(self.up.endpoint, item.bundle_id),
-                data=body,
-                headers=headers,
-                timeout=(self.up.connect_timeout_s, self.up.read_timeout_s),
-                allow_redirects=False,
-                stream=True,
-            )
-        except _Aborted:
-            raise
-        except Exception as e:  # requests' and urllib3's errors, ssl, socket: all retriable
-            if isinstance(e.__context__, _Aborted) or self._stop.is_set():
-                raise _Aborted("uploader stopping") from e
+        with self._lock:
+            reset = self._reset_session
+            self._reset_session = False
+        req = PutRequest(
+            url=bundle_url(self.up.endpoint, item.bundle_id),
+            path=str(item.path),
+            size_bytes=size,
+            headers=headers,
+            connect_timeout_s=self.up.connect_timeout_s,
+            read_timeout_s=self.up.read_timeout_s,
+            rate_bytes_per_s=self.up.bandwidth_bytes_per_s,
+            tls=self._tls(),
+            fresh_session=reset,
+        )
+        reply = self._transport.put(req, on_chunk, self._stop, self._claim_ahead)
+        elapsed = time.monotonic() - t0
+        if reply.status is None:
             return Attempt(
                 Outcome.RETRY,
-                error=_describe_exception(e),
-                bytes_sent=body.sent,
-                elapsed_s=time.monotonic() - t0,
+                error=reply.error or "upload worker: no status",
+                bytes_sent=reply.bytes_sent,
+                elapsed_s=elapsed,
             )
-        finally:
-            body.close()
-        try:
-            status = resp.status_code
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock())
-            outcome = classify(status, retry_after)
-            text = b""
-            length = resp.headers.get("Content-Length", "")
-            small = length.isdigit() and int(length) <= RESPONSE_BODY_LIMIT_BYTES
-            if outcome is not Outcome.DONE or small:
-                # errors: a snippet for the log; small success bodies: read so the
-                # connection can be reused. A long or endless success body is dropped.
-                text = _read_capped(resp, RESPONSE_BODY_LIMIT_BYTES, RESPONSE_BODY_DEADLINE_S)
-        finally:
-            resp.close()
+        status = reply.status
+        retry_after = parse_retry_after(reply.retry_after, self._clock())
+        outcome = classify(status, retry_after)
         error = ""
         if outcome is not Outcome.DONE:
-            snippet = " ".join(text.decode("utf-8", "replace").split())[:200]
+            snippet = " ".join(reply.body.split())[:200]
             error = f"HTTP {status}" + (f": {snippet}" if snippet else "")
         return Attempt(
             outcome,
             status=status,
             error=error,
             retry_after_s=retry_after,
-            bytes_sent=body.sent,
-            elapsed_s=time.monotonic() - t0,
+            bytes_sent=reply.bytes_sent,
+            elapsed_s=elapsed,
         )

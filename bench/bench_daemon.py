@@ -17,7 +17,9 @@ and serial 2 s, peripherals 5 s, system 10 s, app 5 s).
      says whether the screenshot was captured; RSS sampled every 20 ms during
      the captures: peak above the idle RSS;
    - after the captures and their uploads: RSS, then a second idle window:
-     CPU % and RSS growth over it.
+     CPU % and RSS growth over it. The daemon's short-lived children (the
+     screenshot worker per capture, the upload worker while uploads run and
+     a minute after) are not in its RSS: their peak is reported beside it.
    The issue's RSS figures are "after 10 minutes" and "growth over 30
    minutes": a default run measures what fits in IDLE_S windows; with
    BENCH_LONG=1 the second window lasts 30 minutes and RSS is also read at
@@ -186,6 +188,7 @@ class RssSampler:
         self.proc = proc
         self.period_s = period_s
         self.samples: list[int] = []
+        self.children: list[int] = []  # summed RSS of its children (screenshot and upload workers)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -193,6 +196,11 @@ class RssSampler:
         while not self._stop.is_set():
             with contextlib.suppress(psutil.Error):
                 self.samples.append(self.proc.memory_info().rss)
+                kids = 0
+                for c in self.proc.children():
+                    with contextlib.suppress(psutil.Error):
+                        kids += c.memory_info().rss
+                self.children.append(kids)
             self._stop.wait(self.period_s)
 
     def __enter__(self) -> RssSampler:
@@ -336,6 +344,7 @@ def measure_running(tmp: Path) -> dict[str, Any]:
         out["capture_peak_rss_mib"] = _mib(max(sampler.samples))
         out["capture_peak_above_idle_mib"] = _mib(max(sampler.samples) - idle_rss)
         out["vm_hwm_mib"] = _hwm_mib(proc.pid)
+        out["workers_peak_rss_mib"] = _mib(max(sampler.children, default=0))
 
         # uploads: wait until the collector holds every bundle the spool made
         deadline = time.monotonic() + 30

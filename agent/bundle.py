@@ -27,6 +27,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from agent.redact import RULESET_VERSION, Redactor
+from drivers.roots import Roots
+from drivers.system import read_boot_id, read_uptime_s
 
 SCHEMA = "posagent.bundle/1"
 MANIFEST = "manifest.json"
@@ -198,17 +200,12 @@ class SealedBundle:
 
 
 def _host_facts() -> dict[str, Any]:
-    boot_id = ""
-    try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        pass
-    uptime_s = 0.0
-    try:
-        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        uptime_s = time.monotonic()
-    return {"boot_id": boot_id, "uptime_s": round(uptime_s, 1)}
+    roots = Roots()
+    uptime_s = read_uptime_s(roots)
+    return {
+        "boot_id": read_boot_id(roots) or "",
+        "uptime_s": round(uptime_s if uptime_s is not None else time.monotonic(), 1),
+    }
 
 
 def rfc3339(ts: float) -> str:

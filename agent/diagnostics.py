@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.system import read_interfaces, read_system, top_processes, uptime_s
+from drivers.roots import Roots
+from drivers.system import read_interfaces, read_system, read_uptime_s, top_processes
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,10 @@ class Collector:
     name: str
     fn: Callable[[], Any]
     timeout_s: float = 2.0
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
 
 
 def system_snapshot(disk_paths: list[str] | None = None, top_n: int = 10) -> dict[str, Any]:
@@ -48,7 +53,7 @@ def system_snapshot(disk_paths: list[str] | None = None, top_n: int = 10) -> dic
             "available_pct": round(snap.memory_available_pct, 1),
         },
         "disks": disks,
-        "uptime_s": round(uptime_s(), 1),
+        "uptime_s": _round(read_uptime_s(Roots())),
         "interfaces": read_interfaces(),
         "top_processes": top_processes(top_n),
     }

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.spool import atomic_write
+from drivers.roots import Roots
+from drivers.system import read_boot_id
 
 
 def current_boot_id(proc: Path = Path("/proc")) -> str:
     """The kernel's boot id ('' when unavailable)."""
-    try:
-        return (proc / "sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+    return read_boot_id(Roots(proc=proc)) or ""
 
 
 @dataclass(frozen=True)

@@ -322,7 +322,9 @@ def upload_rows(res: dict[str, Any]) -> list[Row]:
             Row(
                 f"drain rate of {u.get('bundles')} queued {u.get('bundle_kb')} KB bundles over loopback",
                 "≥ 0.8 × a bare requests loop (issue 5)",
-                f"{_num(ours, ' bundles/s', 1)} (median of 5 rounds)",
+                f"{_num(ours, ' bundles/s', 1)} (median of 5 rounds, upload worker running; "
+                f"{u.get('uploader_vs_bare_ratio_cold')}× when each round also starts the worker, "
+                f"{u.get('worker_start_ms_per_drain')} ms)",
                 "bare requests.Session loop PUTting the same files",
                 _num(bare, " bundles/s", 1),
                 f"{r:.3f}× (median of per-round ratios; min {u.get('uploader_vs_bare_ratio_min')})"
@@ -499,6 +501,16 @@ def daemon_rows(res: dict[str, Any]) -> list[Row]:
             verdict=verdict(v <= 30 if v is not None else None),
         )
     )
+    w = r.get("workers_peak_rss_mib")
+    if w is not None:
+        rows.append(
+            Row(
+                "peak RSS of the daemon's short-lived children during captures and uploads",
+                "— (screenshot worker per capture, upload worker while uploading)",
+                f"{_num(w, ' MiB')} (summed, sampled every 20 ms)",
+                verdict="reported",
+            )
+        )
     return rows
 
 

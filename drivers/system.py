@@ -166,11 +166,6 @@ def top_processes(n: int = 10) -> list[dict[str, Any]]:
     return procs[:n]
 
 
-def uptime_s() -> float:
-    """Seconds since boot (psutil.boot_time)."""
-    return time.time() - psutil.boot_time()
-
-
 # --------------------------------------------------------------------------- the POS app
 
 PID_MAX_LIMIT = 4_194_304  # the kernel's ceiling for /proc/sys/kernel/pid_max

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -76,6 +76,12 @@ class PutRequest:
     rate_bytes_per_s: int = 0
     tls: TlsSettings = field(default_factory=TlsSettings)
     fresh_session: bool = False  # drop pooled connections first (the network changed)
+
+    def to_json(self) -> bytes:
+        """One protocol line (vars, not dataclasses.asdict: this runs per bundle)."""
+        d = dict(vars(self))
+        d["tls"] = vars(self.tls)
+        return json.dumps(d).encode() + b"\n"
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PutRequest:
@@ -141,7 +147,7 @@ class WorkerTransport:
                     return PutReply(error=f"upload worker: cannot start: {e}")
                 try:
                     assert proc.stdin is not None
-                    proc.stdin.write(json.dumps(asdict(req)).encode() + b"\n")
+                    proc.stdin.write(req.to_json())
                     proc.stdin.flush()
                 except (BrokenPipeError, ValueError, OSError):
                     self._kill()
@@ -490,7 +496,7 @@ def main() -> int:
         try:
             req = PutRequest.from_json(json.loads(line))
         except (ValueError, KeyError, TypeError) as e:
-            _write(out, {"reply": asdict(PutReply(error=f"upload worker: bad request: {e}"))})
+            _write(out, {"reply": vars(PutReply(error=f"upload worker: bad request: {e}"))})
             continue
         if req.fresh_session:
             putter.close()
@@ -504,7 +510,7 @@ def main() -> int:
                 _write(out, {"sent": sent})
 
         reply = putter.put(req, progress)
-        _write(out, {"reply": asdict(reply)})
+        _write(out, {"reply": vars(reply)})
     putter.close()
     return 0
 

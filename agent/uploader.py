@@ -288,7 +288,8 @@ class Uploader:
         if ended:
             with self._busy:
                 self._unclaim_ahead()
-            self._close_session()
+            if self._owns_transport:
+                self._close_session()
             with self._lock:
                 self._s.activity = "stopped"
         return ended

@@ -5,6 +5,7 @@ Every bundle ends stored exactly once with the right digest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -53,6 +54,26 @@ def _child_upload_forever(cfg_path: Path, endpoint: str) -> None:
         os._exit(0)
 
 
+def kill_uploading_child(pid: int, rng: random.Random) -> int:
+    """SIGKILL a forked `_child_upload_forever` once its upload worker is sending.
+
+    The worker (a grandchild) needs ~0.2 s to start. Three times in ten the
+    worker is killed first, mid-body, and the uploader gets a moment to retry
+    with a new one. Returns how many workers were killed.
+    """
+    time.sleep(rng.uniform(0.2, 0.4))
+    workers = 0
+    if rng.random() < 0.3:
+        with contextlib.suppress(psutil.Error):
+            for w in psutil.Process(pid).children():
+                w.kill()
+                workers += 1
+        time.sleep(rng.uniform(0.05, 0.3))
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return workers
+
+
 @pytest.fixture
 def store_server(tmp_path: Path) -> Iterator[str]:
     """The idempotent store server in its own process (a slow reader, so kills land mid-body)."""
@@ -78,16 +99,7 @@ def test_kill9_loop_stores_every_bundle_exactly_once(tmp_path: Path, store_serve
         pid = os.fork()
         if pid == 0:
             _child_upload_forever(cfg_path, store_server)
-        # the upload worker (a grandchild) needs ~0.2 s to start; kill after it sends
-        time.sleep(rng.uniform(0.2, 0.4))
-        if rng.random() < 0.3:
-            # sometimes the worker dies mid-body first: the uploader retries with a new one
-            for w in psutil.Process(pid).children():
-                w.kill()
-                worker_kills += 1
-            time.sleep(rng.uniform(0.05, 0.3))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        worker_kills += kill_uploading_child(pid, rng)
         kills += 1
     mid = store_state(store_server)
     assert kills == KILLS and worker_kills >= 5

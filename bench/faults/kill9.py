@@ -161,7 +161,7 @@ def upload(quick: bool, work: Path) -> Result:
     from agent.uploader import Uploader
     from tests.conftest import write_config
     from tests.faultserver import sized_bundle, store_process, store_state
-    from tests.test_uploader_kill import _child_upload_forever
+    from tests.test_uploader_kill import _child_upload_forever, kill_uploading_child
 
     res = Result("kill9_upload", "kill -9 during upload")
     n_bundles, kills = (30, 20) if quick else (200, 160)
@@ -175,14 +175,13 @@ def upload(quick: bool, work: Path) -> Result:
         b = sized_bundle(rng.choice((40_000, 80_000, 120_000)), f"kill {i}")
         spool.enqueue(b.bundle_id, b.data, rng.choice((0, 1, 2)))
         ids.add(b.bundle_id)
+    worker_kills = 0
     with store_process(work) as endpoint:
         for _ in range(kills):
             pid = os.fork()
             if pid == 0:  # pragma: no cover - child
                 _child_upload_forever(cfg_path, endpoint)
-            time.sleep(rng.uniform(0.01, 0.15))
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            worker_kills += kill_uploading_child(pid, rng)
             res.trials += 1
         mid = store_state(endpoint)
         spool = Spool(cfg.agent.state_dir, Limits(reserve_bytes=0)).open()
@@ -208,7 +207,8 @@ def upload(quick: bool, work: Path) -> Result:
     puts = int(state["requests"]) - 2  # minus the two GET /_state
     again = puts - int(state["truncated_bodies"]) - len(store)
     res.notes.append(
-        f"{n_bundles} bundles of 40-120 kB paced at 2 MB/s; {mid['truncated_bodies']} bodies cut "
+        f"{n_bundles} bundles of 40-120 kB paced at 2 MB/s; kills of the uploading process "
+        f"({worker_kills} of its upload worker first); {mid['truncated_bodies']} bodies cut "
         f"mid-way by a kill; {len(mid['store'])} stored during the kill loop, the rest by a "
         f"final drain ({summary.uploaded}); {again} whole bodies sent again after a kill "
         f"took the reply (answered 'already stored'); {puts} PUTs in all"

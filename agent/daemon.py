@@ -36,6 +36,9 @@ log = structlog.get_logger(__name__)
 
 STUCK_AFTER_S = 45.0  # a loop without progress this long is stuck: stop pinging WATCHDOG
 STATUS_EVERY_S = 5.0
+TRIM_EVERY_S = 60.0  # malloc_trim: freed heap back to the OS
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # glibc mallopt parameter
 PART_BACKOFF_MAX_S = 60.0
 
 
@@ -439,25 +442,45 @@ class Agent:
         }
 
 
-def trim_heap() -> None:
-    """Give freed heap back to the OS after a capture (glibc malloc_trim; no-op elsewhere).
-
-    A capture allocates a few MB in short-lived buffers (diagnostics, the zip);
-    without this, glibc keeps them mapped and the daemon's RSS ratchets up.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
+def _glibc() -> Any:
+    """glibc through ctypes, or None (musl, bionic, macOS: the heap calls become no-ops)."""
+    global _libc
+    if _libc is None:
         try:
             import ctypes
 
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+            lib = ctypes.CDLL("libc.so.6")
+            _libc = lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else False
+        except OSError:
+            _libc = False
+    return _libc or None
 
 
-_malloc_trim: Any = None
+def limit_arenas(count: int = MALLOC_ARENAS) -> None:
+    """Cap glibc's malloc arenas (mallopt M_ARENA_MAX).
+
+    glibc gives threads their own arenas (up to 8 per core) and seldom hands
+    their free pages back; the daemon's short-lived threads (DNS lookups,
+    probes, collectors) then creep RSS up over hours. Two arenas are plenty
+    for a daemon that is idle most of the time.
+    """
+    lib = _glibc()
+    if lib is not None:
+        lib.mallopt(M_ARENA_MAX, count)
+
+
+def trim_heap() -> None:
+    """Give freed heap back to the OS (glibc malloc_trim; no-op elsewhere).
+
+    Called after every capture (a few MB of short-lived buffers) and every
+    TRIM_EVERY_S; without it glibc keeps freed pages mapped and RSS ratchets up.
+    """
+    lib = _glibc()
+    if lib is not None:
+        lib.malloc_trim(0)
+
+
+_libc: Any = None
 
 
 def trigger_of(ev: FaultEvent, suppressed: int = 0) -> dict[str, Any]:
@@ -509,6 +532,7 @@ class Daemon:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
+        limit_arenas()  # before any thread starts
         cfg = load_config(self.config_path)
         from agent import log as logmod
         from agent.redact import Redactor
@@ -530,6 +554,7 @@ class Daemon:
         wd = watchdog_interval_s()
         next_wd = 0.0
         next_status = 0.0
+        next_trim = time.monotonic() + TRIM_EVERY_S
         while True:
             try:
                 signum: int | None = self._signals.get(timeout=0.5)
@@ -549,6 +574,9 @@ class Daemon:
             if now >= next_status:
                 self._write_status(agent)
                 next_status = now + STATUS_EVERY_S
+            if now >= next_trim:
+                trim_heap()
+                next_trim = now + TRIM_EVERY_S
             if wd is not None and now >= next_wd:
                 self.watchdog_tick(agent, now)
                 next_wd = now + min(wd, 5.0)

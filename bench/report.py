@@ -463,7 +463,7 @@ def daemon_rows(res: dict[str, Any]) -> list[Row]:
     )
     for label, key in (
         (
-            f"CPU of the daemon at default intervals, idle window of {win:.0f} s after start",
+            f"CPU of the daemon at default intervals, idle window of {60 if long_run else win:.0f} s after start",
             "cpu_pct_idle",
         ),
         (

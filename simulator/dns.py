@@ -19,7 +19,8 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
-from types import TracebackType
+
+from simulator.service import Service
 
 MODES = ("ok", "servfail", "nxdomain", "silent")
 QTYPE_A = 1
@@ -82,7 +83,7 @@ def build_response(q: DnsQuery, rcode: int, address: str | None = None) -> bytes
     return head + q.question + answers
 
 
-class SimDns:
+class SimDns(Service):
     """A UDP DNS server on host:port answering from `records` according to `mode`."""
 
     def __init__(
@@ -135,17 +136,6 @@ class SimDns:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
-
-    def __enter__(self) -> SimDns:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def set_mode(self, mode: str) -> None:
         """Switch how the next queries are answered."""

@@ -19,9 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from drivers.shell import run_argv
+from simulator.service import Service
 from simulator.state import write_atomic
 
 MODES = ("ok", "refuse", "blackhole", "hang", "slow")
@@ -83,7 +83,7 @@ def make_self_signed_cert(
 # --------------------------------------------------------------------------- host
 
 
-class SimHost:
+class SimHost(Service):
     """A payment host on 127.0.0.1 (plain TCP or TLS), switchable between failure modes.
 
     In mode "ok" it completes the TLS handshake (when TLS) and, if `http_status`
@@ -146,17 +146,6 @@ class SimHost:
             self._conns.clear()
         if self._thread is not None:
             self._thread.join(timeout=2)
-
-    def __enter__(self) -> SimHost:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def set_mode(self, mode: str, delay_s: float | None = None) -> None:
         """Switch behaviour for new connections (refuse/blackhole take effect at once)."""

@@ -15,10 +15,11 @@ import select
 import socket
 import struct
 import threading
-from types import TracebackType
+
+from simulator.service import Service
 
 
-class NetCut:
+class NetCut(Service):
     """A cuttable TCP relay on 127.0.0.1 in front of host:port."""
 
     def __init__(
@@ -92,17 +93,6 @@ class NetCut:
         self.cut()
         if self._thread is not None:
             self._thread.join(timeout=2)
-
-    def __enter__(self) -> NetCut:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- relay
 

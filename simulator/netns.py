@@ -12,7 +12,7 @@ nsswitch.conf}, which `ip netns exec` binds over /etc for the commands it
 runs: resolv.conf names only `nameserver` (timeout 1 s, one attempt),
 hosts holds only localhost and nsswitch.conf's hosts line is "files dns", so a lookup
 in the namespace asks no one but that server. `exec_argv(argv)` wraps a
-command to run inside. `close()` removes the veth, the namespace and the
+command to run inside. `stop()` removes the veth, the namespace and the
 /etc/netns files, also after a partial start.
 """
 
@@ -24,7 +24,8 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from types import TracebackType
+
+from simulator.service import Service
 
 NETNS_ETC = Path("/etc/netns")
 _counter = itertools.count(1)
@@ -71,7 +72,7 @@ def _nsswitch_files_dns(source: Path = Path("/etc/nsswitch.conf")) -> str:
     return "\n".join([*kept, "hosts: files dns"]) + "\n"
 
 
-class SimNetns:
+class SimNetns(Service):
     """A network namespace and the veth pair that joins it to this one."""
 
     def __init__(self) -> None:
@@ -109,7 +110,7 @@ class SimNetns:
             _ip("-n", self.name, "link", "set", self.peer_if, "up")
             _ip("-n", self.name, "link", "set", "lo", "up")
         except BaseException:
-            self.close()
+            self.stop()
             raise
         return self
 
@@ -138,7 +139,7 @@ class SimNetns:
         """argv run inside the namespace (with the /etc/netns files bound over /etc)."""
         return ["ip", "netns", "exec", self.name, *argv]
 
-    def close(self) -> None:
+    def stop(self) -> None:
         """Remove veth, namespace and /etc/netns/<name> (safe to call twice)."""
         if self._made_veth:
             _ip("link", "del", self.host_if, check=False)
@@ -149,14 +150,3 @@ class SimNetns:
         shutil.rmtree(self.etc_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             NETNS_ETC.rmdir()  # only when no other namespace has files there
-
-    def __enter__(self) -> SimNetns:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

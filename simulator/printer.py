@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import structlog
 
 from simulator.peripherals import SysfsRegistered, UsbIdentity
+from simulator.service import Service
 
 log = structlog.get_logger(__name__)
 
@@ -224,7 +224,7 @@ class SimPrinter(SysfsRegistered):
                 self.send(*answer)
 
 
-class SimTcpPrinter:
+class SimTcpPrinter(Service):
     """The same printer on 127.0.0.1:<port> (raw TCP, like a 9100 JetDirect port)."""
 
     def __init__(self, state: PrinterState | None = None, host: str = "127.0.0.1", port: int = 0):
@@ -297,17 +297,6 @@ class SimTcpPrinter:
     def replug(self) -> None:
         """Power it back on at the same port."""
         self.start()
-
-    def __enter__(self) -> SimTcpPrinter:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _run(self) -> None:
         listener = self._listener

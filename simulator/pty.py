@@ -20,9 +20,10 @@ import threading
 import time
 import tty
 from pathlib import Path
-from types import TracebackType
 
 import structlog
+
+from simulator.service import Service
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +70,7 @@ class PtyLink:
         self.master_fd = self.slave_fd = -1
 
 
-class PtyDevice:
+class PtyDevice(Service):
     """A simulated serial device: a thread serving one PtyLink.
 
     Subclasses implement ``on_data`` (called in the device thread with the bytes
@@ -149,17 +150,6 @@ class PtyDevice:
 
     def on_unplug(self) -> None:
         """Hook run after the port disappears."""
-
-    def __enter__(self) -> PtyDevice:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- I/O -----------------------------------------------------------------
 

@@ -523,7 +523,7 @@ class Stack:
             self.dns = None
         if self.netns is not None:
             with contextlib.suppress(Exception):
-                self.netns.close()
+                self.netns.stop()
             self.netns = None
         self._http.close()
 

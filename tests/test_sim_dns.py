@@ -189,7 +189,7 @@ def test_getaddrinfo_in_the_namespace_asks_only_the_twin() -> None:
             resolv = (ns.etc_dir / "resolv.conf").read_text()
             assert resolv.splitlines()[0] == f"nameserver {ns.host_ip}"
     finally:
-        ns.close()
+        ns.stop()
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert ns.name not in names.split()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

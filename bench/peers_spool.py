@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.spool import fsync_dir
+
 ROUNDS = 5
 PER_ROUND = 100
 KILL_TRIALS = 5
@@ -57,14 +59,6 @@ def sound(source: Path | bytes) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Plain:
     """write tmp → (fsync) → rename into new/ → (fsync new/)."""
 
@@ -85,7 +79,7 @@ class Plain:
             os.close(fd)
         os.rename(tmp, self.root / "new" / bid)
         if self.durable:
-            _fsync_dir(self.root / "new")
+            fsync_dir(self.root / "new")
 
     def ids(self) -> dict[str, bool]:
         """Stored id → readable and complete."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from agent.bundle import is_bundle_id
+from agent.spool import fsync_dir
 
 CommitResult = Literal["created", "exists", "conflict"]
 
@@ -125,14 +126,6 @@ class Index(Protocol):
 # --------------------------------------------------------------------------- filesystem blobs
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FsBlobStore:
     """Bundles as files: ``root/<last two hex digits of the id>/<id>.zip``.
 
@@ -158,7 +151,7 @@ class FsBlobStore:
         try:
             if dest.parent.name not in self._shards:
                 dest.parent.mkdir(exist_ok=True)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 self._shards.add(dest.parent.name)
             fd = os.open(src, os.O_RDONLY)
             try:
@@ -166,7 +159,7 @@ class FsBlobStore:
             finally:
                 os.close(fd)
             os.replace(src, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except OSError as e:
             raise StorageError(f"cannot store {bundle_id}: {e.strerror or e}") from e
 

@@ -53,14 +53,9 @@ def test_kill9_loop_never_loses_an_acknowledged_bundle(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         kills += 1
-        chunks = []
-        while True:
-            data = os.read(r, 65536)
-            if not data:
-                break
-            chunks.append(data)
-        os.close(r)
-        for line in b"".join(chunks).decode().splitlines():
+        with os.fdopen(r, "rb") as f:
+            written = f.read().decode()
+        for line in written.splitlines():
             if len(line) == 36:
                 acked.add(line)
         sp = Spool(tmp_path).open()  # restart recovery

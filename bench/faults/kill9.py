@@ -28,14 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _read_all(fd: int) -> str:
-    chunks = []
-    while True:
-        data = os.read(fd, 65536)
-        if not data:
-            break
-        chunks.append(data)
-    os.close(fd)
-    return b"".join(chunks).decode(errors="replace")
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode(errors="replace")
 
 
 def _kill_loop(

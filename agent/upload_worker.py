@@ -139,7 +139,8 @@ class WorkerTransport:
         checks the next bundle then, so the two processes overlap).
         """
         with self._lock:
-            for attempt in range(2):
+            may_retry = True  # once, when a child kept from earlier turns out to be gone
+            while True:
                 fresh = not self.running
                 try:
                     proc = self._ensure()
@@ -151,18 +152,19 @@ class WorkerTransport:
                     proc.stdin.flush()
                 except (BrokenPipeError, ValueError, OSError):
                     self._kill()
-                    if attempt == 0 and not fresh:
+                    if may_retry and not fresh:
+                        may_retry = False
                         continue  # an idle child that was gone: start one and send again
                     return PutReply(error="upload worker: exited before the request")
                 if meanwhile is not None:
                     meanwhile()
                     meanwhile = None
                 reply, sent_any = self._await_reply(req, on_progress, stop, fresh)
-                if reply is None and attempt == 0 and not fresh and not sent_any:
+                if reply is None and may_retry and not fresh and not sent_any:
+                    may_retry = False
                     continue  # died between requests; nothing was sent
                 self._last_used = time.monotonic()
                 return reply or PutReply(error=self._exit_reason())
-        return PutReply(error="upload worker: unavailable")  # pragma: no cover - loop returns
 
     def close_if_idle(self) -> None:
         """End the child when it has not been used for idle_exit_s."""
@@ -183,8 +185,7 @@ class WorkerTransport:
     def _ensure(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
-        self._reap()
-        self._buf = b""
+        self._kill()  # a child that exited (also clears the line buffer)
         self._proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.PIPE,
@@ -280,10 +281,6 @@ class WorkerTransport:
             with contextlib.suppress(OSError, ValueError):
                 if pipe is not None:
                     pipe.close()
-
-    def _reap(self) -> None:
-        if self._proc is not None:
-            self._kill()
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:

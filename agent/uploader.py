@@ -289,7 +289,7 @@ class Uploader:
             with self._busy:
                 self._unclaim_ahead()
             if self._owns_transport:
-                self._close_session()
+                self._close_worker()
             with self._lock:
                 self._s.activity = "stopped"
         return ended
@@ -420,7 +420,7 @@ class Uploader:
                     break
             self._unclaim_ahead()
         if self._owns_transport and (self._thread is None or not self._thread.is_alive()):
-            self._close_session()  # a one-shot drain (flush): no worker left behind
+            self._close_worker()  # a one-shot drain (flush): no worker left behind
         summary.elapsed_s = time.monotonic() - t0
         summary.remaining = sum(1 for _ in self.spool.items("new")) + sum(
             1 for _ in self.spool.items("cur")
@@ -769,7 +769,7 @@ class Uploader:
             proxy=up.proxy,
         )
 
-    def _close_session(self) -> None:
+    def _close_worker(self) -> None:
         try:
             self._transport.close()
         except Exception as e:

@@ -54,14 +54,33 @@ def _child_upload_forever(cfg_path: Path, endpoint: str) -> None:
         os._exit(0)
 
 
-def kill_uploading_child(pid: int, rng: random.Random) -> int:
-    """SIGKILL a forked `_child_upload_forever` once its upload worker is sending.
+def _worker_connected(pid: int) -> bool:
+    """The forked uploader's worker holds a TCP connection: a PUT is under way (or next)."""
+    with contextlib.suppress(psutil.Error):
+        for w in psutil.Process(pid).children():
+            conns = (
+                w.net_connections("tcp") if hasattr(w, "net_connections") else w.connections("tcp")
+            )
+            if any(c.status == psutil.CONN_ESTABLISHED for c in conns):
+                return True
+    return False
 
-    The worker (a grandchild) needs ~0.2 s to start. Three times in ten the
-    worker is killed first, mid-body, and the uploader gets a moment to retry
-    with a new one. Returns how many workers were killed.
+
+def kill_uploading_child(pid: int, rng: random.Random, spool: Spool) -> int:
+    """SIGKILL a forked `_child_upload_forever` while its upload worker is sending.
+
+    The kill waits until the worker (a grandchild, slower to start on a busy
+    machine) is connected, or the spool has nothing left to send, then lands
+    0-150 ms later: within a paced body or a few bundles on. Three times in
+    ten the worker is killed first, mid-body, and the uploader gets a moment
+    to retry with a new one. Returns how many workers were killed.
     """
-    time.sleep(rng.uniform(0.2, 0.4))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not _worker_connected(pid):
+        if not any(spool.items("new")) and not any(spool.items("cur")):
+            break  # all uploaded: no worker will connect again
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.15))
     workers = 0
     if rng.random() < 0.3:
         with contextlib.suppress(psutil.Error):
@@ -99,7 +118,7 @@ def test_kill9_loop_stores_every_bundle_exactly_once(tmp_path: Path, store_serve
         pid = os.fork()
         if pid == 0:
             _child_upload_forever(cfg_path, store_server)
-        worker_kills += kill_uploading_child(pid, rng)
+        worker_kills += kill_uploading_child(pid, rng, spool)
         kills += 1
     mid = store_state(store_server)
     assert kills == KILLS and worker_kills >= 5

@@ -175,7 +175,7 @@ def upload(quick: bool, work: Path) -> Result:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - child
                 _child_upload_forever(cfg_path, endpoint)
-            worker_kills += kill_uploading_child(pid, rng)
+            worker_kills += kill_uploading_child(pid, rng, spool)
             res.trials += 1
         mid = store_state(endpoint)
         spool = Spool(cfg.agent.state_dir, Limits(reserve_bytes=0)).open()

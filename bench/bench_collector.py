@@ -26,7 +26,8 @@ import psutil
 import requests
 
 from collector.auth import add_device
-from collector.testing import make_bundle, upload_headers
+from tests.bundle.kit import make_bundle
+from tests.collector.kit import upload_headers
 
 DEVICE = "T-BENCH"
 N_SEQ = 300
@@ -87,7 +88,15 @@ def main() -> dict[str, float]:
         figures["bundle_kb_max"] = round(max(sizes) / 1024, 1)
         log = (root / "serve.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "collector", "serve", "--config", str(cfg)],
+            [
+                sys.executable,
+                "-m",
+                "agent.commands.main",
+                "collector",
+                "serve",
+                "--config",
+                str(cfg),
+            ],
             stdout=log,
             stderr=log,
         )

@@ -104,7 +104,7 @@ def _ready_once(cfg: Path, notify_path: Path, log: Path) -> float:
     env.pop("WATCHDOG_PID", None)
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+        [sys.executable, "-m", "agent.commands.main", "run", "--config", str(cfg)],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -133,9 +133,9 @@ def _ready_once(cfg: Path, notify_path: Path, log: Path) -> float:
 
 def _fill(state: Path, n: int) -> None:
     """n small, valid sealed bundles (each named by its own id) straight into spool/new."""
-    from agent.bundle import DeviceInfo, new_bundle_id, seal, text_entry
-    from agent.redact import Redactor
-    from agent.spool import Limits, Spool, file_name
+    from agent.bundle.format import DeviceInfo, new_bundle_id, seal, text_entry
+    from agent.core.redact import Redactor
+    from agent.spool.maildir import Limits, Spool, file_name
 
     sp = Spool(state, Limits(max_items=10**6, max_bytes=1 << 40, reserve_bytes=0)).open()
     redactor = Redactor()

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.catalog import RULES
-from agent.faults import FaultEngine
-from agent.model import FaultEvent, FaultState, Reading
+from agent.core.model import FaultEvent, FaultState, Reading
+from agent.faults.catalog import RULES
+from agent.faults.engine import FaultEngine
 from agent.monitors import build_monitors, load_all
-from agent.scheduler import Scheduler, poll_once
+from agent.monitors.scheduler import Scheduler, poll_once
 from simulator.peripherals import UsbIdentity, card_reader
-from tests.monitorkit import DEFAULT_ROUTE, SimTerminal
+from tests.monitors.kit import DEFAULT_ROUTE, MonitorRig
 
 INTERVAL_S = 0.2
 REPEATS = 8
@@ -50,16 +50,16 @@ OTHER = UsbIdentity(0x067B, 0x2303, "SWAP99", driver="usb-serial")
 @dataclass(frozen=True)
 class Kind:
     key: str
-    inject: Callable[[SimTerminal, dict[str, Any]], None]
-    remove: Callable[[SimTerminal, dict[str, Any]], None]
+    inject: Callable[[MonitorRig, dict[str, Any]], None]
+    remove: Callable[[MonitorRig, dict[str, Any]], None]
 
 
-def _p(t: SimTerminal) -> Any:
+def _p(t: MonitorRig) -> Any:
     assert t.printer is not None
     return t.printer
 
 
-def _pad(t: SimTerminal) -> Any:
+def _pad(t: MonitorRig) -> Any:
     assert t.pinpad is not None
     return t.pinpad
 
@@ -166,7 +166,7 @@ def _pct(samples: list[float]) -> dict[str, float]:
     return {"p50_s": round(statistics.median(ordered), 3), "p95_s": round(p95, 3)}
 
 
-def measure_latency(term: SimTerminal, extra: dict[str, Any]) -> dict[str, Any]:
+def measure_latency(term: MonitorRig, extra: dict[str, Any]) -> dict[str, Any]:
     """p50/p95 detection latency per fault kind with real intervals."""
     sections = term.sections()
     # Repeating the same fault would fold it into <area>.flapping after 6 transitions.
@@ -219,7 +219,7 @@ def measure_latency(term: SimTerminal, extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def measure_cpu(term: SimTerminal) -> dict[str, Any]:
+def measure_cpu(term: MonitorRig) -> dict[str, Any]:
     """CPU seconds per full poll cycle of every monitor (poll_once, and sequential)."""
     cfg = term.config()
     monitors = list(build_monitors(cfg, term.context()))
@@ -258,7 +258,7 @@ def main() -> dict[str, Any]:
     """Run both measurements on a fresh simulated terminal; print and return the figures."""
     load_all()
     with tempfile.TemporaryDirectory(prefix="bench-detect-") as d:
-        term = SimTerminal(Path(d))
+        term = MonitorRig(Path(d))
         extra = {"card": card_reader(term.dev / "ttyACM0", sys_root=term.sys)}
         try:
             print(f"   detection latency, interval {INTERVAL_S} s, {REPEATS} runs per kind")

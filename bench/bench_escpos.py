@@ -4,7 +4,7 @@ A poll opens the port, sends DLE EOT 1..4, validates each reply (with the
 settle window that catches multi-byte garbage) and closes. Figures: per-poll
 p50/p95 over the pty (pyserial) and over loopback TCP, the bare reply latency
 of one DLE EOT on the pty, the same poll with settle_s=0, and the cost of a
-poll against a silent printer (timeout + late drain). The DESIGN budget is a
+poll against a silent printer (timeout + late drain). The design budget is a
 reply within 1 s; the poll interval is 2 s. Run: python -m bench.bench_escpos
 """
 

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from agent.redact import Redactor
+from agent.core.redact import Redactor
 
 _PANS = ("4111111111111111", "5555555555554444", "378282246310005", "6011111111111117")
 

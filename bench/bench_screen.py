@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.config import ScreenConfig
-from agent.privacy import capture_screen
+from agent.capture.privacy import capture_screen
+from agent.core.config import ScreenConfig
 from drivers.roots import Roots
 from drivers.screen import GrabOptions, encode_png, grab_png
 from drivers.screen.fbdev import read_framebuffer
 from drivers.screen.x11 import grab_x11
 from drivers.shell import Shell
-from tests.screenkit import known_image, tk_window, xvfb
+from tests.drivers.kit import known_image, tk_window, xvfb
 
 
 def _median_ms(fn: Callable[[], object], runs: int) -> float:

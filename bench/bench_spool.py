@@ -12,9 +12,9 @@ from pathlib import Path
 
 import psutil
 
-from agent.bundle import DeviceInfo, seal, text_entry
-from agent.redact import Redactor
-from agent.spool import Limits, Spool
+from agent.bundle.format import DeviceInfo, seal, text_entry
+from agent.core.redact import Redactor
+from agent.spool.maildir import Limits, Spool
 
 KEY = b"bench-key-0123456789"
 
@@ -35,8 +35,8 @@ def fill(state: Path, n: int) -> None:
     sp = Spool(state, Limits(max_items=10**6, max_bytes=1 << 40, reserve_bytes=0)).open()
     new = sp.root / "new"
     _, data = _bundle(0)
-    from agent.bundle import new_bundle_id
-    from agent.spool import file_name
+    from agent.bundle.format import new_bundle_id
+    from agent.spool.maildir import file_name
 
     for i in range(n):
         bid = new_bundle_id()
@@ -83,7 +83,7 @@ def main() -> dict[str, float]:
                 [
                     sys.executable,
                     "-m",
-                    "agent.cli",
+                    "agent.commands.main",
                     "spool",
                     "list",
                     "--json",

@@ -32,13 +32,14 @@ from pathlib import Path
 import requests
 import structlog
 
-from agent.bundle import DeviceInfo, Entry, seal, text_entry
-from agent.config import Config, UploadConfig
-from agent.redact import Redactor
-from agent.spool import Limits, Spool, file_name
-from agent.upload_worker import WorkerTransport
-from agent.uploader import Uploader, content_digest
-from tests.faultserver import FaultServer, Reply
+from agent.bundle.format import DeviceInfo, Entry, seal, text_entry
+from agent.core.config import Config, UploadConfig
+from agent.core.redact import Redactor
+from agent.spool.maildir import Limits, Spool, file_name
+from agent.upload.protocol import file_digest
+from agent.upload.uploader import Uploader
+from agent.upload.worker import WorkerTransport
+from tests.upload.faultserver import FaultServer, Reply
 
 N_BUNDLES = 500
 BUNDLE_BYTES = 200_000
@@ -92,7 +93,7 @@ def _bare_loop(url: str, paths: list[Path]) -> float:
     t0 = time.perf_counter()
     for p in paths:
         bid = p.name[:36]
-        digest, _ = content_digest(p)
+        digest, _ = file_digest(p)
         with open(p, "rb") as f:
             r = session.put(
                 f"{url}/v1/bundles/{bid}",
@@ -118,7 +119,14 @@ def _server_process(root: Path) -> Iterator[str]:
     """The fast loopback server (reads each body, answers 201) in its own process."""
     port_file = root / "server.port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.faultserver", "--port-file", str(port_file), "--accept-all"],
+        [
+            sys.executable,
+            "-m",
+            "tests.upload.faultserver",
+            "--port-file",
+            str(port_file),
+            "--accept-all",
+        ],
         cwd=Path(__file__).resolve().parent.parent,
     )
     try:

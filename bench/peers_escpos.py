@@ -8,7 +8,7 @@ unplugged) both sides query the same SimPrinter pty, alternately:
 - python-escpos: printer.Serial(devfile, timeout=1): open, is_online()
   (DLE EOT 1), paper_status() (DLE EOT 4), close.
 Recorded: wall time per status query (median of N), and what each returns,
-judged against the right answer for the condition (DESIGN §3: keep "port
+judged against the right answer for the condition (docs/ARCHITECTURE.md §8: keep "port
 gone", "present but silent" and "printer reports a fault" apart; no reply
 is never "no paper", garbage is never a status).
 Run: python -m bench.peers_escpos

@@ -28,7 +28,7 @@ RUNS = 5
 
 
 def _ours(allow: list[str] | None = None) -> Callable[[str], str]:
-    from agent.redact import Redactor
+    from agent.core.redact import Redactor
 
     r = Redactor(allow=allow or [])
     return r.text
@@ -43,7 +43,7 @@ def _scrubadub() -> Callable[[str], str]:
 
 
 def _recall(fn: Callable[[str], str]) -> dict[str, Any]:
-    from tests.test_redact import FORMATS, PANS, pan_survives, render
+    from tests.core.test_redact import FORMATS, PANS, pan_survives, render
 
     present = masked = 0
     by_kind: Counter[str] = Counter()
@@ -71,7 +71,7 @@ def _recall(fn: Callable[[str], str]) -> dict[str, Any]:
 
 
 def _false_positives(fn: Callable[[str], str]) -> dict[str, Any]:
-    from tests.test_redact import LOOKALIKES
+    from tests.core.test_redact import LOOKALIKES
 
     altered = [(cat, text) for cat, text in LOOKALIKES if fn(text) != text]
     return {
@@ -103,7 +103,7 @@ def _throughput(sides: dict[str, Callable[[str], str]]) -> dict[str, float]:
 
 def main() -> dict[str, Any]:
     """Recall, false positives and throughput of both sides; print and return the figures."""
-    from tests.test_redact import ALLOW
+    from tests.core.test_redact import ALLOW
 
     ours = _ours()
     peer = _scrubadub()

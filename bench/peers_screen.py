@@ -51,7 +51,7 @@ def _size(width: int, height: int, tmp: Path) -> dict[str, Any]:
     from drivers.screen import GrabOptions, grab_png
     from drivers.screen.x11 import grab_x11
     from drivers.shell import Shell
-    from tests.screenkit import known_image, tk_window, xvfb
+    from tests.drivers.kit import known_image, tk_window, xvfb
 
     path = tmp / f"card_{width}.png"
     known_image(width, height).save(path)

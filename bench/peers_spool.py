@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.spool import fsync_dir
+from agent.core.files import fsync_dir
 
 ROUNDS = 5
 PER_ROUND = 100
@@ -49,7 +49,7 @@ IMPLS = (
 
 def sound(source: Path | bytes) -> bool:
     """True when source is a complete, structurally valid bundle (zip, manifest, files)."""
-    from agent.bundle import BundleError, BundleReader
+    from agent.bundle.format import BundleError, BundleReader
 
     try:
         with BundleReader(source) as r:
@@ -87,10 +87,10 @@ class Plain:
 
 
 class Ours:
-    """agent.spool.Spool.enqueue."""
+    """agent.spool.maildir.Spool.enqueue."""
 
     def __init__(self, root: Path) -> None:
-        from agent.spool import Limits, Spool
+        from agent.spool.maildir import Limits, Spool
 
         self.spool = Spool(root, Limits(max_items=10**6, max_bytes=1 << 40, reserve_bytes=0)).open()
 
@@ -157,7 +157,7 @@ def child(impl: str, root: str, n: int) -> None:
     out.flush()
     i = 0
     while n < 0 or i < n:
-        from agent.bundle import new_bundle_id
+        from agent.bundle.format import new_bundle_id
 
         _, data = bundles[i % len(bundles)]
         bid = new_bundle_id()
@@ -262,7 +262,7 @@ def kill9(impl: str, tmp: Path, trials: int, rng: random.Random) -> dict[str, in
 
 
 def _round(impl: str, root: Path, bundles: list[tuple[str, bytes]]) -> float:
-    from agent.bundle import new_bundle_id
+    from agent.bundle.format import new_bundle_id
 
     q = make(impl, root)
     ids = [new_bundle_id() for _ in bundles]
@@ -275,7 +275,7 @@ def _round(impl: str, root: Path, bundles: list[tuple[str, bytes]]) -> float:
 
 def _enqueue_with_queue(tmp: Path, queued: int) -> float:
     """Median ms of one Spool.enqueue (20 runs) with `queued` bundles already in new/."""
-    from agent.bundle import new_bundle_id
+    from agent.bundle.format import new_bundle_id
     from bench.bench_spool import fill
 
     state = tmp / "queued"

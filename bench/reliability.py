@@ -117,7 +117,7 @@ def render(results: list[Result], quick: bool, started: datetime, elapsed_s: flo
         "(an exception outside the component's documented error types). A **duplicate**",
         "is a bundle stored more than once. A **stall** is a component that hangs",
         "instead of failing. Evictions by the spool's quota are not losses when they are",
-        "counted for the next manifest (DESIGN §5); an uncounted one is.",
+        "counted for the next manifest (docs/ARCHITECTURE.md §5); an uncounted one is.",
         "",
         "| family | trials | losses | duplicates | stalls | seconds | notes |",
         "|---|---:|---:|---:|---:|---:|---|",

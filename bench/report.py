@@ -147,7 +147,7 @@ def spool_rows(res: dict[str, Any]) -> list[Row]:
         rows.append(
             Row(
                 "spool durability",
-                "0 acknowledged bundles lost; file fsynced before its rename, directory after (DESIGN §5)",
+                "0 acknowledged bundles lost; file fsynced before its rename, directory after (docs/ARCHITECTURE.md §5)",
                 ours_text,
                 peer,
                 peer_text,
@@ -168,7 +168,7 @@ def escpos_rows(res: dict[str, Any]) -> list[Row]:
     rows.append(
         Row(
             "printer status query latency, healthy printer (pty)",
-            "≤ 1000 ms per status poll (DESIGN §3: reply within 1 s)",
+            "≤ 1000 ms per status poll (docs/ARCHITECTURE.md §8: reply within 1 s)",
             f"{_num(ours, ' ms', 1)} DLE EOT 1-4 (median of {h.get('runs')}); "
             f"{_num(h.get('posagent_n1_n4_ms'), ' ms', 1)} for n=1,4 only",
             "python-escpos Serial: open, is_online(), paper_status(), close",

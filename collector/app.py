@@ -12,11 +12,11 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
 6. the body streams into ``data_dir/incoming`` with the limit enforced per
    chunk (413) while its SHA-256 is computed and compared with
    ``Content-Digest: sha-256=:<base64>:`` (400);
-7. the bundle is verified with the reader of agent.bundle: structure (hostile
+7. the bundle is verified with the reader of agent.bundle.format: structure (hostile
    zips), schema, entry digests, and the HMAC when ``device_keys_dir`` holds
    ``<device>.key`` (422 with the one-line reason);
 8. the manifest's bundle_id equals the path id (400) and its device id the
-   token's device (403);
+   token's device (403); its trigger reads as `agent.bundle.trigger.Trigger` (422);
 9. stored once: 201 created, 200 same digest already stored, 409 other digest.
 
 Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
@@ -25,15 +25,13 @@ per-bundle endpoints, the HTML page at ``/``, and ``GET /healthz``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
 import math
-import re
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,14 +54,17 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.bundle import (
+from agent.bundle.format import (
     BundleError,
     BundleReader,
     bundle_id_time,
     is_bundle_id,
     load_key,
 )
-from agent.config import CollectorConfig
+from agent.bundle.style import esc
+from agent.bundle.trigger import Trigger, TriggerError
+from agent.core.timefmt import rfc3339
+from agent.upload.protocol import parse_content_digest
 from collector import pages
 from collector.auth import (
     SESSION_COOKIE,
@@ -73,6 +74,7 @@ from collector.auth import (
     load_operator_auth,
     valid_device_id,
 )
+from collector.config import CollectorConfig
 from collector.ratelimit import RateLimiter
 from collector.storage import BundleRecord, BundleStore, Query, StorageError, open_default
 
@@ -91,7 +93,6 @@ SECURITY_HEADERS = [
         b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     ),
 ]
-_DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):\s*(?:;[^,]*)?(?:,|$)")
 
 
 class _TooLarge(Exception):
@@ -99,7 +100,7 @@ class _TooLarge(Exception):
 
 
 @dataclass
-class Collector:
+class Shared:
     """Everything the request handlers share."""
 
     cfg: CollectorConfig
@@ -136,18 +137,6 @@ def _reply(
     )
 
 
-def parse_content_digest(value: str) -> bytes | None:
-    """The sha-256 value of an RFC 9530 Content-Digest header, or None."""
-    m = _DIGEST_RE.search(value.strip())
-    if not m:
-        return None
-    try:
-        raw = base64.b64decode(m.group(1), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw if len(raw) == 32 else None
-
-
 def parse_time(text: str) -> float | None:
     """since/until: epoch seconds, RFC 3339, or a naive ISO time (taken as UTC); '' is None."""
     text = text.strip()
@@ -180,7 +169,8 @@ def record_from_manifest(
         v = m.get(name)
         return v if isinstance(v, dict) else {}
 
-    trig, dev, red = section("trigger"), section("device"), section("redaction")
+    trig = Trigger.from_json(m.get("trigger"))  # TriggerError: refused at ingest (422)
+    dev, red = section("device"), section("redaction")
     bid = str(m["bundle_id"])
     try:
         created = parse_time(str(m.get("created_at") or "")) or bundle_id_time(bid)
@@ -195,10 +185,10 @@ def record_from_manifest(
         bundle_id=bid,
         device=s(dev, "id", 64),
         site=s(dev, "site"),
-        fault_key=s(trig, "key", 100),
-        severity=s(trig, "severity", 20),
-        trigger_kind=s(trig, "kind", 20),
-        summary=s(trig, "summary", 300),
+        fault_key=trig.key,
+        severity=trig.severity.value,
+        trigger_kind=trig.kind.value,
+        summary=trig.summary[:300],
         created_at=created or received_at,
         received_at=received_at,
         size_bytes=size_bytes,
@@ -211,8 +201,8 @@ def record_from_manifest(
 def record_json(r: BundleRecord) -> dict[str, Any]:
     """A record for the JSON API: times in RFC 3339, links to the bundle's endpoints."""
     d = r.to_dict()
-    d["created_at"] = pages.rfc3339(r.created_at)
-    d["received_at"] = pages.rfc3339(r.received_at)
+    d["created_at"] = rfc3339(r.created_at)
+    d["received_at"] = rfc3339(r.received_at)
     base = f"/v1/bundles/{r.bundle_id}"
     d["links"] = {
         "manifest": base,
@@ -223,7 +213,7 @@ def record_json(r: BundleRecord) -> dict[str, Any]:
 
 
 def _reindex_record(
-    col: Collector, bid: str, data: bytes, received_at: float
+    col: Shared, bid: str, data: bytes, received_at: float
 ) -> BundleRecord | None:
     """The index row for a stored blob the index lost (verified again on the way)."""
     try:
@@ -238,16 +228,20 @@ def _reindex_record(
     if res.manifest["bundle_id"] != bid:
         log.error("stored_bundle_misnamed", bundle_id=bid)
         return None
-    return record_from_manifest(
-        res.manifest,
-        size_bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        signature_checked=res.signature_checked,
-        received_at=received_at,
-    )
+    try:
+        return record_from_manifest(
+            res.manifest,
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            signature_checked=res.signature_checked,
+            received_at=received_at,
+        )
+    except TriggerError as e:
+        log.error("stored_bundle_unreadable", bundle_id=bid, error=str(e))
+        return None
 
 
-def reconcile(col: Collector) -> int:
+def reconcile(col: Shared) -> int:
     """Index stored blobs missing from the index (start-up, in the background)."""
     try:
         added = col.store.reconcile(lambda b, d, t: _reindex_record(col, b, d, t))
@@ -281,10 +275,9 @@ async def _receive_to_file(request: Request, path: Path, limit: int) -> tuple[in
 
 
 def _verify_and_commit(
-    col: Collector, bid: str, device: str, staged: Path, size: int, sha_hex: str
+    col: Shared, bid: str, device: str, staged: Path, size: int, sha_hex: str
 ) -> JSONResponse:
     """Blocking part of ingest (runs in the thread pool)."""
-    import time
 
     try:
         key = col.device_key(device)
@@ -306,13 +299,17 @@ def _verify_and_commit(
     if mdev != device:
         log.warning("bundle_device_mismatch", bundle_id=bid, device=device, manifest_device=mdev)
         return _reply(403, "forbidden", bid, "manifest device differs from the token's device")
-    record = record_from_manifest(
-        m,
-        size_bytes=size,
-        sha256=sha_hex,
-        signature_checked=res.signature_checked,
-        received_at=time.time(),
-    )
+    try:
+        record = record_from_manifest(
+            m,
+            size_bytes=size,
+            sha256=sha_hex,
+            signature_checked=res.signature_checked,
+            received_at=time.time(),
+        )
+    except TriggerError as e:
+        log.warning("bundle_rejected", bundle_id=bid, device=device, reason=str(e))
+        return _reply(422, "invalid_bundle", bid, str(e))
     result = col.store.commit(record, staged)
     if result == "created":
         log.info("bundle_stored", bundle_id=bid, device=device, size_bytes=size)
@@ -324,7 +321,7 @@ def _verify_and_commit(
 
 
 async def put_bundle(request: Request) -> Response:
-    col: Collector = request.app.state.collector
+    col: Shared = request.app.state.collector
     bid = str(request.path_params["bundle_id"])
     if not is_bundle_id(bid):
         return _reply(400, "bad_request", None, "bundle id must be a canonical lower-case UUID")
@@ -398,7 +395,7 @@ def operator_only(html: bool) -> Callable[[Handler], Handler]:
 
     def wrap(fn: Handler) -> Handler:
         async def inner(request: Request) -> Response:
-            col: Collector = request.app.state.collector
+            col: Shared = request.app.state.collector
             if col.operator.allows(
                 request.headers.get("authorization", ""), request.cookies.get(SESSION_COOKIE, "")
             ):
@@ -443,13 +440,13 @@ def _query_from(params: dict[str, str]) -> Query:
     )
 
 
-def _list(col: Collector, q: Query) -> tuple[list[BundleRecord], int, dict[str, int]]:
+def _list(col: Shared, q: Query) -> tuple[list[BundleRecord], int, dict[str, int]]:
     return col.store.index.query(q), col.store.index.count(q), col.store.index.counts(q)
 
 
 @operator_only(html=False)
 async def list_bundles(request: Request) -> Response:
-    col: Collector = request.app.state.collector
+    col: Shared = request.app.state.collector
     try:
         q = _query_from(dict(request.query_params))
     except ValueError as e:
@@ -466,7 +463,7 @@ async def list_bundles(request: Request) -> Response:
     )
 
 
-def _load(col: Collector, bid: str) -> tuple[BundleRecord, bytes] | None:
+def _load(col: Shared, bid: str) -> tuple[BundleRecord, bytes] | None:
     record = col.store.index.get(bid)
     if record is None:
         return None
@@ -478,7 +475,7 @@ def _load(col: Collector, bid: str) -> tuple[BundleRecord, bytes] | None:
 
 
 async def _bundle_or_error(request: Request) -> tuple[BundleRecord, bytes] | Response:
-    col: Collector = request.app.state.collector
+    col: Shared = request.app.state.collector
     bid = str(request.path_params["bundle_id"])
     if not is_bundle_id(bid):
         return _reply(400, "bad_request", None, "bundle id must be a canonical lower-case UUID")
@@ -568,7 +565,7 @@ async def diagnostics(request: Request) -> Response:
 
 @operator_only(html=True)
 async def index_page(request: Request) -> Response:
-    col: Collector = request.app.state.collector
+    col: Shared = request.app.state.collector
     params = {k: v for k, v in request.query_params.items() if v}
     error = ""
     try:
@@ -595,7 +592,7 @@ async def index_page(request: Request) -> Response:
 
 @operator_only(html=True)
 async def bundle_page(request: Request) -> Response:
-    col: Collector = request.app.state.collector
+    col: Shared = request.app.state.collector
     found = await _bundle_or_error(request)
     if isinstance(found, Response):
         code = found.status_code
@@ -612,7 +609,7 @@ def _safe_next(target: str) -> str:
 
 
 async def login(request: Request) -> Response:
-    col: Collector = request.app.state.collector
+    col: Shared = request.app.state.collector
     if not col.operator.enabled:
         return RedirectResponse("/", status_code=303)
     if request.method == "GET":
@@ -657,7 +654,7 @@ async def logout(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    col: Collector = request.app.state.collector
+    col: Shared = request.app.state.collector
     try:
         await run_in_threadpool(col.store.index.get, "00000000-0000-0000-0000-000000000000")
     except StorageError as e:
@@ -678,7 +675,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         status = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
         return _reply(exc.status_code, status, None, str(exc.detail), headers=exc.headers)
     return HTMLResponse(
-        pages.layout("posagent collector", f"<h1>{exc.status_code}: {pages.esc(exc.detail)}</h1>"),
+        pages.layout("posagent collector", f"<h1>{exc.status_code}: {esc(exc.detail)}</h1>"),
         status_code=exc.status_code,
         headers=exc.headers,
     )
@@ -720,7 +717,7 @@ class SecurityHeaders:
 
 def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Starlette:
     """The collector application for cfg; store defaults to files + SQLite under data_dir."""
-    col = Collector(
+    col = Shared(
         cfg=cfg,
         store=store or open_default(cfg.data_dir),
         tokens=TokenStore(cfg.tokens_file),

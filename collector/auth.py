@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.core.files import atomic_write
+
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SESSION_COOKIE = "posagent_operator"
@@ -160,22 +162,7 @@ def add_device(path: str | Path, device_id: str, *, rotate: bool = False) -> str
         table[device_id] = hash_token(token)
         body = "# posagent collector device tokens: <device_id> <sha256 hex of token>\n"
         body += "".join(f"{d} {h}\n" for d, h in sorted(table.items()))
-        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(p, body.encode("utf-8"), mode=0o600)
         return token
     finally:
         os.close(lock_fd)

@@ -1,4 +1,4 @@
-"""`posagent collector serve|add-device` (registered in agent/cli.py; imports stay lazy)."""
+"""`posagent collector serve|add-device`, run by agent/commands/collector.py."""
 
 from __future__ import annotations
 
@@ -7,13 +7,22 @@ import signal
 import sys
 from pathlib import Path
 
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73
-EX_CONFIG = 78
+import structlog
+
+from agent.core import log as agent_log
+from agent.core.config import load_config
+from agent.core.exits import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_OK,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+)
+from agent.core.redact import Redactor
+from collector.auth import TokenFileError, add_device
+from collector.config import load_collector_config
+from collector.storage import StorageError
 
 
 def _err(text: str) -> None:
@@ -31,10 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 def cmd_add_device(args: argparse.Namespace) -> int:
     """Print a new token for DEVICE_ID once; tokens_file keeps only its SHA-256."""
-    from agent.config import load_config
-    from collector.auth import TokenFileError, add_device
-
-    cfg = load_config(args.config).collector
+    cfg = load_collector_config(args.config)
     try:
         token = add_device(cfg.tokens_file, args.device_id, rotate=args.rotate)
     except ValueError as e:
@@ -59,22 +65,15 @@ def cmd_add_device(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the collector on uvicorn until SIGINT/SIGTERM."""
-    from agent import log as agent_log
-    from agent.config import load_config
-    from agent.redact import Redactor
-
     cfg = load_config(args.config)
-    ccfg = cfg.collector
+    ccfg = load_collector_config(args.config)
     agent_log.configure(cfg.agent.log_level, cfg.agent.log_format, Redactor(), sys.stderr)
     try:
-        from collector.auth import TokenFileError
+        # lazy: the collector extra (starlette, uvicorn) is not installed on terminals
         from collector.server import bind, parse_listen, serve
-        from collector.storage import StorageError
     except ImportError as e:
         _err(f"posagent collector serve: install the collector extra (posagent[collector]): {e}")
         return EX_UNAVAILABLE
-    import structlog
-
     log = structlog.get_logger("collector")
     try:
         host, port = parse_listen(args.listen or ccfg.listen)

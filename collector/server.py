@@ -9,8 +9,8 @@ from typing import Any
 
 import uvicorn
 
-from agent.config import CollectorConfig
 from collector.app import create_app
+from collector.config import CollectorConfig
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

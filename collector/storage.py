@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from agent.bundle import is_bundle_id
-from agent.spool import fsync_dir
+from agent.bundle.format import is_bundle_id
+from agent.core.files import fsync_dir
 
 CommitResult = Literal["created", "exists", "conflict"]
 

@@ -63,7 +63,7 @@ class LinkState:
 
     @property
     def up(self) -> bool:
-        """True only with carrier 1 and operstate "up" (DESIGN §3 network.link_down)."""
+        """True only with carrier 1 and operstate "up" (docs/ARCHITECTURE.md §8 network.link_down)."""
         return self.exists and self.carrier is True and self.operstate == "up"
 
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from drivers.roots import Roots
 
 # Attribute files read one by one; each may be missing (not supported) or fail.
@@ -283,7 +285,6 @@ def read_power_supplies(roots: Roots) -> tuple[list[PowerSupply], list[str]]:
 
 
 def _psutil_status() -> PowerStatus:
-    import psutil
 
     if not hasattr(psutil, "sensors_battery"):
         return PowerStatus(source="none")

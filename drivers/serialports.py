@@ -163,7 +163,7 @@ class FdChannel:
 
 def open_serial(path: str | Path, baudrate: int = 9600) -> tuple[serial.Serial, FdChannel]:
     """Open and configure a serial port with pyserial; I/O goes through the FdChannel."""
-    import serial  # local: pyserial is only needed by serial users
+    import serial  # lazy: pyserial loads only on terminals with serial devices
 
     port = serial.Serial()
     port.port = str(path)
@@ -319,6 +319,7 @@ def _is_placeholder(roots: Roots, port: PortInfo) -> bool:
 
 
 def _from_list_ports() -> list[PortInfo]:
+    # lazy: pyserial loads only on terminals with serial devices
     from serial.tools import list_ports_linux
 
     out: list[PortInfo] = []

@@ -11,6 +11,7 @@ import ctypes
 import errno
 import functools
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -130,7 +131,6 @@ def read_system(
 
 def read_interfaces() -> dict[str, dict[str, Any]]:
     """Every network interface: up, speed, IPv4/IPv6 addresses (psutil)."""
-    import socket
 
     stats = psutil.net_if_stats()
     out: dict[str, dict[str, Any]] = {}

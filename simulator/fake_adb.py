@@ -187,7 +187,7 @@ def render_getprop(props: Mapping[str, str]) -> str:
 
 def render_screencap(screen: Mapping[str, Any], focus: Mapping[str, Any] | None) -> bytes:
     """A PNG of the simulated screen: a solid background with a bar naming the focused app."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # lazy: fake adb answers most calls without Pillow
 
     w, h = int(screen.get("width", 320)), int(screen.get("height", 240))
     color = tuple(int(c) for c in screen.get("color", [30, 120, 200]))[:3]

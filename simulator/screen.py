@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drivers.screen.x11 import parse_xwininfo_tree
+
 SALE_TITLE = "POS - Sale"
 PIN_TITLE = "PIN entry"
 
@@ -188,7 +190,6 @@ class TkWindow:
 
     def window_id(self, title: str) -> int:
         """The X window id carrying this title (from xwininfo)."""
-        from drivers.screen.x11 import parse_xwininfo_tree
 
         tree = subprocess.run(
             ["xwininfo", "-display", self.display, "-root", "-tree"],
@@ -208,7 +209,7 @@ class TkWindow:
 
 
 def _paint(image: str, title: str) -> None:
-    import tkinter as tk
+    import tkinter as tk  # lazy: Tk only in the POS window's own process
 
     root = tk.Tk()
     photo = tk.PhotoImage(file=image)
@@ -246,7 +247,7 @@ def _paint(image: str, title: str) -> None:
 
 def render_pos_screen(kind: str, width: int = 320, height: int = 240) -> Any:
     """A PIL image of the POS app: "sale" (basket, total) or "pin" (PIN entry keypad)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # lazy: Pillow only when a picture is drawn
 
     img = Image.new("RGB", (width, height), (236, 240, 245))
     d = ImageDraw.Draw(img)

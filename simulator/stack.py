@@ -39,6 +39,7 @@ Two options change where the agent runs (root / libfaketime needed):
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -80,7 +81,7 @@ class StackError(RuntimeError):
 
 def posagent_argv() -> list[str]:
     """How to run the `posagent` CLI with this interpreter."""
-    return [sys.executable, "-m", "agent.cli"]
+    return [sys.executable, "-m", "agent.commands.main"]
 
 
 def free_port() -> int:
@@ -546,7 +547,6 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 def bundle_texts(data: bytes) -> dict[str, str]:
     """Every text/JSON entry of a bundle zip, decoded (images skipped)."""
-    import io
 
     out: dict[str, str] = {}
     with zipfile.ZipFile(io.BytesIO(data)) as z:
@@ -559,7 +559,6 @@ def bundle_texts(data: bytes) -> dict[str, str]:
 
 def bundle_names(data: bytes) -> list[str]:
     """Entry names of a bundle zip."""
-    import io
 
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         return z.namelist()

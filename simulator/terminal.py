@@ -445,7 +445,7 @@ class SimTerminal:
                 "cooldown_s": 2.0,
                 "burst": 10,
                 "bundles_per_hour": 600.0,
-                "collector_timeout_s": 1.0,
+                "probe_timeout_s": 1.0,
                 "total_budget_s": 3.0,
                 "trigger_dir": str(self.trigger_dir),
                 "persist_interval_s": 5.0,

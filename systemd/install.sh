@@ -39,7 +39,7 @@ mkdir -p "$opt"
 if [ -f "$src/README.md" ]; then cp "$src/README.md" "$opt/README.md"; fi
 
 mkdir -p "$etc" "$unitdir" "$sysusers" "$tmpfiles"
-sample=$("$opt/venv/bin/python" -c 'from agent.config import SAMPLE_CONFIG; print(SAMPLE_CONFIG)')
+sample=$("$opt/venv/bin/python" -c 'from agent.core.config import SAMPLE_CONFIG; print(SAMPLE_CONFIG)')
 if [ -f "$etc/agent.toml" ]; then
   say "keeping existing $etc/agent.toml (sample at $sample)"
 else

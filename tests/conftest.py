@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis under load: CI runs on a machine that may be busy, so example generation
+# may be slow and no example has a deadline; the examples themselves are unchanged.
+# `make test` selects "ci" when CI is set; HYPOTHESIS_PROFILE picks another.
+settings.register_profile(
+    "ci",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    print_blob=True,
+)
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -84,7 +101,7 @@ def config_file(tmp_path: Path) -> Path:
 
 def posagent_argv(*args: str) -> list[str]:
     """argv running the installed CLI with this interpreter."""
-    return [sys.executable, "-m", "agent.cli", *args]
+    return [sys.executable, "-m", "agent.commands.main", *args]
 
 
 def is_root() -> bool:
@@ -100,3 +117,15 @@ def _fresh_structlog() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+def wait_until(pred: Callable[[], Any], timeout_s: float = 5.0, step_s: float = 0.02) -> Any:
+    """Poll `pred` until it returns something true (returned) or the deadline passes (its
+    last value). The one way tests wait for a state: never a fixed sleep standing in for one."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step_s)
+    return pred()

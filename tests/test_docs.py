@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from agent.cli import build_parser
-from agent.config import SAMPLE_CONFIG
+from agent.commands.main import build_parser
+from agent.core.config import SAMPLE_CONFIG
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

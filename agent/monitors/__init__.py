@@ -8,13 +8,15 @@ registers a factory in one line::
         return [PowerMonitor(cfg.power, ctx.roots)]
 
 A factory turns the config into zero or more monitors (one per printer, for
-instance). The scheduler (agent/scheduler.py) runs each monitor's `poll` at
+instance). The scheduler (agent/monitors/scheduler.py) runs each monitor's `poll` at
 its `interval_s` with a `timeout_s`. Convention that keeps agent.monitor_failed
 clearable: a monitor's `name` is the source of its readings ("power") or
 their area ("printer" for "printer:receipt", or "printer:receipt" itself).
 
-This package holds only the protocol and the registry; `load_all()` imports
-every module beside it so their decorators run.
+Beside the monitor modules live the scheduler that runs them and the watched
+directories (crash/ANR dirs, log tails, the trigger dir). This `__init__` holds
+only the protocol and the registry; `load_all()` imports every monitor module
+beside it so their decorators run. Imports core and drivers only.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 import structlog
 
-from agent.config import Config
-from agent.model import Reading
+from agent.core.config import Config
+from agent.core.model import Reading
 from drivers.roots import Roots
 from drivers.shell import Shell
 
@@ -101,10 +103,16 @@ def registered() -> dict[str, Factory]:
     return dict(_REGISTRY)
 
 
+# Modules of this package that are not monitors (nothing to register).
+NOT_MONITORS = frozenset({"scheduler", "watch"})
+
+
 def load_all() -> list[str]:
     """Import every module of this package so their @register lines run; returns their names."""
     names: list[str] = []
     for info in pkgutil.iter_modules(__path__):
+        if info.name in NOT_MONITORS:
+            continue
         importlib.import_module(f"{__name__}.{info.name}")
         names.append(info.name)
     return names

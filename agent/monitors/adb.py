@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 
-from agent.config import Config
-from agent.model import Reading
+from agent.core.config import Config
+from agent.core.model import Reading
 from agent.monitors import Monitor, MonitorContext, register
 from drivers.shell import Shell, ShellError, ShellTimeout, ShellUnavailable
 

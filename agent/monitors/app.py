@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import AppConfig, Config
-from agent.model import Reading
+from agent.core.config import AppConfig, Config
+from agent.core.model import Reading
 from agent.monitors import Monitor, MonitorContext, register
 from drivers import android
 from drivers.shell import Shell

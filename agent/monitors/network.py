@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from agent.config import Config, NetworkConfig
-from agent.model import Reading
+from agent.core.config import Config, NetworkConfig
+from agent.core.model import Reading
 from agent.monitors import Monitor, MonitorContext, register
 from drivers import android
 from drivers.network import (

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import Config, PowerConfig
-from agent.model import Reading
+from agent.core.config import Config, PowerConfig
+from agent.core.model import Reading
 from agent.monitors import Monitor, MonitorContext, register
 from drivers import android
 from drivers.power import PowerStatus, read_power_status

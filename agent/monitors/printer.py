@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import Config, PrinterConfig
-from agent.model import Reading
+from agent.core.config import Config, PrinterConfig
+from agent.core.model import Reading
 from agent.monitors import Monitor, MonitorContext, register
 from drivers.escpos import PrinterLinkState, PrinterStatus, poll_printer
 from drivers.roots import Roots

@@ -39,8 +39,9 @@ from typing import Any
 
 import structlog
 
-from agent.config import Config, SerialConfig
-from agent.model import Reading
+from agent.core.config import Config, SerialConfig
+from agent.core.files import atomic_write
+from agent.core.model import Reading
 from agent.monitors import Monitor, MonitorContext, register
 from drivers.roots import Roots
 from drivers.serialports import (
@@ -98,7 +99,6 @@ class IdentityBaseline:
     def _save(self, data: dict[str, str]) -> None:
         if self.path is None:
             return
-        from agent.spool import atomic_write
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import Config, SystemConfig
-from agent.model import Reading
+from agent.core.config import Config, SystemConfig
+from agent.core.model import Reading
 from agent.monitors import Monitor, MonitorContext, register
 from drivers.shell import Shell
 from drivers.system import (

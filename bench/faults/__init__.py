@@ -23,7 +23,7 @@ import structlog
 
 # Defects this suite found that are not fixed yet: id -> what happens and where to fix it.
 # A loss or stall attributed to one of these is still counted (and fails the run);
-# tests/test_reliability.py keeps them apart from new ones.
+# tests/e2e/test_reliability.py keeps them apart from new ones.
 # Defects this suite found, by id, while they still reproduce. Found and fixed
 # since: reader-zip-version (an unsupported zip version escaped BundleReader as
 # NotImplementedError), housekeep-clock (spool aging by wall-clock time deleted

@@ -6,8 +6,8 @@ import random
 import time
 from pathlib import Path
 
-from agent.bundle import DeviceInfo, SealedBundle, new_bundle_id, seal, text_entry
-from agent.spool import Limits, Spool
+from agent.bundle.format import DeviceInfo, SealedBundle, new_bundle_id, seal, text_entry
+from agent.spool.maildir import Limits, Spool
 from bench.faults import Result
 
 DAY = 86400.0
@@ -31,7 +31,7 @@ def _id_made_at(created_s: float) -> str:
     new_bundle_id is monotonic within a process (it never goes back below the
     last id it made), so the skewed id is made as by a freshly started process.
     """
-    import agent.bundle as ab
+    import agent.bundle.format as ab
 
     saved = ab._uuid_last
     ab._uuid_last = (0, 0)
@@ -42,8 +42,8 @@ def _id_made_at(created_s: float) -> str:
 
 
 def _bundle(note: str, created_s: float) -> SealedBundle:
-    from agent.redact import Redactor
-    from tests.spoolutil import KEY
+    from agent.core.redact import Redactor
+    from tests.bundle.kit import KEY
 
     return seal(
         device=DeviceInfo(id="T-CLOCK"),
@@ -58,9 +58,9 @@ def _bundle(note: str, created_s: float) -> SealedBundle:
 
 def clock_jumps(quick: bool, work: Path) -> Result:
     """The wall clock jumps back and forward (±60 s to ±10 years) between uploads that fail with 5xx, Retry-After and resets, over bundles whose ids were made with skewed clocks; then connectivity comes back. Also the fault engine fed readings while the wall clock jumps."""
-    from agent.uploader import MAX_RETRY_AFTER_S, Uploader
+    from agent.upload.uploader import MAX_RETRY_AFTER_S, Uploader
     from bench.faults.storage import _uploader_config
-    from tests.faultserver import FaultServer, Reply, ResetMidBody
+    from tests.upload.faultserver import FaultServer, Reply, ResetMidBody
 
     res = Result("clock_jumps", "clock jumps back and forward")
     rng = random.Random(41)
@@ -153,9 +153,9 @@ def _sha(data: bytes) -> str:
 
 def _engine_trials(res: Result, rng: random.Random, n: int) -> None:
     """The fault engine keeps hysteresis on the monotonic clock: wall jumps change nothing."""
-    from agent.config import Config
-    from agent.faults import FaultEngine
-    from agent.model import Reading
+    from agent.core.config import Config
+    from agent.core.model import Reading
+    from agent.faults.engine import FaultEngine
 
     def run(jumps: list[float]) -> list[tuple[str, str]]:
         mono = [1000.0]

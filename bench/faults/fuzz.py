@@ -79,9 +79,9 @@ Target = tuple[str, Callable[[str], Any], tuple[type[BaseException], ...], list[
 
 
 def _targets() -> list[Target]:
-    from agent.redact import Redactor
-    from agent.uploader import parse_retry_after
-    from agent.watch import parse_trigger
+    from agent.core.redact import Redactor
+    from agent.monitors.watch import parse_trigger
+    from agent.upload.uploader import parse_retry_after
     from collector.app import parse_content_digest, parse_time
     from collector.auth import TokenFileError, parse_tokens
     from drivers import android, kmsg, network, power, serialports, system

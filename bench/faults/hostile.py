@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.bundle import BundleError, BundleReader
+from agent.bundle.format import BundleError, BundleReader
 from bench.faults import Result
 from bench.faults.storage import unsupported_version
 
@@ -32,7 +32,7 @@ EVIL_NAMES = (
 
 
 def _zip_with(base: bytes, extra: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
-    from tests.test_collector import zip_with
+    from tests.collector.test_app import zip_with
 
     return zip_with(base, extra)
 
@@ -177,7 +177,7 @@ def _files_outside(root: Path, allowed: Path) -> list[Path]:
 
 def bundles(quick: bool, work: Path) -> Result:
     """The bundle reader (verify with the device key, then extract) fed crafted hostile zips (path traversal, absolute and drive names, symlink, directory and encrypted entries, duplicates, 600 entries, bombs, oversized entries, manifest and signature tampering, truncated, empty, garbage) and randomly damaged bundles: every one refused with a BundleError or, if intact, read back identical; nothing written outside the extraction directory."""
-    from tests.spoolutil import KEY, small_bundle
+    from tests.bundle.kit import KEY, small_bundle
 
     res = Result("hostile_bundles", "hostile bundles (reader)")
     rng = random.Random(81)
@@ -239,15 +239,17 @@ def bundles(quick: bool, work: Path) -> Result:
 
 def uploads(quick: bool, work: Path) -> Result:
     """The collector (Starlette on uvicorn) sent the same hostile zips with valid headers, header attacks (no, wrong or another device's token, another device's manifest, wrong or missing digest, id and Idempotency-Key mismatches, content type, traversal ids in the path, oversized declared body), and randomly damaged bundles: each refused with a 4xx and not stored, no 5xx, nothing written outside the data dir, and a good upload still stored afterwards."""
+    from agent.upload.protocol import content_digest
     from collector.auth import add_device
-    from collector.testing import TEST_KEY, content_digest, make_bundle, upload_headers
-    from tests.test_collector import DEV, Env
+    from tests.bundle.kit import KEY, make_bundle
+    from tests.collector.kit import upload_headers
+    from tests.collector.test_app import DEV, Env
 
     res = Result("hostile_uploads", "hostile uploads (collector)")
     rng = random.Random(91)
     env = Env(work, rate_per_minute=1_000_000)
     try:
-        (work / "keys" / f"{DEV}.key").write_bytes(TEST_KEY + b"\n")  # HMAC checked
+        (work / "keys" / f"{DEV}.key").write_bytes(KEY + b"\n")  # HMAC checked
         other_token = add_device(env.cfg.tokens_file, "T-0009")
         first = make_bundle(device=DEV, seed=1)
         if env.upload(first).status_code != 201:
@@ -319,7 +321,7 @@ def uploads(quick: bool, work: Path) -> Result:
                 stored = env.http.get(f"{env.url}/v1/bundles/{src.bundle_id}/download", timeout=10)
                 try:
                     with BundleReader(stored.content) as rd:
-                        rd.verify(TEST_KEY)
+                        rd.verify(KEY)
                 except BundleError as e:
                     res.loss(f"mutation {i}: stored although it does not verify: {e}")
         last = make_bundle(device=DEV, seed=9999)

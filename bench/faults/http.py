@@ -12,13 +12,13 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-from agent.spool import Limits, Spool
+from agent.spool.maildir import Limits, Spool
 from bench.faults import Result
 
 
 def _modes() -> list[tuple[str, list[Any], bool]]:
     """(name, behaviours scripted for the first requests, permanent rejection expected)."""
-    from tests.faultserver import (
+    from tests.upload.faultserver import (
         CommitThenDrop,
         Garbage,
         Hang,
@@ -73,19 +73,19 @@ class _Trial:
     """One spool with a few bundles, drained through faults until it is empty or time is up."""
 
     def __init__(self, work: Path, name: str, rng: random.Random) -> None:
-        from tests.faultserver import sized_bundle
+        from tests.bundle.kit import small_bundle
 
         self.state = work / name
         self.spool = Spool(self.state, Limits(reserve_bytes=0)).open()
         self.bundles = {}
         for i in range(3):
-            b = sized_bundle(rng.choice((3_000, 40_000, 150_000)), f"{name} {i}")
+            b = small_bundle(f"{name} {i}", size_bytes=rng.choice((3_000, 40_000, 150_000)))
             self.spool.enqueue(b.bundle_id, b.data, 2 - i)  # the first one is tried first
             self.bundles[b.bundle_id] = hashlib.sha256(b.data).hexdigest()
         self.first = next(iter(self.bundles))
 
     def drain(self, cfg: Any, rounds: int = 12) -> None:
-        from agent.uploader import Uploader
+        from agent.upload.uploader import Uploader
         from bench.faults.clock import Wall
 
         wall = Wall()
@@ -120,7 +120,7 @@ class _Trial:
 
 def http_failures(quick: bool, work: Path) -> Result:
     """Each failure mode of the collector (resets mid-body, hangs, trickles, garbage, stored-then-dropped, 408/429/503 with every Retry-After form, 5xx, 401/403, 3xx, 204, 400/409/413/422), connection refused, DNS failure and an untrusted TLS certificate: every bundle ends stored once, or kept in failed/ for a permanent rejection; never lost."""
-    from tests.faultserver import FaultServer, make_pki, server_tls_context
+    from tests.upload.faultserver import FaultServer, make_pki, server_tls_context
 
     res = Result("http_failures", "HTTP failure modes (fault server)")
     OUTCOMES.clear()

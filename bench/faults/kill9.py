@@ -1,7 +1,7 @@
 """kill -9 loops: a child enqueueing, capturing or uploading is SIGKILLed at random points.
 
 The enqueue and upload children are the ones the spool and uploader tests use
-(tests/test_spool_crash.py, tests/test_uploader_kill.py); the capture child runs
+(tests/spool/test_crash.py, tests/upload/test_uploader_kill.py); the capture child runs
 `Capturer.capture` with real diagnostics collectors. After every kill the
 spool is reopened as a restarted daemon would, and every bundle the child
 acknowledged (its id written to a pipe after the call returned) must be there
@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.bundle import BundleError, verify_file
-from agent.spool import Limits, Spool
+from agent.bundle.format import BundleError, verify_file
+from agent.spool.maildir import Limits, Spool
 from bench.faults import Result
+from drivers.roots import Roots
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,8 +87,8 @@ def _kill_loop(
 
 def enqueue(quick: bool, work: Path) -> Result:
     """kill -9 of a process enqueueing bundles (tmp → fsync → rename → fsync new/)."""
-    from tests.spoolutil import KEY
-    from tests.test_spool_crash import _child_enqueue_forever
+    from tests.bundle.kit import KEY
+    from tests.spool.test_crash import _child_enqueue_forever
 
     res = Result("kill9_enqueue", "kill -9 during enqueue")
     _kill_loop(res, work, _child_enqueue_forever, 50 if quick else 500, (0.0, 0.06), 11, KEY)
@@ -103,10 +104,10 @@ CAPTURE_KEY = b"reliability-capture-key-0123456789"
 def _child_capture_forever(state: Path, wfd: int) -> None:
     """In a forked child: Capturer.capture in a loop, acknowledging each bundle id."""
     try:
-        from agent.capture import Capturer
-        from agent.config import AgentConfig, Config
-        from agent.diagnostics import Collector, system_snapshot
-        from agent.redact import Redactor
+        from agent.capture.capturer import Capturer
+        from agent.capture.probes import Probe, system_snapshot
+        from agent.core.config import AgentConfig, Config
+        from agent.core.redact import Redactor
 
         cfg = Config(agent=AgentConfig(device_id="T-KILL", site="Bench", state_dir=str(state)))
         spool = Spool(state, Limits(reserve_bytes=0, max_items=100_000, max_bytes=1 << 34)).open()
@@ -116,9 +117,9 @@ def _child_capture_forever(state: Path, wfd: int) -> None:
             spool,
             CAPTURE_KEY,
             Redactor(),
-            collectors=[
-                Collector("system", system_snapshot),
-                Collector("log_tail", lambda: "printer: paper end\n" * rng.randint(1, 2000)),
+            probes=[
+                Probe("system", lambda: system_snapshot(Roots())),
+                Probe("log_tail", lambda: "printer: paper end\n" * rng.randint(1, 2000)),
             ],
             timeline=lambda: [
                 {"source": "printer:receipt", "ts": time.time(), "values": {"paper_end": True}}
@@ -151,11 +152,12 @@ def capture(quick: bool, work: Path) -> Result:
 
 def upload(quick: bool, work: Path) -> Result:
     """kill -9 of an uploading process mid-body, against a store server in its own process."""
-    from agent.config import load_config
-    from agent.uploader import Uploader
+    from agent.core.config import load_config
+    from agent.upload.uploader import Uploader
+    from tests.bundle.kit import small_bundle
     from tests.conftest import write_config
-    from tests.faultserver import sized_bundle, store_process, store_state
-    from tests.test_uploader_kill import _child_upload_forever, kill_uploading_child
+    from tests.upload.faultserver import store_process, store_state
+    from tests.upload.test_uploader_kill import _child_upload_forever, kill_uploading_child
 
     res = Result("kill9_upload", "kill -9 during upload")
     n_bundles, kills = (30, 20) if quick else (200, 160)
@@ -166,7 +168,7 @@ def upload(quick: bool, work: Path) -> Result:
     rng = random.Random(13)
     ids: set[str] = set()
     for i in range(n_bundles):
-        b = sized_bundle(rng.choice((40_000, 80_000, 120_000)), f"kill {i}")
+        b = small_bundle(f"kill {i}", size_bytes=rng.choice((40_000, 80_000, 120_000)))
         spool.enqueue(b.bundle_id, b.data, rng.choice((0, 1, 2)))
         ids.add(b.bundle_id)
     worker_kills = 0

@@ -13,9 +13,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from agent.bundle import BundleError, new_bundle_id, verify_file
-from agent.config import AgentConfig, Config, UploadConfig
-from agent.spool import Limits, Spool, SpoolError, file_name
+from agent.bundle.format import BundleError, new_bundle_id, verify_file
+from agent.core.config import AgentConfig, Config, UploadConfig
+from agent.spool.maildir import Limits, Spool, SpoolError, file_name
 from bench.faults import Result, is_root, remount, tmpfs
 
 
@@ -42,9 +42,9 @@ def _uploader_config(state: Path, endpoint: str) -> Config:
 
 def full_disk(quick: bool, work: Path) -> Result:
     """A 1 MiB tmpfs filled again and again: enqueues and captures are refused cleanly, nothing partial, nothing acknowledged lost, every eviction counted."""
-    from agent.capture import Capturer
-    from agent.redact import Redactor
-    from tests.spoolutil import KEY, small_bundle
+    from agent.capture.capturer import Capturer
+    from agent.core.redact import Redactor
+    from tests.bundle.kit import KEY, small_bundle
 
     res = Result("full_disk", "full disk (1 MiB tmpfs)")
     if not is_root():
@@ -188,10 +188,10 @@ def _wait(cond: Any, timeout_s: float) -> bool:
 
 def readonly_state(quick: bool, work: Path) -> Result:
     """The running daemon's state dir is remounted read-only and back, in cycles: captures are refused and counted, the daemon's loops keep running, queued bundles are kept and uploaded afterwards."""
-    from agent.config import load_config
-    from agent.daemon import Agent
-    from agent.model import FaultEvent, FaultState, Severity
-    from tests.faultserver import FaultServer
+    from agent.core.config import load_config
+    from agent.core.model import FaultEvent, FaultState, Severity
+    from agent.daemon.runner import Agent
+    from tests.upload.faultserver import FaultServer
 
     res = Result("readonly_state", "read-only state dir (remount ro)")
     if not is_root():
@@ -259,7 +259,7 @@ def readonly_state(quick: bool, work: Path) -> Result:
             stale_cur = sum(1 for _ in agent.spool.items("cur"))
         finally:
             agent.stop()
-        from agent.uploader import Uploader
+        from agent.upload.uploader import Uploader
 
         spool = Spool(mnt / "state").open()  # the next start: cur/ back to new/, sent again
         again = Uploader(cfg, spool).drain_once(deadline_s=30).uploaded
@@ -305,7 +305,7 @@ def _rezip(data: bytes, edit: Any) -> bytes:
 
 
 def _verifies(data: bytes) -> bool:
-    from agent.bundle import BundleReader
+    from agent.bundle.format import BundleReader
 
     try:
         with BundleReader(data) as r:
@@ -351,9 +351,9 @@ FOREIGN = ("README", ".hidden", "x.zip", "core", "{id}.zip", "{id}.p9.zip", "{id
 
 def corrupt_spool(quick: bool, work: Path) -> Result:
     """Zero-length, truncated, garbage, bit-flipped and edited bundles, a bundle under another id, foreign files in every state dir, unreadable retry sidecars and eviction counts: the restarted agent quarantines the bad ones with a reason and uploads every good one."""
-    from agent.uploader import Uploader
-    from tests.faultserver import FaultServer
-    from tests.spoolutil import small_bundle
+    from agent.upload.uploader import Uploader
+    from tests.bundle.kit import small_bundle
+    from tests.upload.faultserver import FaultServer
 
     res = Result("corrupt_spool", "corrupt spool")
     rng = random.Random(31)
@@ -454,9 +454,9 @@ def corrupt_spool(quick: bool, work: Path) -> Result:
 
 def special_files(quick: bool, work: Path) -> Result:
     """Special files named like bundles in new/ (a directory, a dangling symlink, a symlink to /etc/passwd, a FIFO): the uploader must quarantine them and go on, not hang."""
-    from agent.uploader import Uploader
-    from tests.faultserver import FaultServer
-    from tests.spoolutil import small_bundle
+    from agent.upload.uploader import Uploader
+    from tests.bundle.kit import small_bundle
+    from tests.upload.faultserver import FaultServer
 
     res = Result("special_files", "special files in the spool")
     state = work / "state"

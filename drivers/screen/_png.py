@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from drivers.screen.errors import ScreenInvalid
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow stays out of the daemon's process
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PIXELS = 64_000_000
@@ -16,6 +16,7 @@ MAX_PIXELS = 64_000_000
 
 def decode_png(data: bytes, label: str) -> Image.Image:
     """Check the signature and decode fully; ScreenInvalid("<label>: ...") otherwise."""
+    # lazy: Pillow stays out of the daemon's process
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -49,7 +50,7 @@ def encode_png(img: Image.Image, compress_level: int = 6) -> bytes:
 
 def downscale(img: Image.Image, max_width: int) -> Image.Image:
     """Shrink to max_width keeping the aspect ratio; 0 or a narrower image: unchanged."""
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow stays out of the daemon's process
 
     if max_width <= 0 or img.width <= max_width:
         return img

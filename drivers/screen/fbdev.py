@@ -24,7 +24,7 @@ from drivers.screen._deadline import run_with_deadline
 from drivers.screen.errors import ScreenUnavailable
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow stays out of the daemon's process
 
 FBIOGET_VSCREENINFO = 0x4600
 FBIOGET_FSCREENINFO = 0x4602
@@ -348,7 +348,7 @@ def visible_span(geom: FbGeometry) -> tuple[int, int]:
 
 def decode_visible(data: bytes, geom: FbGeometry) -> Image.Image:
     """Decode the visible area from bytes that start at visible_span()'s offset."""
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow stays out of the daemon's process
 
     check_geometry(geom)
     mode, raw = rawmode(geom)

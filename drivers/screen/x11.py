@@ -24,7 +24,7 @@ def grab_x11(display: str, timeout_s: float) -> Image.Image:
         raise ScreenUnavailable("x11: no display configured and DISPLAY unset")
 
     def grab() -> Image.Image:
-        from PIL import ImageGrab
+        from PIL import ImageGrab  # lazy: Pillow stays out of the daemon's process
 
         try:
             img = ImageGrab.grab(xdisplay=display)

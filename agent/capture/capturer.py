@@ -1,0 +1,239 @@
+"""Capture: screenshot, diagnostics and timeline in parallel, sealed into the spool.
+
+One entry point, `Capturer.capture(trigger)`, used by the daemon's capture
+worker, `posagent report` and the trigger directory alike.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent import __version__
+from agent.bundle.format import DeviceInfo, Entry, json_entry, seal, text_entry
+from agent.bundle.trigger import Trigger
+from agent.capture.probes import Probe
+from agent.core.config import Config
+from agent.core.redact import Redactor
+from agent.core.timefmt import rfc3339
+from agent.spool.maildir import Spool
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ScreenShot:
+    """What the screen stage produced: PNG bytes or None, and the manifest status."""
+
+    png: bytes | None
+    status: str  # captured | masked | skipped:<reason>
+
+
+@dataclass
+class CaptureResult:
+    """A captured bundle: durable in spool/new when this exists."""
+
+    bundle_id: str
+    path: Path
+    size_bytes: int
+    manifest: dict[str, Any]
+    duration_s: float
+    probe_errors: dict[str, str] = field(default_factory=dict)
+
+
+def device_info(cfg: Config) -> DeviceInfo:
+    """The manifest `device` block from config."""
+    return DeviceInfo(
+        id=cfg.agent.device_id,
+        site=cfg.agent.site,
+        model=cfg.agent.model or platform.machine(),
+        serial=cfg.agent.serial,
+        platform="android" if cfg.agent.target in ("android", "adb") else "linux",
+        target="adb" if cfg.agent.target == "adb" else "local",
+    )
+
+
+def render_report(
+    cfg: Config,
+    trigger: Trigger,
+    screenshot: str,
+    diagnostics: dict[str, Any],
+    errors: dict[str, str],
+    now: float,
+) -> str:
+    """report.txt: the page a support agent reads first."""
+    kind = trigger.kind.value
+    lines = [
+        "posagent report",
+        "===============",
+        f"What:      {trigger.summary or trigger.key or kind}",
+    ]
+    if trigger.key:
+        lines.append(f"Fault:     {trigger.key} ({trigger.severity.value}, {kind})")
+    lines += [
+        f"When:      {rfc3339(now)}",
+        f"Where:     site {cfg.agent.site or '-'}, terminal {cfg.agent.device_id}",
+    ]
+    if trigger.raised_at:
+        lines.append(f"Raised at: {trigger.raised_at}")
+    if trigger.duration_s is not None:
+        lines.append(f"Lasted:    {trigger.duration_s} s")
+    if trigger.suppressed:
+        lines.append(f"Repeats suppressed since the last bundle: {trigger.suppressed}")
+    if trigger.note:
+        lines += ["", "Note from the terminal:", f"  {trigger.note}"]
+    if trigger.contact:
+        lines.append(f"Contact:   {trigger.contact}")
+    if trigger.readings:
+        lines += ["", "What the agent saw:"]
+        for r in trigger.readings[-5:]:
+            vals = ", ".join(f"{k}={v}" for k, v in (r.get("values") or {}).items())
+            lines.append(f"  {r.get('source')}: {vals}")
+    if trigger.tried:
+        lines += ["", "What was tried:"] + [f"  - {t}" for t in trigger.tried]
+    lines += ["", f"Screenshot: {screenshot}"]
+    sysd = diagnostics.get("system")
+    if isinstance(sysd, dict):
+        mem = sysd.get("memory", {})
+        lines.append(
+            f"System:     cpu {sysd.get('cpu_pct')} %, memory available "
+            f"{mem.get('available_pct')} %, uptime {sysd.get('uptime_s')} s"
+        )
+    if errors:
+        lines += ["", "Diagnostics not collected:"] + [f"  {k}: {v}" for k, v in errors.items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+class Capturer:
+    """Builds and spools bundles. Thread-safe: one capture at a time."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        spool: Spool,
+        key: bytes,
+        redactor: Redactor,
+        probes: Sequence[Probe] = (),
+        screen: Callable[[], ScreenShot] | None = None,
+        timeline: Callable[[], list[dict[str, Any]]] | None = None,
+        clock_synced: Callable[[], bool | None] | None = None,
+    ):
+        self.cfg = cfg
+        self.spool = spool
+        self.key = key
+        self.redactor = redactor
+        self.probes = list(probes)
+        self.screen = screen
+        self.timeline = timeline
+        self.clock_synced = clock_synced
+        self._pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="collect")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run_probes(self, with_screen: bool) -> tuple[dict[str, Any], dict[str, str], ScreenShot]:
+        budget = self.cfg.capture.total_budget_s
+        start = time.monotonic()
+        futures: dict[str, cf.Future[Any]] = {c.name: self._pool.submit(c.fn) for c in self.probes}
+        shot_future = self._pool.submit(self.screen) if (with_screen and self.screen) else None
+        results: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for c in self.probes:
+            left = max(0.0, budget - (time.monotonic() - start))
+            try:
+                results[c.name] = futures[c.name].result(timeout=min(c.timeout_s, left))
+            except cf.TimeoutError:
+                errors[c.name] = f"timeout after {min(c.timeout_s, left):.1f} s"
+                futures[c.name].cancel()
+            except Exception as e:  # a probe must never hold the bundle back
+                errors[c.name] = f"{type(e).__name__}: {e}"
+        shot = ScreenShot(None, "skipped:disabled" if not with_screen else "skipped:no backend")
+        if shot_future is not None:
+            left = max(0.5, budget - (time.monotonic() - start))
+            try:
+                shot = shot_future.result(timeout=left)
+            except cf.TimeoutError:
+                shot = ScreenShot(None, "skipped:timeout")
+            except Exception as e:
+                shot = ScreenShot(None, f"skipped:{type(e).__name__}: {e}")
+        return results, errors, shot
+
+    def capture(
+        self,
+        trigger: Trigger,
+        *,
+        keep: bool = False,
+        with_screen: bool = True,
+    ) -> CaptureResult:
+        """Collect, redact, seal and enqueue; raises SpoolError when not captured."""
+        t0 = time.monotonic()
+        now = time.time()
+        results, errors, shot = self._run_probes(with_screen)
+        entries: list[Entry] = []
+        if shot.png is not None:
+            entries.append(Entry("screenshot.png", shot.png, "image/png"))
+        for name, value in results.items():
+            if isinstance(value, str | bytes):
+                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+                entries.append(text_entry(f"diagnostics/{name}.txt", self._cap(text)))
+            else:
+                entries.append(self._cap_json(f"diagnostics/{name}.json", value))
+        if errors:
+            entries.append(json_entry("diagnostics/errors.json", errors))
+        if self.timeline is not None:
+            entries.append(json_entry("timeline.json", {"readings": self.timeline()}))
+        report = render_report(self.cfg, trigger, shot.status, results, errors, now)
+        entries.insert(0, text_entry("report.txt", report))
+        evictions = self.spool.pending_evictions()
+        extra: dict[str, Any] = {"spool": {"evicted": evictions}}
+        sealed = seal(
+            device=device_info(self.cfg),
+            trigger=trigger.to_json(),
+            entries=entries,
+            key=self.key,
+            redactor=self.redactor,
+            screenshot=shot.status,
+            agent_version=__version__,
+            config_digest=self.cfg.digest(),
+            clock_synced=self.clock_synced() if self.clock_synced else None,
+            extra=extra,
+            created_at=now,
+            roots=self.cfg.fs_roots(),
+        )
+        path = self.spool.enqueue(sealed.bundle_id, sealed.data, trigger.severity.rank, keep=keep)
+        if evictions:
+            self.spool.ack_evictions(evictions)
+        dur = time.monotonic() - t0
+        log.info(
+            "capture_done",
+            bundle_id=sealed.bundle_id,
+            trigger=trigger.kind.value,
+            key=trigger.key,
+            screenshot=shot.status,
+            duration_s=round(dur, 3),
+        )
+        return CaptureResult(sealed.bundle_id, path, len(sealed.data), sealed.manifest, dur, errors)
+
+    def _cap(self, text: str) -> str:
+        limit = self.cfg.bundle.max_entry_kib * 1024
+        data = text.encode("utf-8")
+        if len(data) <= limit:
+            return text
+        return data[-limit:].decode("utf-8", "ignore") + "\n[truncated: kept the last part]\n"
+
+    def _cap_json(self, name: str, value: Any) -> Entry:
+        entry = json_entry(name, value)
+        limit = self.cfg.bundle.max_entry_kib * 1024
+        if len(entry.data) <= limit:
+            return entry
+        text = json.dumps(value, default=str)[: limit - 100]
+        return json_entry(name, {"truncated": True, "size_bytes": len(entry.data), "head": text})

@@ -1,0 +1,49 @@
+"""What the commands share: loading the config, logging, the spool, the device key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from agent.bundle.format import load_key
+from agent.core import log
+from agent.core.config import Config, ConfigError, config_path, load_config
+from agent.core.redact import redactor_for
+from agent.spool.maildir import Spool, limits_from_config
+
+
+def load(args: argparse.Namespace) -> Config:
+    """The config named by --config (else $POSAGENT_CONFIG, else the default path)."""
+    return load_config(getattr(args, "config", None))
+
+
+def setup_logging(cfg: Config, level: str | None = None, stream: Any = None) -> None:
+    """Log to stderr through the config's redactor, so command output stays clean."""
+    log.configure(
+        level or cfg.agent.log_level, cfg.agent.log_format, redactor_for(cfg), stream or sys.stderr
+    )
+
+
+def open_spool(cfg: Config) -> Spool:
+    """The config's spool, opened (recovers nothing a running daemon may be using)."""
+    return Spool(cfg.agent.state_dir, limits_from_config(cfg.spool), cfg.fs_roots()).open()
+
+
+def key_for_reading(args: argparse.Namespace) -> bytes | None:
+    """The device key for verify/show: --key-file, else the config's hmac_key_file."""
+    if getattr(args, "key_file", None):
+        return load_key(args.key_file)
+    if getattr(args, "no_key", False):
+        return None
+    path = config_path(getattr(args, "config", None))
+    if not path.exists():
+        return None
+    try:
+        cfg = load_config(path)
+    except ConfigError:
+        return None
+    try:
+        return load_key(cfg.bundle.hmac_key_file)
+    except Exception:
+        return None

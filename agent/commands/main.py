@@ -1,0 +1,171 @@
+"""`posagent`: the one command-line entry point (docs/ARCHITECTURE.md §2).
+
+One module per command under agent/commands/, each with `run(args) -> int`.
+The parser for every command is built here; a command's module is imported
+only when that command runs (`importlib`), so `posagent run` holds only the
+daemon's modules and never the collector's web stack or the simulator.
+Commands that read the config take --config (default: $POSAGENT_CONFIG, then
+/etc/posagent/agent.toml). Exit codes follow sysexits (agent/core/exits.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.commands.output import err
+from agent.core.config import ConfigError
+from agent.core.exits import EX_CONFIG, EX_OK
+
+# command name → module under agent.commands that has `run(args) -> int`
+COMMANDS: dict[str, str] = {
+    "run": "run",
+    "status": "status",
+    "check-config": "check_config",
+    "selftest": "selftest",
+    "report": "report",
+    "spool": "spool",
+    "flush": "flush",
+    "bundle": "bundle",
+    "collector": "collector",
+    "demo": "demo",
+}
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $POSAGENT_CONFIG, then /etc/posagent/agent.toml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree for every command (also used to check the README)."""
+    parser = argparse.ArgumentParser(
+        prog="posagent",
+        description="Monitoring agent for point-of-sale terminals.",
+    )
+    parser.add_argument("--version", action="version", version=f"posagent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="the daemon, in the foreground (systemd Type=notify)")
+    _config_arg(p)
+
+    p = sub.add_parser("status", help="monitors, active faults, queue, last upload")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+    p = sub.add_parser("check-config", help="validate and print the effective config")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = sub.add_parser("selftest", help="poll every configured device once; a table")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="states and raw readings as JSON")
+
+    p = sub.add_parser("report", help="manual problem report, captured now")
+    _config_arg(p)
+    p.add_argument("--note", required=True, help="what happened, in the merchant's words")
+    p.add_argument("--contact", default="", help="who to call back")
+    p.add_argument(
+        "--severity",
+        default="error",
+        choices=("warning", "error", "critical"),
+        help="default: error",
+    )
+    p.add_argument("--json", action="store_true", help='print {"bundle_id": ..., "path": ...}')
+
+    p = sub.add_parser("spool", help="the on-disk queue: list|show|retry|purge")
+    ss = p.add_subparsers(dest="spool_cmd", metavar="ACTION")
+    ss.required = True
+    q = ss.add_parser("list", help="bundles in the queue")
+    _config_arg(q)
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--state", action="append", choices=("new", "cur", "failed", "sent"))
+    q = ss.add_parser("show", help="one bundle's manifest summary")
+    _config_arg(q)
+    q.add_argument("bundle_id", help="id or unique prefix (8+ chars)")
+    q.add_argument("--json", action="store_true")
+    q = ss.add_parser("retry", help="re-queue a failed bundle for upload now")
+    _config_arg(q)
+    q.add_argument("bundle_id")
+    q = ss.add_parser("purge", help="delete bundles")
+    _config_arg(q)
+    q.add_argument("--failed", action="store_true", help="failed/ bundles")
+    q.add_argument("--sent", action="store_true", help="sent/ bundles")
+    q.add_argument("--all", action="store_true", help="queued, failed and sent bundles")
+
+    p = sub.add_parser("flush", help="upload the queue now, with a progress bar")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("bundle", help="read a bundle file: verify|show|extract|html")
+    bs = p.add_subparsers(dest="bundle_cmd", metavar="ACTION")
+    bs.required = True
+    for name, helptext in (
+        ("verify", "check integrity and HMAC; exit 0 when intact"),
+        ("show", "print the summary"),
+        ("extract", "unpack into a directory"),
+        ("html", "write one self-contained HTML page"),
+    ):
+        q = bs.add_parser(name, help=helptext)
+        q.add_argument("file", help="bundle .zip")
+        _config_arg(q)
+        q.add_argument("--key-file", metavar="PATH", help="device HMAC key (instead of --config)")
+        if name == "show":
+            q.add_argument("--json", action="store_true")
+        if name == "extract":
+            q.add_argument("target", help="directory to create")
+        if name == "html":
+            q.add_argument("-o", "--output", help="output .html (default: <bundle>.html here)")
+
+    p = sub.add_parser("collector", help="reference ingest server and web viewer: serve|add-device")
+    cs = p.add_subparsers(dest="collector_cmd", metavar="ACTION")
+    cs.required = True
+    q = cs.add_parser("serve", help="run the ingest server and web page in the foreground")
+    _config_arg(q)
+    q.add_argument("--listen", metavar="HOST:PORT", help="override [collector] listen")
+    q = cs.add_parser("add-device", help="register a device and print its new token once")
+    q.add_argument("device_id", help="the terminal's [agent] device_id")
+    _config_arg(q)
+    q.add_argument("--rotate", action="store_true", help="replace an existing device's token")
+
+    p = sub.add_parser(
+        "demo", help="simulated terminal + collector + agent: five faults end to end"
+    )
+    p.add_argument("--keep", action="store_true", help="leave the collector running to browse")
+    p.add_argument(
+        "--workdir", metavar="DIR", help="where to put everything (default: a new temp dir)"
+    )
+    p.add_argument(
+        "--screen",
+        default="auto",
+        choices=("auto", "x11", "fbdev"),
+        help="POS screen: Xvfb + Tk (x11), framebuffer file (fbdev), or x11 when Xvfb exists",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `posagent` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"agent.commands.{COMMANDS[args.command]}")
+    try:
+        return int(module.run(args))
+    except ConfigError as e:
+        err(f"posagent {args.command}: config error: {e}")
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Upload protocol v1, both ends: the path, the headers and the digest (docs/ARCHITECTURE.md §6).
+
+The agent's uploader builds its requests with `upload_headers`; the collector
+parses them with `parse_content_digest`; tests and benchmarks use the same
+functions, so the two ends cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from pathlib import Path
+
+PROTOCOL_PATH = "/v1/bundles/"
+MEDIA_TYPE = "application/zip"
+DEVICE_HEADER = "X-Posagent-Device"
+
+_DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):\s*(?:;[^,]*)?(?:,|$)")
+
+
+def bundle_url(endpoint: str, bundle_id: str) -> str:
+    """`{endpoint}/v1/bundles/{bundle_id}` (a path prefix in the endpoint is kept)."""
+    return endpoint.rstrip("/") + PROTOCOL_PATH + bundle_id
+
+
+def digest_value(sha256: bytes) -> str:
+    """The RFC 9530 Content-Digest value for a SHA-256 digest: `sha-256=:<base64>:`."""
+    return f"sha-256=:{base64.b64encode(sha256).decode()}:"
+
+
+def content_digest(data: bytes) -> str:
+    """The Content-Digest value of a body held in memory."""
+    return digest_value(hashlib.sha256(data).digest())
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(Content-Digest value of the file, its size), read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(256 * 1024):
+            h.update(chunk)
+            size += len(chunk)
+    return digest_value(h.digest()), size
+
+
+def parse_content_digest(value: str) -> bytes | None:
+    """The sha-256 value of an RFC 9530 Content-Digest header, or None."""
+    m = _DIGEST_RE.search(value.strip())
+    if not m:
+        return None
+    try:
+        raw = base64.b64decode(m.group(1), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def upload_headers(bundle_id: str, digest: str, device_id: str, token: str = "") -> dict[str, str]:
+    """Every header of a v1 upload; `digest` is a Content-Digest value."""
+    headers = {
+        "Content-Type": MEDIA_TYPE,
+        "Idempotency-Key": bundle_id,
+        "Content-Digest": digest,
+        DEVICE_HEADER: device_id,
+    }
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers

@@ -1,0 +1,116 @@
+"""Collector web page in a real headless Chromium (Playwright) against a real uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from collector.auth import add_device
+from collector.config import CollectorConfig
+from collector.server import CollectorThread
+from tests.bundle.kit import make_bundle
+from tests.collector.kit import upload_headers
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A collector with four uploaded bundles from two terminals; yields (url, ids by label)."""
+    cfg = CollectorConfig(
+        data_dir=str(tmp_path / "store"), tokens_file=str(tmp_path / "tokens"), max_body_mib=4
+    )
+    tokens = {d: add_device(cfg.tokens_file, d) for d in ("T-0001", "T-0002")}
+    specs = {
+        "paper1": ("T-0001", "Store 12", "printer.paper_end", "critical", True),
+        "paper2": ("T-0001", "Store 12", "printer.paper_end", "critical", True),
+        "link": ("T-0002", "Store 7", "network.link_down", "critical", True),
+        "battery": ("T-0002", "Store 7", "power.battery_low", "warning", False),
+    }
+    ids: dict[str, str] = {}
+    with CollectorThread(cfg) as server, requests.Session() as http:
+        for i, (label, (dev, site, fault, sev, shot)) in enumerate(specs.items()):
+            b = make_bundle(
+                device=dev, site=site, fault=fault, severity=sev, screenshot=shot, seed=i
+            )
+            h = upload_headers(b.bundle_id, b.data, tokens[dev], dev)
+            r = http.put(f"{server.url}/v1/bundles/{b.bundle_id}", data=b.data, headers=h)
+            assert r.status_code == 201, r.text
+            ids[label] = b.bundle_id
+        yield server.url, ids
+
+
+def test_page_lists_filters_and_shows_a_bundle_with_its_screenshot(
+    seeded: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """The list shows every upload, a fault filter narrows it, a bundle page renders its screenshot."""
+    from playwright.sync_api import sync_playwright
+
+    url, ids = seeded
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(url + "/")
+            rows = page.locator("#bundles tbody tr[data-bundle]")
+            assert rows.count() == 4
+            assert set(rows.evaluate_all("rs => rs.map(r => r.dataset.bundle)")) == set(
+                ids.values()
+            )
+            assert page.locator("#counts [data-fault='printer.paper_end'] b").inner_text() == "2"
+
+            page.select_option("#f-fault", "network.link_down")
+            page.click("#apply")
+            page.wait_for_url("**/?*fault=network.link_down*")
+            assert rows.count() == 1
+            assert rows.first.get_attribute("data-bundle") == ids["link"]
+
+            page.goto(url + "/")
+            page.fill("#f-device", "T-0001")
+            page.click("#apply")
+            page.wait_for_url("**/?device=T-0001*")
+            assert rows.count() == 2
+            assert page.locator("#total").inner_text() == "2 bundle(s)"
+
+            page.locator(f"tr[data-bundle='{ids['paper1']}'] a").first.click()
+            page.wait_for_url(f"**/bundles/{ids['paper1']}")
+            shot = page.locator("#screenshot")
+            shot.wait_for()
+            page.wait_for_function("document.getElementById('screenshot').complete")
+            assert shot.evaluate("img => img.naturalWidth") == 480
+            assert page.locator("#timeline svg circle").count() == 120
+            assert "printer.paper_end" in page.locator("#report").inner_text()
+            assert page.locator("#download").get_attribute("href") == (
+                f"/v1/bundles/{ids['paper1']}/download"
+            )
+            page.locator("#diagnostics summary").first.click()
+            assert page.locator("#diagnostics pre").first.is_visible()
+            out = tmp_path / "collector_bundle_page.png"
+            page.screenshot(path=str(out), full_page=True)
+            assert out.stat().st_size > 10_000
+
+            page.goto(f"{url}/bundles/{ids['battery']}")
+            assert page.locator("#screenshot").count() == 0
+            assert "No screenshot" in page.content()
+            assert errors == []
+        finally:
+            browser.close()

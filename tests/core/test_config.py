@@ -1,0 +1,174 @@
+"""Config: typed loading, errors located by file/key/line, sample kept in sync with the code."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.core.config import (
+    SAMPLE_CONFIG,
+    Config,
+    ConfigError,
+    FaultOverride,
+    PrinterConfig,
+    SerialConfig,
+    load_config,
+    parse_config,
+)
+from tests.conftest import posagent_argv
+
+
+def _keys(obj: object, prefix: str = "") -> set[str]:
+    out = set()
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        if f.metadata.get("internal"):
+            continue
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out |= _keys(v, f"{prefix}{f.name}.")
+        else:
+            out.add(f"{prefix}{f.name}")
+    return out
+
+
+def test_sample_config_matches_code_defaults() -> None:
+    """Every section of the shipped sample equals the dataclass defaults, key for key."""
+    sample = load_config(SAMPLE_CONFIG)
+    default = Config()
+    for f in dataclasses.fields(Config):
+        if f.name in ("printer", "serial", "faults", "source"):
+            continue
+        assert getattr(sample, f.name) == getattr(default, f.name), f.name
+    assert sample.printer == [PrinterConfig()]
+    assert sample.serial == [SerialConfig()]
+    assert sample.faults == {"power.battery_low": FaultOverride()}
+
+
+def test_sample_config_documents_every_key() -> None:
+    """Every config key in the code appears literally in the sample (no hidden keys)."""
+    text = SAMPLE_CONFIG.read_text()
+    cfg = Config(printer=[PrinterConfig()], serial=[SerialConfig()])
+    keys = _keys(cfg) | {f"printer.{k}" for k in _keys(PrinterConfig())}
+    keys |= {f"serial.{k}" for k in _keys(SerialConfig())}
+    keys |= {f"faults.{k}" for k in _keys(FaultOverride())}
+    for key in sorted(keys):
+        if key in ("printer", "serial", "faults"):
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        assert f"\n{leaf} = " in text, f"{key} missing from the sample config"
+
+
+def test_sample_config_ships_in_the_package() -> None:
+    """The sample lives inside the agent package (package data), not only in the repo."""
+    assert SAMPLE_CONFIG.is_file()
+    assert "agent" in SAMPLE_CONFIG.parts
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "words"),
+    [
+        ("[agent]\ndevice_id = 'x'\nbogus = 1\n", "agent.bogus", 3, "unknown key"),
+        ("[power]\n\ninterval_s = 'fast'\n", "power.interval_s", 3, "expected a number"),
+        ("[power]\ninterval_s = 0\n", "power.interval_s", 2, "below the minimum"),
+        ("[agent]\ntarget = 'ios'\n", "agent.target", 2, "must be one of"),
+        (
+            "[[printer]]\nname='a'\n[[printer]]\nname='b'\nbaudrate = true\n",
+            "printer[1].baudrate",
+            5,
+            "integer",
+        ),
+        ("[network]\npayment_hosts = ['nohostport']\n", "network.payment_hosts", 2, "host:port"),
+        ("[spool]\nmax_mib = 1\n[nosuch]\nx = 1\n", "nosuch", 3, "unknown key"),
+        (
+            "[faults.'printer.paper_end']\nseverity = 'meh'\n",
+            "faults.printer.paper_end.severity",
+            2,
+            "one of",
+        ),
+    ],
+)
+def test_config_errors_name_key_and_line(text: str, key: str, line: int, words: str) -> None:
+    """Unknown keys, wrong types and out-of-range values name the file, the key and the line."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "agent.toml")
+    e = exc.value
+    assert e.key == key
+    assert e.line == line
+    assert words in e.message
+    assert str(e).startswith(f"agent.toml:{line}: {key}: ")
+
+
+def test_syntax_error_has_line() -> None:
+    """A TOML syntax error names the line."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config("[agent]\ndevice_id = \n", "a.toml")
+    assert exc.value.line == 2
+    assert "syntax" in str(exc.value)
+
+
+def test_check_config_exit_78_on_typo(tmp_path: Path) -> None:
+    """`posagent check-config` exits 78 (EX_CONFIG) and names the line of a typo."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[agent]\ndevice_id = 'T-1'\nsite = 'x'\n\n[network]\nintervall_s = 5\n")
+    r = subprocess.run(
+        posagent_argv("check-config", "--config", str(cfg)), capture_output=True, text=True
+    )
+    assert r.returncode == 78
+    assert f"{cfg}:6: network.intervall_s: unknown key" in r.stderr
+
+
+def test_check_config_hides_secrets(tmp_path: Path) -> None:
+    """check-config prints the effective config but never an inline token."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[upload]\ntoken = 'supersecret-token-value'\nendpoint = 'https://c.example'\n")
+    r = subprocess.run(
+        posagent_argv("check-config", "--config", str(cfg)), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "supersecret" not in r.stdout
+    assert 'token = "***"' in r.stdout
+    assert 'endpoint = "https://c.example"' in r.stdout
+    assert "[power]\ninterval_s = 5.0" in r.stdout
+
+
+def test_check_config_output_parses_back(tmp_path: Path) -> None:
+    """The printed effective config is itself a valid config with the same values."""
+    r = subprocess.run(
+        posagent_argv("check-config", "--config", str(SAMPLE_CONFIG)),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    again = parse_config(r.stdout, "printed")
+    assert dataclasses.replace(again, source="") == dataclasses.replace(
+        load_config(SAMPLE_CONFIG), source=""
+    )
+
+
+def test_missing_config_is_a_config_error(tmp_path: Path) -> None:
+    """A missing file is reported with exit 78, not a traceback."""
+    r = subprocess.run(
+        posagent_argv("check-config", "--config", str(tmp_path / "nope.toml")),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 78
+    assert "not found" in r.stderr
+
+
+def test_roots_come_from_one_object(tmp_path: Path) -> None:
+    """All filesystem roots (sys, proc, dev, run, state) are overridable from config."""
+    cfg = parse_config(
+        f"[agent]\nstate_dir = '{tmp_path}/s'\n[roots]\nsys = '{tmp_path}/sys'\nproc = '/p'\ndev = '/d'\nrun = '/r'\n"
+    )
+    r = cfg.fs_roots()
+    assert (str(r.sys), str(r.proc), str(r.dev), str(r.run), str(r.state)) == (
+        f"{tmp_path}/sys",
+        "/p",
+        "/d",
+        "/r",
+        f"{tmp_path}/s",
+    )

@@ -1,0 +1,139 @@
+"""Capture policy (cooldown, token bucket, reserve, storms), flight recorder and run marker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent.core.config import CaptureConfig
+from agent.core.model import FaultEvent, FaultState, Reading, Severity
+from agent.daemon.lifecycle import RunMarker
+from agent.faults.policy import CapturePolicy
+from agent.faults.recorder import FlightRecorder
+
+
+class Clock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def ev(
+    key: str = "printer.paper_end",
+    sev: Severity = Severity.ERROR,
+    state: FaultState = FaultState.RAISED,
+    subject: str = "",
+) -> FaultEvent:
+    return FaultEvent(key=key, state=state, severity=sev, summary="s", subject=subject)
+
+
+def test_storm_of_100_events_yields_at_most_burst_and_counts_suppressed() -> None:
+    """A 100-event storm across keys gives at most `burst` bundles; the next says how many it suppressed."""
+    clock = Clock()
+    pol = CapturePolicy(
+        CaptureConfig(cooldown_s=60, bundles_per_hour=6, burst=3, critical_reserve=0), clock=clock
+    )
+    decisions = [pol.decide(ev(f"k.{i % 10}")) for i in range(100)]
+    captured = [d for d in decisions if d.capture]
+    assert len(captured) == 3
+    assert sum(pol.suppressed_total().values()) == 97
+    clock.t += 3600
+    d = pol.decide(ev("k.5"))
+    # k.5 occurs 10 times in the storm and was never captured (only k.0..k.2 were)
+    assert d.capture and d.suppressed == 10
+
+
+def test_cooldown_per_key() -> None:
+    """The same key inside its cooldown is suppressed; another key is not."""
+    clock = Clock()
+    pol = CapturePolicy(CaptureConfig(cooldown_s=300, burst=10, bundles_per_hour=60), clock=clock)
+    assert pol.decide(ev("a.x")).capture
+    assert not pol.decide(ev("a.x")).capture
+    assert pol.decide(ev("b.y")).capture
+    clock.t += 301
+    d = pol.decide(ev("a.x"))
+    assert d.capture and d.suppressed == 1
+
+
+def test_critical_reserve() -> None:
+    """When the bucket is empty, critical faults still draw on their reserve; others do not."""
+    clock = Clock()
+    pol = CapturePolicy(
+        CaptureConfig(cooldown_s=0, burst=1, bundles_per_hour=1, critical_reserve=2), clock=clock
+    )
+    assert pol.decide(ev("a.a")).capture
+    assert not pol.decide(ev("a.b", Severity.ERROR)).capture
+    assert pol.decide(ev("a.c", Severity.CRITICAL)).capture
+    assert pol.decide(ev("a.d", Severity.CRITICAL)).capture
+    assert not pol.decide(ev("a.e", Severity.CRITICAL)).capture
+
+
+def test_cleared_bundle_only_after_captured_raise() -> None:
+    """A cleared event yields a small bundle without screenshot only if its raise was captured."""
+    pol = CapturePolicy(CaptureConfig(cooldown_s=0, burst=1, bundles_per_hour=0.001), clock=Clock())
+    assert pol.decide(ev("p.x", subject="r")).capture
+    assert not pol.decide(ev("p.y", subject="r")).capture
+    c = pol.decide(ev("p.x", state=FaultState.CLEARED, subject="r"))
+    assert c.capture and not c.with_screen
+    assert not pol.decide(ev("p.y", state=FaultState.CLEARED, subject="r")).capture
+
+
+def test_bucket_level_survives_restart(tmp_path: Path) -> None:
+    """A restart does not refill the bucket (no flood from a restart loop)."""
+    state = tmp_path / "policy.json"
+    pol = CapturePolicy(CaptureConfig(cooldown_s=0, burst=3), state_path=state, clock=Clock())
+    for i in range(3):
+        assert pol.decide(ev(f"x.{i}")).capture
+    pol.save()
+    again = CapturePolicy(CaptureConfig(cooldown_s=0, burst=3), state_path=state, clock=Clock())
+    assert not again.decide(ev("x.9")).capture
+    state.write_text("garbage")
+    fresh = CapturePolicy(CaptureConfig(cooldown_s=0, burst=3), state_path=state, clock=Clock())
+    assert fresh.decide(ev("x.9")).capture
+
+
+def test_first_of_storm_is_kept() -> None:
+    """The first bundle of a key after a quiet period is marked keep; a repeat soon after is not."""
+    clock = Clock()
+    pol = CapturePolicy(CaptureConfig(cooldown_s=10, burst=10, bundles_per_hour=3600), clock=clock)
+    assert pol.decide(ev("n.x")).keep
+    clock.t += 11
+    d = pol.decide(ev("n.x"))
+    assert d.capture and not d.keep
+
+
+def test_recorder_window_persist_and_load(tmp_path: Path) -> None:
+    """The recorder keeps only the window, persists atomically and loads back."""
+    path = tmp_path / "recorder.json"
+    rec = FlightRecorder(path, window_s=60)
+    for i in range(100):
+        rec.add(Reading("power", {"battery_pct": i}, ts=1000.0 + i))
+    snap = rec.snapshot(now=1099.0)
+    assert snap[0]["ts"] >= 1039.0 and snap[-1]["values"]["battery_pct"] == 99
+    assert rec.persist() and not rec.persist()
+    again = FlightRecorder(path, window_s=60)
+    assert again.load() == 61  # ts 1039..1099
+    assert again.snapshot(now=1099.0) == snap
+    assert json.loads(path.read_text())["readings"][-1]["values"]["battery_pct"] == 99
+    path.write_text("{not json")
+    assert FlightRecorder(path).load() == 0
+
+
+def test_run_marker_detects_unclean_stop(tmp_path: Path) -> None:
+    """A marker left behind means an unclean stop; a clean stop removes it."""
+    m = RunMarker(tmp_path)
+    assert m.check_previous() is None
+    m.start()
+    prev = RunMarker(tmp_path).check_previous()
+    assert prev is not None and not prev.rebooted and prev.pid > 0
+    data = json.loads(m.path.read_text())
+    data["boot_id"] = "another-boot"
+    m.path.write_text(json.dumps(data))
+    prev = RunMarker(tmp_path).check_previous()
+    assert prev is not None and prev.rebooted
+    m.clean_stop()
+    assert RunMarker(tmp_path).check_previous() is None

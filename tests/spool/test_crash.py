@@ -7,6 +7,7 @@ import os
 import random
 import re
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,21 @@ def _child_enqueue_forever(state: Path, wfd: int) -> None:
         os._exit(0)
 
 
+def _read_until_line(fd: int, deadline_s: float) -> bytes:
+    """Read from a pipe until it holds one full line (or EOF, or the deadline)."""
+    buf = b""
+    end = time.monotonic() + deadline_s
+    while b"\n" not in buf and time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
 @pytest.mark.slow
 def test_kill9_loop_never_loses_an_acknowledged_bundle(tmp_path: Path) -> None:
     """A child enqueueing bundles is SIGKILLed 200 times at random points; nothing acked is lost, nothing partial is in new/."""
@@ -49,12 +65,17 @@ def test_kill9_loop_never_loses_an_acknowledged_bundle(tmp_path: Path) -> None:
             os.close(r)
             _child_enqueue_forever(tmp_path, w)
         os.close(w)
+        early = b""
+        if kills % 3 == 0:
+            # every third kill comes after the child has acknowledged a bundle, however
+            # slow this machine's fsync is right now: the loop always has acked bundles to lose
+            early = _read_until_line(r, deadline_s=30.0)
         time.sleep(rng.uniform(0.0, 0.03))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         kills += 1
         with os.fdopen(r, "rb") as f:
-            written = f.read().decode()
+            written = (early + f.read()).decode()
         for line in written.splitlines():
             if len(line) == 36:
                 acked.add(line)
@@ -68,7 +89,7 @@ def test_kill9_loop_never_loses_an_acknowledged_bundle(tmp_path: Path) -> None:
                 verify_file(item.path, KEY)  # raises on a partial or corrupt file
                 checked.add(bid)
     assert kills == 200
-    assert len(acked) > 50
+    assert len(acked) >= 67
 
 
 @pytest.mark.skipif(not is_root(), reason="mounting a tmpfs needs root")
@@ -199,7 +220,14 @@ def test_fsync_protocol_under_strace(tmp_path: Path) -> None:
         for i, line in enumerate(lines)
         if i > rename and re.search(r"fsync\(\d+<[^>]*/spool/new>\)\s+=\s+0", line)
     )
-    said = first(r'write\(1<[^>]*>, "\{')
+    # the command's own stdout (its pid is the renamer's): children (journalctl, dmesg)
+    # write to their own pipes
+    pid = lines[rename].split()[0]
+    said = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith(pid + " ") and re.search(r'write\(1<[^>]*>, "\{', line)
+    )
     assert fsync_file < rename < fsync_dir < said
 
 

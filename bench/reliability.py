@@ -47,6 +47,8 @@ FAMILIES: list[tuple[str, str]] = [
     ("fuzz_parsers", "bench.faults.fuzz:parsers"),
     ("hostile_bundles", "bench.faults.hostile:bundles"),
     ("hostile_uploads", "bench.faults.hostile:uploads"),
+    ("hostile_local", "bench.faults.hostile:local_files"),
+    ("hostile_spool", "bench.faults.hostile:spool_and_queue"),
 ]
 
 

@@ -16,7 +16,9 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
    zips), schema, entry digests, and the HMAC when ``device_keys_dir`` holds
    ``<device>.key`` (422 with the one-line reason);
 8. the manifest's bundle_id equals the path id (400) and its device id the
-   token's device (403); its trigger reads as `agent.bundle.trigger.Trigger` (422);
+   token's device (422 ``device_mismatch``: a refusal of this one bundle, not of
+   the credentials, which check 3 already accepted; the agent moves the bundle
+   to failed/ and goes on); its trigger reads as `agent.bundle.trigger.Trigger` (422);
 9. stored once: 201 created, 200 same digest already stored, 409 other digest.
 
 Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
@@ -64,7 +66,7 @@ from agent.bundle.format import (
 from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
 from agent.core.timefmt import rfc3339
-from agent.upload.protocol import parse_content_digest
+from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
 from collector import pages
 from collector.auth import (
     SESSION_COOKIE,
@@ -298,7 +300,12 @@ def _verify_and_commit(
     mdev = (m.get("device") or {}).get("id") if isinstance(m.get("device"), dict) else None
     if mdev != device:
         log.warning("bundle_device_mismatch", bundle_id=bid, device=device, manifest_device=mdev)
-        return _reply(403, "forbidden", bid, "manifest device differs from the token's device")
+        return _reply(
+            422,
+            BUNDLE_REFUSED_DEVICE,
+            bid,
+            f"manifest device {mdev!r} differs from the token's device {device!r}",
+        )
     try:
         record = record_from_manifest(
             m,

@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from drivers.files import read_regular, stat_regular
 from drivers.roots import Roots
 from drivers.shell import Shell, ShellError
 
@@ -240,7 +241,7 @@ def find_process(name: str = "", pid_file: str | Path | None = None) -> ProcessI
     """
     if pid_file:
         try:
-            text = Path(pid_file).read_text("ascii", "replace")
+            text = read_regular(pid_file, 4096).decode("ascii", "replace")
         except FileNotFoundError:
             return ProcessInfo(False, error="pid file missing")
         except OSError as e:
@@ -291,7 +292,7 @@ def heartbeat_age(path: str | Path, now: float | None = None) -> Heartbeat:
     """Seconds since the heartbeat file was last modified (negative if in the future)."""
     p = str(path)
     try:
-        st = os.stat(p)
+        st = stat_regular(p)  # a link in its place could borrow another file's mtime
     except FileNotFoundError:
         return Heartbeat(p, exists=False)
     except OSError as e:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.config import Config
+from agent.core.files import open_regular
 from agent.core.model import Reading
 from agent.monitors import MonitorContext
 from drivers import android
@@ -113,8 +114,14 @@ def _readings(last: LastReadings, *prefixes: str) -> list[dict[str, Any]]:
 
 
 def tail_bytes(path: Path, size_bytes: int = LOG_TAIL_BYTES) -> str:
-    """The last size_bytes of a file as text, starting at a line boundary when cut."""
-    with path.open("rb") as f:
+    """The last size_bytes of a file as text, starting at a line boundary when cut.
+
+    The file (a POS log, in a directory others may write) is opened without
+    following a link and must be a regular file: a FIFO or a link to another
+    file raises OSError, shown as unreadable.
+    """
+    fd, _ = open_regular(path)
+    with os.fdopen(fd, "rb") as f:
         f.seek(0, os.SEEK_END)
         end = f.tell()
         start = max(0, end - size_bytes)

@@ -10,12 +10,19 @@ from agent.bundle.format import load_key
 from agent.core import log
 from agent.core.config import Config, ConfigError, config_path, load_config
 from agent.core.redact import redactor_for
+from agent.core.secret_files import require_safe_secret_files
 from agent.spool.maildir import Spool, limits_from_config
 
 
 def load(args: argparse.Namespace) -> Config:
     """The config named by --config (else $POSAGENT_CONFIG, else the default path)."""
     return load_config(getattr(args, "config", None))
+
+
+def check_secret_files(cfg: Config) -> None:
+    """Warn on stderr about secret files every user can read; ConfigError (78) on ones others can change."""
+    for problem in require_safe_secret_files(cfg):
+        print(f"warning: secret file {problem}", file=sys.stderr)
 
 
 def setup_logging(cfg: Config, level: str | None = None, stream: Any = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import tomllib
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from agent.core.sensitive import DEFAULT_SENSITIVE_WINDOWS
+from agent.core.files import read_regular
 from drivers.roots import Roots
 
 DEFAULT_CONFIG_PATH = Path("/etc/posagent/agent.toml")
@@ -133,8 +134,8 @@ class PowerConfig:
 @dataclass(frozen=True)
 class NetworkConfig:
     interval_s: float = _f(5.0, min=0.05, max=3600)
-    interfaces: list[str] = _f([])  # []: every interface that carries a default route
-    payment_hosts: list[str] = _f([])
+    interfaces: list[str] = _f(["eth0"])
+    payment_hosts: list[str] = _f(["pay.example.com:443"])
     tls: bool = False
     dns_timeout_s: float = _f(2.0, min=0.05, max=60)
     connect_timeout_s: float = _f(3.0, min=0.05, max=60)
@@ -201,7 +202,7 @@ class ScreenConfig:
     command: list[str] = _f([])
     timeout_s: float = _f(3.0, min=0.1, max=60)
     max_width: int = _f(0, min=0, max=10000)
-    sensitive_windows: list[str] = _f(list(DEFAULT_SENSITIVE_WINDOWS))  # [] turns matching off
+    sensitive_windows: list[str] = _f([])
     pin_flag_file: str = ""
     pin_flag_max_age_s: float = _f(120.0, min=0, max=86400)
     mask_regions: list[str] = _f([])
@@ -234,6 +235,8 @@ class CaptureConfig:
     probe_timeout_s: float = _f(2.0, min=0.05, max=60)
     total_budget_s: float = _f(5.0, min=0.1, max=300)
     trigger_dir: str = ""
+    manual_per_hour: float = _f(6.0, min=0, max=3600)
+    manual_burst: int = _f(3, min=1, max=1000)
     cleared_bundles: bool = True
 
 
@@ -293,12 +296,19 @@ class Config:
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
 
+SECRET_FILE_LIMIT = 64 * 1024
+
+
 def read_secret_file(path: str) -> bytes:
-    """Read a secret file; an empty or missing path gives b""."""
+    """Read a secret file; an empty or missing path gives b"".
+
+    Never through a symlink and never from a FIFO (a link or FIFO reads as
+    missing); `agent.core.secrets` is what tells the operator why.
+    """
     if not path:
         return b""
     try:
-        return Path(path).read_bytes()
+        return read_regular(path, SECRET_FILE_LIMIT)
     except OSError:
         return b""
 
@@ -404,6 +414,8 @@ def _convert(tp: Any, value: Any, key: str, meta: typing.Mapping[str, Any], ctx:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ctx.error(key, f"expected a number, got {_type_name(value)}")
+        if not math.isfinite(value):  # nan compares false with every bound: refuse it here
+            raise ctx.error(key, f"{value} is not a finite number")
         _check_range(value, key, meta, ctx)
         return float(value)
     if tp is str:

@@ -4,6 +4,11 @@ Every durable write in posagent (spool, flight recorder, markers, the collector'
 blob store and token table) goes through these two functions: write a staging
 file beside the target, fsync it, rename it over the target, fsync the
 directory — memfaultd's "staging then rename" (docs/ARCHITECTURE.md, "Files").
+
+Reading a file from a directory others can write (trigger dir, crash dirs, POS
+logs, heartbeat and PIN flag, spool sidecars) goes through `open_regular`,
+`read_regular` or `stat_regular`, re-exported from `drivers.files` (drivers may
+not import the agent): no link followed, no FIFO blocking, regular files only.
 """
 
 from __future__ import annotations
@@ -12,6 +17,19 @@ import contextlib
 import os
 import threading
 from pathlib import Path
+
+from drivers.files import NotRegularFile, open_regular, read_fd, read_regular, stat_regular
+
+__all__ = [
+    "NotRegularFile",
+    "atomic_write",
+    "fsync_dir",
+    "open_regular",
+    "read_fd",
+    "read_regular",
+    "stat_regular",
+    "unlink_durably",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -32,7 +50,11 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        # A leftover (or planted: a FIFO, a link) staging file is removed, never opened:
+        # O_EXCL creates a new file or fails, it neither follows a link nor opens a FIFO.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
             view = memoryview(data)
             while view:

@@ -38,10 +38,11 @@ from agent.core.config import Config, ConfigError, load_config
 from agent.core.files import atomic_write
 from agent.core.model import FaultEvent, Reading
 from agent.core.redact import redactor_for
+from agent.core.secret_files import require_safe_secret_files
 from agent.daemon.lifecycle import RunMarker
 from agent.daemon.sdnotify import Notifier, watchdog_interval_s
 from agent.faults.engine import FaultEngine
-from agent.faults.policy import CapturePolicy, Decision
+from agent.faults.policy import CapturePolicy
 from agent.faults.recorder import FlightRecorder
 from agent.monitors import MonitorContext, build_monitors, load_all
 from agent.monitors.network import subscribe_connectivity
@@ -254,13 +255,10 @@ class Agent:
     def capture_event(self, ev: FaultEvent) -> None:
         """Policy, then capture; a failure to capture is logged and counted, never raised."""
 
-        if ev.key == "manual.report":  # a person asked: never rate-limited
-            d = Decision(True, "manual", keep=True)
-        else:
-            d = self.policy.decide(ev)
-            if not d.capture:
-                log.info("capture_suppressed", key=ev.key, subject=ev.subject, reason=d.reason)
-                return
+        d = self.policy.decide(ev)  # manual reports have their own bucket there
+        if not d.capture:
+            log.info("capture_suppressed", key=ev.key, subject=ev.subject, reason=d.reason)
+            return
         trigger = Trigger.of_event(ev, d.suppressed)
         try:
             res = self.capturer.capture(trigger, keep=d.keep, with_screen=d.with_screen)
@@ -495,6 +493,8 @@ class Daemon:
         limit_arenas()  # before any thread starts
         cfg = load_config(self.config_path)
         logmod.configure(cfg.agent.log_level, cfg.agent.log_format, redactor_for(cfg))
+        for problem in require_safe_secret_files(cfg):  # ConfigError (78): others can change one
+            log.warning("secret_file_readable_by_others", problem=str(problem))
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, self._on_signal)
         marker = RunMarker(Path(cfg.agent.state_dir), cfg.fs_roots().proc)

@@ -4,6 +4,11 @@ Per-fault cooldown, a global token bucket on the monotonic clock (its level
 carried across restarts), a reserve only critical faults may draw on, storm
 suppression with the suppressed count carried in the next bundle, and small
 `cleared` bundles for faults whose raise was captured.
+
+Manual reports (`manual.report`: a person asked, through the trigger dir or
+`posagent report`) skip the cooldown and the fault bucket but draw on a bucket
+of their own (`manual_per_hour`, `manual_burst`), so a stuck trigger file or a
+script dropping files cannot flood the spool, and faults keep their budget.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 from agent.core.config import CaptureConfig
 from agent.core.files import atomic_write
 from agent.core.model import FaultEvent, FaultState, Severity
+
+MANUAL_KEY = "manual.report"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class CapturePolicy:
         rate = cfg.bundles_per_hour / 3600.0
         self.bucket = TokenBucket(rate, float(cfg.burst), clock)
         self.reserve = TokenBucket(rate, float(cfg.critical_reserve), clock)
+        self.manual = TokenBucket(cfg.manual_per_hour / 3600.0, float(cfg.manual_burst), clock)
         self._last_capture: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._captured_raise: set[str] = set()
@@ -86,6 +94,13 @@ class CapturePolicy:
         """Capture or suppress one event."""
         inst = event.instance
         with self._lock:
+            if event.key == MANUAL_KEY:
+                if not self.manual.take():
+                    self._suppressed[MANUAL_KEY] = self._suppressed.get(MANUAL_KEY, 0) + 1
+                    return Decision(False, "manual report rate limit (manual bucket empty)")
+                return Decision(
+                    True, "manual", keep=True, suppressed=self._suppressed.pop(MANUAL_KEY, 0)
+                )
             if event.state == FaultState.CLEARED:
                 if not self.cfg.cleared_bundles:
                     return Decision(False, "cleared bundles disabled")
@@ -124,6 +139,7 @@ class CapturePolicy:
                 "version": 1,
                 "tokens": round(self.bucket.level(), 3),
                 "reserve": round(self.reserve.level(), 3),
+                "manual": round(self.manual.level(), 3),
                 "suppressed": dict(self._suppressed),
                 "captured_raise": sorted(self._captured_raise),
             }
@@ -144,6 +160,7 @@ class CapturePolicy:
             data = json.loads(self.state_path.read_text())
             tokens = float(data["tokens"])
             reserve = float(data.get("reserve", self.reserve.capacity))
+            manual = float(data.get("manual", self.manual.capacity))
             suppressed = {str(k): int(v) for k, v in dict(data.get("suppressed", {})).items()}
             captured = {str(x) for x in data.get("captured_raise", [])}
         except (OSError, ValueError, KeyError, TypeError):
@@ -152,5 +169,6 @@ class CapturePolicy:
         # not turn into a bundle flood.
         self.bucket.tokens = max(0.0, min(self.bucket.capacity, tokens))
         self.reserve.tokens = max(0.0, min(self.reserve.capacity, reserve))
+        self.manual.tokens = max(0.0, min(self.manual.capacity, manual))
         self._suppressed = suppressed
         self._captured_raise = captured

@@ -17,7 +17,16 @@
   report (note text plus an optional "contact:" line); it is removed once the
   callback returned. Files left there while the agent was down are handled at
   start. Writers should write a dot-file and rename it into place (dot-files
-  are ignored); events are also debounced by `settle_s`.
+  are ignored); events are also debounced by `settle_s`. A file that cannot be
+  removed (read-only file system, EACCES) is reported once: its identity
+  (dev, inode, mtime, size) is remembered (persisted beside the state) and the
+  rescan passes it over until it changes.
+
+Every file is read through `agent.core.files.open_regular` (O_NOFOLLOW |
+O_NONBLOCK, fstat'ed to be a regular file, read from that descriptor): these
+directories are writable by others, who may swap a file for a symlink to a
+file only the agent can read (the check is on what was opened, so a
+RENAME_EXCHANGE race cannot win) or for a FIFO that would block the watcher.
 
 Every callback runs on the watcher's own thread; its exceptions are logged.
 """
@@ -41,6 +50,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from agent.core.config import Config
+from agent.core.files import atomic_write, open_regular, read_fd, read_regular, stat_regular
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +58,7 @@ CRASH_KEY = "app.crash_report"
 ANR_KEY = "app.anr"
 MAX_STATE_ENTRIES = 5000  # per watched dir
 TRIGGER_MAX_BYTES = 64 * 1024
+MAX_STUCK_TRIGGERS = 200  # remembered trigger files that could not be removed
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,11 @@ class _DirWatcher:
                 for d in self._dirs:
                     self._safe(functools.partial(self._scan, d))
 
+    def rescan(self) -> None:
+        """One full look at every directory now, on the caller's thread (tools and tests)."""
+        for d in self._dirs:
+            self._safe(functools.partial(self._scan, d))
+
     def _safe(self, fn: Callable[[], None]) -> None:
         try:
             fn()
@@ -316,11 +332,9 @@ class CrashDirWatcher(_DirWatcher):
 
     def _handle(self, path: Path) -> None:
         try:
-            st = path.lstat()
+            st = stat_regular(path)
         except OSError:
-            return
-        if not path.is_file() or path.is_symlink():
-            return
+            return  # gone, or a link / FIFO / device: never reported, never opened
         seen = self._state.setdefault(str(path.parent), {})
         if seen.get(path.name) == st.st_mtime_ns:
             return
@@ -390,6 +404,7 @@ class TriggerDirWatcher(_DirWatcher):
         settle_s: float = 0.5,
         rescan_s: float = 5.0,
         use_observer: bool = True,
+        state_file: Path | None = None,
     ) -> None:
         super().__init__(
             [directory],
@@ -400,6 +415,36 @@ class TriggerDirWatcher(_DirWatcher):
         )
         self._directory = Path(directory)
         self._on_report = on_report
+        self._state_file = state_file
+        # (dev, inode, mtime_ns, size) of files reported but not removable: reported once
+        self._stuck: dict[tuple[int, int, int, int], str] = self._load_stuck()
+
+    def _load_stuck(self) -> dict[tuple[int, int, int, int], str]:
+        if self._state_file is None:
+            return {}
+        try:
+            data = json.loads(read_regular(self._state_file, 1 << 20))
+            return {
+                (int(e[0]), int(e[1]), int(e[2]), int(e[3])): str(e[4])
+                for e in data.get("stuck", [])
+            }
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError, IndexError) as e:
+            log.warning("trigger_state_unreadable", file=str(self._state_file), error=str(e))
+            return {}
+
+    def _remember_stuck(self, ident: tuple[int, int, int, int], name: str) -> None:
+        self._stuck[ident] = name
+        while len(self._stuck) > MAX_STUCK_TRIGGERS:
+            del self._stuck[next(iter(self._stuck))]
+        if self._state_file is None:
+            return
+        data = {"stuck": [[*k, v] for k, v in self._stuck.items()]}
+        try:
+            atomic_write(self._state_file, json.dumps(data).encode(), durable=False)
+        except OSError as e:
+            log.warning("trigger_state_not_saved", file=str(self._state_file), error=str(e))
 
     def start(self) -> None:
         """Create the dir if needed, then watch it."""
@@ -427,13 +472,23 @@ class TriggerDirWatcher(_DirWatcher):
         if path.name.endswith(".failed"):
             return
         try:
-            st = path.lstat()
-            if not path.is_file() or path.is_symlink():
-                return
-            with path.open("rb") as fh:
-                raw = fh.read(TRIGGER_MAX_BYTES)
+            fd, st = open_regular(path)  # no link followed, no FIFO waited on
         except OSError:
-            return  # already handled and removed, or vanished
+            return  # already handled and removed, vanished, or not a regular file
+        ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        try:
+            if ident in self._stuck:
+                return  # reported already; it could not be removed
+            if st.st_nlink != 1:
+                # a hard link may name a file its creator cannot read: never read it
+                log.warning("trigger_file_refused", file=path.name, reason="hard-linked")
+                self._remove(path, ident, reported=False)
+                return
+            raw = read_fd(fd, TRIGGER_MAX_BYTES)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
         note, contact = parse_trigger(raw.decode("utf-8", "replace"))
         report = ManualReport(note, contact, path.name, st.st_mtime)
         try:
@@ -443,14 +498,28 @@ class TriggerDirWatcher(_DirWatcher):
             try:
                 path.rename(path.with_name(path.name + ".failed"))
             except OSError:
-                pass
+                self._remember_stuck(ident, path.name)
             return
+        self._remove(path, ident, reported=True)
+
+    def _remove(self, path: Path, ident: tuple[int, int, int, int], *, reported: bool) -> None:
+        """Unlink the file read as `ident`; if it cannot go, remember it so it is handled once."""
         try:
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) != ident[:2]:
+                return  # swapped since it was read: the newcomer is handled on its own
             path.unlink()
         except FileNotFoundError:
             pass
         except OSError as e:
-            log.error("trigger_file_not_removed", file=path.name, error=str(e))
+            self._remember_stuck(ident, path.name)
+            log.error(
+                "trigger_file_not_removed",
+                file=path.name,
+                error=str(e),
+                reported=reported,
+                note="handled once; passed over until it changes",
+            )
 
 
 def trigger_watcher(
@@ -464,7 +533,11 @@ def trigger_watcher(
     if not cfg.capture.trigger_dir:
         return None
     return TriggerDirWatcher(
-        Path(cfg.capture.trigger_dir), on_report, settle_s=settle_s, rescan_s=rescan_s
+        Path(cfg.capture.trigger_dir),
+        on_report,
+        settle_s=settle_s,
+        rescan_s=rescan_s,
+        state_file=Path(cfg.agent.state_dir) / "trigger-state.json",
     )
 
 
@@ -480,13 +553,18 @@ class _Tail:
         self.ident: tuple[int, int] = (0, 0)
         self.pos = 0
         self.buf = b""
+        self.refused = ""  # why the last open failed (logged once per reason)
 
     def open(self, at_end: bool) -> bool:
         try:
-            fh = self.path.open("rb")
-        except OSError:
+            fd, st = open_regular(self.path)  # a link or FIFO in the log dir is not followed
+        except OSError as e:
+            if self.refused != str(e) and not isinstance(e, FileNotFoundError):
+                log.warning("log_file_unreadable", path=str(self.path), error=str(e))
+            self.refused = str(e)
             return False
-        st = os.fstat(fh.fileno())
+        self.refused = ""
+        fh = os.fdopen(fd, "rb")
         self.close()
         self.fh, self.ident = fh, (st.st_dev, st.st_ino)
         self.pos = fh.seek(0, os.SEEK_END) if at_end else 0
@@ -567,7 +645,7 @@ class LogTailer:
 
     def _poll_one(self, t: _Tail, budget: list[int]) -> int:
         try:
-            st = os.stat(t.path)
+            st = os.lstat(t.path)  # a link now in the file's place is a new file, not followed
         except OSError:
             st = None
         n = 0

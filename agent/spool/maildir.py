@@ -10,6 +10,14 @@ A file name is `<bundle_id>.p<rank>[k].zip`: rank 0 warning, 1 error,
 2 critical; `k` marks the first bundle of a storm, kept over its repeats when
 evicting. A bundle is "captured" only after its file is fsynced, renamed into
 `new/` and `new/` is fsynced.
+
+Nothing in the spool may block or redirect the agent: every directory is
+checked with lstat at `open()` (and again before a bundle is moved into
+`sent/` or `failed/`); one that is not a real directory (a symlink to
+elsewhere, a file, a FIFO) is renamed aside to `<name>.quarantined-<ts>` and
+recreated, with a log line. Sidecars and the small state files are read with
+`agent.core.files.read_regular` (O_NOFOLLOW | O_NONBLOCK, regular files only),
+and a bundle is checked from a descriptor opened the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import threading
 import time
 from collections import Counter
@@ -30,7 +39,7 @@ import structlog
 
 from agent.bundle.format import BundleError, BundleReader, bundle_id_time, is_bundle_id
 from agent.core.config import SpoolConfig
-from agent.core.files import atomic_write, fsync_dir
+from agent.core.files import atomic_write, fsync_dir, open_regular, read_regular
 from drivers.roots import Roots
 from drivers.system import read_boot_id
 
@@ -44,6 +53,7 @@ _NAME = re.compile(
 MIB = 1024 * 1024
 PLAUSIBLE_SINCE = 1_704_067_200.0  # 2024-01-01: ids from before were made by a wrong clock
 MAX_RETRY_AHEAD_S = 86400.0 + 3600.0  # longest backoff cap plus the longest Retry-After
+SMALL_FILE_LIMIT = 64 * 1024  # sidecars, reasons, evicted.json, clock.json
 
 
 class SpoolError(Exception):
@@ -145,8 +155,7 @@ class Spool:
         fast with 10,000 bundles queued. Bad files in new/ are quarantined when
         they are claimed.
         """
-        for d in (*STATES, "retry"):
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        self._check_dirs()
         moved = removed = 0
         with self._lock:
             for entry in os.scandir(self.root / "tmp"):
@@ -166,6 +175,36 @@ class Spool:
         if moved or removed:
             log.info("spool_recovered", **self.recovered)
         return self
+
+    def _check_dirs(self) -> None:
+        """The spool root and each of its directories is a real directory (see `_real_dir`)."""
+        self._real_dir(self.root)
+        for d in (*STATES, "retry"):
+            self._real_dir(self.root / d)
+
+    def _real_dir(self, path: Path) -> Path:
+        """Make sure `path` is a real directory (not a link, file or FIFO), creating it if needed.
+
+        An impostor is renamed aside to `<name>.quarantined-<ts>` (never
+        followed, never deleted: it may be evidence) and a fresh directory made.
+        """
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        if stat.S_ISDIR(st.st_mode):
+            return path
+        aside = path.with_name(f"{path.name}.quarantined-{time.time_ns()}")
+        kind = "symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        try:
+            os.rename(path, aside)
+            path.mkdir(exist_ok=False)
+        except OSError as e:
+            log.error("spool_dir_impostor", dir=str(path), kind=kind, error=str(e))
+            raise
+        log.warning("spool_dir_impostor", dir=str(path), kind=kind, moved_to=str(aside))
+        return path
 
     # ------------------------------------------------------------------ listing
 
@@ -327,7 +366,7 @@ class Spool:
     def pending_evictions(self) -> dict[str, int]:
         """Eviction counts not yet carried by a manifest."""
         try:
-            data = json.loads(self._evicted_path.read_text())
+            data = json.loads(read_regular(self._evicted_path, SMALL_FILE_LIMIT))
         except (OSError, ValueError):
             return {}
         if not isinstance(data, dict):
@@ -367,7 +406,10 @@ class Spool:
         back since it was set) counts as due now.
         """
         try:
-            d = json.loads((self.root / "retry" / f"{bundle_id}.json").read_text())
+            # a FIFO or link in a sidecar's place must not block or redirect the uploader
+            d = json.loads(
+                read_regular(self.root / "retry" / f"{bundle_id}.json", SMALL_FILE_LIMIT)
+            )
             rs = RetryState(int(d["attempts"]), float(d["next_at"]), str(d.get("last_error", "")))
         except (OSError, ValueError, KeyError, TypeError):
             return RetryState()
@@ -411,7 +453,11 @@ class Spool:
     def check(self, item: Item) -> str:
         """'' if the file is a structurally sound bundle with the id it is named by, else why not."""
         try:
-            with BundleReader(item.path) as r:
+            fd, _ = open_regular(item.path)  # a FIFO or link swapped in is refused, not waited on
+        except OSError as e:
+            return f"cannot open bundle: {e.strerror or e}"
+        try:
+            with os.fdopen(fd, "rb") as fh, BundleReader(fh) as r:
                 m = r.verify(None).manifest
         except BundleError as e:
             return str(e)
@@ -423,7 +469,7 @@ class Spool:
         """Uploaded: cur/ → sent/ (keep_sent) or deleted."""
         with self._lock:
             if self.limits.keep_sent:
-                os.replace(item.path, self.root / "sent" / item.path.name)
+                os.replace(item.path, self._real_dir(self.root / "sent") / item.path.name)
             else:
                 item.path.unlink(missing_ok=True)
             self._drop_retry(item.bundle_id)
@@ -466,6 +512,7 @@ class Spool:
             dest = self.root / "failed" / f"{path.name}.foreign"
         with self._lock:
             try:
+                self._real_dir(dest.parent)
                 os.replace(path, dest)
             except OSError as e:
                 log.error("spool_quarantine_failed", path=str(path), error=str(e))
@@ -479,9 +526,10 @@ class Spool:
     def failure_reason(self, item: Item) -> str:
         """Why a bundle is in failed/ ('' when unknown)."""
         try:
-            return item.path.with_name(item.path.name + ".reason").read_text()
+            raw = read_regular(item.path.with_name(item.path.name + ".reason"), SMALL_FILE_LIMIT)
         except OSError:
             return ""
+        return raw.decode("utf-8", "replace")
 
     # ------------------------------------------------------------------ operator actions
 
@@ -526,6 +574,10 @@ class Spool:
         lim = self.limits
         dropped: Counter[str] = Counter()
         with self._lock:
+            try:
+                self._check_dirs()
+            except OSError as e:
+                log.error("spool_dirs_unchecked", error=str(e))
             self._quarantine_non_files()
             if eff is None:
                 return {}
@@ -557,7 +609,7 @@ class Spool:
         boot = (read_boot_id(self.roots) or "") if boot_id is None else boot_id
         path = self.root / "clock.json"
         try:
-            st = json.loads(path.read_text())
+            st = json.loads(read_regular(path, SMALL_FILE_LIMIT))
             prev_eff, prev_mono, prev_boot = float(st["eff"]), float(st["mono"]), str(st["boot_id"])
         except (OSError, ValueError, KeyError, TypeError):
             prev_eff = None

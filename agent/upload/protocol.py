@@ -10,12 +10,20 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from pathlib import Path
 
 PROTOCOL_PATH = "/v1/bundles/"
 MEDIA_TYPE = "application/zip"
 DEVICE_HEADER = "X-Posagent-Device"
+
+# Reply `status` values that refuse one bundle for what it holds, never the
+# device's credentials: the agent fails that bundle and the queue goes on.
+BUNDLE_REFUSED_DEVICE = "device_mismatch"  # the manifest names another device (422)
+BUNDLE_REFUSALS = frozenset({BUNDLE_REFUSED_DEVICE, "invalid_bundle", "conflict"})
+# What collectors before the 422 answered for a manifest of another device (with 403).
+_LEGACY_DEVICE_MISMATCH = "manifest device differs from the token's device"
 
 _DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):\s*(?:;[^,]*)?(?:,|$)")
 
@@ -44,6 +52,22 @@ def file_digest(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return digest_value(h.digest()), size
+
+
+def refuses_bundle_only(body: str) -> bool:
+    """True when a reply body (JSON `{"status", "bundle_id", "error"}`) refuses the bundle itself.
+
+    A 401/403 is about the credentials unless its body says otherwise: a
+    `status` in BUNDLE_REFUSALS, or the error text older collectors sent with
+    403 for a manifest that names another device.
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    return doc.get("status") in BUNDLE_REFUSALS or doc.get("error") == _LEGACY_DEVICE_MISMATCH
 
 
 def parse_content_digest(value: str) -> bytes | None:

@@ -13,6 +13,7 @@ Responses map to spool moves:
 |--------------------------------------------|---------------------------------|
 | 200, 201                                   | done: `spool.ack`               |
 | 400, 409, 413, 422                         | permanent: `spool.fail`         |
+| 403 whose body refuses the bundle itself    | permanent: `spool.fail` (e.g. `device_mismatch`) |
 | 401, 403                                   | queue paused, `upload.auth_failed` raised, retried every backoff cap |
 | 408, 429, 503 with Retry-After             | queue waits as told (≤ 1 h)     |
 | other statuses, connection errors, timeouts, TLS errors, garbage | full-jitter backoff |
@@ -44,7 +45,7 @@ import structlog
 
 from agent.core.config import Config, UploadConfig, read_secret_file
 from agent.spool.maildir import Item, Spool
-from agent.upload.protocol import bundle_url, file_digest, upload_headers
+from agent.upload.protocol import bundle_url, file_digest, refuses_bundle_only, upload_headers
 from agent.upload.worker import Aborted, PutRequest, TlsSettings, WorkerTransport
 
 log = structlog.get_logger(__name__)
@@ -148,12 +149,14 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER_S)
 
 
-def classify(status: int, retry_after_s: float | None) -> Outcome:
-    """The protocol v1 response table."""
+def classify(status: int, retry_after_s: float | None, body: str = "") -> Outcome:
+    """The protocol v1 response table (`body`: the reply's start, to tell a 403's subject)."""
     if status in DONE_STATUSES:
         return Outcome.DONE
     if status in REJECT_STATUSES:
         return Outcome.REJECTED
+    if status == 403 and refuses_bundle_only(body):
+        return Outcome.REJECTED  # this bundle, not the credentials: the queue goes on
     if status in AUTH_STATUSES:
         return Outcome.AUTH
     if status in RETRY_AFTER_STATUSES and retry_after_s is not None:
@@ -792,7 +795,7 @@ class Uploader:
             )
         status = reply.status
         retry_after = parse_retry_after(reply.retry_after, self._clock())
-        outcome = classify(status, retry_after)
+        outcome = classify(status, retry_after, reply.body)
         error = ""
         if outcome is not Outcome.DONE:
             snippet = " ".join(reply.body.split())[:200]

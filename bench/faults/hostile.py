@@ -7,10 +7,11 @@ import json
 import os
 import random
 import stat
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.bundle.format import BundleError, BundleReader
 from bench.faults import Result
@@ -277,7 +278,10 @@ def uploads(quick: bool, work: Path) -> Result:
         expect_refused("no token", env.http.put(url, data=b.data, headers=h, timeout=10))
         expect_refused("wrong token", env.upload(b, token="not-a-token"))
         expect_refused("another device's token", env.upload(b, token=other_token))
-        expect_refused("another device's manifest", env.upload(make_bundle(device="T-0009")))
+        mismatch = env.upload(make_bundle(device="T-0009"))
+        expect_refused("another device's manifest", mismatch)
+        if mismatch.status_code != 422 or mismatch.json().get("status") != "device_mismatch":
+            res.loss(f"another device's manifest: HTTP {mismatch.status_code} {mismatch.text[:80]}")
         expect_refused(
             "wrong digest", env.put(b.data, b.bundle_id, Content_Digest=content_digest(b"x"))
         )
@@ -345,4 +349,248 @@ def uploads(quick: bool, work: Path) -> Result:
         )
     finally:
         env.close()
+    return res
+
+
+# --------------------------------------------------------------------------- hostile local user
+
+SECRET = b"SECRET-ONLY-THE-AGENT-MAY-READ-7f3a"
+
+
+def _bundle_texts(spool_root: Path) -> list[tuple[str, bytes]]:
+    """(bundle file name, every entry's bytes joined) of every bundle under a spool root."""
+    out = []
+    for p in sorted(spool_root.glob("*/*.zip")):
+        with BundleReader(p) as r:
+            out.append((p.name, b"\n".join(r.read(n) for n in r.names)))
+    return out
+
+
+def local_files(quick: bool, work: Path) -> Result:
+    """A hostile local user swaps the trigger file with a symlink to a file only the agent may read (renameat2 RENAME_EXCHANGE in a thread, thousands of times) while the watcher reads it: first the watcher alone (every report checked), then the running daemon (every bundle it seals checked, entry by entry); a FIFO, a hard link and a symlink dropped in the trigger dir are never read and block nothing. A loss is any report or bundle holding the private file's content, or a watcher that blocks."""
+    import threading
+
+    from agent.core.config import load_config
+    from agent.daemon.runner import Agent
+    from agent.monitors.watch import ManualReport, TriggerDirWatcher
+    from tests.conftest import quick_config
+    from tests.monitors.kit import SymlinkSwapper
+
+    res = Result("hostile_local", "hostile local files (trigger dir)")
+    secret = work / "private" / "device.key"
+    secret.parent.mkdir(parents=True)
+    secret.write_bytes(SECRET + b"\n")
+    secret.chmod(0o600)
+    note = b"till 3 frozen after PAY"
+
+    # 1. the watcher alone, reading as fast as it can
+    trig = work / "trigger-unit"
+    trig.mkdir()
+    reports: list[ManualReport] = []
+    w = TriggerDirWatcher(trig, reports.append, settle_s=0.0, rescan_s=0.001)
+    w.start()
+    n_swaps = 5000 if quick else 40000
+    try:
+        sw = SymlinkSwapper(trig / "report", secret, note, n_swaps).start()
+        while not sw.done.is_set():
+            w.rescan()
+        sw.join()
+    finally:
+        w.stop()
+    res.trials += len(reports)
+    leaked = [r for r in reports if r.note != note.decode()]
+    if leaked:
+        res.loss(
+            f"{len(leaked)} of {len(reports)} watcher reports held foreign content", len(leaked)
+        )
+    if not reports:
+        res.loss("the watcher never read the note while the swapper ran")
+    unit_note = f"watcher alone: {sw.swaps} swaps, {len(reports)} reports read"
+
+    # 2. special files beside a good one: nothing blocks, nothing foreign is read
+    trig2 = work / "trigger-special"
+    trig2.mkdir()
+    os.mkfifo(trig2 / "pipe")
+    (trig2 / "link").symlink_to(secret)
+    os.link(secret, trig2 / "hard")
+    (trig2 / "good").write_bytes(note)
+    got: list[ManualReport] = []
+    w2 = TriggerDirWatcher(trig2, got.append, settle_s=0.0, use_observer=False)
+    t = threading.Thread(target=w2.rescan, daemon=True)
+    t.start()
+    t.join(20)
+    res.trials += 1
+    if t.is_alive():
+        res.stall("the trigger watcher blocked on a FIFO")
+    elif [r.note for r in got] != [note.decode()]:
+        res.loss(f"special files in the trigger dir: reports {[r.note[:40] for r in got]}")
+
+    # 3. the running daemon: every bundle it seals while the swapper runs
+    trig3 = work / "trigger-daemon"
+    trig3.mkdir()
+    cfg_path = quick_config(
+        work / "agent",
+        [],
+        f'trigger_dir = "{trig3}"\nmanual_burst = 1000\nmanual_per_hour = 3600.0',
+    )
+    agent = Agent(load_config(cfg_path))
+    agent.start()
+    d_swaps = 600 if quick else 3000
+    try:
+        tw = next(x for x in agent.watchers if isinstance(x, TriggerDirWatcher))
+        sw3 = SymlinkSwapper(trig3 / "report", secret, note, d_swaps, settled=True).start()
+        while not sw3.done.is_set():
+            tw.rescan()
+        sw3.join()
+        for p in trig3.iterdir():  # what the swapper left: not part of the sentinel wait
+            p.unlink()
+        (trig3 / ".s").write_text("SENTINEL end of swaps")
+        os.rename(trig3 / ".s", trig3 / "sentinel")
+        tw.rescan()
+        root = agent.spool.root
+        deadline = time.monotonic() + 120
+        texts: list[tuple[str, bytes]] = []
+        while time.monotonic() < deadline:
+            texts = _bundle_texts(root)
+            if any(b"SENTINEL end of swaps" in body for _, body in texts):
+                break
+            time.sleep(0.1)
+        else:
+            res.stall("the daemon did not seal the sentinel report within 120 s")
+    finally:
+        agent.stop()
+    texts = _bundle_texts(agent.spool.root)
+    manual = [(n, b) for n, b in texts if note in b or b"SENTINEL" in b]
+    res.trials += len(manual)
+    foreign = [n for n, b in texts if SECRET in b]
+    if foreign:
+        res.loss(f"{len(foreign)} of {len(texts)} bundles hold the private file", len(foreign))
+    res.notes.append(
+        f"{unit_note}; daemon: {sw3.swaps} swaps, {len(manual)} manual bundles sealed, "
+        f"{len(foreign)} with foreign content; FIFO, hard link and symlink in the dir unread"
+    )
+    return res
+
+
+def spool_and_queue(quick: bool, work: Path) -> Result:
+    """The spool and the queue under a hostile local user: FIFOs and symlinks in place of retry sidecars (the uploader must not block: every bundle uploads within its deadline), every spool directory replaced by a symlink to a directory outside the state dir before start and sent/ and failed/ again while open (nothing may land outside; impostors moved aside), and one bundle whose manifest names another device among good ones against the real collector (422 device_mismatch: that one in failed/ with the reason, the others stored, no auth pause)."""
+    import threading
+
+    from agent.spool.maildir import Spool
+    from agent.upload.uploader import Uploader
+    from tests.bundle.kit import small_bundle
+    from tests.upload.faultserver import FaultServer, Reply
+    from tests.upload.test_uploader_collector import Collector, agent_setup
+
+    res = Result("hostile_spool", "hostile spool and queue (agent)")
+    rounds = 3 if quick else 10
+
+    def drain(up: Uploader, timeout_s: float = 60.0) -> Any:
+        box: list[Any] = []
+        t = threading.Thread(target=lambda: box.append(up.drain_once(deadline_s=timeout_s)))
+        t.daemon = True
+        t.start()
+        t.join(timeout_s + 15)
+        return box[0] if box else None
+
+    notes: list[str] = []
+    # 1. FIFO / symlink sidecars
+    with FaultServer() as srv:
+        for r in range(rounds):
+            cfg, spool = agent_setup(work / f"fifo{r}", srv.url, "tok")
+            ids = []
+            for i in range(4):
+                b = small_bundle(f"fifo {r}.{i}")
+                spool.enqueue(b.bundle_id, b.data, 1)
+                ids.append(b.bundle_id)
+            os.mkfifo(spool.root / "retry" / f"{ids[0]}.json")
+            (spool.root / "retry" / f"{ids[1]}.json").symlink_to("/dev/zero")
+            s = drain(Uploader(cfg, spool))
+            res.trials += len(ids)
+            if s is None:
+                res.stall(f"round {r}: the uploader blocked on a FIFO sidecar")
+                continue
+            missing = set(ids) - set(srv.store)
+            if missing:
+                res.loss(f"round {r}: {len(missing)} bundles not uploaded: {s}", len(missing))
+    notes.append(f"{rounds} rounds of a FIFO and a /dev/zero symlink as retry sidecars")
+
+    # 2. symlinked spool dirs, before open and while open
+    outside = work / "outside"
+    outside.mkdir()
+    states = ("tmp", "new", "cur", "failed", "sent", "retry")
+    with FaultServer() as srv:
+        for r, state in enumerate(states * (1 if quick else 2)):
+            cfg, spool = agent_setup(work / f"link{r}", srv.url, "tok")
+            d = spool.root / state
+            for p in d.iterdir():
+                p.unlink()
+            d.rmdir()
+            d.symlink_to(outside)
+            spool = Spool(cfg.agent.state_dir, spool.limits).open()
+            for s2 in ("sent", "failed"):  # and again while open
+                if s2 != state:
+                    (spool.root / s2).rmdir()
+                    (spool.root / s2).symlink_to(outside)
+            good, bad = small_bundle(f"link {r}"), small_bundle(f"bad {r}")
+            spool.enqueue(bad.bundle_id, bad.data, 2)
+            spool.enqueue(good.bundle_id, good.data, 1)
+            srv.script(Reply(422, body=b'{"status": "invalid_bundle"}'))
+            s = drain(Uploader(cfg, spool))
+            res.trials += 2
+            if s is None:
+                res.stall(f"{state}: the uploader blocked")
+                continue
+            if list(outside.iterdir()):
+                res.loss(f"{state} symlinked: files written outside: {list(outside.iterdir())}")
+                for p in outside.iterdir():
+                    p.unlink()
+            if good.bundle_id not in srv.store:
+                res.loss(f"{state} symlinked: the good bundle was not uploaded")
+            if [i.bundle_id for i in spool.items("failed")] != [bad.bundle_id]:
+                res.loss(f"{state} symlinked: the refused bundle is not in failed/")
+    notes.append(
+        f"each of {', '.join(states)} symlinked out at start, sent/ and failed/ while open"
+    )
+
+    # 3. the device-mismatch bundle against the real collector
+    conds: list[tuple[str, bool]] = []
+    for r in range(rounds):
+        col = Collector(work / f"collector{r}")
+        try:
+            cfg, spool = agent_setup(work / f"mismatch{r}", col.url, col.token)
+            foreign = small_bundle("renamed terminal", device="T-OLD-NAME")
+            spool.enqueue(foreign.bundle_id, foreign.data, 2)
+            good_ids = set()
+            for i in range(3):
+                b = small_bundle(f"good {i}")
+                spool.enqueue(b.bundle_id, b.data, 1)
+                good_ids.add(b.bundle_id)
+            up = Uploader(cfg, spool, on_condition=lambda k, bad, s: conds.append((k, bad)))
+            s = drain(up)
+            res.trials += 4
+            if s is None:
+                res.stall(f"round {r}: the drain did not end")
+                continue
+            stored = {b["bundle_id"] for b in col.listing()["bundles"]}
+            if stored != good_ids:
+                res.loss(
+                    f"round {r}: stored {len(stored)} of 3 good bundles", len(good_ids - stored)
+                )
+            failed = list(spool.items("failed"))
+            reason = spool.failure_reason(failed[0]) if failed else ""
+            if [i.bundle_id for i in failed] != [
+                foreign.bundle_id
+            ] or "device_mismatch" not in reason:
+                res.loss(
+                    f"round {r}: the foreign bundle is not in failed/ with its reason: {reason!r}"
+                )
+            if up.status()["paused_for_auth"]:
+                res.loss(f"round {r}: the queue was paused for auth")
+        finally:
+            col.thread.stop()
+    if conds:
+        res.loss(f"auth conditions raised for a per-bundle refusal: {conds[:3]}", len(conds))
+    notes.append(f"{rounds} rounds of 3 good + 1 other-device bundle against the collector")
+    res.notes.append("; ".join(notes))
     return res

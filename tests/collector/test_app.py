@@ -233,6 +233,25 @@ def test_start_up_reindexes_blobs_the_index_lost(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- hostile uploads
 
 
+def test_manifest_of_another_device_is_a_per_bundle_refusal(env: Env) -> None:
+    """A manifest naming another device with this device's good credentials: 422
+    device_mismatch (the bundle, not the credentials), not stored; the device's next
+    bundle is stored; a wrong X-Posagent-Device is still 403 (the credentials)."""
+    from agent.upload.protocol import refuses_bundle_only
+
+    foreign = make_bundle(device="T-RENAMED")
+    r = env.upload(foreign)
+    assert r.status_code == 422
+    doc = r.json()
+    assert doc["status"] == "device_mismatch" and doc["bundle_id"] == foreign.bundle_id
+    assert "T-RENAMED" in doc["error"] and refuses_bundle_only(r.text)
+    assert env.upload(make_bundle(device=DEV)).status_code == 201
+    b = make_bundle(device=DEV)
+    wrong = env.put(b.data, b.bundle_id, X_Posagent_Device="T-0009")
+    assert wrong.status_code == 403 and not refuses_bundle_only(wrong.text)
+    assert env.count() == 1
+
+
 @pytest.mark.filterwarnings("ignore:Duplicate name")
 def test_hostile_uploads_are_refused_and_write_nothing(env: Env) -> None:
     """Every hostile request gets its status and leaves the data dir as it was."""
@@ -261,7 +280,7 @@ def test_hostile_uploads_are_refused_and_write_nothing(env: Env) -> None:
     cases.append(("wrong token", 401, env.upload(b, token="not-a-token")))
     cases.append(("other device's token", 403, env.upload(b, token=other_token)))
     foreign = make_bundle(device="T-0009")
-    cases.append(("manifest of another device", 403, env.upload(foreign)))
+    cases.append(("manifest of another device", 422, env.upload(foreign)))
     cases.append(
         ("wrong digest", 400, env.put(b.data, b.bundle_id, Content_Digest=content_digest(b"x")))
     )

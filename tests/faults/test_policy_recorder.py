@@ -137,3 +137,23 @@ def test_run_marker_detects_unclean_stop(tmp_path: Path) -> None:
     assert prev is not None and prev.rebooted
     m.clean_stop()
     assert RunMarker(tmp_path).check_previous() is None
+
+
+def test_manual_reports_have_their_own_bucket(tmp_path: Path) -> None:
+    """Manual reports skip the cooldown and the fault bucket but draw on their own
+    (manual_burst, manual_per_hour): a flood of trigger files is capped, faults keep their
+    budget, the cap survives a restart and refills with time."""
+    clock = Clock()
+    cfg = CaptureConfig(cooldown_s=300, burst=2, manual_burst=3, manual_per_hour=6)
+    state = tmp_path / "policy.json"
+    pol = CapturePolicy(cfg, state_path=state, clock=clock)
+    manual = [pol.decide(ev("manual.report")) for _ in range(50)]
+    assert [d.capture for d in manual].count(True) == 3 and all(d.keep for d in manual[:3])
+    assert "manual" in manual[3].reason
+    assert pol.decide(ev("printer.paper_end")).capture  # the fault bucket is untouched
+    pol.save()
+    again = CapturePolicy(cfg, state_path=state, clock=clock)
+    assert not again.decide(ev("manual.report")).capture  # no refill from a restart
+    clock.t += 600  # 6 per hour: one token every 10 minutes
+    d = again.decide(ev("manual.report"))
+    assert d.capture and d.suppressed == 48  # the reports it held back, carried in this one

@@ -94,3 +94,86 @@ class MonitorRig:
     def context(self, shell: Shell | None = None) -> MonitorContext:
         """Roots of the twins, a local shell (or the given one), the tmp state dir."""
         return MonitorContext(self.roots, shell or Shell(), self.state)
+
+
+# --------------------------------------------------------------------------- hostile local user
+
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (renameat2 RENAME_EXCHANGE); False if one is missing.
+
+    Falls back to two renames where libc has no renameat2 (still a swap, not atomic).
+    """
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        rc = fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+        return bool(rc == 0)
+    tmp = a.with_name(a.name + ".swap")
+    try:
+        os.rename(a, tmp)
+        os.rename(b, a)
+        os.rename(tmp, b)
+    except OSError:
+        return False
+    return True
+
+
+class SymlinkSwapper:
+    """A thread that keeps swapping `target` (a regular trigger file) with a symlink to `secret`.
+
+    Between swaps `target` is alternately the note file and the link; when the
+    watcher consumed the note file a new one is written (dot-file + rename, as
+    a writer should). Runs `iterations` swaps, then stops; `swaps` counts the
+    ones that happened. `settled` back-dates each note so a watcher with a settle
+    time (the daemon's) handles it on its next scan instead of waiting for quiet.
+    """
+
+    def __init__(
+        self, target: Path, secret: Path, note: bytes, iterations: int, *, settled: bool = False
+    ) -> None:
+        import threading
+
+        self.target = target
+        self.link = target.with_name(".link")  # dot-files are ignored by the watcher
+        self.secret = secret
+        self.note = note
+        self.iterations = iterations
+        self.settled = settled  # back-date each note (a watcher handles it on its next scan)
+        self.swaps = 0
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="symlink-swapper", daemon=True)
+
+    def start(self) -> SymlinkSwapper:
+        self._thread.start()
+        return self
+
+    def join(self, timeout_s: float = 60.0) -> None:
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        import os
+
+        try:
+            for _ in range(self.iterations):
+                if not os.path.lexists(self.link):
+                    os.symlink(self.secret, self.link)
+                if not os.path.lexists(self.target):
+                    tmp = self.target.with_name(".note")
+                    tmp.write_bytes(self.note)
+                    if self.settled:
+                        import time
+
+                        old = time.time() - 60
+                        os.utime(tmp, (old, old))
+                    os.rename(tmp, self.target)
+                if exchange(self.target, self.link):
+                    self.swaps += 1
+        finally:
+            self.done.set()

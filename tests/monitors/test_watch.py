@@ -6,7 +6,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -428,3 +428,150 @@ def test_tailer_thread_follows_rotation_and_truncation(tmp_path: Path, running: 
     with log.open("a") as fh:
         fh.write("ERR 3\n")
     assert wait_for(lambda: got.lines == ["ERR one", "ERR two", "ERR 3"])
+
+
+# --------------------------------------------------------------------------- hostile local user
+
+SECRET = b"SECRET-ONLY-THE-AGENT-MAY-READ\n"
+
+
+def _secret(tmp_path: Path) -> Path:
+    p = tmp_path / "private" / "device.key"
+    p.parent.mkdir()
+    p.write_bytes(SECRET)
+    p.chmod(0o600)
+    return p
+
+
+def _in_thread(fn: Callable[[], None], timeout_s: float = 10.0) -> bool:
+    """Run fn on a thread; True when it returned within timeout_s (a FIFO open would block)."""
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return not t.is_alive()
+
+
+def test_trigger_symlink_fifo_and_hard_link_are_never_read(tmp_path: Path) -> None:
+    """A symlink to a private file, a FIFO and a hard link in the trigger dir are not read;
+    the FIFO does not block the watcher; the regular file beside them is reported."""
+    secret = _secret(tmp_path)
+    trig = tmp_path / "trigger"
+    trig.mkdir()
+    (trig / "link").symlink_to(secret)
+    os.mkfifo(trig / "pipe")
+    os.link(secret, trig / "hard")
+    (trig / "good").write_text("drawer stuck")
+    old = time.time() - 60  # settled
+    for n in ("good", "pipe", "hard"):
+        os.utime(trig / n, (old, old))
+    reports: list[ManualReport] = []
+    w = TriggerDirWatcher(trig, reports.append, settle_s=0.05, use_observer=False)
+    assert _in_thread(w.rescan), "the watcher blocked on the FIFO"
+    assert [r.note for r in reports] == ["drawer stuck"]
+    assert not any("SECRET" in r.note for r in reports)
+    assert (trig / "link").is_symlink() and (trig / "pipe").exists()
+    assert not (trig / "hard").exists() and secret.read_bytes() == SECRET  # link dropped, unread
+
+
+def test_trigger_symlink_swap_race_never_leaks_another_file(tmp_path: Path) -> None:
+    """A thread swapping the trigger file with a symlink to a private file (RENAME_EXCHANGE)
+    thousands of times while the watcher reads: no report ever holds the private content."""
+    from tests.monitors.kit import SymlinkSwapper
+
+    secret = _secret(tmp_path)
+    trig = tmp_path / "trigger"
+    trig.mkdir()
+    reports: list[ManualReport] = []
+    w = TriggerDirWatcher(trig, reports.append, settle_s=0.0, rescan_s=0.001, use_observer=True)
+    w.start()
+    try:
+        swapper = SymlinkSwapper(trig / "report", secret, b"till 3 frozen\n", 3000).start()
+        while not swapper.done.is_set():
+            w.rescan()  # the test's own thread reads too: more chances for the race
+        swapper.join()
+    finally:
+        w.stop()
+    assert swapper.swaps > 1000
+    assert reports, "the watcher never read the note"
+    leaked = [r for r in reports if r.note != "till 3 frozen"]
+    assert leaked == [], f"{len(leaked)} of {len(reports)} reports held foreign content"
+
+
+_STUCK_CHILD = """
+import sys
+from pathlib import Path
+from agent.monitors.watch import TriggerDirWatcher
+trig, state = Path(sys.argv[1]), Path(sys.argv[2])
+w = TriggerDirWatcher(trig, lambda r: print("REPORT", r.note, flush=True),
+                      settle_s=0.0, use_observer=False, state_file=state)
+for _ in range(int(sys.argv[3])):
+    w.rescan()
+"""
+
+
+def _run_stuck_child(trig: Path, state: Path, scans: int) -> list[str]:
+    """The watcher in a child that cannot remove files from trig (a read-only bind mount in
+    its own mount namespace as root, else a 0555 dir); its REPORT lines."""
+    import shutil
+    import subprocess
+    import sys
+
+    py = [sys.executable, "-c", _STUCK_CHILD, str(trig), str(state), str(scans)]
+    if os.geteuid() == 0:
+        if not shutil.which("unshare"):
+            pytest.skip("needs unshare(1) for a read-only bind mount")
+        q = " ".join(f"'{a}'" for a in py)
+        cmd = [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            f"mount --bind '{trig}' '{trig}' && mount -o remount,ro,bind '{trig}' '{trig}' "
+            f"&& exec {q}",
+        ]
+    else:
+        trig.chmod(0o555)
+        cmd = py
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path.cwd())
+    if os.geteuid() == 0 and r.returncode != 0 and "mount" in r.stderr:
+        pytest.skip(f"no read-only bind mount here: {r.stderr.strip()[:200]}")
+    assert r.returncode == 0, r.stderr
+    return [line for line in r.stdout.splitlines() if line.startswith("REPORT")]
+
+
+def test_trigger_file_that_cannot_be_removed_is_reported_once(tmp_path: Path) -> None:
+    """On a read-only trigger dir the same file is reported once over many rescans, and not
+    again by a restarted watcher (its identity is persisted); a changed file is reported."""
+    trig = tmp_path / "trigger"
+    trig.mkdir()
+    f = trig / "report"
+    f.write_text("receipt printer smoking")
+    state = tmp_path / "state" / "trigger-state.json"
+    state.parent.mkdir()
+    try:
+        assert _run_stuck_child(trig, state, 20) == ["REPORT receipt printer smoking"]
+        assert f.exists()  # could not be removed
+        assert _run_stuck_child(trig, state, 5) == []  # a restart does not report it again
+        f.write_text("receipt printer smoking again")
+        assert _run_stuck_child(trig, state, 5) == ["REPORT receipt printer smoking again"]
+    finally:
+        trig.chmod(0o755)
+
+
+def test_tailer_follows_no_symlink_and_no_fifo(tmp_path: Path) -> None:
+    """A log file replaced by a symlink to a private file is not read; a FIFO does not block."""
+    secret = tmp_path / "private.log"
+    secret.write_text("")
+    log = tmp_path / "pos.log"
+    log.symlink_to(secret)
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    got = Lines()
+    t = LogTailer([log, fifo], [r"."], got, interval_s=0.05)
+    assert _in_thread(t.prime)
+    with secret.open("a") as fh:
+        fh.write("SECRET line\n")
+    polled: list[int] = []
+    assert _in_thread(lambda: polled.append(t.poll()))
+    assert polled == [0] and got.lines == []
+    t.stop()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -356,3 +358,104 @@ def test_retry_time_far_ahead_counts_as_due(tmp_path: Path) -> None:
     sp.release(claimed, time.time() + 10 * 365 * 86400, "503")
     due, _ = sp.next_due()
     assert due is not None and due.bundle_id == b.bundle_id
+
+
+# --------------------------------------------------------------------------- hostile local user
+
+
+def _returns_within(fn: Callable[[], object], timeout_s: float = 10.0) -> list[object]:
+    """fn's result in a list when it returned within timeout_s on a thread, else []."""
+    out: list[object] = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return out
+
+
+def test_fifo_sidecar_neither_blocks_nor_breaks_the_queue(tmp_path: Path) -> None:
+    """A FIFO (or a symlink) in place of a retry sidecar reads as no retry state, at once;
+    a release writes a real sidecar in its place without opening the FIFO."""
+    sp = Spool(tmp_path).open()
+    a, b = small_bundle("a"), small_bundle("b")
+    sp.enqueue(a.bundle_id, a.data, 1)
+    sp.enqueue(b.bundle_id, b.data, 1)
+    os.mkfifo(sp.root / "retry" / f"{a.bundle_id}.json")
+    secret = tmp_path / "elsewhere.json"
+    secret.write_text('{"attempts": 99, "next_at": 1e12}')
+    (sp.root / "retry" / f"{b.bundle_id}.json").symlink_to(secret)
+    got = _returns_within(lambda: sp.next_due())
+    assert got, "next_due blocked on a FIFO sidecar"
+    item, _ = got[0]  # type: ignore[misc]
+    assert item is not None and item.bundle_id == a.bundle_id
+    assert sp.retry_state(b.bundle_id).attempts == 0  # the link was not followed
+    claimed = sp.claim(item)
+    assert claimed is not None
+    done = _returns_within(lambda: sp.release(claimed, time.time() + 60, "HTTP 503"))
+    assert done, "release blocked on the FIFO sidecar"
+    side = sp.root / "retry" / f"{a.bundle_id}.json"
+    assert side.is_file() and not side.is_symlink() and sp.retry_state(a.bundle_id).attempts == 1
+
+
+@pytest.mark.parametrize("state", ["failed", "sent", "retry", "new"])
+def test_symlinked_spool_dir_is_moved_aside_and_never_written_through(
+    tmp_path: Path, state: str
+) -> None:
+    """A spool dir replaced by a symlink to a dir outside the state dir is renamed aside
+    (`<name>.quarantined-<ts>`) and recreated at open(); nothing lands outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    sp = Spool(tmp_path / "state").open()
+    d = sp.root / state
+    d.rmdir()
+    d.symlink_to(outside)
+    sp = Spool(tmp_path / "state").open()
+    assert d.is_dir() and not d.is_symlink()
+    aside = [p for p in sp.root.iterdir() if p.name.startswith(f"{state}.quarantined-")]
+    assert len(aside) == 1 and aside[0].is_symlink()
+    for i, rank in enumerate((1, 1, 1)):
+        b = small_bundle(f"b{i}")
+        sp.enqueue(b.bundle_id, b.data, rank)
+    first, second, _ = sp.queued()
+    c1 = sp.claim(first)
+    assert c1 is not None
+    sp.ack(c1)
+    c2 = sp.claim(second)
+    assert c2 is not None
+    sp.fail(c2, "HTTP 422: device_mismatch")
+    assert list(outside.iterdir()) == []
+
+
+def test_spool_dir_swapped_for_a_symlink_after_open_is_caught_before_a_move(
+    tmp_path: Path,
+) -> None:
+    """sent/ and failed/ replaced by symlinks while the spool is open: ack and fail check
+    the directory (lstat) before moving a bundle into it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    sp = Spool(tmp_path / "state").open()
+    for s in ("sent", "failed"):
+        (sp.root / s).rmdir()
+        (sp.root / s).symlink_to(outside)
+    for i in range(2):
+        b = small_bundle(f"x{i}")
+        sp.enqueue(b.bundle_id, b.data, 1)
+    first, second = sp.queued()
+    c1, c2 = sp.claim(first), sp.claim(second)
+    assert c1 is not None and c2 is not None
+    sp.ack(c1)
+    sp.fail(c2, "rejected")
+    assert list(outside.iterdir()) == []
+    assert [i.bundle_id for i in sp.items("sent")] == [c1.bundle_id]
+    assert [i.bundle_id for i in sp.items("failed")] == [c2.bundle_id]
+
+
+def test_fifo_or_file_in_place_of_a_spool_dir_is_moved_aside(tmp_path: Path) -> None:
+    """A FIFO as cur/ and a regular file as tmp/ are renamed aside at open(), not opened."""
+    sp = Spool(tmp_path).open()
+    (sp.root / "cur").rmdir()
+    os.mkfifo(sp.root / "cur")
+    (sp.root / "tmp").rmdir()
+    (sp.root / "tmp").write_text("x")
+    assert _returns_within(lambda: Spool(tmp_path).open())
+    assert (sp.root / "cur").is_dir() and (sp.root / "tmp").is_dir()
+    assert len([p for p in sp.root.iterdir() if ".quarantined-" in p.name]) == 2

@@ -124,6 +124,45 @@ def test_classify_matches_the_protocol_table() -> None:
         assert classify(s, 5.0) is Outcome.RETRY
 
 
+def test_classify_tells_a_refused_bundle_from_refused_credentials() -> None:
+    """A 403 whose JSON body refuses the bundle itself (device_mismatch, or the text older
+    collectors sent) is permanent for that bundle; any other 401/403 is about the credentials."""
+    mismatch = '{"status": "device_mismatch", "bundle_id": "x", "error": "manifest device"}'
+    legacy = (
+        '{"status": "forbidden", "bundle_id": "x", '
+        '"error": "manifest device differs from the token\'s device"}'
+    )
+    header = (
+        '{"status": "forbidden", "error": "X-Posagent-Device does not match the token\'s device"}'
+    )
+    assert classify(403, None, mismatch) is Outcome.REJECTED
+    assert classify(403, None, legacy) is Outcome.REJECTED
+    assert classify(403, None, header) is Outcome.AUTH
+    assert classify(403, None, "<html>forbidden</html>") is Outcome.AUTH
+    assert classify(403, None, "[1]") is Outcome.AUTH
+    assert classify(401, None, mismatch) is Outcome.AUTH  # never a reason to skip auth on 401
+    assert classify(422, None, mismatch) is Outcome.REJECTED
+
+
+def test_a_403_refusing_one_bundle_fails_it_and_the_queue_goes_on(
+    env: tuple[Config, Spool, Uploader], server: FaultServer
+) -> None:
+    """An older collector's 403 for a manifest of another device: that bundle goes to failed/
+    with the reason, the others upload, no auth pause and no auth condition."""
+    cfg, spool, _ = env
+    conds: list[tuple[str, bool]] = []
+    up = Uploader(cfg, spool, on_condition=lambda k, bad, s: conds.append((k, bad)))
+    bad = enqueue(spool, rank=2)
+    good = {enqueue(spool, rank=1) for _ in range(2)}
+    body = b'{"status": "forbidden", "error": "manifest device differs from the token\'s device"}'
+    server.script(Reply(403, body=body))
+    s = up.drain_once()
+    assert (s.uploaded, s.failed, s.remaining) == (2, 1, 0), s
+    assert names(spool, "failed") == {bad} and names(spool, "sent") == good
+    assert "manifest device differs" in spool.failure_reason(next(spool.items("failed")))
+    assert not up.status()["paused_for_auth"] and conds == []
+
+
 def test_backoff_is_full_jitter_under_the_cap() -> None:
     """The delay is uniform in [0, min(cap, base*2**attempt)]."""
     rng = random.Random(7)

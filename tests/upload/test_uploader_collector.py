@@ -136,6 +136,28 @@ def test_bundle_signed_with_another_key_is_rejected_and_kept(
     assert item.bundle_id == bid and "HTTP 422" in spool.failure_reason(item)
 
 
+def test_a_bundle_of_another_device_fails_alone_and_the_queue_goes_on(
+    tmp_path: Path, collector: Collector
+) -> None:
+    """3 good bundles and 1 whose manifest names another device (a renamed terminal's old
+    bundle): the collector answers 422 device_mismatch, the 3 upload, the bad one is in
+    failed/ with the reason, and no auth fault is raised."""
+    cfg, spool = agent_setup(tmp_path, collector.url, collector.token)
+    foreign = small_bundle("before the rename", device="T-OLD-NAME")
+    spool.enqueue(foreign.bundle_id, foreign.data, 2)  # critical: sent first
+    good = {enqueue(spool) for _ in range(3)}
+    conds: list[tuple[str, bool]] = []
+    up = Uploader(cfg, spool, on_condition=lambda k, bad, s: conds.append((k, bad)))
+    s = up.drain_once()
+    assert (s.uploaded, s.failed, s.remaining) == (3, 1, 0), s
+    assert {b["bundle_id"] for b in collector.listing()["bundles"]} == good
+    failed = list(spool.items("failed"))
+    assert [i.bundle_id for i in failed] == [foreign.bundle_id]
+    reason = spool.failure_reason(failed[0])
+    assert "HTTP 422" in reason and "device_mismatch" in reason and "T-OLD-NAME" in reason
+    assert conds == [] and not up.status()["paused_for_auth"]
+
+
 def test_rate_limit_retry_after_is_obeyed(tmp_path: Path) -> None:
     """Past the collector's per-minute rate the agent waits as told by Retry-After."""
     c = Collector(tmp_path / "collector", rate_per_minute=2)

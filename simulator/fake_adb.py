@@ -4,9 +4,14 @@ Run as `python -m simulator.fake_adb ARGS...` (a launcher script named `adb`
 does that; put its directory first on PATH). The state file comes from
 $POSAGENT_SIM_ADB_STATE. Supported: `devices`, `get-state`, `reconnect`,
 `start-server`, `kill-server`, `[-s SERIAL] shell CMD...` with `dumpsys
-battery|connectivity|window`, `getprop [KEY]`, `logcat -d [-t N]`,
-`pidof NAME`, `screencap -p`, `echo`, `true`, and `[-s SERIAL] exec-out
-screencap -p` (a PNG drawn from the state with Pillow). A device can be
+battery|connectivity|window`, `dumpsys dropbox [--print] [DATE] [TIME] [TAG]`,
+`getprop [KEY]`, `logcat -d [-v threadtime] [-t N | -T 'MM-DD HH:MM:SS.mmm']`,
+`pidof NAME`, `ls -l DIR`, `stat -c %Y FILE`, `date [+FORMAT]`,
+`screencap -p`, `echo`, `true`, commands joined by `;` and piped through
+`head -n N|-c N` / `tail -n N`, and `[-s SERIAL] exec-out screencap -p` (a PNG
+drawn from the state with Pillow). The device's clock is this machine's plus
+`clock_offset_s`, shown in UTC; dropbox entries, files and dirs ("ok",
+"denied", "absent") and logcat lines come from the state. A device can be
 "device", "offline", "unauthorized" or "gone" (not listed: "error: device
 'X' not found"), and `hang: true` makes every command sleep until killed.
 Every invocation is appended to the state's call log.
@@ -87,6 +92,13 @@ def default_device() -> dict[str, Any]:
         "logcat": "01-01 00:00:00.000  4242  4242 I PosApp  : sale screen ready\n",
         "screen": {"width": 320, "height": 240, "color": [30, 120, 200]},
         "outputs": {},
+        "clock_offset_s": 0.0,
+        # [{"at": epoch s, "tag": "data_app_crash", "text": "..."}], oldest first
+        "dropbox": [],
+        # path -> {"mtime": epoch s, "size": n, "mode": "-rw-r-----", "owner": .., "group": ..}
+        "files": {},
+        # as `adb shell` (user shell) sees them on a production build
+        "dirs": {"/data/tombstones": "denied", "/data/anr": "denied", "/sdcard": "ok"},
     }
 
 
@@ -180,6 +192,140 @@ def render_dumpsys_window(f: Mapping[str, Any] | None) -> str:
     )
 
 
+def device_now(dev: Mapping[str, Any]) -> float:
+    """The simulated device's wall clock (epoch seconds)."""
+    return time.time() + float(dev.get("clock_offset_s") or 0.0)
+
+
+def _dropbox_time(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+def render_dumpsys_dropbox(entries: Sequence[Mapping[str, Any]], args: Sequence[str]) -> str:
+    """`dumpsys dropbox` as DropBoxManagerService.dump writes it (Android 10+ layout).
+
+    Every argument that is not an option must be part of the entry's date or equal its
+    tag; --print writes each entry's text after a line of 40 '='.
+    """
+    do_print = any(a in ("-p", "--print") for a in args)
+    search = [a for a in args if not a.startswith("-")]
+    out = [
+        f"Drop box contents: {len(entries)} entries",
+        "Max entries: 1000",
+        "Low priority rate limit period: 2000 ms",
+        "Low priority tags: {data_app_wtf, keymaster, system_server_wtf, system_app_strictmode}",
+    ]
+    if search:
+        out.append("Searching for: " + " ".join(search))
+    out.append("")
+    found = 0
+    for e in sorted(entries, key=lambda e: float(e.get("at", 0))):
+        date, tag = _dropbox_time(float(e.get("at", 0))), str(e.get("tag", ""))
+        if not all(a in date or a == tag for a in search):
+            continue
+        found += 1
+        text = str(e.get("text", ""))
+        if do_print:
+            out.append("=" * 40)
+        out.append(f"{date} {tag} (text, {len(text.encode())} bytes)")
+        if do_print:
+            out.append(text if text.endswith("\n") or not text else text + "\n")
+    if not found:
+        out.append("(No entries found.)")
+    body = "\n".join(out) + "\n"
+    if not args:
+        body += "\nUsage: dumpsys dropbox [--print|--file] [YYYY-mm-dd] [HH:MM:SS] [tag]\n"
+    return body
+
+
+def logcat_time(at: float) -> str:
+    """A threadtime timestamp ("MM-DD HH:MM:SS.mmm", UTC) for epoch seconds."""
+    ms = int((at - int(at)) * 1000)
+    return time.strftime("%m-%d %H:%M:%S", time.gmtime(int(at))) + f".{ms:03d}"
+
+
+def render_logcat_line(at: float, pid: int, tid: int, level: str, tag: str, msg: str) -> str:
+    """One `logcat -v threadtime` line."""
+    return f"{logcat_time(at)} {pid:5d} {tid:5d} {level} {tag:<8}: {msg}"
+
+
+def _logcat(dev: Mapping[str, Any], args: list[str]) -> tuple[int, bytes, str]:
+    lines = str(dev.get("logcat", "")).splitlines(keepends=True)
+    if "-t" in args:
+        i = args.index("-t")
+        try:
+            n = int(args[i + 1])
+        except (IndexError, ValueError):
+            return 1, b"", "logcat: bad -t"
+        lines = lines[-n:]
+    if "-T" in args:
+        i = args.index("-T")
+        since = args[i + 1] if i + 1 < len(args) else ""
+        if len(since) < 18:
+            return 1, b"", f"logcat: bad -T {since!r}"
+        lines = [ln for ln in lines if ln[:18] >= since[:18]]
+    return 0, "".join(lines).encode(), ""
+
+
+def _ls(dev: Mapping[str, Any], args: list[str]) -> tuple[int, bytes, str]:
+    paths = [a for a in args if not a.startswith("-")]
+    if not paths:
+        return 1, b"", "ls: missing operand"
+    path = paths[0].rstrip("/") or "/"
+    dirs: Mapping[str, str] = dev.get("dirs") or {}
+    files: Mapping[str, Mapping[str, Any]] = dev.get("files") or {}
+    state = dirs.get(path, "ok" if any(f.startswith(path + "/") for f in files) else "absent")
+    if state == "denied":
+        return 1, b"", f"ls: {path}: Permission denied"
+    if state != "ok":
+        return 1, b"", f"ls: {path}: No such file or directory"
+    rows = []
+    for name, f in sorted(files.items()):
+        parent, _, base = name.rpartition("/")
+        if parent != path:
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(float(f.get("mtime", 0))))
+        rows.append(
+            f"{f.get('mode', '-rw-r-----')} 1 {f.get('owner', 'system')} "
+            f"{f.get('group', 'system')} {int(f.get('size', 0))} {when} {base}"
+        )
+    return 0, "".join(r + "\n" for r in [f"total {len(rows) * 8}", *rows]).encode(), ""
+
+
+def _stat(dev: Mapping[str, Any], args: list[str]) -> tuple[int, bytes, str]:
+    if args[:2] != ["-c", "%Y"] or len(args) < 3:
+        return 1, b"", "stat: only -c %Y is simulated"
+    f = (dev.get("files") or {}).get(args[2])
+    if f is None:
+        return 1, b"", f"stat: '{args[2]}': No such file or directory"
+    return 0, f"{int(float(f.get('mtime', 0)))}\n".encode(), ""
+
+
+def _date(dev: Mapping[str, Any], args: list[str]) -> tuple[int, bytes, str]:
+    now = device_now(dev)
+    if args and args[0].startswith("+"):
+        fmt = args[0][1:].replace("%s", str(int(now)))
+        return 0, (time.strftime(fmt, time.gmtime(now)) + "\n").encode(), ""
+    return 0, (time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(now)) + "\n").encode(), ""
+
+
+def _filter(words: list[str], data: bytes) -> tuple[int, bytes, str]:
+    """`head -n N`, `head -c N` or `tail -n N` over a pipe."""
+    cmd, args = words[0], words[1:]
+    try:
+        opt, n = args[0], int(args[1])
+    except (IndexError, ValueError):
+        return 1, b"", f"{cmd}: bad arguments {args}"
+    if cmd == "head" and opt == "-c":
+        return 0, data[:n], ""
+    lines = data.splitlines(keepends=True)
+    if cmd == "head" and opt == "-n":
+        return 0, b"".join(lines[:n]), ""
+    if cmd == "tail" and opt == "-n":
+        return 0, b"".join(lines[-n:] if n else []), ""
+    return 1, b"", f"{cmd}: {opt} is not simulated"
+
+
 def render_getprop(props: Mapping[str, str]) -> str:
     """`getprop` layout: sorted `[key]: [value]` lines."""
     return "".join(f"[{k}]: [{v}]\n" for k, v in sorted(props.items()))
@@ -223,11 +369,38 @@ def _shell(dev: Mapping[str, Any], words: list[str]) -> tuple[int, bytes, str]:
             )
         return 0, str(o).encode(), ""
     try:
-        argv = shlex.split(line)
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";|&")
+        lexer.whitespace_split = True
+        tokens = list(lexer)
     except ValueError:
         return 2, b"", "/system/bin/sh: syntax error"
-    if not argv:
-        return 0, b"", ""
+    code, out, errs = 0, b"", []
+    for command in _split(tokens, ";"):  # `a; b`: both run, the last one's status
+        stages = _split(command, "|")
+        if not stages or not all(stages):
+            return 2, b"", "/system/bin/sh: syntax error"
+        code, data, err = _command(dev, stages[0])
+        for stage in stages[1:]:  # `a | head -n N`: the pipe's status is the last stage's
+            if err:
+                errs.append(err)
+            code, data, err = _filter(stage, data)
+        out += data
+        if err:
+            errs.append(err)
+    return code, out, "\n".join(errs)
+
+
+def _split(tokens: list[str], sep: str) -> list[list[str]]:
+    parts: list[list[str]] = [[]]
+    for t in tokens:
+        if t == sep:
+            parts.append([])
+        else:
+            parts[-1].append(t)
+    return [p for p in parts if p] if sep == ";" else parts
+
+
+def _command(dev: Mapping[str, Any], argv: list[str]) -> tuple[int, bytes, str]:
     cmd, args = argv[0], argv[1:]
     if cmd == "dumpsys" and args[:1] == ["battery"]:
         return 0, render_dumpsys_battery(dev.get("battery") or {}).encode(), ""
@@ -240,16 +413,16 @@ def _shell(dev: Mapping[str, Any], words: list[str]) -> tuple[int, bytes, str]:
         if args:
             return 0, (str(props.get(args[0], "")) + "\n").encode(), ""
         return 0, render_getprop(props).encode(), ""
+    if cmd == "dumpsys" and args[:1] == ["dropbox"]:
+        return 0, render_dumpsys_dropbox(dev.get("dropbox") or [], args[1:]).encode(), ""
     if cmd == "logcat" and "-d" in args:
-        text = str(dev.get("logcat", ""))
-        if "-t" in args:
-            i = args.index("-t")
-            try:
-                n = int(args[i + 1])
-            except (IndexError, ValueError):
-                return 1, b"", "logcat: bad -t"
-            text = "".join(text.splitlines(keepends=True)[-n:])
-        return 0, text.encode(), ""
+        return _logcat(dev, args)
+    if cmd == "ls":
+        return _ls(dev, args)
+    if cmd == "stat":
+        return _stat(dev, args)
+    if cmd == "date":
+        return _date(dev, args)
     if cmd == "pidof":
         procs: Mapping[str, list[int]] = dev.get("processes") or {}
         pids = [p for name in args for p in procs.get(name, [])]
@@ -424,6 +597,48 @@ class FakeAdb:
         """Answer `shell <command>` verbatim with `stdout` (e.g. a captured fixture)."""
         st = self.state()
         st["devices"][serial or self.serial].setdefault("outputs", {})[command] = stdout
+        write_json_atomic(self.state_path, st)
+
+    def add_dropbox(
+        self, tag: str, text: str, at: float | None = None, serial: str | None = None
+    ) -> None:
+        """A new dropbox entry (data_app_crash, data_app_anr, SYSTEM_TOMBSTONE...), now by default."""
+        st = self.state()
+        dev = st["devices"][serial or self.serial]
+        when = device_now(dev) if at is None else at
+        dev.setdefault("dropbox", []).append({"at": when, "tag": tag, "text": text})
+        write_json_atomic(self.state_path, st)
+
+    def log(
+        self,
+        message: str,
+        tag: str = "PosApp",
+        pid: int = 4242,
+        level: str = "E",
+        serial: str | None = None,
+    ) -> str:
+        """Append a logcat line stamped with the device's clock now; returns the line."""
+        st = self.state()
+        dev = st["devices"][serial or self.serial]
+        line = render_logcat_line(device_now(dev), pid, pid, level, tag, message)
+        dev["logcat"] = str(dev.get("logcat", "")) + line + "\n"
+        write_json_atomic(self.state_path, st)
+        return line
+
+    def touch(
+        self, path: str, mtime: float | None = None, size: int = 0, serial: str | None = None
+    ) -> None:
+        """Create or update a file on the device (a heartbeat, a tombstone); mtime now by default."""
+        st = self.state()
+        dev = st["devices"][serial or self.serial]
+        when = device_now(dev) if mtime is None else mtime
+        dev.setdefault("files", {})[path] = {"mtime": when, "size": size}
+        write_json_atomic(self.state_path, st)
+
+    def set_dir(self, path: str, state: str, serial: str | None = None) -> None:
+        """A directory on the device is "ok", "denied" or "absent"."""
+        st = self.state()
+        st["devices"][serial or self.serial].setdefault("dirs", {})[path] = state
         write_json_atomic(self.state_path, st)
 
     def drop(self, serial: str | None = None) -> None:

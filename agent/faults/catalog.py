@@ -136,7 +136,7 @@ class Rule:
 
     def subject_of(self, source: str) -> str | None:
         """The subject for a reading's source, or None when this rule does not apply."""
-        if self.kind is not Kind.READING:
+        if self.kind is not Kind.READING and not (self.kind is Kind.EVENT and self.source):
             return None
         if self.source.endswith(":*"):
             prefix = self.source[:-1]
@@ -788,9 +788,25 @@ CATALOG: tuple[Rule, ...] = (
         clear_after=readings(2),
         doc="heartbeat file older than heartbeat_max_age_s",
     ),
-    Rule("app.crash_report", E, Kind.EVENT, "crash report {subject}", doc="new crash/tombstone"),
-    Rule("app.anr", E, Kind.EVENT, "ANR report {subject}", doc="new file in an ANR dir"),
-    Rule("app.log_error", E, Kind.EVENT, "log error in {subject}", doc="log line matched"),
+    # One-shot events from the watched dirs (runner) or from readings of these sources
+    # (the android monitor: dropbox entries, device dirs, logcat), one event per reading.
+    Rule(
+        "app.crash_report",
+        E,
+        Kind.EVENT,
+        "crash report {subject}",
+        source="crash:*",
+        doc="new crash/tombstone",
+    ),
+    Rule("app.anr", E, Kind.EVENT, "ANR report {subject}", source="anr:*", doc="new ANR report"),
+    Rule(
+        "app.log_error",
+        E,
+        Kind.EVENT,
+        "log error in {subject}",
+        source="log_error:*",
+        doc="log line matched",
+    ),
     Rule("manual.report", W, Kind.EVENT, "manual report", doc="posagent report / trigger file"),
     # agent itself -----------------------------------------------------------
     Rule(

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -163,7 +163,9 @@ class FaultEngine:
         self._exact: dict[str, list[Rule]] = {}
         self._prefix: dict[str, list[Rule]] = {}
         for rule in self._rules.values():
-            if rule.kind is not Kind.READING or not rule.enabled:
+            if not rule.enabled or not (
+                rule.kind is Kind.READING or (rule.kind is Kind.EVENT and rule.source)
+            ):
                 continue
             if rule.source.endswith(":*"):
                 self._prefix.setdefault(rule.source[:-2], []).append(rule)
@@ -192,7 +194,11 @@ class FaultEngine:
                     rules = rules + self._prefix.get(area, [])
                 for rule in rules:
                     subj = rule.subject_of(reading.source)
-                    if subj is not None:
+                    if subj is None:
+                        continue
+                    if rule.kind is Kind.EVENT:
+                        out.extend(self._event_of(rule, subj, reading))
+                    else:
                         self._apply(rule, subj, reading, now, out)
             self._check_flaps(now, out)
         return out
@@ -252,6 +258,22 @@ class FaultEngine:
         source = f"{rule.area}:{subject}" if subject else rule.area
         reading = Reading(source, dict(values or {}), ts=at, mono=self._clock())
         return FaultEvent(key, FaultState.RAISED, sev, text, subject, at, at, (reading,))
+
+    def _event_of(self, rule: Rule, subject: str, reading: Reading) -> list[FaultEvent]:
+        """A reading of an event rule's source: one RAISED event carrying that reading.
+
+        The reading's `summary` value, when it has one, is the event's summary.
+        """
+        summary = reading.values.get("summary")
+        ev = self.event(
+            rule.key,
+            subject,
+            summary=summary if isinstance(summary, str) else "",
+            values=reading.values,
+        )
+        if ev is None:
+            return []
+        return [replace(ev, at=reading.ts, raised_at=reading.ts, readings=(reading,))]
 
     def tick(self) -> list[FaultEvent]:
         """Time-driven work without a reading: clears quiet flapping faults."""

@@ -7,7 +7,8 @@ Values (the catalog's app rules read them; None when unknown or not configured):
   (new pid, or same pid with another create time) in the last 10 minutes;
   the first sighting is not a restart;
 - heartbeat_age_s: seconds since the heartbeat file was modified (None when
-  not configured, missing, or on target adb where the file is on the device);
+  not configured or missing); on target adb the file is on the device and its
+  age is `date +%s` minus `stat -c %Y FILE` there, so the two clocks never mix;
 plus pid and heartbeat_exists as evidence.
 
 With no process, pid file or heartbeat file configured there is no monitor.
@@ -49,7 +50,7 @@ class AppMonitor:
 
     @property
     def timeout_s(self) -> float:
-        return SHELL_TIMEOUT_S + 2.0
+        return 2 * SHELL_TIMEOUT_S + 2.0  # pidof and, on adb, the heartbeat: a shell call each
 
     def _process(self) -> tuple[bool | None, tuple[int, float | None] | None, str]:
         """(running, identity (pid, create time), error) of the POS process."""
@@ -75,8 +76,11 @@ class AppMonitor:
             self._restarts.popleft()
         age: float | None = None
         exists: bool | None = None
-        if self.cfg.heartbeat_file and self.shell.mode != "adb":
-            hb = heartbeat_age(self.cfg.heartbeat_file)
+        if self.cfg.heartbeat_file:
+            if self.shell.mode == "adb":  # the file is on the device: its mtime by its clock
+                hb = android.read_heartbeat(self.shell, self.cfg.heartbeat_file, SHELL_TIMEOUT_S)
+            else:
+                hb = heartbeat_age(self.cfg.heartbeat_file)
             age, exists = hb.age_s, hb.exists
             error = error or hb.error
         values: dict[str, Any] = {

@@ -378,3 +378,28 @@ def test_every_rule_summary_formats_without_values() -> None:
     for rule in RULES.values():
         text = format_summary(rule.summary, {})
         assert text and "{" not in text
+
+
+def test_event_rules_fire_once_per_reading_of_their_source() -> None:
+    """crash:/anr:/log_error: readings (the android monitor's) raise one one-shot event each;
+    the event keeps the reading and its summary; a disabled rule or another source raises nothing."""
+    eng = FaultEngine(Config())
+    r = Reading("crash:com.example.pos", {"path": "dropbox:x", "summary": "data_app_crash boom"})
+    (ev,) = eng.feed(r)
+    assert (ev.key, ev.subject, ev.state, ev.severity) == (
+        "app.crash_report",
+        "com.example.pos",
+        FaultState.RAISED,
+        Severity.ERROR,
+    )
+    assert ev.summary == "data_app_crash boom" and ev.readings == (r,) and ev.at == r.ts
+    assert [e.key for e in eng.feed(r)] == ["app.crash_report"]  # every reading is one event
+    assert eng.active() == []  # one-shot: never active
+    (anr,) = eng.feed(Reading("anr:anr_01", {"path": "/data/anr/anr_01"}))
+    assert (anr.key, anr.summary) == ("app.anr", "ANR report anr_01")
+    assert [e.key for e in eng.feed(Reading("log_error:logcat", {"line": "x"}))] == [
+        "app.log_error"
+    ]
+    assert eng.feed(Reading("crash", {})) == []  # no subject: not the rule's source
+    off = FaultEngine(make_config(faults={"app.crash_report": FaultOverride(enabled=False)}))
+    assert off.feed(r) == []

@@ -90,3 +90,44 @@ def test_missing_state_variable(tmp_path: Path) -> None:
 
     r = run_argv([sys.executable, "-m", "simulator.fake_adb", "devices"], 10)
     assert r.returncode == 1 and b"POSAGENT_SIM_ADB_STATE" in r.stderr
+
+
+def test_dropbox_logcat_files_and_pipes(adb: FakeAdb) -> None:
+    """Dropbox entries, logcat since a time, `ls -l`, `stat`, `date`, `;` and pipes from the state."""
+    sh = Shell(mode="adb", adb_serial=adb.serial, adb_path=str(adb.adb_path))
+    adb.add_dropbox(
+        "data_app_crash", "Process: com.example.pos\nPID: 1\n\nboom\n", at=1_714_564_801
+    )
+    adb.add_dropbox("SYSTEM_BOOT", "Build: x\n", at=1_714_564_802)
+    summary = sh.check("dumpsys dropbox").decode()
+    assert "2024-05-01 12:00:01 data_app_crash (text, 38 bytes)\n" in summary
+    assert summary.endswith(
+        "Usage: dumpsys dropbox [--print|--file] [YYYY-mm-dd] [HH:MM:SS] [tag]\n"
+    )
+    printed = sh.check("dumpsys dropbox --print 2024-05-01 12:00:01 data_app_crash").decode()
+    assert "=" * 40 + "\n2024-05-01 12:00:01 data_app_crash" in printed and "boom" in printed
+    assert "SYSTEM_BOOT" not in printed
+    assert sh.check("dumpsys dropbox | tail -n 1").decode().startswith("Usage:")
+    assert len(sh.check("dumpsys dropbox --print | head -c 10")) == 10
+
+    first = adb.log("one", pid=7)
+    second = adb.log("two", pid=7)
+    assert sh.check("logcat -d -v threadtime -t 1").decode() == second + "\n"
+    since = first[:18]
+    out = sh.check(f"logcat -d -v threadtime -T '{since}' | head -n 1").decode()
+    assert out == first + "\n"
+
+    adb.touch("/sdcard/hb", mtime=1_714_564_800, size=3)
+    r = sh.run("date +%s; stat -c %Y /sdcard/hb")
+    now, mtime = (int(x) for x in r.text.split())
+    assert mtime == 1_714_564_800 and abs(now - __import__("time").time()) < 60
+    gone = sh.run("date +%s; stat -c %Y /sdcard/none")
+    assert gone.returncode == 1 and b"No such file or directory" in gone.stderr
+    assert sh.check("ls -l /sdcard").decode().splitlines()[1].endswith(" 3 2024-05-01 12:00 hb")
+    denied = sh.run("ls -l /data/tombstones")
+    assert (
+        denied.returncode == 1
+        and denied.stderr.strip() == b"ls: /data/tombstones: Permission denied"
+    )
+    absent = sh.run("ls -l /data/nothing")
+    assert b"No such file or directory" in absent.stderr

@@ -6,7 +6,7 @@ installer, the shipped unit runs the agent as user `posagent`, and a reference c
 host (the container shares the host network) receives the bundles. The checks (issue 13,
 item 1) run in file order while the agent runs, so the two-minute watchdog hold covers them:
 
-  a  active with READY (Type=notify), no ConfigurationDirectory mode notice
+  a  active with READY (Type=notify), no ConfigurationDirectory mode notice, live exposure
   c  a POS app of another user seen running, then seen stopped (app.not_running)
   d  a kernel message in a bundle (the journal collector, through systemd-journal)
   e  `sudo posagent report --note ...` uploaded to the collector
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -70,8 +71,9 @@ TRIGGER_DIR = "/var/lib/posagent/trigger"
 POS_USER = "cashier"
 WATCHDOG_HOLD_S = 120.0
 RESCAN_S = 5.0  # the trigger dir watcher's rescan period (agent/watch.py)
-# a trigger file re-reported on each rescan shows up within two of them
-TRIGGER_WINDOW_S = 2 * RESCAN_S + 2.0
+# a trigger file re-reported at each rescan shows up at least twice in three of them (the
+# window costs nothing: the watchdog check waits until two minutes after start anyway)
+TRIGGER_WINDOW_S = 3 * RESCAN_S + 2.0
 # the container's kernel log comes from the host: /dev/kmsg bound in, and CAP_SYSLOG so that
 # the container's journald reads it as journald on a terminal does
 NSPAWN_ARGS = ["--bind=/dev/kmsg", "--capability=CAP_SYSLOG"]
@@ -350,6 +352,15 @@ def test_a_no_configuration_directory_mode_notice(fld: Field) -> None:
     assert "mode is different" not in log, log
 
 
+def test_a_live_exposure_at_most_2_5(fld: Field) -> None:
+    """`systemd-analyze security posagent` on the running unit (systemd 252) rates it <= 2.5."""
+    r = fld.c.run(["systemd-analyze", "security", "--no-pager", "posagent"], check=False)
+    m = re.search(r"Overall exposure level for posagent.service: ([0-9.]+)", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    TIMINGS["live_exposure"] = float(m.group(1))
+    assert float(m.group(1)) <= 2.5, r.stdout
+
+
 # --------------------------------------------------------------------------- c
 
 
@@ -459,13 +470,13 @@ def test_e_sudo_report_reaches_the_collector(fld: Field) -> None:
 
 def test_f_trigger_file_makes_one_bundle(fld: Field) -> None:
     """A file dropped in the trigger dir: one manual.report bundle, the file removed, and no
-    second bundle over two rescans."""
+    second bundle over three rescans."""
     note = f"drawer stuck {uuid.uuid4().hex[:8]}"
     fld.drop_trigger("drawer", note)
     wait_for(lambda: fld.collector.manual_with_note(note), 60, "the trigger bundle")
     gone = fld.c.run(["test", "-e", f"{TRIGGER_DIR}/drawer"], check=False).returncode != 0
     assert gone, "trigger file not removed"
-    # an absence is observed over a window: two rescans of the watcher
+    # an absence is observed over a window: three rescans of the watcher
     end = time.monotonic() + TRIGGER_WINDOW_S
     while time.monotonic() < end:
         assert len(fld.collector.manual_with_note(note)) == 1

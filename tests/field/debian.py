@@ -48,6 +48,11 @@ TREE_PLATFORMS = (
 )
 
 
+def debootstrap_path() -> str | None:
+    """The debootstrap executable (in /usr/sbin, which a non-login PATH may lack), or None."""
+    return shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
+
+
 def cache_dir() -> Path:
     """The cache directory shared by all field tests (and CI runs on the same machine)."""
     return Path(os.environ.get("POSAGENT_TEST_CACHE", "/var/cache/posagent-test"))
@@ -141,13 +146,23 @@ def build_tree(name: str, include: list[str]) -> Path:
             remove_tree(stale)  # a build killed mid-way; we hold the lock, nobody else builds
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=cache))
         os.chmod(tmp, 0o755)
-        cmd = ["debootstrap", f"--variant={VARIANT}"]
+        cmd = [debootstrap_path() or "debootstrap", f"--variant={VARIANT}"]
         if include:
             cmd.append("--include=" + ",".join(sorted(set(include))))
         cmd += [SUITE, str(tmp), mirror]
         try:
+            # debootstrap runs chroot and friends from /usr/sbin
+            env = {
+                **os.environ,
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin",
+            }
             r = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT_S, check=False
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=DEBOOTSTRAP_TIMEOUT_S,
+                check=False,
+                env=env,
             )
             if r.returncode != 0:
                 log = tmp / "debootstrap" / "debootstrap.log"

@@ -40,7 +40,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, VENV_BIN
-from tests.field.debian import BASE_INCLUDE, build_tree, build_wheelhouse
+from tests.field.debian import BASE_INCLUDE, build_tree, build_wheelhouse, debootstrap_path
 from tests.field.nspawn import Container, booted, wait_until
 
 
@@ -49,7 +49,7 @@ def _skip_reason() -> str | None:
         return "needs root (debootstrap, overlay mounts, systemd-nspawn)"
     if shutil.which("systemd-nspawn") is None:
         return "systemd-nspawn not installed (Debian package systemd-container)"
-    if shutil.which("debootstrap") is None:
+    if debootstrap_path() is None:
         return "debootstrap not installed (Debian package debootstrap)"
     return None
 

@@ -104,9 +104,11 @@ CAPTURE_KEY = b"reliability-capture-key-0123456789"
 def _child_capture_forever(state: Path, wfd: int) -> None:
     """In a forked child: Capturer.capture in a loop, acknowledging each bundle id."""
     try:
+        from agent.bundle.trigger import Trigger, TriggerKind
         from agent.capture.capturer import Capturer
         from agent.capture.probes import Probe, system_snapshot
         from agent.core.config import AgentConfig, Config
+        from agent.core.model import Severity
         from agent.core.redact import Redactor
 
         cfg = Config(agent=AgentConfig(device_id="T-KILL", site="Bench", state_dir=str(state)))
@@ -127,11 +129,13 @@ def _child_capture_forever(state: Path, wfd: int) -> None:
         )
         n = 0
         while True:
-            r = cap.capture(
-                {"kind": "fault", "key": "printer.paper_end", "summary": f"kill loop {n}"},
-                ("warning", "error", "critical")[n % 3],
-                with_screen=False,
+            trigger = Trigger(
+                kind=TriggerKind.FAULT,
+                key="printer.paper_end",
+                severity=(Severity.WARNING, Severity.ERROR, Severity.CRITICAL)[n % 3],
+                summary=f"kill loop {n}",
             )
+            r = cap.capture(trigger, with_screen=False)
             os.write(wfd, (r.bundle_id + "\n").encode())
             n += 1
     finally:

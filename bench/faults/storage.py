@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.bundle.format import BundleError, new_bundle_id, verify_file
+from agent.bundle.trigger import Trigger
 from agent.core.config import AgentConfig, Config, UploadConfig
 from agent.spool.maildir import Limits, Spool, SpoolError, file_name
 from bench.faults import Result, is_root, remount, tmpfs
@@ -140,7 +141,7 @@ def full_disk(quick: bool, work: Path) -> Result:
         for i in range(10 if quick else 40):
             res.trials += 1
             try:
-                cap.capture({"kind": "manual", "note": f"disk full {i}"}, with_screen=False)
+                cap.capture(Trigger.manual(f"disk full {i}"), with_screen=False)
                 res.loss("a capture claimed success on a full disk")
             except SpoolError:
                 refused_c += 1
@@ -231,7 +232,7 @@ def readonly_state(quick: bool, work: Path) -> Result:
                     # the capture call itself raises the spool's typed error
                     res.trials += 1
                     try:
-                        agent.capturer.capture({"kind": "manual", "note": "direct"})
+                        agent.capturer.capture(Trigger.manual("direct"))
                         res.loss("a capture claimed success on a read-only state dir")
                     except SpoolError as e:
                         typed[type(e).__name__] = typed.get(type(e).__name__, 0) + 1

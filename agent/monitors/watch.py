@@ -355,8 +355,13 @@ def crash_watcher(
     *,
     settle_s: float = 1.0,
     rescan_s: float = 60.0,
-) -> CrashDirWatcher:
-    """The crash/ANR/tombstone watcher of a config, with its state under the state dir."""
+) -> CrashDirWatcher | None:
+    """The crash/ANR/tombstone watcher of a config, with its state under the state dir.
+
+    None on target adb: the dirs are on the device, read by agent/monitors/android_logs.py.
+    """
+    if cfg.agent.target == "adb":
+        return None
     state = Path(cfg.agent.state_dir) / "watch-state.json"
     return CrashDirWatcher(
         dirs_from_config(cfg), on_file, state, settle_s=settle_s, rescan_s=rescan_s
@@ -703,7 +708,11 @@ class LogTailer:
 def log_tailer(
     cfg: Config, on_match: Callable[[Path, str], None], *, interval_s: float = 1.0
 ) -> LogTailer | None:
-    """The tailer of app.log_files / app.log_patterns, or None when there is nothing to follow."""
-    if not cfg.app.log_files or not cfg.app.log_patterns:
+    """The tailer of app.log_files / app.log_patterns, or None when there is nothing to follow.
+
+    None on target adb too: log_patterns are matched against the device's logcat there
+    (agent/monitors/android_logs.py); files on the device are not followed.
+    """
+    if not cfg.app.log_files or not cfg.app.log_patterns or cfg.agent.target == "adb":
         return None
     return LogTailer(cfg.app.log_files, cfg.app.log_patterns, on_match, interval_s=interval_s)

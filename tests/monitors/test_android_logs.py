@@ -13,6 +13,7 @@ from agent.faults.engine import FaultEngine
 from agent.monitors import MonitorContext, build_monitors, load_all
 from agent.monitors.android_logs import AndroidLogsMonitor
 from agent.monitors.app import AppMonitor
+from agent.monitors.watch import crash_watcher, log_tailer
 from drivers.shell import Shell, ShellError
 from simulator.fake_adb import FakeAdb
 from simulator.state import write_json_atomic
@@ -234,3 +235,12 @@ def test_app_monitor_reads_the_heartbeat_on_the_device(tmp_path: Path, fake: Fak
     assert 600 <= r.values["heartbeat_age_s"] < 630
     engine = FaultEngine(cfg)
     assert engine.feed(r) == [] and [e.key for e in engine.feed(r)] == ["app.hung"]
+
+
+def test_box_watchers_are_off_on_target_adb(tmp_path: Path) -> None:
+    """On adb the crash dirs and log patterns name the device: nothing watches this box for them."""
+    box = 'crash_dirs = ["/tmp"]\nlog_files = ["/var/log/syslog"]'
+    assert crash_watcher(config(tmp_path, box), lambda k, p: None) is None
+    assert log_tailer(config(tmp_path, box), lambda p, s: None) is None
+    assert crash_watcher(config(tmp_path, box, target="local"), lambda k, p: None) is not None
+    assert log_tailer(config(tmp_path, box, target="local"), lambda p, s: None) is not None

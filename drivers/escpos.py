@@ -60,9 +60,11 @@ __all__ = [
     "TcpTransport",
     "Transport",
     "UsbLpTransport",
+    "UsbPrinter",
     "decode_status_byte",
     "dle_eot",
     "is_valid_status_byte",
+    "list_usb_printers",
     "open_transport",
     "poll_printer",
     "query_status",
@@ -278,6 +280,68 @@ class SerialTransport:
     def close(self) -> None:
         """Close the port."""
         self._chan.close()
+
+
+@dataclass(frozen=True)
+class UsbPrinter:
+    """A USB printer class device (/dev/usb/lpN) and the USB identity behind it."""
+
+    device: str  # the node under roots.dev, e.g. <dev>/usb/lp0
+    name: str  # lp0
+    vid: int | None = None
+    pid: int | None = None
+    serial_number: str | None = None
+    manufacturer: str | None = None
+    product: str | None = None
+
+    @property
+    def usb_id(self) -> str:
+        """'vid:pid[:serial]' in lower-case hex, '' when unknown."""
+        if self.vid is None or self.pid is None:
+            return ""
+        base = f"{self.vid:04x}:{self.pid:04x}"
+        return f"{base}:{self.serial_number}" if self.serial_number else base
+
+
+def _attr(directory: Path, name: str) -> str | None:
+    try:
+        return directory.joinpath(name).read_text("utf-8", "replace").strip() or None
+    except OSError:
+        return None
+
+
+def list_usb_printers(roots: Roots) -> list[UsbPrinter]:
+    """Every <dev>/usb/lp* node, with VID/PID/serial/names from <sys>/class/usbmisc/lpN.
+
+    Reads only: nothing is sent to the printer. The identity is that of the USB
+    device whose interface the usblp driver bound (the parent of the interface).
+    """
+    out: list[UsbPrinter] = []
+    for node in sorted(roots.dev.glob("usb/lp*")):
+        info = roots.sys_path("class", "usbmisc", node.name, "device")
+        vid = pid = None
+        fields: dict[str, str | None] = {}
+        if info.exists():
+            usb_dev = info.resolve().parent
+            for key in ("idVendor", "idProduct", "serial", "manufacturer", "product"):
+                fields[key] = _attr(usb_dev, key)
+            try:
+                vid = int(fields["idVendor"] or "", 16)
+                pid = int(fields["idProduct"] or "", 16)
+            except ValueError:
+                vid = pid = None
+        out.append(
+            UsbPrinter(
+                str(node),
+                node.name,
+                vid,
+                pid,
+                fields.get("serial"),
+                fields.get("manufacturer"),
+                fields.get("product"),
+            )
+        )
+    return out
 
 
 class UsbLpTransport:

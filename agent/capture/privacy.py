@@ -4,7 +4,10 @@ capture_screen() is the only way the agent takes a screenshot:
 
 1. sensitive-screen detectors (PIN flag file, the focused Android window, the
    X11 active/visible window titles) run before the grab and again after it;
-   a detector that cannot decide counts as "sensitive";
+   a detector that cannot decide counts as "sensitive". Window patterns are
+   the shipped defaults (agent/core/sensitive.py) unless the config sets
+   `sensitive_windows` (`[]`: none); the defaults apply where a window
+   detector exists, a configured list with no detector refuses every image;
 2. the grab (drivers.screen) with its timeout;
 3. static mask regions are filled black, then, if configured, card numbers
    found by tesseract are filled black; OCR failing drops the image;
@@ -25,6 +28,7 @@ import structlog
 
 from agent.core.config import ScreenConfig
 from agent.core.files import stat_regular
+from agent.core.sensitive import DEFAULT_SENSITIVE_WINDOWS
 from drivers.android import parse_window_focus
 from drivers.roots import Roots
 from drivers.screen import (
@@ -240,17 +244,208 @@ def check_sensitive(
         patterns = compile_patterns(cfg.sensitive_windows)
     except PrivacyConfigError as e:
         return Verdict(True, "bad sensitive_windows", str(e))
-    if target in ("android", "adb"):
+    detector = window_detector(cfg, target, environ)
+    if detector == "android focus":
         android = shell if (target == "adb" or shell.mode == "android") else Shell(mode="android")
         return check_android_focus(patterns, android, cfg.timeout_s)
-    display = x11_display(grab_options(cfg), environ)
-    if cfg.backend in ("x11", "auto") and display:
-        return check_x11_windows(patterns, display, cfg.timeout_s)
+    if detector == "x11 window titles":
+        return check_x11_windows(patterns, x11_display(grab_options(cfg), environ), cfg.timeout_s)
+    if windows_are_default(cfg):
+        # The shipped patterns apply where window titles can be read; a framebuffer or
+        # a command grab has none to read, and refusing every screenshot there would
+        # turn the default into "never capture". A configured list fails closed instead.
+        return Verdict(
+            False, "", f"default sensitive_windows: no window detector for {cfg.backend}"
+        )
     return Verdict(
         True,
         "no window detector",
         f"sensitive_windows is set but backend {cfg.backend!r} has no window detector here",
     )
+
+
+def windows_are_default(cfg: ScreenConfig) -> bool:
+    """True when sensitive_windows is the shipped default list (the key was not set)."""
+    return tuple(cfg.sensitive_windows) == DEFAULT_SENSITIVE_WINDOWS
+
+
+def window_detector(cfg: ScreenConfig, target: str, env: Mapping[str, str]) -> str:
+    """Which detector reads window names here: "android focus", "x11 window titles" or ""."""
+    if target in ("android", "adb"):
+        return "android focus"
+    if cfg.backend in ("x11", "auto") and x11_display(grab_options(cfg), env):
+        return "x11 window titles"
+    return ""
+
+
+# --------------------------------------------------------------------------- state
+
+
+PRIVATE_PREFIXES = ("/tmp/", "/var/tmp/", "/home/", "/root/", "/run/user/")
+
+
+@dataclass(frozen=True)
+class PrivacyState:
+    """What protects the screen right now (`posagent selftest`)."""
+
+    backend: str
+    target: str
+    pin_flag: str  # "not configured" | "absent" | "present" | "stale" | "unreadable"
+    pin_flag_detail: str
+    window_patterns: int
+    window_source: str  # "default" | "configured" | "off"
+    window_detector: str  # "" when none reads window names here
+    ocr_mask: bool
+    tesseract: str  # path of the tesseract binary, "" when not found
+    mask_regions: int
+    now: Verdict  # the detectors' verdict at this moment
+    protections: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        """Plain data for --json."""
+        return {
+            "backend": self.backend,
+            "target": self.target,
+            "pin_flag": self.pin_flag,
+            "pin_flag_detail": self.pin_flag_detail,
+            "window_patterns": self.window_patterns,
+            "window_source": self.window_source,
+            "window_detector": self.window_detector,
+            "ocr_mask": self.ocr_mask,
+            "tesseract": self.tesseract,
+            "mask_regions": self.mask_regions,
+            "sensitive_now": self.now.sensitive,
+            "now": self.now.reason or self.now.detail,
+            "protections": list(self.protections),
+            "warnings": list(self.warnings),
+            "protected": bool(self.protections),
+        }
+
+
+def _pin_flag_state(
+    cfg: ScreenConfig, target: str, shell: Shell, now: float
+) -> tuple[str, str, list[str]]:
+    """(state, detail, warnings) of the PIN flag file."""
+    path = cfg.pin_flag_file
+    if not path:
+        return "not configured", "", []
+    warnings: list[str] = []
+    if target == "local" and path.startswith(PRIVATE_PREFIXES):
+        warnings.append(
+            f"pin_flag_file {path} is under a path the systemd unit hides "
+            "(PrivateTmp/ProtectHome): the daemon may not see the flag (README)"
+        )
+    try:
+        age = _pin_flag_age_s(path, target, shell, cfg.timeout_s, now)
+    except (OSError, ShellError) as e:
+        warnings.append(f"pin flag unreadable ({e}): every screenshot is skipped")
+        return "unreadable", f"{path}: {e}", warnings
+    if age is None:
+        parent = os.path.dirname(path)
+        if target == "local" and parent and not os.path.isdir(parent):
+            warnings.append(f"pin flag directory {parent} does not exist: nothing can write it")
+        return "absent", f"{path}: absent (no PIN entry now)", warnings
+    if cfg.pin_flag_max_age_s == 0 or age < cfg.pin_flag_max_age_s:
+        return "present", f"{path}: present, {age:.0f} s old (PIN entry now)", warnings
+    return "stale", f"{path}: present but {age:.0f} s old (stale: ignored)", warnings
+
+
+def privacy_state(
+    cfg: ScreenConfig,
+    target: str,
+    shell: Shell,
+    roots: Roots,
+    env: Mapping[str, str] | None = None,
+    now: float | None = None,
+    tesseract: str | None = None,
+) -> PrivacyState:
+    """Every screen protection, whether it can act here, and a warning when none does."""
+    import shutil
+
+    environ = os.environ if env is None else env
+    t = time.time() if now is None else now
+    protections: list[str] = []
+    pin, pin_detail, warnings = _pin_flag_state(cfg, target, shell, t)
+    source = "off" if not cfg.sensitive_windows else "configured"
+    if cfg.sensitive_windows and windows_are_default(cfg):
+        source = "default"
+    detector = window_detector(cfg, target, environ)
+    tess = shutil.which("tesseract") if tesseract is None else tesseract
+    if cfg.backend == "none":
+        protections.append("screenshots disabled (backend none)")
+    if pin in ("absent", "present", "stale"):
+        protections.append(f"PIN flag file {cfg.pin_flag_file}")
+    elif pin == "unreadable":
+        protections.append("PIN flag unreadable: every screenshot skipped")
+    n = len(cfg.sensitive_windows)
+    if n and detector:
+        protections.append(f"{n} sensitive-window pattern(s) ({source}) on {detector}")
+    elif n and source == "configured":
+        protections.append("sensitive_windows without a window detector: every screenshot skipped")
+        warnings.append(
+            f"sensitive_windows is set but backend {cfg.backend!r} has no window detector: "
+            "every screenshot is skipped"
+        )
+    if cfg.ocr_mask and tess:
+        protections.append("OCR card-number masking (tesseract)")
+    elif cfg.ocr_mask:
+        protections.append("OCR masking without tesseract: every screenshot dropped")
+        warnings.append(
+            "ocr_mask is on but tesseract is not installed: every screenshot is dropped"
+        )
+    if cfg.mask_regions:
+        protections.append(f"{len(cfg.mask_regions)} static mask region(s)")
+    if not protections:
+        warnings.append(
+            "nothing protects the screen: every screenshot is kept as shown "
+            "(set pin_flag_file, ocr_mask or mask_regions; window patterns need x11 or Android)"
+        )
+    verdict = (
+        Verdict(True, "disabled")
+        if cfg.backend == "none"
+        else check_sensitive(cfg, target, shell, roots, environ, t)
+    )
+    return PrivacyState(
+        backend=cfg.backend,
+        target=target,
+        pin_flag=pin,
+        pin_flag_detail=pin_detail,
+        window_patterns=n,
+        window_source=source,
+        window_detector=detector,
+        ocr_mask=cfg.ocr_mask,
+        tesseract=tess or "",
+        mask_regions=len(cfg.mask_regions),
+        now=verdict,
+        protections=tuple(protections),
+        warnings=tuple(warnings),
+    )
+
+
+def render_privacy(state: PrivacyState) -> str:
+    """The human block of `posagent selftest`: one line per protection, then warnings."""
+    windows = f"{state.window_patterns} pattern(s), {state.window_source}"
+    if state.window_patterns:
+        windows += (
+            f", read by {state.window_detector}" if state.window_detector else ", no detector"
+        )
+    ocr = "off"
+    if state.ocr_mask:
+        ocr = f"on, tesseract {state.tesseract}" if state.tesseract else "on, tesseract MISSING"
+    now = "sensitive: " + state.now.reason if state.now.sensitive else "not sensitive"
+    rows = [
+        ("backend", f"{state.backend} (target {state.target})"),
+        ("pin flag", state.pin_flag_detail or state.pin_flag),
+        ("sensitive windows", windows),
+        ("ocr masking", ocr),
+        ("mask regions", str(state.mask_regions)),
+        ("right now", now),
+        ("protected by", "; ".join(state.protections) or "NOTHING"),
+    ]
+    lines = ["SCREEN PRIVACY", *(f"  {k:<17} {v}" for k, v in rows)]
+    lines += [f"WARNING: {w}" for w in state.warnings]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- masking

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "status": "status",
     "check-config": "check_config",
     "selftest": "selftest",
+    "discover": "discover",
     "report": "report",
     "spool": "spool",
     "flush": "flush",
@@ -67,6 +68,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("selftest", help="poll every configured device once; a table")
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="states and raw readings as JSON")
+
+    p = sub.add_parser(
+        "discover",
+        help="list the terminal's ports, printers, network, screen and POS processes",
+        description=(
+            "List what this terminal has: serial ports with their USB identity and who holds"
+            " them, USB printers (/dev/usb/lp*), network interfaces with carrier, the default"
+            " route and resolvers, the screen backend that works, and the processes that look"
+            " like the POS application. Nothing is sent to any device unless --probe names it."
+        ),
+        epilog=(
+            "examples: posagent discover; posagent discover --probe /dev/ttyS0 /dev/usb/lp0;"
+            " posagent discover --probe /dev/ttyS0 --write discovered.toml"
+            " (then merge its tables into /etc/posagent/agent.toml)"
+        ),
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="read roots and [screen]/[peripherals] from this config (default: built-in defaults)",
+    )
+    p.add_argument(
+        "--probe",
+        nargs="+",
+        metavar="PORT",
+        help="send ESC/POS DLE EOT to these ports only (a /dev path, /dev/usb/lpN or host:port)"
+        " and report which answered as a receipt printer",
+    )
+    p.add_argument(
+        "--baudrate", type=int, default=9600, help="serial speed for --probe (default: 9600)"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=1.0, help="seconds to wait for each reply (default: 1)"
+    )
+    p.add_argument("--json", action="store_true", help="print what was found as JSON")
+    p.add_argument(
+        "--write",
+        metavar="FILE",
+        help="write a TOML config fragment declaring only what was found",
+    )
+    p.add_argument("--force", action="store_true", help="let --write replace an existing FILE")
 
     p = sub.add_parser("report", help="manual problem report, captured now")
     _config_arg(p)

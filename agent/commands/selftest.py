@@ -8,6 +8,13 @@ most severe fault key whose check says "bad" (`printer.paper_end`,
 failed, or `ok`. Windowed rules (network.high_latency) need several samples and
 never fire here; duration thresholds are ignored on purpose (one look).
 
+Below the table, the screen's privacy state: what protects a screenshot right
+now (PIN flag file present/absent/unreadable, the sensitive-window patterns,
+default or configured, and whether a detector can read window names here, OCR
+masking and tesseract, mask regions, the backend) and a WARNING line when
+nothing does (agent.capture.privacy.privacy_state). It does not change the
+exit status.
+
 Exit status: 0 when every device is ok, 1 when one reports a fault, 78 on a
 config error (raised as ConfigError for the CLI to map).
 """
@@ -22,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from agent.capture.privacy import privacy_state, render_privacy
 from agent.commands.common import check_secret_files, load, setup_logging
 from agent.core.config import Config
 from agent.core.exits import EX_FAIL, EX_OK
@@ -246,12 +254,15 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     check_secret_files(cfg)
     setup_logging(cfg, "warning")
     results = run_selftest(cfg)
+    ctx = MonitorContext.from_config(cfg)
+    privacy = privacy_state(cfg.screen, cfg.agent.target, ctx.shell, ctx.roots)
     if getattr(args, "json", False):
         doc = {
             "ok": exit_code(results) == EX_OK,
             "devices": [d.to_json() for d in results],
+            "privacy": privacy.to_json(),
         }
         out.write(json.dumps(doc, indent=2, default=str) + "\n")
     else:
-        out.write(render_table(results) + "\n")
+        out.write(render_table(results) + "\n\n" + render_privacy(privacy) + "\n")
     return exit_code(results)

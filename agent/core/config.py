@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from agent.core.files import read_regular
+from agent.core.sensitive import DEFAULT_SENSITIVE_WINDOWS
 from drivers.roots import Roots
 
 DEFAULT_CONFIG_PATH = Path("/etc/posagent/agent.toml")
@@ -134,8 +135,8 @@ class PowerConfig:
 @dataclass(frozen=True)
 class NetworkConfig:
     interval_s: float = _f(5.0, min=0.05, max=3600)
-    interfaces: list[str] = _f(["eth0"])
-    payment_hosts: list[str] = _f(["pay.example.com:443"])
+    interfaces: list[str] = _f([])  # []: every interface that carries a default route
+    payment_hosts: list[str] = _f([])
     tls: bool = False
     dns_timeout_s: float = _f(2.0, min=0.05, max=60)
     connect_timeout_s: float = _f(3.0, min=0.05, max=60)
@@ -202,7 +203,7 @@ class ScreenConfig:
     command: list[str] = _f([])
     timeout_s: float = _f(3.0, min=0.1, max=60)
     max_width: int = _f(0, min=0, max=10000)
-    sensitive_windows: list[str] = _f([])
+    sensitive_windows: list[str] = _f(list(DEFAULT_SENSITIVE_WINDOWS))  # [] turns matching off
     pin_flag_file: str = ""
     pin_flag_max_age_s: float = _f(120.0, min=0, max=86400)
     mask_regions: list[str] = _f([])
@@ -303,7 +304,7 @@ def read_secret_file(path: str) -> bytes:
     """Read a secret file; an empty or missing path gives b"".
 
     Never through a symlink and never from a FIFO (a link or FIFO reads as
-    missing); `agent.core.secrets` is what tells the operator why.
+    missing); `agent.core.secret_files` is what tells the operator why.
     """
     if not path:
         return b""

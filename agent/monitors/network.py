@@ -3,7 +3,11 @@
 Readings (the catalog's network rules read them; None when unknown):
 - "network:<ifname>": carrier, operstate (plus exists, admin_up). A configured
   interface that does not exist reads operstate "notpresent" (a USB NIC
-  unplugged is a link down).
+  unplugged is a link down). With `interfaces = []` (the default) the
+  interfaces watched are those that have carried a default route since the
+  monitor started: an uplink that loses its carrier (and with it, under
+  DHCP, its route) stays watched and reads down, and nothing is watched on a
+  terminal that never had a route (network.no_route says that).
 - "network": default_route (bool), default_interface, default_gateway.
 - "payment:<host:port>": dns_ok, connect_ok, connect_ms (time to a usable
   connection: TCP connect, plus the TLS handshake with [network].tls), tls_ok,
@@ -43,6 +47,7 @@ from drivers import android
 from drivers.network import (
     AndroidConnectivity,
     ConnectResult,
+    default_routes,
     parse_host_port,
     probe_host,
     read_link,
@@ -154,6 +159,8 @@ class LinkMonitor:
     shell: Shell = field(default_factory=Shell)
     tracker: ConnectivityTracker | None = None
     name: str = "network"
+    # interfaces = []: every interface seen with a default route, in order of first sight
+    uplinks: list[str] = field(default_factory=list)
 
     @property
     def interval_s(self) -> float:
@@ -162,6 +169,15 @@ class LinkMonitor:
     @property
     def timeout_s(self) -> float:
         return SHELL_TIMEOUT_S + 2.0 if self.shell.mode in ("android", "adb") else 3.0
+
+    def watched(self, default_interfaces: list[str]) -> list[str]:
+        """The configured interfaces, or (none configured) every uplink seen so far."""
+        if self.cfg.interfaces:
+            return list(self.cfg.interfaces)
+        for ifname in default_interfaces:
+            if ifname and ifname not in self.uplinks:
+                self.uplinks.append(ifname)
+        return list(self.uplinks)
 
     def poll(self) -> list[Reading]:
         if self.shell.mode in ("android", "adb"):
@@ -174,7 +190,9 @@ class LinkMonitor:
 
     def _poll_local(self) -> list[Reading]:
         out: list[Reading] = []
-        for ifname in self.cfg.interfaces:
+        table = read_routes(self.roots)
+        defaults = default_routes([*table.ipv4, *table.ipv6])
+        for ifname in self.watched([r.interface for r in defaults]):
             link = read_link(self.roots, ifname)
             values: dict[str, Any] = {
                 "carrier": link.carrier,
@@ -185,7 +203,6 @@ class LinkMonitor:
             if link.errors:
                 values["errors"] = list(link.errors)
             out.append(Reading(f"network:{ifname}", values))
-        table = read_routes(self.roots)
         route = table.default_v4 or table.default_v6
         known = len(table.errors) < 2  # at least one table could be read
         out.append(
@@ -203,11 +220,12 @@ class LinkMonitor:
 
     def _poll_android(self) -> list[Reading]:
         conn = android.read_connectivity(self.shell, SHELL_TIMEOUT_S)
+        default = conn.default
+        uplink = [default.interface] if default is not None and default.interface else []
         out = [
             Reading(f"network:{ifname}", android_link_values(conn, ifname))
-            for ifname in self.cfg.interfaces
+            for ifname in self.watched(uplink)
         ]
-        default = conn.default
         out.append(
             Reading(
                 "network",

@@ -17,11 +17,16 @@ from agent.capture.privacy import (
     ScreenResult,
     capture_screen,
     check_sensitive,
+    compile_patterns,
     find_card_numbers,
     luhn_valid,
     parse_mask_regions,
+    privacy_state,
+    render_privacy,
 )
-from agent.core.config import ScreenConfig
+from agent.core.config import ScreenConfig, parse_config
+from agent.core.sensitive import DEFAULT_SENSITIVE_WINDOWS
+from drivers.android import parse_window_focus
 from drivers.roots import Roots
 from drivers.screen import decode_png
 from drivers.screen.ocr import OcrWord, parse_tesseract_tsv, run_tesseract
@@ -467,3 +472,161 @@ def test_tsv_parser_never_crashes(text: str) -> None:
     """Any text parses to a list of words without raising."""
     for w in parse_tesseract_tsv(text):
         assert w.text
+
+
+# --------------------------------------------------------------------------- shipped defaults
+
+
+def _default_hit(text: str) -> bool:
+    return any(p.search(text) for p in compile_patterns(DEFAULT_SENSITIVE_WINDOWS))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Enter PIN",
+        "PIN entry",
+        "PIN:",
+        "Password",
+        "Enter passcode",
+        "Kennwort eingeben",
+        "Card number",
+        "Enter CVV",
+        "Security code",
+        "com.example.pos/com.example.pos.PinEntryActivity",
+        "com.example.pos.ui.EnterPinActivity",
+        "com.vendor.terminal.PinPadFragment",
+        "com.example.pos.CardEntryActivity",
+        "com.android.settings/com.android.settings.password.ConfirmLockPassword",
+        "com.shop/com.stripe.android.paymentsheet.PaymentSheetActivity",
+        "com.shop/com.stripe.android.view.AddPaymentMethodActivity",
+        "com.shop/sqip.internal.CardEntryActivity",
+        "com.shop/com.braintreepayments.api.DropInActivity",
+    ],
+)
+def test_default_patterns_match_pin_password_and_card_entry(text: str) -> None:
+    """The shipped list catches PIN, password and card entry titles and activities."""
+    assert _default_hit(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sale 42",
+        "Sales screen",
+        "Pinned items",
+        "Spinner",
+        "Shopping cart",
+        "Receipt printed",
+        "Card payment approved",
+        "com.example.pos/com.example.pos.SaleActivity",
+        "com.example.pos.PaymentActivity",
+        "com.android.launcher3/com.android.launcher3.Launcher",
+    ],
+)
+def test_default_patterns_leave_sale_screens(text: str) -> None:
+    """Sale, cart and receipt screens are not sensitive by the shipped list."""
+    assert not _default_hit(text)
+
+
+def test_default_patterns_match_no_window_of_real_android_dumps() -> None:
+    """Every window title, package and activity of the recorded real dumps (launchers, photos,
+    chat, car head unit) is captured under the shipped list."""
+    texts: list[str] = []
+    for dump in sorted(ANDROID_FIXTURES.glob("dumpsys_window_*.txt")):
+        wf = parse_window_focus(dump.read_text(errors="replace"))
+        for w in (*wf.candidates, *(x for x in wf.current_focus if x)):
+            texts += [t for t in (w.title, w.package or "", w.activity or "") if t]
+    assert len(texts) >= 5
+    assert [t for t in texts if _default_hit(t)] == []
+
+
+@pytest.mark.parametrize("title", ["Enter PIN", "Password required", "Card number entry"])
+def test_x11_default_patterns_block_sensitive_titles(
+    xserver: Xvfb, tmp_path: Path, title: str
+) -> None:
+    """With sensitive_windows not set, real X11 windows titled for PIN, password or card entry
+    are not captured."""
+    path = tmp_path / "s.png"
+    known_image(320, 240).save(path)
+    c = ScreenConfig(backend="x11", display=xserver.display)
+    with tk_window(xserver.display, path, title):
+        r = capture_screen(c, "local", Shell(), Roots(), env={})
+    assert (r.png, r.status, r.detail) == (None, "skipped:sensitive window", title)
+
+
+def test_x11_explicit_empty_list_turns_matching_off(xserver: Xvfb, tmp_path: Path) -> None:
+    """sensitive_windows = [] (explicit) is no pattern: a "PIN entry" window is captured."""
+    path = tmp_path / "s.png"
+    known_image(320, 240).save(path)
+    c = parse_config(
+        f'[screen]\nbackend = "x11"\ndisplay = "{xserver.display}"\nsensitive_windows = []\n'
+    ).screen
+    assert c.sensitive_windows == []
+    with tk_window(xserver.display, path, "PIN entry"):
+        r = capture_screen(c, "local", Shell(), Roots(), env={})
+    assert r.status == "captured"
+    state = privacy_state(c, "local", Shell(), Roots(), env={}, tesseract="")
+    assert state.window_source == "off" and not state.protections
+    assert any("nothing protects the screen" in w for w in state.warnings)
+
+
+def test_default_patterns_without_detector_do_not_block(tmp_path: Path) -> None:
+    """The shipped list on a backend with no window detector (command, fbdev) does not refuse
+    every image; a configured list there still does (test above)."""
+    r = run(cfg(command=screen_png(tmp_path, known_image(40, 30))))
+    assert r.status == "captured"
+
+
+def test_android_default_patterns_block_pin_activity(fake_adb: FakeAdb) -> None:
+    """Over adb, the shipped list blocks a PinEntryActivity and captures the sale activity."""
+    c = ScreenConfig(backend="auto")
+    r = capture_screen(c, "adb", adb(fake_adb), Roots(), env={})
+    assert r.status == "captured"
+    fake_adb.set(
+        focus={"package": "com.example.pos", "activity": "com.example.pos.PinEntryActivity"}
+    )
+    r = capture_screen(c, "adb", adb(fake_adb), Roots(), env={})
+    assert r.status == "skipped:sensitive window" and r.png is None
+
+
+# --------------------------------------------------------------------------- privacy state
+
+
+def test_privacy_state_pin_flag_absent_present_unreadable(tmp_path: Path) -> None:
+    """The PIN flag is reported absent, present (PIN entry now) or unreadable (every screenshot
+    skipped, with a warning); a configured flag counts as a protection."""
+    flag = tmp_path / "pin.flag"
+    c = cfg(pin_flag_file=str(flag), sensitive_windows=[])
+    s = privacy_state(c, "local", Shell(), Roots(), env={}, tesseract="")
+    assert s.pin_flag == "absent" and s.protections == (f"PIN flag file {flag}",)
+    assert [w for w in s.warnings if "PrivateTmp" not in w] == []  # tmp_path may be under /tmp
+    assert not s.now.sensitive
+    flag.touch()
+    s = privacy_state(c, "local", Shell(), Roots(), env={}, tesseract="")
+    assert s.pin_flag == "present" and s.now.sensitive and "PIN entry now" in s.pin_flag_detail
+    blocked = tmp_path / "afile"
+    blocked.write_text("")
+    c = cfg(pin_flag_file=str(blocked / "pin.flag"), sensitive_windows=[])
+    s = privacy_state(c, "local", Shell(), Roots(), env={}, tesseract="")
+    assert s.pin_flag == "unreadable" and s.now.sensitive
+    assert any("every screenshot is skipped" in w for w in s.warnings)
+
+
+def test_privacy_state_windows_ocr_and_hidden_paths(xserver: Xvfb) -> None:
+    """Default patterns with an X display count (read by xprop); OCR without tesseract warns;
+    a flag under /tmp warns that the unit's PrivateTmp hides it."""
+    c = ScreenConfig(backend="x11", display=xserver.display)
+    s = privacy_state(c, "local", Shell(), Roots(), env={}, tesseract="")
+    assert (s.window_source, s.window_detector) == ("default", "x11 window titles")
+    assert s.protections == (
+        f"{len(DEFAULT_SENSITIVE_WINDOWS)} sensitive-window pattern(s) (default) on x11 window titles",
+    )
+    c = ScreenConfig(backend="fbdev", ocr_mask=True, pin_flag_file="/tmp/pos/pin.flag")
+    s = privacy_state(c, "local", Shell(), Roots(), env={}, tesseract="")
+    assert s.window_detector == "" and s.window_source == "default"
+    assert any("tesseract is not installed" in w for w in s.warnings)
+    assert any("PrivateTmp" in w for w in s.warnings)
+    s = privacy_state(c, "local", Shell(), Roots(), env={}, tesseract="/usr/bin/tesseract")
+    assert "OCR card-number masking (tesseract)" in s.protections
+    assert "SCREEN PRIVACY" in render_privacy(s)

@@ -8,6 +8,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,46 @@ def test_evaluate_one_reading() -> None:
     assert describe(Reading("power", {"ac_online": True, "battery_pct": 50})) == (
         "ac_online=True, battery_pct=50"
     )
+
+
+def test_privacy_block_warns_when_nothing_protects_the_screen(term: MonitorRig) -> None:
+    """No PIN flag, the default window patterns with no X display, no OCR: the table is
+    followed by the privacy block and a WARNING; the exit status stays the devices'."""
+    sections = term.sections()
+    sections["screen"] = {"backend": "fbdev", "fb_device": str(term.tmp / "nofb")}
+    path = term.write_config(sections)
+    buf = io.StringIO()
+    main(argparse.Namespace(config=str(path), json=False), stdout=buf)
+    text = buf.getvalue()
+    block = text[text.index("SCREEN PRIVACY") :]
+    assert "pin flag          not configured" in block
+    assert "sensitive windows 10 pattern(s), default, no detector" in block
+    assert "protected by      NOTHING" in block
+    assert "WARNING: nothing protects the screen" in block
+
+
+def test_privacy_state_in_json_with_a_pin_flag(term: MonitorRig) -> None:
+    """A PIN flag file configured: protected, the flag absent then present (PIN entry now)."""
+    flag = term.tmp / "pin.flag"
+    sections = term.sections()
+    sections["screen"] = {"backend": "fbdev", "pin_flag_file": str(flag)}
+    path = term.write_config(sections)
+
+    def privacy() -> dict[str, Any]:
+        r = subprocess.run(
+            posagent_argv("selftest", "--config", str(path), "--json"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc["privacy"]
+
+    p = privacy()
+    assert p["protected"] is True and p["pin_flag"] == "absent"
+    assert p["protections"] == [f"PIN flag file {flag}"]
+    assert not any("nothing protects" in w for w in p["warnings"])
+    assert p["window_source"] == "default" and p["window_detector"] == ""
+    flag.touch()
+    p = privacy()
+    assert p["pin_flag"] == "present" and p["sensitive_now"] is True

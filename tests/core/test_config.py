@@ -14,10 +14,12 @@ from agent.core.config import (
     ConfigError,
     FaultOverride,
     PrinterConfig,
+    ScreenConfig,
     SerialConfig,
     load_config,
     parse_config,
 )
+from agent.core.sensitive import DEFAULT_SENSITIVE_WINDOWS
 from tests.conftest import posagent_argv
 
 
@@ -34,21 +36,53 @@ def _keys(obj: object, prefix: str = "") -> set[str]:
     return out
 
 
+def _commented_block(text: str, first: str) -> str:
+    """The commented-out TOML block of the sample that starts with `# {first}`, uncommented."""
+    lines = text.splitlines()
+    start = lines.index(f"# {first}")
+    out: list[str] = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        out.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(out) + "\n"
+
+
 def test_sample_config_matches_code_defaults() -> None:
     """Every section of the shipped sample equals the dataclass defaults, key for key."""
     sample = load_config(SAMPLE_CONFIG)
     default = Config()
     for f in dataclasses.fields(Config):
-        if f.name in ("printer", "serial", "faults", "source"):
+        if f.name in ("faults", "source"):
             continue
         assert getattr(sample, f.name) == getattr(default, f.name), f.name
-    assert sample.printer == [PrinterConfig()]
-    assert sample.serial == [SerialConfig()]
     assert sample.faults == {"power.battery_low": FaultOverride()}
 
 
+def test_sample_config_declares_no_device() -> None:
+    """As shipped nothing may be missing on a terminal: no printer, serial device, payment host
+    or named interface (every interface that carried a default route is watched)."""
+    sample = load_config(SAMPLE_CONFIG)
+    assert sample.printer == [] and sample.serial == []
+    assert sample.network.payment_hosts == [] and sample.network.interfaces == []
+    assert sample.app.process == "" and sample.app.pid_file == ""
+
+
+def test_sample_config_commented_examples_show_the_defaults() -> None:
+    """The commented [[printer]], [[serial]] and sensitive_windows examples parse and carry
+    each key's default (sensitive_windows: the shipped list the agent uses when it is unset)."""
+    text = SAMPLE_CONFIG.read_text()
+    assert parse_config(_commented_block(text, "[[printer]]")).printer == [PrinterConfig()]
+    assert parse_config(_commented_block(text, "[[serial]]")).serial == [SerialConfig()]
+    windows = parse_config("[screen]\n" + _commented_block(text, "sensitive_windows = ["))
+    assert windows.screen.sensitive_windows == list(DEFAULT_SENSITIVE_WINDOWS)
+    assert ScreenConfig().sensitive_windows == list(DEFAULT_SENSITIVE_WINDOWS)
+    assert parse_config("[screen]\nsensitive_windows = []\n").screen.sensitive_windows == []
+
+
 def test_sample_config_documents_every_key() -> None:
-    """Every config key in the code appears literally in the sample (no hidden keys)."""
+    """Every config key in the code appears literally in the sample, set or as a commented
+    example (no hidden keys)."""
     text = SAMPLE_CONFIG.read_text()
     cfg = Config(printer=[PrinterConfig()], serial=[SerialConfig()])
     keys = _keys(cfg) | {f"printer.{k}" for k in _keys(PrinterConfig())}
@@ -57,8 +91,13 @@ def test_sample_config_documents_every_key() -> None:
     for key in sorted(keys):
         if key in ("printer", "serial", "faults"):
             continue
-        leaf = key.rsplit(".", 1)[-1]
-        assert f"\n{leaf} = " in text, f"{key} missing from the sample config"
+        section, leaf = key.rsplit(".", 1)
+        if section in ("printer", "serial"):
+            assert f"\n{leaf} = " in _commented_block(text, f"[[{section}]]"), key
+        elif key == "screen.sensitive_windows":
+            assert "\n# sensitive_windows = [\n" in text
+        else:
+            assert f"\n{leaf} = " in text, f"{key} missing from the sample config"
 
 
 def test_sample_config_ships_in_the_package() -> None:

@@ -243,3 +243,22 @@ def test_real_veth_link(veth: tuple[str, str, str]) -> None:
     subprocess.run(["ip", "-n", ns, "link", "set", peer_if, "down"], check=True)
     v = wait_carrier(False)
     assert v["carrier"] is False and v["operstate"] in ("down", "lowerlayerdown")
+
+
+def test_no_interfaces_configured_watches_every_uplink(net: tuple[SimNet, Roots]) -> None:
+    """interfaces = []: the interface carrying the default route is watched, and stays watched
+    when its carrier and (as under DHCP) its route go; one that never had a route is not."""
+    sim, roots = net
+    sim.set_link("wlan0", carrier=True)
+    mon = LinkMonitor(NetworkConfig(interfaces=[]), roots)
+    v = _by_source(mon.poll())
+    assert set(v) == {"network", "network:eth0"}
+    assert v["network:eth0"]["operstate"] == "up"
+    sim.set_link("eth0", carrier=False)
+    sim.set_routes([])
+    v = _by_source(mon.poll())
+    assert v["network:eth0"]["carrier"] is False and v["network"]["default_route"] is False
+    sim.set_routes([SimRoute("wlan0", gateway="192.0.2.9")])
+    v = _by_source(mon.poll())
+    assert set(v) == {"network", "network:eth0", "network:wlan0"}
+    assert v["network:wlan0"]["operstate"] == "up"

@@ -65,10 +65,14 @@ fi
 cat <<NEXT
 
 posagent is installed. Next steps:
-  1. Edit $etc/agent.toml: device_id, site, [upload] endpoint, printers and peripherals.
-  2. Put the device token in /etc/posagent/token (from: posagent collector add-device ID).
-  3. Check it:      $opt/venv/bin/posagent check-config --config $etc/agent.toml
-  4. See devices:   $opt/venv/bin/posagent selftest --config $etc/agent.toml
-  5. Start it:      systemctl enable --now posagent
-  6. Watch it:      systemctl status posagent; journalctl -u posagent -f; posagent status
+  1. See what is here: $opt/venv/bin/posagent discover --write $etc/discovered.toml
+     (add --probe PORT for a receipt printer's port; merge the fragment into $etc/agent.toml)
+  2. Edit $etc/agent.toml: device_id, site, [upload] endpoint, payment hosts.
+  3. Put the device token in /etc/posagent/token (from: posagent collector add-device ID).
+  4. Check it:      $opt/venv/bin/posagent check-config --config $etc/agent.toml
+  5. See devices:   $opt/venv/bin/posagent selftest --config $etc/agent.toml
+  6. Start it:      systemctl enable --now posagent
+  7. Watch it:      systemctl status posagent; journalctl -u posagent -f; posagent status
+  What the unit's sandbox hides (a trigger dir, a PIN flag in /tmp, logs under /home, the
+  POS session's screen) and how to open it: README, "Install on a terminal".
 NEXT

@@ -22,7 +22,11 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
 9. stored once: 201 created, 200 same digest already stored, 409 other digest.
 
 Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
-per-bundle endpoints, the HTML page at ``/``, and ``GET /healthz``.
+per-bundle endpoints, the HTML page at ``/``, ``GET /metrics`` (Prometheus text,
+`collector.metrics`), and ``GET /healthz``.
+
+Storage is the engine pair the config names (`collector.storage.open_store`); on
+PostgreSQL the rate limits are rows shared by every instance, else in memory.
 """
 
 from __future__ import annotations
@@ -77,8 +81,16 @@ from collector.auth import (
     valid_device_id,
 )
 from collector.config import CollectorConfig
+from collector.metrics import CONTENT_TYPE, Metrics
 from collector.ratelimit import RateLimiter
-from collector.storage import BundleRecord, BundleStore, Query, StorageError, open_default
+from collector.storage import (
+    BundleRecord,
+    BundleStore,
+    Limiter,
+    Query,
+    StorageError,
+    open_store,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -109,8 +121,9 @@ class Shared:
     store: BundleStore
     tokens: TokenStore
     operator: OperatorAuth
-    limiter: RateLimiter
-    login_limiter: RateLimiter
+    limiter: Limiter
+    login_limiter: Limiter
+    metrics: Metrics
 
     @property
     def max_body_bytes(self) -> int:
@@ -214,9 +227,7 @@ def record_json(r: BundleRecord) -> dict[str, Any]:
     return d
 
 
-def _reindex_record(
-    col: Shared, bid: str, data: bytes, received_at: float
-) -> BundleRecord | None:
+def _reindex_record(col: Shared, bid: str, data: bytes, received_at: float) -> BundleRecord | None:
     """The index row for a stored blob the index lost (verified again on the way)."""
     try:
         with BundleReader(data) as r:
@@ -319,6 +330,7 @@ def _verify_and_commit(
         return _reply(422, "invalid_bundle", bid, str(e))
     result = col.store.commit(record, staged)
     if result == "created":
+        col.metrics.stored_bytes.inc(size)
         log.info("bundle_stored", bundle_id=bid, device=device, size_bytes=size)
         return _reply(201, "created", bid)
     if result == "exists":
@@ -475,7 +487,7 @@ def _load(col: Shared, bid: str) -> tuple[BundleRecord, bytes] | None:
     if record is None:
         return None
     try:
-        return record, col.store.blobs.get(bid)
+        return record, col.store.read(record)
     except KeyError:
         log.error("bundle_blob_missing", bundle_id=bid)
         return None
@@ -660,6 +672,30 @@ async def logout(request: Request) -> Response:
     return resp
 
 
+def counted(col: Shared, handler: Handler) -> Handler:
+    """Count every upload in the metrics by its answer (a storage failure as 503)."""
+
+    async def inner(request: Request) -> Response:
+        try:
+            resp = await handler(request)
+        except StorageError:
+            col.metrics.count_ingest(503)
+            raise
+        except Exception:
+            col.metrics.count_ingest(500)
+            raise
+        col.metrics.count_ingest(resp.status_code)
+        return resp
+
+    return inner
+
+
+@operator_only(html=False)
+async def metrics(request: Request) -> Response:
+    col: Shared = request.app.state.collector
+    return Response(col.metrics.render(), media_type=CONTENT_TYPE)
+
+
 async def healthz(request: Request) -> Response:
     col: Shared = request.app.state.collector
     try:
@@ -723,15 +759,25 @@ class SecurityHeaders:
 
 
 def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Starlette:
-    """The collector application for cfg; store defaults to files + SQLite under data_dir."""
+    """The collector application for cfg; store defaults to the engines cfg names
+    (`collector.storage.open_store`: files + SQLite under data_dir unless configured)."""
+    store = store or open_store(cfg)
+    limits = store.limits
     col = Shared(
         cfg=cfg,
-        store=store or open_default(cfg.data_dir),
+        store=store,
         tokens=TokenStore(cfg.tokens_file),
         operator=load_operator_auth(cfg.operator_token_file),
-        limiter=RateLimiter(cfg.rate_per_minute),
-        login_limiter=RateLimiter(10),
+        limiter=limits(cfg.rate_per_minute, "ingest")
+        if limits
+        else RateLimiter(cfg.rate_per_minute),
+        login_limiter=limits(10, "login") if limits else RateLimiter(10),
+        metrics=Metrics(),
     )
+    store.set_observer(col.metrics.observe_storage)
+    pool_size = getattr(store.index, "connections", None)
+    if callable(pool_size):
+        col.metrics.track_index_connections(pool_size)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -747,9 +793,10 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
-        Route("/v1/bundles/{bundle_id}", put_bundle, methods=["PUT"]),
+        Route("/v1/bundles/{bundle_id}", counted(col, put_bundle), methods=["PUT"]),
         Route("/v1/bundles/{bundle_id}", get_manifest, methods=["GET"]),
         Route("/v1/bundles/{bundle_id}/download", download, methods=["GET"]),
         Route(

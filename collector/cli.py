@@ -1,4 +1,4 @@
-"""`posagent collector serve|add-device`, run by agent/commands/collector.py."""
+"""`posagent collector serve|add-device|migrate`, run by agent/commands/collector.py."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from agent.core.exits import (
 from agent.core.redact import Redactor
 from collector.auth import TokenFileError, add_device
 from collector.config import load_collector_config
-from collector.storage import StorageError
+from collector.storage import SchemaError, StorageError, migrate_store
 
 
 def _err(text: str) -> None:
@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_serve(args)
     if args.collector_cmd == "add-device":
         return cmd_add_device(args)
+    if args.collector_cmd == "migrate":
+        return cmd_migrate(args)
     return EX_USAGE
 
 
@@ -60,6 +62,28 @@ def cmd_add_device(args: argparse.Namespace) -> int:
         f"device {args.device_id} registered in {cfg.tokens_file}; "
         "the token above is shown once: put it in the terminal's [upload] token_file"
     )
+    return EX_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the index's schema to the version this collector knows (idempotent).
+
+    Exit 0 when applied or already current; 78 when the index is newer than this
+    collector (upgrade it); 69 when the index cannot be reached.
+    """
+    ccfg = load_collector_config(args.config)
+    try:
+        where, before, after = migrate_store(ccfg)
+    except SchemaError as e:
+        _err(f"posagent collector migrate: {e}")
+        return EX_CONFIG
+    except StorageError as e:
+        _err(f"posagent collector migrate: {e}")
+        return EX_UNAVAILABLE
+    if before == after:
+        sys.stdout.write(f"{where}: schema {after} is current\n")
+    else:
+        sys.stdout.write(f"{where}: schema {before} -> {after}\n")
     return EX_OK
 
 
@@ -101,8 +125,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except TokenFileError as e:
         _err(f"posagent collector serve: {e}")
         return EX_CONFIG
+    except SchemaError as e:
+        _err(f"posagent collector serve: {e}")
+        return EX_CONFIG
     except (StorageError, OSError) as e:
-        _err(f"posagent collector serve: storage unusable under {ccfg.data_dir}: {e}")
+        _err(f"posagent collector serve: storage unusable (data_dir {ccfg.data_dir}): {e}")
         return EX_CANTCREAT
     finally:
         sock.close()

@@ -21,6 +21,11 @@ class CollectorConfig:
     max_body_mib: int = _f(32, min=1, max=4096)
     rate_per_minute: int = _f(120, min=1, max=1_000_000)
     operator_token_file: str = ""
+    # the fleet engines (collector.storage); empty: the embedded files + SQLite in data_dir
+    index_url: str = _f("", pattern=r"^$|^postgres(ql)?://")
+    blob_url: str = _f("", pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+    s3_endpoint_url: str = _f("", pattern=r"^$|^https?://")
+    s3_region: str = _f("us-east-1", pattern=r"^[a-z0-9-]{1,32}$")
 
 
 def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig:

@@ -60,9 +60,17 @@ def uvicorn_config(cfg: CollectorConfig, **overrides: Any) -> uvicorn.Config:
     return uvicorn.Config(create_app(cfg), **kwargs)
 
 
+def _server(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server whose open connections the app's /metrics reports."""
+    server = uvicorn.Server(config)
+    app: Any = config.app
+    app.state.collector.metrics.track_connections(lambda: len(server.server_state.connections))
+    return server
+
+
 def serve(cfg: CollectorConfig, sock: socket.socket) -> None:
     """Serve on sock until SIGINT/SIGTERM (uvicorn handles the signals in the main thread)."""
-    uvicorn.Server(uvicorn_config(cfg)).run(sockets=[sock])
+    _server(uvicorn_config(cfg)).run(sockets=[sock])
 
 
 class CollectorThread:
@@ -77,7 +85,7 @@ class CollectorThread:
         self.sock = bind(host, port)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn_config(cfg))
+        self.server = _server(uvicorn_config(cfg))
         self._thread = threading.Thread(
             target=self.server.run,
             kwargs={"sockets": [self.sock]},

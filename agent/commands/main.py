@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "html":
             q.add_argument("-o", "--output", help="output .html (default: <bundle>.html here)")
 
-    p = sub.add_parser("collector", help="reference ingest server and web viewer: serve|add-device")
+    p = sub.add_parser(
+        "collector", help="reference ingest server and web viewer: serve|add-device|migrate"
+    )
     cs = p.add_subparsers(dest="collector_cmd", metavar="ACTION")
     cs.required = True
     q = cs.add_parser("serve", help="run the ingest server and web page in the foreground")
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("device_id", help="the terminal's [agent] device_id")
     _config_arg(q)
     q.add_argument("--rotate", action="store_true", help="replace an existing device's token")
+    q = cs.add_parser("migrate", help="bring the index's schema to this collector's version")
+    _config_arg(q)
 
     p = sub.add_parser(
         "demo", help="simulated terminal + collector + agent: five faults end to end"

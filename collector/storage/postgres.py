@@ -1,0 +1,265 @@
+"""The fleet index: PostgreSQL through psycopg 3 and a connection pool (psycopg-pool).
+
+Shared by any number of collector instances: idempotency rests on the primary key of
+``bundles`` (`add` is ``INSERT ... ON CONFLICT (bundle_id) DO NOTHING``) and the rate limits
+on one token-bucket row per key (`PostgresRateLimiter`). The schema is versioned
+(`collector.storage.schema`): `migrate` applies the missing versions under an advisory
+lock; `PostgresIndex` refuses any other version than the one it knows.
+
+Needs the fleet extra (``pip install 'posagent[fleet]'``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from collector.storage import schema
+from collector.storage.base import (
+    COLUMNS,
+    BundleRecord,
+    Query,
+    StorageError,
+    Timed,
+    timed,
+    where_clause,
+)
+
+MIGRATE_LOCK = 0x706F7361  # pg_advisory_xact_lock key of `collector migrate` ("posa")
+_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+    "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "the PostgreSQL index"
+    host = info.get("host", "")
+    port = f":{info['port']}" if info.get("port") else ""
+    user = f"{info['user']}@" if info.get("user") else ""
+    return f"postgresql://{user}{host}{port}/{info.get('dbname', '')}"
+
+
+def _version(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(url: str, *, connect_timeout_s: int = 10) -> tuple[int, int]:
+    """Apply the missing versions in one transaction under an advisory lock; (before, after).
+
+    SchemaError when the database is newer than this collector knows; StorageError when
+    it cannot be reached.
+    """
+    where = redact_url(url)
+    try:
+        with (
+            psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s) as conn,
+            conn.transaction(),
+        ):
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            conn.execute(_VERSION_TABLE)
+            before = _version(conn)
+            if before > schema.LATEST:
+                schema.check(before, where)
+            for m in schema.migrations("postgres"):
+                if m.version <= before:
+                    continue
+                if m.sql:
+                    conn.execute(m.sql.encode())
+                conn.execute(
+                    "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                    (m.version, m.name),
+                )
+            after = _version(conn)
+    except psycopg.Error as e:
+        raise StorageError(f"{where}: {e}".strip()) from e
+    return before, after
+
+
+class PostgresIndex(Timed):
+    """The index in PostgreSQL; a pool of autocommit connections (one per running query)."""
+
+    engine = "postgres"
+
+    def __init__(self, url: str, *, pool_max: int = 16, connect_timeout_s: int = 10):
+        self.where = redact_url(url)
+        self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_max,
+            kwargs={"autocommit": True, "connect_timeout": connect_timeout_s},
+            timeout=connect_timeout_s,
+            open=False,
+            name="posagent-index",
+        )
+        try:
+            self.pool.open(wait=True, timeout=connect_timeout_s)
+            with self._conn() as conn:
+                version = _version(conn)
+        except psycopg.Error as e:
+            self.pool.close()
+            raise StorageError(f"{self.where}: cannot connect: {e}") from e
+        except StorageError:
+            self.pool.close()
+            raise
+        if version != schema.LATEST:
+            self.pool.close()
+            schema.check(version, self.where)
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as e:
+            raise StorageError(f"{self.where}: {e}") from e
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> BundleRecord:
+        return BundleRecord(**dict(zip(COLUMNS, row, strict=True)))
+
+    @timed("index_add")
+    def add(self, record: BundleRecord) -> bool:
+        sql = (
+            f"INSERT INTO bundles ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join('%s' for _ in COLUMNS)}) ON CONFLICT (bundle_id) DO NOTHING"
+        )
+        with self._conn() as conn:
+            cur = conn.execute(sql, [getattr(record, c) for c in COLUMNS])
+            return cur.rowcount == 1
+
+    @timed("index_get")
+    def get(self, bundle_id: str) -> BundleRecord | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM bundles WHERE bundle_id = %s", (bundle_id,)
+            ).fetchone()
+        return self._record(row) if row else None
+
+    @timed("index_query")
+    def query(self, q: Query) -> list[BundleRecord]:
+        where, params = where_clause(q, "%s")
+        sql = (
+            f"SELECT {', '.join(COLUMNS)} FROM bundles{where} "
+            "ORDER BY created_at DESC, bundle_id DESC LIMIT %s OFFSET %s"
+        )
+        with self._conn() as conn:
+            rows = conn.execute(sql, [*params, q.limit, q.offset]).fetchall()
+        return [self._record(r) for r in rows]
+
+    @timed("index_count")
+    def count(self, q: Query) -> int:
+        where, params = where_clause(q, "%s")
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT COUNT(*) FROM bundles{where}", params).fetchone()
+        return int(row[0]) if row else 0
+
+    @timed("index_counts")
+    def counts(self, q: Query) -> dict[str, int]:
+        where, params = where_clause(q, "%s", with_fault=False)
+        sql = (
+            f"SELECT fault_key, COUNT(*) FROM bundles{where} "
+            "GROUP BY fault_key ORDER BY COUNT(*) DESC, fault_key"
+        )
+        with self._conn() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return {str(k): int(n) for k, n in rows}
+
+    def latest_received_at(self) -> float | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT MAX(received_at) FROM bundles").fetchone()
+        return None if not row or row[0] is None else float(row[0])
+
+    def connections(self) -> int:
+        """Connections the pool holds open to PostgreSQL."""
+        return int(self.pool.get_stats().get("pool_size", 0))
+
+    def limiter(self, rate_per_minute: int, scope: str) -> PostgresRateLimiter:
+        """A token bucket per key, shared by every instance on this database."""
+        return PostgresRateLimiter(self, rate_per_minute, scope)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+_TAKE = """
+INSERT INTO rate_buckets AS b (key, tokens, granted, updated_at)
+VALUES (%(key)s, %(cap)s - 1, true, now())
+ON CONFLICT (key) DO UPDATE SET
+    tokens = LEAST(%(cap)s, b.tokens + %(rate)s * GREATEST(0,
+                 EXTRACT(EPOCH FROM now() - b.updated_at)::float8))
+           - CASE WHEN LEAST(%(cap)s, b.tokens + %(rate)s * GREATEST(0,
+                 EXTRACT(EPOCH FROM now() - b.updated_at)::float8)) >= 1 THEN 1 ELSE 0 END,
+    granted = LEAST(%(cap)s, b.tokens + %(rate)s * GREATEST(0,
+                 EXTRACT(EPOCH FROM now() - b.updated_at)::float8)) >= 1,
+    updated_at = GREATEST(b.updated_at, now())
+RETURNING granted, tokens
+"""
+
+
+class PostgresRateLimiter:
+    """The token bucket of `collector.ratelimit.RateLimiter`, one row per key in PostgreSQL.
+
+    One statement takes a token atomically (the row lock of ON CONFLICT DO UPDATE orders
+    concurrent takes from any instance); time is the database's, so instances with
+    different clocks agree. Rows idle long enough to be full again are pruned now and then.
+    """
+
+    PRUNE_EVERY_S = 300.0
+
+    def __init__(self, index: PostgresIndex, rate_per_minute: int, scope: str):
+        if rate_per_minute < 1:
+            raise ValueError("rate_per_minute must be at least 1")
+        self.index = index
+        self.capacity = float(rate_per_minute)
+        self.rate_per_s = rate_per_minute / 60.0
+        self.scope = scope
+        self._next_prune = time.monotonic() + self.PRUNE_EVERY_S
+        self._prune_lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        params = {"key": f"{self.scope}:{key}", "cap": self.capacity, "rate": self.rate_per_s}
+        t0 = time.perf_counter()
+        try:
+            with self.index._conn() as conn:
+                row = conn.execute(_TAKE, params).fetchone()
+        finally:
+            self.index.observe(self.index.engine, "ratelimit_take", time.perf_counter() - t0)
+        if row is None:
+            raise StorageError("rate limit row not returned")
+        granted, tokens = bool(row[0]), float(row[1])
+        self._maybe_prune()
+        if granted:
+            return 0.0
+        return float(max(1, math.ceil((1.0 - tokens) / self.rate_per_s)))
+
+    def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune or not self._prune_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_prune = now + self.PRUNE_EVERY_S
+            full_after_s = self.capacity / self.rate_per_s  # 60 s for every scope
+            with self.index._conn() as conn:
+                conn.execute(
+                    "DELETE FROM rate_buckets WHERE key LIKE %s "
+                    "AND updated_at < now() - make_interval(secs => %s)",
+                    (f"{self.scope}:%", 2 * full_after_s),
+                )
+        finally:
+            self._prune_lock.release()

@@ -1,0 +1,227 @@
+"""The embedded index: one SQLite file in data_dir (one instance), versioned like PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from collector.storage import schema
+from collector.storage.base import (
+    COLUMNS,
+    BundleRecord,
+    Query,
+    StorageError,
+    Timed,
+    timed,
+    where_clause,
+)
+
+_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version "
+    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The applied version: schema_version's highest; 1 for a store made before versioning
+    (a bundles table alone); 0 for an empty file."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "schema_version" in tables:
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+    return 1 if "bundles" in tables else 0
+
+
+def apply_migrations(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Apply the missing versions, each in its own transaction; (before, after).
+
+    A store made before versioning is stamped at 1 first. SchemaError when the file
+    is newer than this collector knows.
+    """
+    before = schema_version(conn)
+    if before > schema.LATEST:
+        schema.check(before, "the SQLite index")
+    level = conn.isolation_level
+    conn.isolation_level = None
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_VERSION_TABLE)
+            if before == 1:
+                conn.execute(
+                    "INSERT OR IGNORE INTO schema_version VALUES (1, 'bundles', ?)", (time.time(),)
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        for m in schema.migrations("sqlite"):
+            if m.version <= before:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if schema_version(conn) >= m.version:  # another process was quicker
+                    conn.execute("COMMIT")
+                    continue
+                for stmt in _statements(m.sql):
+                    conn.execute(stmt)
+                conn.execute(
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                    (m.version, m.name, time.time()),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    finally:
+        conn.isolation_level = level
+    return before, schema_version(conn)
+
+
+def _statements(sql: str) -> list[str]:
+    """The statements of a migration file (no semicolons inside statements there)."""
+    lines = [ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+class SqliteIndex(Timed):
+    """The index in one SQLite file; one connection per thread.
+
+    WAL mode with synchronous=NORMAL by default: a commit survives a crash of
+    the collector, and a power cut may drop the last commits, which
+    `BundleStore.reconcile` restores from the blobs. Pass synchronous="FULL"
+    to fsync every commit instead.
+
+    A new (empty) file is created at the latest schema; an existing one must be at the
+    latest (SchemaError otherwise: `posagent collector migrate`), unless migrate=True.
+    """
+
+    engine = "sqlite"
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", migrate: bool = False):
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.synchronous = synchronous
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.migrated = (0, 0)  # (before, after) when this open applied migrations
+        conn = self._conn()
+        try:
+            with self._lock:
+                conn.execute("PRAGMA journal_mode=WAL")
+                version = schema_version(conn)
+                if version == 0 or migrate:
+                    self.migrated = apply_migrations(conn)
+                    version = self.migrated[1]
+            schema.check(version, f"index {self.path}")
+        except sqlite3.Error as e:
+            self.close()
+            raise StorageError(f"cannot open index {self.path}: {e}") from e
+        except StorageError:
+            self.close()
+            raise
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                conn.execute("PRAGMA busy_timeout=10000")
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot open index {self.path}: {e}") from e
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> BundleRecord:
+        data = dict(zip(COLUMNS, row, strict=True))
+        data["signature_checked"] = bool(data["signature_checked"])
+        return BundleRecord(**data)
+
+    @timed("index_add")
+    def add(self, record: BundleRecord) -> bool:
+        values = [getattr(record, c) for c in COLUMNS]
+        values[COLUMNS.index("signature_checked")] = int(record.signature_checked)
+        sql = (
+            f"INSERT OR IGNORE INTO bundles ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in COLUMNS)})"
+        )
+        try:
+            conn = self._conn()
+            with conn:
+                cur = conn.execute(sql, values)
+            return cur.rowcount == 1
+        except sqlite3.Error as e:
+            raise StorageError(f"index write failed: {e}") from e
+
+    @timed("index_get")
+    def get(self, bundle_id: str) -> BundleRecord | None:
+        try:
+            row = (
+                self._conn()
+                .execute(
+                    f"SELECT {', '.join(COLUMNS)} FROM bundles WHERE bundle_id = ?", (bundle_id,)
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return self._record(row) if row else None
+
+    @timed("index_query")
+    def query(self, q: Query) -> list[BundleRecord]:
+        where, params = where_clause(q, "?")
+        sql = (
+            f"SELECT {', '.join(COLUMNS)} FROM bundles{where} "
+            "ORDER BY created_at DESC, bundle_id DESC LIMIT ? OFFSET ?"
+        )
+        try:
+            rows = self._conn().execute(sql, [*params, q.limit, q.offset]).fetchall()
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return [self._record(r) for r in rows]
+
+    @timed("index_count")
+    def count(self, q: Query) -> int:
+        where, params = where_clause(q, "?")
+        try:
+            row = self._conn().execute(f"SELECT COUNT(*) FROM bundles{where}", params).fetchone()
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return int(row[0])
+
+    @timed("index_counts")
+    def counts(self, q: Query) -> dict[str, int]:
+        where, params = where_clause(q, "?", with_fault=False)
+        sql = (
+            f"SELECT fault_key, COUNT(*) FROM bundles{where} "
+            "GROUP BY fault_key ORDER BY COUNT(*) DESC, fault_key"
+        )
+        try:
+            rows = self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return {str(k): int(n) for k, n in rows}
+
+    def latest_received_at(self) -> float | None:
+        try:
+            row = self._conn().execute("SELECT MAX(received_at) FROM bundles").fetchone()
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return None if row[0] is None else float(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -361,8 +362,6 @@ def privacy_state(
     tesseract: str | None = None,
 ) -> PrivacyState:
     """Every screen protection, whether it can act here, and a warning when none does."""
-    import shutil
-
     environ = os.environ if env is None else env
     t = time.time() if now is None else now
     protections: list[str] = []

@@ -514,6 +514,63 @@ def daemon_rows(res: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def recorder_rows(res: dict[str, Any]) -> list[Row]:
+    r = get(res, "recorder") or {}
+    ours, old, old4 = (
+        r.get(k) or {} for k in ("ours_journal_4s", "peer_rewrite_30s", "peer_rewrite_4s")
+    )
+    dev = "device_bytes_written_per_h" in ours
+
+    def mib(d: dict[str, Any], k: str) -> str:
+        return f"{d[k] / 2**20:.2f} MiB" if k in d else "—"
+
+    key = "device_bytes_written_per_h" if dev else "bytes_written_per_h"
+    where = "reaching the block device (ext4 on loop)" if dev else "written (syscalls)"
+    rows = [
+        Row(
+            "readings lost to a power cut (longest gap between durable writes)",
+            "≤ 5 s (issue 13)",
+            f"{ours.get('max_s_between_durable_writes', '?')} s",
+            "old scheme (whole window every 30 s)",
+            f"{old.get('max_s_between_durable_writes', '?')} s",
+            "—",
+            "meets" if ours.get("max_s_between_durable_writes", 99) <= 5 else "misses",
+        ),
+        Row(
+            f"flight recorder bytes per hour {where}, default intervals",
+            "† ≤ the old scheme",
+            mib(ours, key),
+            "old scheme, every 30 s (loses ≤ 30 s)",
+            mib(old, key),
+            f"{ours[key] / old[key]:.3f}×" if ours.get(key) and old.get(key) else "—",
+            "meets" if ours.get(key, 1) <= old.get(key, 0) else "misses",
+        ),
+        Row(
+            f"flight recorder bytes per hour {where}, held to the same ≤ 5 s bound",
+            "† ≤ the old scheme at 4 s",
+            mib(ours, key),
+            "old scheme, every 4 s",
+            mib(old4, key),
+            f"{ours[key] / old4[key]:.3f}×" if ours.get(key) and old4.get(key) else "—",
+            "meets" if ours.get(key, 1) <= old4.get(key, 0) else "misses",
+        ),
+    ]
+    req = "device_write_requests_per_h" if dev else "write_calls_per_h"
+    rows.append(
+        Row(
+            f"flight recorder writes per hour ({'block write requests' if dev else 'write calls'}; fsyncs)",
+            "— (reported)",
+            f"{ours.get(req, '?')}; {ours.get('fsyncs_per_h', '?')} fsyncs",
+            "old scheme, every 30 s / every 4 s",
+            f"{old.get(req, '?')}; {old.get('fsyncs_per_h', '?')} fsyncs / "
+            f"{old4.get(req, '?')}; {old4.get('fsyncs_per_h', '?')} fsyncs",
+            "—",
+            "reported",
+        )
+    )
+    return rows
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("Spool (bench/peers_spool.py)", spool_rows),
     ("Printer status (bench/peers_escpos.py)", escpos_rows),
@@ -522,6 +579,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("Upload and collector (bench/bench_upload.py, bench/bench_collector.py)", upload_rows),
     ("Detection (bench/bench_detect.py)", detect_rows),
     ("Daemon (bench/bench_daemon.py)", daemon_rows),
+    ("Flight recorder (bench/bench_recorder.py)", recorder_rows),
 ]
 
 

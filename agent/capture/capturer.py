@@ -173,8 +173,12 @@ class Capturer:
         *,
         keep: bool = False,
         with_screen: bool = True,
+        timeline: list[dict[str, Any]] | None = None,
     ) -> CaptureResult:
-        """Collect, redact, seal and enqueue; raises SpoolError when not captured."""
+        """Collect, redact, seal and enqueue; raises SpoolError when not captured.
+
+        `timeline` replaces the configured timeline source for this bundle (the
+        unclean-shutdown bundle carries the window before the cut)."""
         t0 = time.monotonic()
         now = time.time()
         results, errors, shot = self._run_probes(with_screen)
@@ -189,8 +193,10 @@ class Capturer:
                 entries.append(self._cap_json(f"diagnostics/{name}.json", value))
         if errors:
             entries.append(json_entry("diagnostics/errors.json", errors))
-        if self.timeline is not None:
-            entries.append(json_entry("timeline.json", {"readings": self.timeline()}))
+        if timeline is None and self.timeline is not None:
+            timeline = self.timeline()
+        if timeline is not None:
+            entries.append(json_entry("timeline.json", {"readings": timeline}))
         report = render_report(self.cfg, trigger, shot.status, results, errors, now)
         entries.insert(0, text_entry("report.txt", report))
         evictions = self.spool.pending_evictions()

@@ -233,6 +233,7 @@ class CaptureConfig:
     critical_reserve: int = _f(2, min=0, max=1000)
     timeline_minutes: float = _f(10.0, min=0.1, max=1440)
     persist_interval_s: float = _f(30.0, min=1, max=3600)
+    journal_interval_s: float = _f(4.0, min=0.5, max=5)
     probe_timeout_s: float = _f(2.0, min=0.05, max=60)
     total_budget_s: float = _f(5.0, min=0.1, max=300)
     trigger_dir: str = ""

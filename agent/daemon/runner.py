@@ -6,6 +6,7 @@ One process, threads:
 - the capture worker applies the capture policy and seals bundles into the spool;
 - the uploader drains the spool (agent/upload/uploader.py);
 - watched directories (crash/ANR dirs, log tails, the trigger dir);
+- the control socket (agent/daemon/control.py) takes `posagent report`'s requests;
 - the main thread handles signals, writes the status file, and pings the
   systemd watchdog only while every loop above has made progress recently.
 """
@@ -29,7 +30,7 @@ import structlog
 from agent import __version__
 from agent.bundle.format import load_key
 from agent.bundle.trigger import Trigger
-from agent.capture.capturer import Capturer, ScreenShot
+from agent.capture.capturer import Capturer, CaptureResult, ScreenShot
 from agent.capture.privacy import capture_screen
 from agent.capture.probes import build_probes
 from agent.capture.screen_worker import capture_in_child
@@ -39,6 +40,7 @@ from agent.core.files import atomic_write
 from agent.core.model import FaultEvent, Reading
 from agent.core.redact import redactor_for
 from agent.core.secret_files import require_safe_secret_files
+from agent.daemon.control import ControlServer, Peer, Reply, ReportRequest, socket_path
 from agent.daemon.lifecycle import RunMarker
 from agent.daemon.sdnotify import Notifier, watchdog_interval_s
 from agent.faults.engine import FaultEngine
@@ -121,8 +123,14 @@ class Agent:
         self.engine = FaultEngine(cfg)
         self._restore_engine(state / "faults.json")
         self.policy = CapturePolicy(cfg.capture, state / "policy.json")
-        self.recorder = FlightRecorder(state / "recorder.json", cfg.capture.timeline_minutes * 60)
+        self.recorder = FlightRecorder(
+            state / "recorder.json",
+            cfg.capture.timeline_minutes * 60,
+            journal_interval_s=cfg.capture.journal_interval_s,
+        )
         self.recorder.load()
+        if self.recorder.loaded_journal_rows:
+            self.recorder.compact()  # one file again, a torn journal tail healed
         self.readings: queue.Queue[Reading] = queue.Queue(maxsize=10_000)
         self.events: queue.Queue[FaultEvent] = queue.Queue(maxsize=1_000)
         self.last: dict[str, Reading] = {}
@@ -145,6 +153,8 @@ class Agent:
         )
         self.parts: list[Part] = []
         self.watchers: list[Any] = []
+        self.control: ControlServer | None = None
+        self._capture_lock = threading.Lock()  # the capture worker and the control socket
         self._unsubscribe: Callable[[], None] = lambda: None
         self.started_at = time.time()
         self.captures = 0
@@ -214,7 +224,7 @@ class Agent:
         while not self.stop_event.is_set():
             part.beat()
             try:
-                r = self.readings.get(timeout=1.0)
+                r = self.readings.get(timeout=min(1.0, self.recorder.due_in()))
             except queue.Empty:
                 r = None
             if r is not None:
@@ -223,6 +233,7 @@ class Agent:
                     self.recorder.add(r)
                 self._emit(self.engine.feed(r))
             self._emit(self.engine.tick())
+            self.recorder.tick()  # journal every journal_interval_s, compaction once a window
             if time.monotonic() >= next_persist:
                 self.persist()
                 next_persist = time.monotonic() + persist_every
@@ -231,8 +242,9 @@ class Agent:
                 next_housekeep = time.monotonic() + 3600.0
 
     def persist(self) -> None:
-        """Flight recorder, fault state, policy state, run marker: every persist interval and at stop."""
-        self.recorder.persist()
+        """Flight recorder journal, fault state, policy state, run marker: every persist
+        interval and at stop."""
+        self.recorder.flush()
         state = Path(self.cfg.agent.state_dir)
         try:
             atomic_write(
@@ -252,24 +264,55 @@ class Agent:
                 continue
             self.capture_event(ev)
 
-    def capture_event(self, ev: FaultEvent) -> None:
-        """Policy, then capture; a failure to capture is logged and counted, never raised."""
+    def capture_event(self, ev: FaultEvent, trigger: Trigger | None = None) -> CaptureResult | str:
+        """Policy, then capture; a failure to capture is logged and counted, never raised.
+
+        Returns the captured bundle, or why there is none. `trigger` replaces the one
+        built from the event (a report from the control socket: `Trigger.manual`)."""
 
         d = self.policy.decide(ev)  # manual reports have their own bucket there
         if not d.capture:
             log.info("capture_suppressed", key=ev.key, subject=ev.subject, reason=d.reason)
-            return
-        trigger = Trigger.of_event(ev, d.suppressed)
+            return f"suppressed: {d.reason}"
+        if trigger is None:
+            trigger = Trigger.of_event(ev, d.suppressed)
+        # the unclean-shutdown bundle: the window before the cut, however long the outage
+        unclean = ev.key == "power.unclean_shutdown"
+        timeline = self.recorder.previous() if unclean else None
         try:
-            res = self.capturer.capture(trigger, keep=d.keep, with_screen=d.with_screen)
+            with self._capture_lock:
+                res = self.capturer.capture(
+                    trigger, keep=d.keep, with_screen=d.with_screen, timeline=timeline
+                )
         except (SpoolError, OSError) as e:
             self.capture_failures += 1
             log.error("capture_failed", key=ev.key, error=str(e), captured=False)
-            return
+            return f"not captured: {e}"
+        if unclean:
+            self.recorder.forget_previous()
         self.captures += 1
         self.last_capture = {"bundle_id": res.bundle_id, "key": ev.key, "at": time.time()}
         self.uploader.wake()
         trim_heap()
+        return res
+
+    def _on_control_report(self, req: ReportRequest, peer: Peer) -> Reply:
+        """`posagent report` through the control socket: a manual.report bundle captured
+        like a fault bundle (screenshot, timeline, every probe), the policy's limits applied."""
+        summary = "manual report (posagent report)"
+        ev = self.engine.event(
+            "manual.report",
+            severity=req.severity,
+            summary=summary,
+            values=self.redactor.obj({"note": req.note, "contact": req.contact, "uid": peer.uid}),
+        )
+        if ev is None:
+            return Reply(False, error="manual.report is disabled in the config")
+        trigger = Trigger.manual(req.note, req.contact, ev.severity, summary)
+        res = self.capture_event(ev, trigger)
+        if isinstance(res, str):
+            return Reply(False, error=res)
+        return Reply(True, bundle_id=res.bundle_id, path=str(res.path))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -286,7 +329,10 @@ class Agent:
             p.start(self._part_failed)
             self.parts.append(p)
         self._start_watchers()
-        if previous_unclean is not None:
+        self._start_control()
+        if previous_unclean is None:
+            self.recorder.forget_previous()
+        else:
             what = (
                 "power loss or reboot" if previous_unclean.rebooted else "agent killed or crashed"
             )
@@ -301,6 +347,21 @@ class Agent:
             )
             if ev is not None:
                 self._emit([ev])
+
+    def _start_control(self) -> None:
+        try:
+            self.control = ControlServer(
+                socket_path(self.cfg.roots.run), self._on_control_report
+            ).open()
+        except OSError as e:  # `posagent report` then captures standalone
+            log.error(
+                "control_socket_failed", path=str(socket_path(self.cfg.roots.run)), error=str(e)
+            )
+            return
+        server = self.control
+        p = Part("control", lambda part: server.serve(part.beat), self.stop_event)
+        p.start(self._part_failed)
+        self.parts.append(p)
 
     def _start_watchers(self) -> None:
 
@@ -362,6 +423,8 @@ class Agent:
         deadline = time.monotonic() + timeout_s
         self._unsubscribe()
         self.scheduler.stop(timeout_s=1.0)
+        if self.control is not None:
+            self.control.close()
         for w in self.watchers:
             try:
                 w.stop()
@@ -373,6 +436,7 @@ class Agent:
                 p.thread.join(max(0.1, deadline - time.monotonic() - 2.0))
         self.uploader.stop(max(0.1, min(3.0, deadline - time.monotonic() - 0.5)))
         self.persist()
+        self.recorder.close()
         self.capturer.close()
 
     def progress(self) -> dict[str, float]:

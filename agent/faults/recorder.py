@@ -1,8 +1,28 @@
-"""Flight recorder: the readings of the last minutes, persisted so they survive a power cut."""
+"""Flight recorder: the readings of the last minutes, persisted so they survive a power cut.
+
+Two files in the state dir (docs/ARCHITECTURE.md §7):
+
+- `recorder.journal`: the readings added since the last compaction, one JSON line
+  each (`{"s": seq, "r": reading}`), appended and fdatasynced every
+  `journal_interval_s` (≤ 5 s). A cut loses at most that much; an append is one
+  small write of only the new readings, not the whole window again;
+- `recorder.json`: the compacted window (`{"version": 2, "seq": last seq,
+  "readings": [...]}`), replaced atomically every `compact_every_s` (the window
+  length by default); the journal is then truncated in place. A cut between
+  the two leaves rows in both: `load()` keeps journal rows only past the
+  snapshot's `seq`. A torn last line is skipped.
+
+`load()` also keeps the previous run's window, cut relative to its *last
+persisted reading* rather than to now, so the unclean-shutdown bundle carries
+the minutes before the cut however long the outage (`previous()`). The daemon
+drives the writes with `tick()`; `bench/bench_recorder.py` measures what they
+cost against the old scheme (the whole window rewritten every 30 s).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -11,75 +31,295 @@ from typing import Any
 
 import structlog
 
-from agent.core.files import atomic_write
+from agent.core.files import atomic_write, fsync_dir
 from agent.core.model import Reading
 
 log = structlog.get_logger(__name__)
 
 MAX_READINGS = 20_000
+MAX_LOAD_BYTES = 64 * 2**20  # a journal or snapshot larger than this is read from its tail
+JOURNAL_SUFFIX = ".journal"
+
+
+def journal_path(path: Path) -> Path:
+    """The journal beside a snapshot path (recorder.json → recorder.journal)."""
+    return path.with_suffix(JOURNAL_SUFFIX)
+
+
+def _rows(items: Any) -> list[dict[str, Any]]:
+    if not isinstance(items, list):
+        return []
+    return [r for r in items if isinstance(r, dict) and _is_ts(r.get("ts"))]
+
+
+def _is_ts(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == v
+
+
+def _read_tail(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_LOAD_BYTES:
+            os.lseek(fd, size - MAX_LOAD_BYTES, os.SEEK_SET)
+        chunks = []
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 class FlightRecorder:
-    """A ring buffer of readings bounded by age and count; `persist()` writes it atomically."""
+    """A ring buffer of readings bounded by age and count, persisted as journal + snapshot."""
 
-    def __init__(self, path: Path, window_s: float = 600.0, max_readings: int = MAX_READINGS):
+    def __init__(
+        self,
+        path: Path,
+        window_s: float = 600.0,
+        max_readings: int = MAX_READINGS,
+        *,
+        journal_interval_s: float = 4.0,
+        compact_every_s: float | None = None,
+    ):
         self.path = path
+        self.journal = journal_path(path)
         self.window_s = window_s
+        self.journal_interval_s = journal_interval_s
+        self.compact_every_s = window_s if compact_every_s is None else compact_every_s
         self._buf: deque[dict[str, Any]] = deque(maxlen=max_readings)
+        self._pending: list[tuple[int, dict[str, Any]]] = []
+        self._seq = 0
         self._lock = threading.Lock()
-        self._dirty = False
+        self._io_lock = threading.Lock()  # one writer of the files at a time
+        self._dirty = False  # the buffer changed since the last compaction
+        self._journal_bytes = 0
+        self._jfd: int | None = None
+        self._previous: list[dict[str, Any]] = []
+        self._next_flush: float | None = None
+        self._next_compact: float | None = None
+        self.loaded_journal_rows = 0
+
+    # ------------------------------------------------------------------ memory
 
     def add(self, reading: Reading) -> None:
         """Record one reading and drop the ones older than the window."""
         row = reading.to_json()
         with self._lock:
+            self._seq += 1
             self._buf.append(row)
+            self._pending.append((self._seq, row))
             self._dirty = True
             cutoff = reading.ts - self.window_s
             while self._buf and self._buf[0]["ts"] < cutoff:
                 self._buf.popleft()
+            if len(self._pending) > 2 * (self._buf.maxlen or MAX_READINGS):
+                del self._pending[: len(self._pending) // 2]  # the disk is gone: bound memory
 
     def snapshot(self, now: float | None = None) -> list[dict[str, Any]]:
-        """The readings inside the window, oldest first."""
+        """The readings inside the window ending now, oldest first."""
         cutoff = (time.time() if now is None else now) - self.window_s
         with self._lock:
             return [r for r in self._buf if r["ts"] >= cutoff]
 
-    def persist(self) -> bool:
-        """Write the buffer atomically (fsynced) if it changed; returns whether it wrote."""
+    def previous(self) -> list[dict[str, Any]]:
+        """The window `load()` found on disk, cut relative to its last reading (not to now),
+        followed by the readings recorded since: the timeline of an unclean-shutdown bundle
+        or of a report made while no daemon runs."""
         with self._lock:
-            if not self._dirty:
-                return False
-            data = json.dumps({"version": 1, "readings": list(self._buf)}, separators=(",", ":"))
-            self._dirty = False
-        try:
-            atomic_write(self.path, data.encode())
-        except OSError as e:
-            log.error("recorder_persist_failed", path=str(self.path), error=str(e))
+            prev = list(self._previous)
+            last = prev[-1]["ts"] if prev else float("-inf")
+            ids = {id(r) for r in prev}
+            since = [r for r in self._buf if id(r) not in ids and r["ts"] >= last]
+        return prev + since
+
+    def forget_previous(self) -> None:
+        """Drop the loaded window once its bundle is made (it may hold 20,000 rows)."""
+        with self._lock:
+            self._previous = []
+
+    # ------------------------------------------------------------------ disk
+
+    def tick(self, now: float | None = None) -> bool:
+        """Flush the journal and compact when due (monotonic `now`); returns whether it wrote."""
+        now = time.monotonic() if now is None else now
+        if self._next_flush is None or self._next_compact is None:
+            self._next_flush = now + self.journal_interval_s
+            self._next_compact = now + self.compact_every_s
+        wrote = False
+        if now >= self._next_compact:
+            wrote = self.compact()
+            self._next_compact = now + self.compact_every_s
+            self._next_flush = now + self.journal_interval_s
+        elif now >= self._next_flush:
+            wrote = self.flush()
+            self._next_flush = now + self.journal_interval_s
+        return wrote
+
+    def due_in(self, now: float | None = None) -> float:
+        """Seconds until the next journal flush (the engine loop waits no longer)."""
+        if self._next_flush is None:
+            return self.journal_interval_s
+        return max(0.0, self._next_flush - (time.monotonic() if now is None else now))
+
+    def flush(self) -> bool:
+        """Append the readings added since the last flush to the journal and fdatasync it."""
+        with self._io_lock:
             with self._lock:
-                self._dirty = True
-            return False
-        return True
+                if not self._pending:
+                    return False
+                pending, self._pending = self._pending, []
+            data = b"".join(
+                json.dumps({"s": s, "r": r}, separators=(",", ":")).encode() + b"\n"
+                for s, r in pending
+            )
+            try:
+                fd = self._journal_fd()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fdatasync(fd)
+            except OSError as e:
+                log.error("recorder_journal_failed", path=str(self.journal), error=str(e))
+                self._close_journal()
+                with self._lock:
+                    self._pending[:0] = pending
+                return False
+            self._journal_bytes += len(data)
+            return True
+
+    def compact(self) -> bool:
+        """Replace the snapshot with the window (atomic, fsynced) and empty the journal."""
+        with self._io_lock:
+            with self._lock:
+                if not self._dirty and not self._journal_bytes:
+                    return False
+                rows = list(self._buf)
+                seq = self._seq
+                self._dirty = False
+            data = json.dumps({"version": 2, "seq": seq, "readings": rows}, separators=(",", ":"))
+            try:
+                atomic_write(self.path, data.encode())
+            except OSError as e:
+                log.error("recorder_persist_failed", path=str(self.path), error=str(e))
+                with self._lock:
+                    self._dirty = True  # the pending rows stay for the next journal flush
+                return False
+            with self._lock:  # every row up to seq is in the snapshot (or out of the window)
+                self._pending = [(s, r) for s, r in self._pending if s > seq]
+            try:
+                fd = self._journal_fd()
+                os.ftruncate(fd, 0)
+                os.fsync(fd)
+                self._journal_bytes = 0
+            except OSError as e:  # the snapshot's seq makes the stale journal rows harmless
+                log.warning("recorder_journal_truncate_failed", error=str(e))
+                self._close_journal()
+            return True
+
+    def persist(self) -> bool:
+        """Flush and compact now (at stop); returns whether anything was written."""
+        flushed = self.flush()
+        return self.compact() or flushed
+
+    def close(self) -> None:
+        """Close the journal file."""
+        with self._io_lock:
+            self._close_journal()
+
+    def _journal_fd(self) -> int:
+        if self._jfd is None:
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self.journal, flags, 0o640)
+            size = os.fstat(fd).st_size
+            if size == 0:
+                fsync_dir(self.journal.parent)  # a new journal's name is durable too
+            elif os.pread(fd, 1, size - 1) != b"\n":
+                os.write(fd, b"\n")  # end a line torn by a cut: the next row starts clean
+            self._jfd = fd
+        return self._jfd
+
+    def _close_journal(self) -> None:
+        if self._jfd is not None:
+            try:
+                os.close(self._jfd)
+            except OSError:
+                pass
+            self._jfd = None
+
+    # ------------------------------------------------------------------ loading
 
     def load(self) -> int:
-        """Read a persisted buffer back (after a restart); a bad file is ignored and reported."""
-        try:
-            raw = self.path.read_text()
-        except FileNotFoundError:
+        """Read snapshot + journal back (after a restart; read-only: `posagent report`
+        uses it too). Keeps the window ending at the last persisted reading for
+        `previous()`; a bad file or line is skipped and reported. Returns the count."""
+        rows, seq = self._load_snapshot()
+        journal_rows = 0
+        for s, row in self._load_journal():
+            if s > seq:
+                rows.append(row)
+                seq = s
+                journal_rows += 1
+        if not rows:
             return 0
+        rows.sort(key=lambda r: r["ts"])
+        last = rows[-1]["ts"]
+        keep = [r for r in rows if r["ts"] >= last - self.window_s]
+        maxlen = self._buf.maxlen or MAX_READINGS
+        keep = keep[-maxlen:]
+        with self._lock:
+            self._buf.extend(keep)
+            self._seq = max(self._seq, seq)
+            self._previous = keep
+            if journal_rows:
+                self._dirty = True
+        self.loaded_journal_rows = journal_rows  # the daemon compacts them at start
+        return len(keep)
+
+    def _load_snapshot(self) -> tuple[list[dict[str, Any]], int]:
+        try:
+            raw = _read_tail(self.path)
+        except FileNotFoundError:
+            return [], 0
         except OSError as e:
             log.warning("recorder_load_failed", path=str(self.path), error=str(e))
-            return 0
+            return [], 0
         try:
             data = json.loads(raw)
-            rows = [
-                r
-                for r in data["readings"]
-                if isinstance(r, dict) and isinstance(r.get("ts"), int | float)
-            ]
+            rows = _rows(data["readings"])
+            seq = data.get("seq", 0)
+            seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
         except (ValueError, KeyError, TypeError) as e:
             log.warning("recorder_file_corrupt", path=str(self.path), error=str(e))
-            return 0
-        with self._lock:
-            self._buf.extend(rows)
-        return len(rows)
+            return [], 0
+        return rows, seq
+
+    def _load_journal(self) -> list[tuple[int, dict[str, Any]]]:
+        try:
+            raw = _read_tail(self.journal)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            log.warning("recorder_load_failed", path=str(self.journal), error=str(e))
+            return []
+        out: list[tuple[int, dict[str, Any]]] = []
+        bad = 0
+        for line in raw.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                s, row = item["s"], item["r"]
+            except (ValueError, KeyError, TypeError):
+                bad += 1  # a torn tail after a cut, or noise: skip the line
+                continue
+            if isinstance(s, int) and not isinstance(s, bool) and _rows([row]):
+                out.append((s, row))
+            else:
+                bad += 1
+        if bad:
+            log.warning("recorder_journal_lines_skipped", path=str(self.journal), count=bad)
+        return out

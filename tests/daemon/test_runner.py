@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from agent.core.config import load_config
 from agent.core.model import Reading
 from agent.daemon.sdnotify import Notifier
-from tests.conftest import posagent_argv, quick_config
+from tests.conftest import posagent_argv, quick_config, wait_until
 
 
 @pytest.fixture
@@ -174,44 +175,57 @@ def test_ready_watchdog_status_reload_and_clean_stop(tmp_path: Path, payment_por
 def test_kill9_then_restart_yields_unclean_shutdown_bundle(
     tmp_path: Path, payment_port: int
 ) -> None:
-    """After kill -9 the next start captures a power.unclean_shutdown bundle with the persisted timeline."""
-    cfg = daemon_config(tmp_path, payment_port)
+    """kill -9, an outage longer than the flight recorder's window, restart: the unclean-shutdown
+    bundle carries the readings from before the cut (cut at the last persisted reading, not
+    at now), and the last of them is at most 5 s older than the kill (the journal interval)."""
+    window_s = 6.0
+    cfg = daemon_config(tmp_path, payment_port, "timeline_minutes = 0.1")
     notify = NotifySocket(tmp_path / "notify.sock")
     log = tmp_path / "agent.log"
+    journal = tmp_path / "state" / "recorder.journal"
     proc = start_daemon(cfg, notify, log)
     try:
         notify.wait_for("READY=1")
-        time.sleep(2.5)  # a persist tick writes the flight recorder
+        t_ready = time.time()
+        # a few journal flushes, the last of them at a moment the kill does not choose
+        assert wait_until(lambda: journal.exists() and journal.stat().st_size > 0, 15)
+        wait_until(lambda: time.time() > t_ready + 6.5, 10)
         proc.kill()
+        t_kill = time.time()
         proc.wait()
+        # the outage: longer than the window, so a cut at now - window would hold nothing
+        assert wait_until(lambda: time.time() > t_kill + window_s + 2.0, 15)
         notify.messages.clear()
+        t_restart = time.time()
         proc = start_daemon(cfg, notify, log)
         notify.wait_for("READY=1")
         new = tmp_path / "state" / "spool" / "new"
-        deadline = time.monotonic() + 20
-        found = None
-        while time.monotonic() < deadline and found is None:
+
+        def unclean_bundle() -> Path | None:
             for f in new.glob("*.zip"):
                 r = subprocess.run(
                     posagent_argv("bundle", "show", "--json", "--config", str(cfg), str(f)),
                     capture_output=True,
                     text=True,
                 )
-                if (
-                    r.returncode == 0
-                    and json.loads(r.stdout)["manifest"]["trigger"]["key"]
-                    == "power.unclean_shutdown"
-                ):
-                    found = f
-            time.sleep(0.3)
-        assert found is not None, log.read_text()[-3000:]
-        import zipfile
+                key = json.loads(r.stdout)["manifest"]["trigger"]["key"] if r.stdout else ""
+                if r.returncode == 0 and key == "power.unclean_shutdown":
+                    return f
+            return None
 
+        found = wait_until(unclean_bundle, 20, step_s=0.3)
+        assert found is not None, log.read_text()[-3000:]
         with zipfile.ZipFile(found) as z:
             m = json.loads(z.read("manifest.json"))
             timeline = json.loads(z.read("timeline.json"))
         assert m["trigger"]["kind"] == "startup"
-        assert timeline["readings"], "the persisted timeline travels in the bundle"
+        before = [r["ts"] for r in timeline["readings"] if r["ts"] < t_kill]
+        assert before, "the readings from before the cut travel in the bundle"
+        assert all(ts < t_restart - window_s for ts in before)  # the old cut dropped them all
+        assert t_kill - max(before) <= 5.0, (
+            f"last persisted reading {t_kill - max(before):.2f} s before the kill"
+        )
+        assert max(before) - min(before) >= 4.0  # a window, not one flush
         proc.send_signal(signal.SIGTERM)
         assert wait_exit(proc, 10) == 0
     finally:

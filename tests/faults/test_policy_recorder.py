@@ -123,6 +123,91 @@ def test_recorder_window_persist_and_load(tmp_path: Path) -> None:
     assert FlightRecorder(path).load() == 0
 
 
+def readings(rec: FlightRecorder, start: float, n: int) -> None:
+    for i in range(n):
+        rec.add(Reading("power", {"i": i}, ts=start + i))
+
+
+def test_recorder_journal_appends_only_new_readings_and_compacts(tmp_path: Path) -> None:
+    """tick() appends the readings since the last flush (never the whole window) every
+    journal_interval_s and compacts into the snapshot once per compact_every_s."""
+    path = tmp_path / "recorder.json"
+    rec = FlightRecorder(path, window_s=60, journal_interval_s=4, compact_every_s=60)
+    journal = tmp_path / "recorder.journal"
+    assert not rec.tick(now=0.0)  # arms the timers
+    readings(rec, 1000.0, 3)
+    assert not rec.tick(now=3.9) and not journal.exists()
+    assert rec.tick(now=4.0)
+    lines = journal.read_bytes().splitlines()
+    assert [json.loads(x)["r"]["values"]["i"] for x in lines] == [0, 1, 2]
+    readings(rec, 1003.0, 2)
+    assert rec.tick(now=8.0)
+    assert len(journal.read_bytes().splitlines()) == 5  # appended, not rewritten
+    assert not rec.tick(now=12.0)  # nothing new: no write at all
+    assert not path.exists()
+    assert rec.tick(now=60.0)  # compaction: snapshot written, journal emptied in place
+    assert journal.stat().st_size == 0
+    assert json.loads(path.read_text())["seq"] == 5
+    again = FlightRecorder(path, window_s=60)
+    assert again.load() == 5
+
+
+def test_recorder_cut_between_snapshot_and_truncate_and_torn_tail(tmp_path: Path) -> None:
+    """Rows both in the snapshot and the journal count once (seq); a line torn by a cut is
+    skipped and the next append starts on a line of its own."""
+    path = tmp_path / "recorder.json"
+    rec = FlightRecorder(path, window_s=600)
+    readings(rec, 1000.0, 10)
+    rec.flush()
+    stale_journal = (tmp_path / "recorder.journal").read_bytes()
+    rec.compact()
+    rec.close()
+    (tmp_path / "recorder.journal").write_bytes(stale_journal + b'{"s":11,"r":{"source":"po')
+    again = FlightRecorder(path, window_s=600)
+    assert again.load() == 10 and again.loaded_journal_rows == 0
+    again.add(Reading("power", {"i": 10}, ts=1010.0))
+    again.flush()
+    again.close()
+    third = FlightRecorder(path, window_s=600)
+    assert third.load() == 11
+    assert [r["values"]["i"] for r in third.previous()] == list(range(11))
+
+
+def test_recorder_previous_window_cut_at_last_reading_not_now(tmp_path: Path) -> None:
+    """After an outage longer than the window, load() still holds the window that ended at the
+    last persisted reading (the unclean-shutdown bundle's timeline), followed by new readings;
+    snapshot(now) stays the live window."""
+    path = tmp_path / "recorder.json"
+    rec = FlightRecorder(path, window_s=60)
+    readings(rec, 1000.0, 100)  # 1000..1099
+    rec.compact()
+    readings(rec, 1100.0, 3)  # 1100..1102: only in the journal
+    rec.flush()
+    rec.close()
+    after = FlightRecorder(path, window_s=60)
+    assert after.load() == 61  # 1042..1102: cut relative to the last reading, 1102
+    now = 1102.0 + 3 * 3600  # three hours of outage
+    assert after.snapshot(now=now) == []  # the old cut: nothing from before the outage
+    after.add(Reading("power", {"i": "new"}, ts=now))
+    prev = after.previous()
+    assert prev[0]["ts"] == 1042.0 and prev[60]["ts"] == 1102.0 and prev[-1]["ts"] == now
+    assert len(prev) == 62
+    after.forget_previous()
+    assert after.previous() == [after.snapshot(now=now)[0]]
+
+
+def test_recorder_failed_compaction_keeps_rows_for_the_journal(tmp_path: Path) -> None:
+    """A snapshot that cannot be written loses no reading: they stay for the next flush."""
+    path = tmp_path / "sub" / "recorder.json"
+    path.parent.mkdir()
+    rec = FlightRecorder(path, window_s=600)
+    readings(rec, 1000.0, 5)
+    path.mkdir()  # the snapshot's name is taken by a directory: atomic_write fails
+    assert not rec.compact()
+    assert rec.flush()
+    assert len((path.parent / "recorder.journal").read_bytes().splitlines()) == 5
+
+
 def test_run_marker_detects_unclean_stop(tmp_path: Path) -> None:
     """A marker left behind means an unclean stop; a clean stop removes it."""
     m = RunMarker(tmp_path)

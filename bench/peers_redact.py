@@ -3,8 +3,11 @@
 Corpora (tests/fixtures/redaction/, the ones the unit tests use):
 - hidden-format PAN corpus: every published test PAN (test_pans.tsv) written
   in every format of formats.tsv (grouped with spaces/dashes/dots/+/%20,
-  JSON, URL, key=value, free text, track 1/2, EMV TLV). Recall = PANs whose
-  digits no longer appear (bare or with separators) / PANs present;
+  slashes, underscores, mixed separators, 8-8; JSON, URL, key=value, free
+  text, track 1/2, EMV TLV; hex-ASCII, hexdump -C and xxd dumps; UTF-16 NULs;
+  fullwidth, Arabic-Indic and Devanagari digits; JSON and URL escapes of each digit).
+  Recall = PANs whose digits no longer appear (bare, with separators, in any of
+  those encodings) / PANs present;
 - look-alike corpus (lookalikes.tsv): timestamps, epochs, amounts, IPs,
   IMEIs, hashes... False positives = lines altered / lines. Ours gets the
   device's allow-list (allow.txt), as the agent does; scrubadub has no

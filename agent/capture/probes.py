@@ -29,6 +29,7 @@ from typing import Any
 from agent.core.config import Config
 from agent.core.files import open_regular
 from agent.core.model import Reading
+from agent.core.redact import SNIFF_BYTES, decode_text, sniff_encoding
 from agent.monitors import MonitorContext
 from drivers import android
 from drivers.network import list_interfaces, read_link, read_routes
@@ -118,20 +119,25 @@ def tail_bytes(path: Path, size_bytes: int = LOG_TAIL_BYTES) -> str:
 
     The file (a POS log, in a directory others may write) is opened without
     following a link and must be a regular file: a FIFO or a link to another
-    file raises OSError, shown as unreadable.
+    file raises OSError, shown as unreadable. A UTF-16 log (byte-order mark or NULs,
+    sniffed from the file's start) is decoded as such, so redaction sees its digits.
     """
     fd, _ = open_regular(path)
     with os.fdopen(fd, "rb") as f:
+        encoding = sniff_encoding(f.read(SNIFF_BYTES))
         f.seek(0, os.SEEK_END)
         end = f.tell()
         start = max(0, end - size_bytes)
+        if encoding != "utf-8":
+            start -= start % 2  # on a UTF-16 code unit
         f.seek(start)
-        data = f.read(size_bytes)
+        data = f.read(end - start)
+    text = decode_text(data, encoding)
     if start > 0:
-        nl = data.find(b"\n")
-        if 0 <= nl < len(data) - 1:
-            data = data[nl + 1 :]
-    return data.decode("utf-8", "replace")
+        nl = text.find("\n")
+        if 0 <= nl < len(text) - 1:
+            text = text[nl + 1 :]
+    return text
 
 
 def tail_lines(text: str, n: int) -> str:

@@ -17,11 +17,29 @@ the same to every log event. What is found, in the order the passes run:
 6. labelled values in ``key=value``, ``key: value`` and JSON form (snake, kebab and
    camelCase keys): CVV/CVC, PIN, PIN block, passwords, secrets/tokens/API keys,
    track 1/2 → ``[REDACTED:<kind>]``, quoting kept;
-7. PANs: 12-19 digits passing Luhn, plain or grouped (4-4-4-4..., 4-6-5, 4-6-4) with one
-   consistent separator (space, dash, dot, ``+`` or ``%20``), not touching other digits
-   (a URL escape such as ``%22`` or a JSON ``\\u0022`` before it does not count) →
-   first 6 and last 4 digits kept, separators kept (``4111 11** **** 1111``), or every
-   digit masked with ``pan_mask="full"``.
+7. PANs in hex dumps of their ASCII or UTF-16 text: unspaced (``3431313131...``), byte
+   pairs (``34 31 31 ...``, od), hexdump -C and xxd lines, a PAN running on from one
+   dump line to the next (consecutive offsets) → every byte of the PAN ``**`` and its
+   character in the dump's ASCII column ``*`` (first 6 / last 4 left in hex would read
+   as a number of their own);
+8. PANs: 12-19 digits passing Luhn, plain or grouped, not touching other digits (a URL
+   escape such as ``%22`` or a JSON ``\\u0022`` before it does not count) → first 6 and
+   last 4 digits kept, separators kept (``4111 11** **** 1111``), or every digit masked
+   with ``pan_mask="full"``. Groupings: 4-4-4-4..., 4-6-5, 4-6-4 with one separator of
+   space, dash, dot, ``+`` or ``%20`` throughout; and, when the number also carries a
+   card network's prefix with a length it issues (Visa 4: 13/16/19, Mastercard 51-55
+   and 2221-2720: 16, Amex 34/37: 15, ...): two groups of BIN (6 or 8 digits) and rest
+   (``41111111 11111111``), ``/`` and ``_`` separators, `` - `` / `` / ``, and mixed
+   separators (``4111 1111-1111.1111``);
+9. the same PANs written in other encodings of their digits: UTF-16 text read as bytes
+   (a NUL beside each digit), every Unicode decimal digit (fullwidth ``４１１１``,
+   Arabic-Indic ``٤١١١``, Devanagari...), JSON ``\\u0034`` and URL ``%34`` escapes →
+   each masked digit ``*``, whatever its encoding.
+
+Text should be decoded before it gets here: :func:`sniff_encoding` tells UTF-16 log files
+(byte-order mark, or the NULs of ASCII text in UTF-16) from UTF-8, and
+:func:`decode_text` decodes with it (the log probe and the log tailer do); a UTF-16 text
+that was not decoded is still caught by 9.
 
 The passes rerun on what they changed until nothing changes, so redacting twice gives
 the same text as redacting once.
@@ -35,14 +53,20 @@ their label (RRN 12 digits; merchant id, IMEI, IMSI 15 digits, unless Amex-shape
 digits inside UUIDs and hex digests (32/40/56/64/96/128 hex characters); and the
 allow-listed identifiers (IMEI, serial) given to the constructor.
 
-Speed: every rule matches within one line, so text() first finds the few lines that can
-hold a match with C-level searches (label words in the lower-cased text; 12-digit runs
-and separated 4-digit groups in a digit-shape copy, each run judged at once) and runs
-the regular expressions on those lines only.
+Not caught: a PAN cut by a line wrap of plain text (each line is judged alone), digits
+spelled out in words, PANs inside base64 or other binary encodings, hex dumps of a PAN
+with separators other than spaces.
+
+Speed: every rule matches within one line (or the few lines of a hex dump), so text()
+first finds the few lines that can hold a match with C-level searches (label words in
+the lower-cased text; 12-digit runs, separated 4-digit groups and runs of hex byte
+pairs in a digit-shape copy, each run judged at once; NULs, escapes and non-ASCII
+digits) and runs the regular expressions on those lines only.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import urllib.parse
@@ -278,17 +302,24 @@ _SHORT: Final = 512  # text() of strings up to this length skips the per-line bo
 _WORDS: Final = 1  # a segment holds a label word
 _PAN: Final = 2  # a segment holds digits that may be a PAN
 _TRACK: Final = 4  # a segment holds digits that may be track data or EMV TLV
+_VIEW: Final = 8  # a segment holds digits in another encoding (NULs, Unicode, escapes, hex)
 
 # Card-data pre-check on a latin-1 copy of the text where every ASCII digit is "0",
 # every PAN group separator (space . + - and the % of %20) is "s" and the rest is "_":
 # then a 12-digit run is b"0" * 12 and two separated 4-digit groups are b"0000s0000".
 _DIGIT_SHAPES: Final = bytes(
-    ord("0") if chr(b).isdigit() and b < 128 else ord("s") if chr(b) in " .+-%" else ord("_")
+    ord("0") if chr(b).isdigit() and b < 128 else ord("s") if chr(b) in " .+-%/_" else ord("x")
     for b in range(256)
 )
 _RUN12: Final = b"0" * 12
+_RUN24: Final = b"0" * 24  # an unspaced hex-ASCII dump of 12 digits ("3431...")
 _ZERO_RUN: Final = re.compile(b"0*")
 _GROUP_TRIGGER: Final = b"0000s0000"
+_GROUP_TRIGGER_WIDE: Final = b"0000sss0000"  # "4111 - 1111", "4111 / 1111"
+_GROUP_TRIGGERS: Final = (_GROUP_TRIGGER, _GROUP_TRIGGER_WIDE)
+# Spaced hex dumps: six byte pairs ("34 31 31 31 31 31", hexdump -C, od) or four
+# two-byte words ("3431 3131 3131 3131", xxd) of decimal-looking hex in a row.
+_HEX_TRIGGERS: Final = (b"00s00s00s00s00s00", b"0000s0000s0000s0000")
 _TRACK_FOLLOWERS: Final = frozenset("=^DdEe")
 _TRACK_LEADERS: Final = frozenset(";Bb")
 _TLV_5A: Final = frozenset({"5A", "5a"})
@@ -338,13 +369,44 @@ _TRACK2_RE: Final = re.compile(
 )
 
 # A PAN candidate: a plain run of 12-19 digits (up to 23: an escape's digits may lead
-# it, see _escape_digits), or 4-digit groups (at least 3 groups) or
-# 4-6-x groups with one consistent separator. Shapes are checked in code.
+# it, see _escape_digits), or a chain of digit groups joined by separators (one
+# character of space . + - / _, "%20", or " - " / " / "): three or more groups, the
+# first two of 4+ digits, or two groups, the first of 6 or 8 (BIN) digits, the second of
+# 6+ (dates, versions, amounts, uptimes and addresses fail here, at C speed). Shapes and separators are judged in code (_pan_sub). The pattern starts with
+# its first digit (not a look-behind) so that the engine skips to digits at C speed; the
+# named groups hold the rest of the match and only say which form it is.
+_GAP: Final = r"(?:%20|[ ][-/][ ]|[ ._/+-])"
+_GAP_RE: Final = re.compile("(" + _GAP + ")", re.ASCII)
 _PAN_RE: Final = re.compile(
-    r"(?<!\d)(?:(?P<plain>\d{12,23})"
-    r"|(?P<grouped>\d{4}(?P<sep>[ .+-]|%20)\d{4,6}(?:(?P=sep)\d{1,7})+))(?!\d)",
+    r"\d(?<!\d\d)(?:(?P<plain>\d{11,22})"
+    r"|(?P<grouped>\d{3,9}" + _GAP + r"\d{4,13}(?:" + _GAP + r"\d{1,13}){1,8}"
+    r"|\d{5}(?:\d\d)?" + _GAP + r"\d{6,13}))(?!\d)",
     re.ASCII,
 )
+# The separators card numbers have always been printed with: with one of these used
+# throughout a classic grouping, the issuer prefix is not checked (see _iin_ok).
+_CLASSIC_SEPS: Final = frozenset({" ", ".", "+", "-", "%20"})
+
+# Other encodings of digits (_decoded_view): NUL runs (UTF-16 read as bytes) are dropped,
+# JSON "\u0034" and URL "%34" escapes and non-ASCII decimal digits (fullwidth U+FF10..,
+# Arabic-Indic, Devanagari... every Unicode Nd) read as their ASCII digit.
+_VIEW_TOKEN_RE: Final = re.compile(r"\x00+|\\u003([0-9])|%3([0-9])|([^\D0-9])")
+_UDIGIT_RE: Final = re.compile(r"[^\D0-9]")
+# Hex dumps (_hex_view): an unspaced even-length hex token, or byte pairs / two-byte
+# words separated by one or two spaces (hexdump -C, od -x style, xxd).
+_HEX_RUN_RE: Final = re.compile(
+    r"(?<![0-9A-Za-z])(?:(?P<flat>(?:[0-9A-Fa-f]{2}){12,})"
+    r"|(?P<spaced>[0-9A-Fa-f]{2}(?:[0-9A-Fa-f]{2})?(?: {1,2}[0-9A-Fa-f]{2}(?:[0-9A-Fa-f]{2})?)*))"
+    r"(?![0-9A-Za-z])",
+    re.ASCII,
+)
+_HEX_TOKEN_RE: Final = re.compile(r"[0-9A-Fa-f]+", re.ASCII)
+# A dump line starts with its offset (hexdump -C "00000010  ", xxd "00000010: ", od
+# "0000020 "); the hex of one dump line runs on into the next across its ASCII column.
+_DUMP_LINE_RE: Final = re.compile(
+    r"(?P<off>[0-9A-Fa-f]{6,8})(?::? {1,2})(?=[0-9A-Fa-f]{2})", re.ASCII
+)
+_DUMP_JOIN_RE: Final = re.compile(r"(?: {2}[^\n]*)?[ ]*\n[0-9A-Fa-f]{6,8}:? {1,2}", re.ASCII)
 
 # Identifiers with a fixed length that a Luhn-valid number may collide with, recognised
 # by their label: RRN (12 digits), merchant id (15), IMEI (15), IMSI (15).
@@ -400,6 +462,40 @@ def _group_shape_ok(lengths: list[int]) -> bool:
     return len(lengths) >= 3 and all(n == 4 for n in lengths[1:-1]) and 1 <= lengths[-1] <= 7
 
 
+def _two_group_shape_ok(lengths: list[int]) -> bool:
+    """Two groups: the BIN (6 or 8 digits) then the rest (8-8 "41111111 11111111",
+    6-10 "411111 1111111111")."""
+    return (
+        len(lengths) == 2
+        and lengths[0] in (6, 8)
+        and lengths[1] >= 6
+        and 12 <= lengths[0] + lengths[1] <= 19
+    )
+
+
+def _iin_ok(digits: str) -> bool:
+    """The issuer prefix (IIN) of a card network with a length it issues: Visa 4
+    (13/16/19), Mastercard 51-55 and 2221-2720 (16), Maestro and others 50/56-59
+    (12-19), Amex 34/37 (15), JCB 35 and Diners 30/36/38/39 (14-19), Discover, UnionPay,
+    Maestro 6 (12-19), UATP 1 (15). Asked of the looser forms only (two groups, mixed or
+    newer separators), where a Luhn-valid look-alike is likelier."""
+    n = len(digits)
+    first = digits[0]
+    if first == "4":
+        return n in (13, 16, 19)
+    if first == "6":
+        return 12 <= n <= 19
+    if first == "5":
+        return n == 16 if digits[1] in "12345" else 12 <= n <= 19
+    if first == "3":
+        if digits[1] in "47":
+            return n == 15
+        return digits[1] in "05689" and 14 <= n <= 19
+    if first == "2":
+        return n == 16 and 2221 <= int(digits[:4]) <= 2720
+    return first == "1" and n == 15
+
+
 # ----------------------------------------------------------------------------- the engine
 
 
@@ -446,6 +542,12 @@ class Redactor:
         self._allow_literals: tuple[str, ...] = tuple(sorted(allow_literals))
         self._allow_margin = max((len(a) for a in allow_literals), default=0)
         self._allow_digits: frozenset[str] = frozenset(allow_digits)
+        # Hex dumps mask every digit of a PAN (first6last4 would leave 12 decimal-looking
+        # hex characters that read as a number of their own).
+        self._full_masker = self
+        if pan_mask != "full":
+            self._full_masker = copy.copy(self)
+            self._full_masker.pan_mask = "full"
 
     # ------------------------------------------------------------------ public API
 
@@ -458,8 +560,9 @@ class Redactor:
             _bump(counts, "config_secret", n)
         if len(s) <= _SHORT:
             return self._short(s, counts)
-        # Every other rule matches within one line. Find the few lines that can hold a
-        # match with C-level searches, and run the regular expressions on those only.
+        # Every other rule matches within one line (or a few lines of a hex dump). Find
+        # the few lines that can hold a match with C-level searches, and run the regular
+        # expressions on those only.
         hits = self._trigger_positions(s)
         if not hits:
             return s
@@ -472,6 +575,8 @@ class Redactor:
             lo = s.rfind("\n", 0, pos) + 1
             hi = s.find("\n", pos)
             lines.append([lo, len(s) if hi < 0 else hi, what])
+        if any(what & _VIEW for _, _, what in lines):
+            lines = _with_dump_lines(s, lines)  # a PAN may run on across hex dump lines
         pieces: list[str] = []
         done = 0
         for lo, hi, what in lines:
@@ -490,9 +595,22 @@ class Redactor:
                 what = _WORDS
                 break
         digits = s.encode("latin-1", "replace").translate(_DIGIT_SHAPES)
-        if _RUN12 in digits or _GROUP_TRIGGER in digits:
-            for _pos, kind in self._card_hits(s, digits):
+        run12 = _RUN12 in digits
+        group = _GROUP_TRIGGER in digits
+        wide = _GROUP_TRIGGER_WIDE in digits
+        if run12 or group or wide:
+            hits = self._card_hits(s, digits, run12=run12, group=group, wide=wide, hexes=False)
+            for _pos, kind in hits:
                 what |= kind
+        if (
+            _HEX_TRIGGERS[0] in digits
+            or (group and _HEX_TRIGGERS[1] in digits)
+            or (not s.isascii() and _UDIGIT_RE.search(s) is not None)
+            or "\x00" in s
+            or ("%" in s and "%3" in s)  # a one-character search first: memchr speed
+            or ("\\" in s and "\\u003" in s)
+        ):
+            what |= _VIEW
         return self._segment(s, counts, what) if what else s
 
     def _trigger_positions(self, s: str) -> list[tuple[int, int]]:
@@ -504,29 +622,61 @@ class Redactor:
         raw = s.encode("latin-1", "replace")
         hits.extend((i, _WORDS) for i in _word_positions(s, raw, _TRIGGER_WORDS_STR))
         hits.extend(self._card_hits(s, raw.translate(_DIGIT_SHAPES)))
+        hits.extend((i, _VIEW) for i in _view_hits(s))
         return hits
 
-    def _card_hits(self, s: str, digits: bytes) -> list[tuple[int, int]]:
-        """(position, _PAN/_TRACK) of digit runs and groups in s that may be card data;
-        digits is s translated with _DIGIT_SHAPES."""
+    def _card_hits(
+        self,
+        s: str,
+        digits: bytes,
+        *,
+        run12: bool = True,
+        group: bool = True,
+        wide: bool = True,
+        hexes: bool = True,
+    ) -> list[tuple[int, int]]:
+        """(position, _PAN/_TRACK/_VIEW) of digit runs and groups in s that may be card
+        data; digits is s translated with _DIGIT_SHAPES. A caller that knows a shape is
+        absent (run12, group, wide: the 12-digit run and group triggers) or looks for it
+        itself (hexes: the hex dump triggers) says so, and it is not searched again."""
         hits: list[tuple[int, int]] = []
-        i = digits.find(_RUN12)
+        i = digits.find(_RUN12) if run12 else -1
         while i >= 0:
             j = _ZERO_RUN.match(digits, i).end()  # type: ignore[union-attr]
             kind = self._run_kind(s, i, j)
             if kind:
                 hits.append((i, kind))
             i = digits.find(_RUN12, j)
-        i = digits.find(_GROUP_TRIGGER)
-        while i >= 0:
+        if group:
+            self._group_hits(s, digits, _GROUP_TRIGGER, hits)
+        if wide:
+            self._group_hits(s, digits, _GROUP_TRIGGER_WIDE, hits)
+        if hexes:
+            for needle in _HEX_TRIGGERS:
+                i = digits.find(needle)
+                while i >= 0:
+                    hits.append((i, _VIEW))
+                    nl = s.find("\n", i)  # then the next line holding one
+                    i = -1 if nl < 0 else digits.find(needle, nl)
+        return hits
+
+    def _group_hits(
+        self, s: str, digits: bytes, needle: bytes, hits: list[tuple[int, int]]
+    ) -> None:
+        """Add (position, _PAN) for each digit group chain holding needle that the PAN
+        rule would mask."""
+        p = digits.find(needle)
+        while p >= 0:
+            i = p
+            while i > 0 and digits[i - 1] == 48:  # back to the start of the digit run
+                i -= 1
             m = _PAN_RE.match(s, i)
             if m is not None and m.group("grouped") is not None:
                 if self._pan_sub(m, None) != m.group(0):
                     hits.append((i, _PAN))
-                i = digits.find(_GROUP_TRIGGER, m.end())
+                p = digits.find(needle, max(m.end(), p + 1))
             else:
-                i = digits.find(_GROUP_TRIGGER, i + 1)
-        return hits
+                p = digits.find(needle, p + 1)
 
     def _run_kind(self, s: str, i: int, j: int) -> int:
         """What the digit run s[i:j] (>= 12 digits) can be part of: _TRACK (track 2 "=" or
@@ -543,6 +693,8 @@ class Redactor:
         k = i + _escape_digits(s, i)
         if k > i and 12 <= j - k <= 19 and self._pan_ok(s[k:j], s, k, j):
             return _PAN
+        if j - i >= 24:
+            return _VIEW  # may be a hex-ASCII dump ("3431313131...")
         return 0
 
     def _segment(self, s: str, counts: Counter[str] | None, what: int) -> str:
@@ -575,9 +727,117 @@ class Redactor:
             s = _TRACK2_RE.sub(lambda m: self._track2_sub(m, counts), s)
         if what & _WORDS:
             s = self._kv_pass(s, counts)
+        if what & _VIEW:
+            s = self._hex_view(s, counts)
         if what & (_PAN | _TRACK):
             s = _PAN_RE.sub(lambda m: self._pan_sub(m, counts), s)
+        if what & _VIEW:
+            s = self._decoded_view(s, counts)
         return s
+
+    # ------------------------------------------------------------------ other encodings
+
+    def _view_pans(self, view: str, counts: Counter[str] | None) -> list[int]:
+        """Indexes of view's characters that the PAN rule masks (counting each PAN)."""
+        shapes = view.encode("latin-1", "replace").translate(_DIGIT_SHAPES)
+        if _RUN12 not in shapes and not any(n in shapes for n in _GROUP_TRIGGERS):
+            return []
+        masked = _PAN_RE.sub(lambda m: self._pan_sub(m, counts), view)
+        if masked == view:
+            return []
+        return [k for k, (a, b) in enumerate(zip(view, masked, strict=True)) if a != b]
+
+    def _decoded_view(self, s: str, counts: Counter[str] | None) -> str:
+        """PANs written with NULs between the digits (UTF-16 text read as bytes), as JSON
+        "\\u003X" or URL "%3X" escapes, or in non-ASCII decimal digits: the PAN rule runs
+        on a copy where those read as ASCII digits, and each masked digit is replaced by
+        "*" in s, whatever its encoding."""
+        if not (
+            "\x00" in s
+            or "\\u003" in s
+            or "%3" in s
+            or (not s.isascii() and _UDIGIT_RE.search(s) is not None)
+        ):
+            return s
+        parts: list[str] = []
+        starts: list[int] = []  # index in s of each character of the view
+        ends: dict[int, int] = {}  # view index -> end in s, for decoded tokens only
+        done = 0
+        for m in _VIEW_TOKEN_RE.finditer(s):
+            a = m.start()
+            if a > done:
+                parts.append(s[done:a])
+                starts.extend(range(done, a))
+            done = m.end()
+            digit = m.group(1) or m.group(2)
+            if digit is None and m.group(3) is not None:
+                digit = str(int(m.group(3)))
+            if digit is not None:
+                ends[len(starts)] = done
+                parts.append(digit)
+                starts.append(a)
+        parts.append(s[done:])
+        starts.extend(range(done, len(s)))
+        view = "".join(parts)
+        hits = self._view_pans(view, counts)
+        if not hits:
+            return s
+        return _replace_spans(s, [(starts[k], ends.get(k, starts[k] + 1), "*") for k in hits])
+
+    def _hex_view(self, s: str, counts: Counter[str] | None) -> str:
+        """PANs in hex dumps of their ASCII (or UTF-16) text: "3431313131...", "34 31 31
+        ...", and hexdump -C, xxd or od lines, where a PAN may run on from one line to
+        the next. The hex is decoded (NUL bytes dropped), the PAN rule runs on the
+        decoded text, and every byte of a PAN found becomes "**", its character in the
+        dump's ASCII column "*"."""
+        if _RUN24 not in s.encode("latin-1", "replace").translate(_DIGIT_SHAPES) and not (
+            " " in s and _has_hex_trigger(s)
+        ):
+            return s
+        # Runs of hex, joined into blocks where a dump line runs on into the next one.
+        blocks: list[list[re.Match[str]]] = []
+        qualified: list[bool] = []
+        prev: re.Match[str] | None = None
+        for m in _HEX_RUN_RE.finditer(s):
+            shapes = m.group(0).encode("ascii").translate(_DIGIT_SHAPES)
+            ok = (
+                _RUN24 in shapes
+                if m.group("flat") is not None
+                else any(n in shapes for n in _HEX_TRIGGERS)
+            )
+            if (
+                prev is not None
+                and _DUMP_JOIN_RE.fullmatch(s, prev.end(), m.start()) is not None
+                and _dump_runs_on(s, prev, m)
+            ):
+                blocks[-1].append(m)
+                qualified[-1] = qualified[-1] or ok
+            else:
+                blocks.append([m])
+                qualified.append(ok)
+            prev = m
+        chars: list[str] = []
+        pairs: list[int] = []  # per decoded character: where its hex pair starts in s
+        for block, ok in zip(blocks, qualified, strict=True):
+            if not ok:
+                continue
+            for m in block:
+                for tok in _HEX_TOKEN_RE.finditer(s, m.start(), m.end()):
+                    for k in range(tok.start(), tok.end(), 2):
+                        byte = int(s[k : k + 2], 16)
+                        if byte:
+                            chars.append(chr(byte))
+                            pairs.append(k)
+            chars.append("\n")  # blocks apart
+            pairs.append(-1)
+        if not chars:
+            return s
+        hits = self._full_masker._view_pans("".join(chars), counts)
+        if not hits:
+            return s
+        spans = [(pairs[k], pairs[k] + 2, "**") for k in hits]
+        spans.extend(_ascii_column(s, [pairs[k] for k in hits]))
+        return _replace_spans(s, sorted(set(spans)))
 
     def obj(self, o: Any, counts: Counter[str] | None = None) -> Any:
         """Deep-redact JSON-able data: every string value; a value under a sensitive key
@@ -642,7 +902,7 @@ class Redactor:
         if isinstance(o, tuple):
             return tuple(self._value(v, counts) for v in o)
         if isinstance(o, bytes | bytearray):
-            decoded = bytes(o).decode("utf-8", "replace")
+            decoded = decode_text(bytes(o))
             redacted = self.text(decoded, counts)
             return o if redacted == decoded else redacted
         # Anything else (exceptions, paths, datetimes, objects in a log event): judged by
@@ -753,7 +1013,7 @@ class Redactor:
     def _pan_sub(self, m: re.Match[str], counts: Counter[str] | None) -> str:
         text = m.string
         start, end = m.span()
-        plain = m.group("plain")
+        plain = m.group(0) if m.group("plain") is not None else None
         if plain is not None:
             if len(plain) <= 19 and self._pan_ok(plain, text, start, end):
                 _bump(counts, "pan")
@@ -767,34 +1027,56 @@ class Redactor:
                 _bump(counts, "pan")
                 return plain[:skip] + self._mask_digits(plain[skip:])
             return plain
-        sep = m.group("sep")
-        groups = m.group("grouped").split(sep)
+        parts = _GAP_RE.split(m.group(0))
+        groups, seps = parts[0::2], parts[1::2]
         lengths = [len(g) for g in groups]
         n = len(groups)
-        out: list[str] = []
-        # Left to right, the longest card-shaped run of 3-5 groups at each group: a PAN
-        # followed by a CVV or preceded by a reference number still gets masked, and so
-        # does every PAN of a chain of them.
-        i = 0
+        offsets: list[int] = []
         pos = start
+        for k, g in enumerate(groups):
+            offsets.append(pos)
+            pos += len(g) + (len(seps[k]) if k < len(seps) else 0)
+        out = list(groups)
+        # Left to right, the longest card-shaped run of 2-5 groups at each group: a PAN
+        # followed by a CVV or preceded by a reference number still gets masked, and so
+        # does every PAN of a chain of them. A classic grouping with one classic
+        # separator is judged like a plain run; any other (two groups, "/" or "_",
+        # mixed separators) must also carry a card network's prefix and length.
+        i = 0
         while i < n:
-            for size in (5, 4, 3):
-                sub = lengths[i : i + size]
-                if len(sub) < size or not _group_shape_ok(sub):
+            for size in (5, 4, 3, 2):
+                if i + size > n:
                     continue
-                sub_end = pos + sum(sub) + (size - 1) * len(sep)
-                if not self._pan_ok("".join(groups[i : i + size]), text, pos, sub_end):
+                sub = lengths[i : i + size]
+                shape = _group_shape_ok(sub)
+                if not shape and not _two_group_shape_ok(sub):
+                    continue
+                digits = "".join(groups[i : i + size])
+                window_seps = seps[i : i + size - 1]
+                classic = (
+                    shape
+                    and window_seps[0] in _CLASSIC_SEPS
+                    and window_seps.count(window_seps[0]) == len(window_seps)
+                )
+                if not classic and not _iin_ok(digits):
+                    continue
+                if not self._pan_ok(digits, text, offsets[i], offsets[i + size - 1] + sub[-1]):
                     continue
                 _bump(counts, "pan")
-                out.append(self._mask_grouped(groups[i : i + size], sep))
+                masked = self._mask_digits(digits)
+                k = 0
+                for g in range(i, i + size):
+                    out[g] = masked[k : k + lengths[g]]
+                    k += lengths[g]
                 i += size
-                pos = sub_end + len(sep)
                 break
             else:
-                out.append(groups[i])
-                pos += lengths[i] + len(sep)
                 i += 1
-        return sep.join(out)
+        pieces = [out[0]]
+        for k, sep in enumerate(seps):
+            pieces.append(sep)
+            pieces.append(out[k + 1])
+        return "".join(pieces)
 
     # ------------------------------------------------------------------ PAN decisions
 
@@ -859,15 +1141,6 @@ class Redactor:
             return "*" * len(digits)
         return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
 
-    def _mask_grouped(self, groups: list[str], sep: str) -> str:
-        masked = self._mask_digits("".join(groups))
-        out: list[str] = []
-        i = 0
-        for g in groups:
-            out.append(masked[i : i + len(g)])
-            i += len(g)
-        return sep.join(out)
-
 
 _NULLS: Final = frozenset({"null", "None", "nil", "undefined", "NULL"})
 
@@ -875,6 +1148,123 @@ _NULLS: Final = frozenset({"null", "None", "nil", "undefined", "NULL"})
 def _amex_shaped(digits: str) -> bool:
     """15 digits starting 34 or 37: read as an Amex PAN even under an IMEI/MID label."""
     return len(digits) == 15 and digits[:2] in ("34", "37")
+
+
+def _view_hits(s: str) -> list[int]:
+    """Positions (one per line) of what may start a PAN in another encoding: a NUL, a
+    "\\u003" or "%3" escape, a non-ASCII decimal digit."""
+    out: list[int] = []
+    for needle in ("\x00", "\\u003", "%3"):
+        if needle[0] not in s:  # a one-character search first: memchr speed
+            continue
+        i = s.find(needle)
+        while i >= 0:
+            out.append(i)
+            nl = s.find("\n", i)
+            i = -1 if nl < 0 else s.find(needle, nl)
+    if not s.isascii():
+        m = _UDIGIT_RE.search(s)
+        while m is not None:
+            out.append(m.start())
+            nl = s.find("\n", m.start())
+            m = None if nl < 0 else _UDIGIT_RE.search(s, nl)
+    return out
+
+
+def _dump_runs_on(s: str, prev: re.Match[str], run: re.Match[str]) -> bool:
+    """Whether the hex run starts the dump line after the one prev ends, at the offset
+    that follows prev's bytes (consecutive lines of one dump, not two dumps)."""
+    head_prev = _DUMP_LINE_RE.match(s, s.rfind("\n", 0, prev.start()) + 1)
+    head = _DUMP_LINE_RE.match(s, s.rfind("\n", 0, run.start()) + 1)
+    if head_prev is None or head is None:
+        return False
+    if head_prev.end() != prev.start() or head.end() != run.start():
+        return False
+    size = sum(len(t) // 2 for t in _HEX_TOKEN_RE.findall(prev.group(0)))
+    return int(head.group("off"), 16) == int(head_prev.group("off"), 16) + size
+
+
+def _with_dump_lines(s: str, lines: list[list[int]]) -> list[list[int]]:
+    """The [lo, hi, what] lines of text(), each hex dump line among them widened to the
+    dump lines around it, overlapping ones merged."""
+    out: list[list[int]] = []
+    for lo, hi, what in lines:
+        if what & _VIEW and _DUMP_LINE_RE.match(s, lo) is not None:
+            lo, hi = _dump_lines(s, lo, hi)
+        while out and lo < out[-1][1]:
+            prev_lo, prev_hi, prev_what = out.pop()
+            lo, hi, what = min(lo, prev_lo), max(hi, prev_hi), what | prev_what
+        out.append([lo, hi, what])
+    return out
+
+
+def _dump_lines(s: str, lo: int, hi: int) -> tuple[int, int]:
+    """The dump line s[lo:hi] widened by up to two dump lines before and after it (a PAN
+    of up to 19 digits in UTF-16 spans three lines of 16 bytes)."""
+    for _ in range(2):
+        if lo == 0:
+            break
+        before = s.rfind("\n", 0, lo - 1) + 1
+        if _DUMP_LINE_RE.match(s, before) is None:
+            break
+        lo = before
+    for _ in range(2):
+        if hi >= len(s):
+            break
+        after = s.find("\n", hi + 1)
+        after = len(s) if after < 0 else after
+        if _DUMP_LINE_RE.match(s, hi + 1) is None:
+            break
+        hi = after
+    return lo, hi
+
+
+def _ascii_column(s: str, pairs: list[int]) -> list[tuple[int, int, str]]:
+    """Spans masking, in a dump line's ASCII column ("|4111...|" of hexdump -C, the
+    text after xxd's hex), the characters of the bytes whose hex starts at pairs."""
+    out: list[tuple[int, int, str]] = []
+    lines: dict[int, list[int]] = {}
+    for p in pairs:
+        lines.setdefault(s.rfind("\n", 0, p) + 1, []).append(p)
+    for lo, hits in lines.items():
+        head = _DUMP_LINE_RE.match(s, lo)
+        if head is None:
+            continue
+        hi = s.find("\n", lo)
+        hi = len(s) if hi < 0 else hi
+        end = hi - 1 if s[hi - 1 : hi] == "|" else hi
+        first = _HEX_RUN_RE.match(s, head.end())
+        if first is None:
+            continue
+        order = [
+            k
+            for tok in _HEX_TOKEN_RE.finditer(s, first.start(), first.end())
+            for k in range(tok.start(), tok.end(), 2)
+        ]
+        column = end - len(order)
+        for p in hits:
+            if p in order:
+                at = column + order.index(p)
+                if first.end() <= at < end and s[at].isdigit():
+                    out.append((at, at + 1, "*"))
+    return out
+
+
+def _has_hex_trigger(s: str) -> bool:
+    shapes = s.encode("latin-1", "replace").translate(_DIGIT_SHAPES)
+    return any(n in shapes for n in _HEX_TRIGGERS)
+
+
+def _replace_spans(s: str, spans: list[tuple[int, int, str]]) -> str:
+    """s with each (start, end, replacement) applied; spans do not overlap."""
+    pieces: list[str] = []
+    done = 0
+    for a, b, rep in sorted(spans):
+        pieces.append(s[done:a])
+        pieces.append(rep)
+        done = b
+    pieces.append(s[done:])
+    return "".join(pieces)
 
 
 def _escape_digits(text: str, start: int) -> int:
@@ -955,6 +1345,47 @@ def _tlv_value_ok(tag: str, value: str) -> bool:
     except ValueError:
         return False
     return raw[:1] == b"B" and raw[1:13].isdigit() and b"^" in raw
+
+
+# ----------------------------------------------------------------------------- decoding
+
+SNIFF_BYTES: Final = 4096  # how much of a file's start sniff_encoding() wants
+_BOMS: Final = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+
+
+def sniff_encoding(head: bytes) -> str:
+    """The encoding of a log file from its first bytes: "utf-16-le" / "utf-16-be" by
+    their byte-order mark, or without one by the NULs of ASCII text in UTF-16 (most
+    odd bytes NUL and few even ones: little-endian; the reverse: big-endian); else
+    "utf-8". A text must be decoded with it before redaction, or its digits are apart."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    sample = head[: len(head) - len(head) % 2]
+    pairs = len(sample) // 2
+    if pairs < 2:
+        return "utf-8"
+    even = sample[0::2].count(0)
+    odd = sample[1::2].count(0)
+    if odd >= 0.3 * pairs and even <= 0.05 * pairs:
+        return "utf-16-le"
+    if even >= 0.3 * pairs and odd <= 0.05 * pairs:
+        return "utf-16-be"
+    return "utf-8"
+
+
+def decode_text(data: bytes, encoding: str | None = None) -> str:
+    """data as text in encoding (sniffed from data when None), a byte-order mark
+    dropped, undecodable bytes replaced."""
+    enc = encoding or sniff_encoding(data[:SNIFF_BYTES])
+    if enc != "utf-8" and len(data) % 2:
+        data = data[:-1]  # half a UTF-16 code unit (a cut tail)
+    text = data.decode(enc, "replace")
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def redactor_for(cfg: Config) -> Redactor:

@@ -33,6 +33,7 @@ Every callback runs on the watcher's own thread; its exceptions are logged.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import os
@@ -51,6 +52,7 @@ from watchdog.observers.api import BaseObserver
 
 from agent.core.config import Config
 from agent.core.files import atomic_write, open_regular, read_fd, read_regular, stat_regular
+from agent.core.redact import SNIFF_BYTES, sniff_encoding
 
 log = structlog.get_logger(__name__)
 
@@ -559,6 +561,8 @@ class _Tail:
         self.pos = 0
         self.buf = b""
         self.refused = ""  # why the last open failed (logged once per reason)
+        self.encoding: str | None = None  # sniffed from the file's start at the first read
+        self.decoder: codecs.IncrementalDecoder | None = None  # for a UTF-16 file
 
     def open(self, at_end: bool) -> bool:
         try:
@@ -574,7 +578,23 @@ class _Tail:
         self.fh, self.ident = fh, (st.st_dev, st.st_ino)
         self.pos = fh.seek(0, os.SEEK_END) if at_end else 0
         self.buf = b""
+        self.encoding = self.decoder = None
         return True
+
+    def utf8(self, data: bytes, at: int) -> bytes:
+        """data, read at offset at, as UTF-8: a UTF-16 log (byte-order mark or NULs at
+        its start) is decoded, so that lines split and redaction sees its digits."""
+        if self.encoding is None and data and self.fh is not None:
+            head = data if at == 0 else os.pread(self.fh.fileno(), SNIFF_BYTES, 0)
+            self.encoding = sniff_encoding(head[:SNIFF_BYTES])
+            if self.encoding != "utf-8":
+                self.decoder = codecs.getincrementaldecoder(self.encoding)("replace")
+        if self.decoder is None:
+            return data
+        text = self.decoder.decode(data)
+        if at == 0 and text.startswith("\ufeff"):
+            text = text[1:]
+        return text.encode("utf-8")
 
     def close(self) -> None:
         if self.fh is not None:
@@ -668,6 +688,7 @@ class LogTailer:
             assert t.fh is not None
             t.fh.seek(0)
             t.pos, t.buf = 0, b""
+            t.encoding = t.decoder = None
         return n + self._read(t, budget, final=False)
 
     def _read(self, t: _Tail, budget: list[int], *, final: bool) -> int:
@@ -675,7 +696,8 @@ class LogTailer:
             return 0
         t.fh.seek(t.pos)
         data = t.fh.read(self._max_read)
-        t.pos += len(data)
+        at, t.pos = t.pos, t.pos + len(data)
+        data = t.utf8(data, at)
         chunk = t.buf + data
         parts = chunk.split(b"\n")
         t.buf = parts.pop()

@@ -14,7 +14,18 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.core.redact import KINDS, RULESET_VERSION, Redactor, luhn_ok, sensitive_key_kind
+from agent.capture.probes import tail_bytes
+from agent.core.redact import (
+    KINDS,
+    RULESET_VERSION,
+    Redactor,
+    _iin_ok,
+    decode_text,
+    luhn_ok,
+    sensitive_key_kind,
+    sniff_encoding,
+)
+from agent.monitors.watch import LogTailer
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures" / "redaction"
 
@@ -31,7 +42,9 @@ PANS: list[tuple[str, str]] = [(r[0], r[1]) for r in _rows("test_pans.tsv")]
 FORMATS: list[tuple[str, str, str, int]] = [
     (r[0], r[1], r[2], int(r[3])) for r in _rows("formats.tsv")
 ]
-LOOKALIKES: list[tuple[str, str]] = [(r[0], r[1]) for r in _rows("lookalikes.tsv")]
+LOOKALIKES: list[tuple[str, str]] = [
+    (r[0], r[1].replace("\\x00", "\x00")) for r in _rows("lookalikes.tsv")
+]
 ALLOW: list[str] = [ln[0] for ln in _rows("allow.txt")]
 CASES: list[dict[str, Any]] = json.loads((DATA / "cases.json").read_text(encoding="utf-8"))
 DEVICE_OUTPUTS = sorted(
@@ -52,9 +65,57 @@ def _tlv(tag: str, value_hex: str) -> str:
     return f"{tag}{len(value_hex) // 2:02X}{value_hex}"
 
 
+def _digits_as(zero: str, pan: str) -> str:
+    """The PAN's digits in another Unicode digit block (a masked '*' stays)."""
+    return "".join(chr(ord(zero) + int(c)) if c.isdigit() else c for c in pan)
+
+
+def _each_digit(fmt: str, pan: str) -> str:
+    """Every digit of the PAN written with fmt (its code point as the argument)."""
+    return "".join(fmt.format(ord(c)) if c.isdigit() else c for c in pan)
+
+
+def _hx(b: int) -> str:
+    """A byte in hex; the '*' of a masked PAN digit as the engine writes it in dumps."""
+    return "**" if b == ord("*") else f"{b:02x}"
+
+
+def _show(row: bytes) -> str:
+    return "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+
+
+def hexdump_c(data: bytes) -> str:
+    """The lines `hexdump -C` prints for data (16 bytes a line, ASCII column)."""
+    out = []
+    for off in range(0, len(data), 16):
+        row = data[off : off + 16]
+        left = " ".join(_hx(b) for b in row[:8])
+        right = " ".join(_hx(b) for b in row[8:])
+        out.append(f"{off:08x}  {left:<23}  {right:<23}  |{_show(row)}|")
+    return "\n".join(out)
+
+
+def xxd(data: bytes) -> str:
+    """The lines `xxd` prints for data (16 bytes a line in two-byte words, ASCII column)."""
+    out = []
+    for off in range(0, len(data), 16):
+        row = data[off : off + 16]
+        words = " ".join("".join(_hx(b) for b in row[i : i + 2]) for i in range(0, len(row), 2))
+        out.append(f"{off:08x}: {words:<39}  {_show(row)}")
+    return "\n".join(out)
+
+
+def is_hex_format(template: str) -> bool:
+    """Hex dumps mask every digit of a PAN ("**" a byte), not first 6 / last 4."""
+    return any(k in template for k in ("{hex", "{xxd}", "{utf16le_hex}"))
+
+
 def render(template: str, network: str, pan: str) -> str:
-    """Fill a formats.tsv template with one PAN."""
+    """Fill a formats.tsv template with one PAN (or a masked one: '*' in place of digits)."""
     groups = _groups(network, pan)
+    seps = [" ", "-", ".", "/"]
+    mixed = groups[0] + "".join(seps[i % 4] + g for i, g in enumerate(groups[1:]))
+    split = 8 if len(pan) == 16 else 6
     values = {
         "{pan}": pan,
         "{spaced}": " ".join(groups),
@@ -64,6 +125,23 @@ def render(template: str, network: str, pan: str) -> str:
         "{pct20}": "%20".join(groups),
         "{tlv5a}": _tlv("5A", pan),
         "{tlv57}": _tlv("57", f"{pan}D25122011143804400000"),
+        "{slashed}": "/".join(groups),
+        "{underscored}": "_".join(groups),
+        "{spacedash}": " - ".join(groups),
+        "{mixed}": mixed,
+        "{bin_split}": f"{pan[:split]} {pan[split:]}",
+        "{hexspaced}": " ".join(_hx(b) for b in pan.encode()),
+        "{hexdump}": hexdump_c(pan.encode()),
+        "{hex}": "".join(_hx(b) for b in pan.encode()),
+        "{xxd}": xxd(pan.encode()),
+        "{utf16le_hex}": " ".join(_hx(b) for b in pan.encode("utf-16-le")),
+        "{utf16le}": "".join(c + "\x00" for c in pan),
+        "{utf16be}": "".join("\x00" + c for c in pan),
+        "{fullwidth}": _digits_as("\uff10", pan),
+        "{arabic_indic}": _digits_as("\u0660", pan),
+        "{devanagari}": _digits_as("\u0966", pan),
+        "{json_u}": _each_digit("\\u{:04x}", pan),
+        "{url_pct}": _each_digit("%{:02X}", pan),
     }
     out = template
     for key, value in values.items():
@@ -71,12 +149,25 @@ def render(template: str, network: str, pan: str) -> str:
     return out
 
 
+def _plain_digits(text: str) -> str:
+    """text with other encodings of digits read as ASCII digits: NULs dropped (UTF-16),
+    JSON \\u003X and URL %3X escapes decoded, every Unicode decimal digit as 0-9."""
+    text = text.replace("\x00", "")
+    text = re.sub(r"\\u003(\d)|%3(\d)", lambda m: m.group(1) or m.group(2), text)
+    return "".join(str(int(c)) if c.isdecimal() else c for c in text)
+
+
 def pan_survives(out: str, pan: str) -> bool:
-    """True when the PAN's digits are still in out as one digit run or with separators."""
-    if pan in re.findall(r"\d+", out):
+    """True when the PAN's digits are still in out: as one digit run or with separators,
+    in any encoding the engine reads, or as the hex of its ASCII or UTF-16 bytes."""
+    plain = _plain_digits(out)
+    if pan in re.findall(r"\d+", plain, re.ASCII):
         return True
-    squeezed = re.sub(r"(?<=\d)(?:[ .+-]|%20)(?=\d)", "", out)
-    return pan in re.findall(r"\d+", squeezed)
+    squeezed = re.sub(r"(?<=\d)(?:[ .+/_-]|%20| [-/] )(?=\d)", "", plain)
+    if pan in re.findall(r"\d+", squeezed, re.ASCII):
+        return True
+    hex_stream = re.sub(r"[^0-9a-f]", "", out.lower())
+    return pan.encode().hex() in hex_stream or pan.encode("utf-16-le").hex() in hex_stream
 
 
 # --------------------------------------------------------------------------- the corpus
@@ -85,6 +176,7 @@ def pan_survives(out: str, pan: str) -> bool:
 def test_corpus_is_luhn_valid_and_covers_every_length_and_network() -> None:
     """The test-PAN corpus passes Luhn and spans 12-19 digits and the major networks."""
     assert all(luhn_ok(pan) for _, pan in PANS)
+    assert all(_iin_ok(pan) for _, pan in PANS)  # the looser forms' prefix check keeps all
     assert {len(pan) for _, pan in PANS} == set(range(12, 20))
     networks = {n for n, _ in PANS}
     for needed in ("visa", "mastercard", "mastercard_2series", "amex", "discover", "jcb"):
@@ -108,6 +200,8 @@ def test_every_corpus_pan_is_removed_in_this_format(fmt: tuple[str, str, str, in
             missed.append((network, pan, out, dict(counts)))
             continue
         masked = pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+        if is_hex_format(template):
+            masked = "*" * len(pan)
         if kind == "pan" and out != render(template, network, masked):
             missed.append((network, pan, out, "not first6last4 with separators kept"))
     recall = 1 - len(missed) / len(PANS)
@@ -452,6 +546,23 @@ _FRAGMENTS = st.sampled_from(
         "F",
         "imei=",
         "İ",
+        "/",
+        "_",
+        " - ",
+        "41111111",
+        "\x00",
+        "４",
+        "٤",
+        "\\u0034",
+        "\\u0031",
+        "%34",
+        "%31",
+        "34 31 31 31 31 31",
+        "31",
+        "3431313131313131",
+        "00000000  ",
+        "00000010: ",
+        "|",
     ]
 )
 _MIXED_TEXT = st.lists(st.one_of(_FRAGMENTS, st.text(max_size=8)), max_size=40).map("".join)
@@ -511,7 +622,7 @@ def test_no_corpus_pan_survives_in_any_context(
     assert not pan_survives(out, digits), out
 
 
-_ALL_RULES = 1 | 2 | 4  # _WORDS | _PAN | _TRACK: every rule, no pre-check
+_ALL_RULES = 1 | 2 | 4 | 8  # _WORDS | _PAN | _TRACK | _VIEW: every rule, no pre-check
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -549,3 +660,86 @@ def test_long_corpus_text_is_fully_redacted() -> None:
     for _, _, kind, count in FORMATS:
         expected[kind] += count * len(PANS)
     assert counts == expected
+
+
+_SAFE_CONTEXT = st.text(alphabet="abcxyz ,;:()[]=\n\t", max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=st.sampled_from(LOOKALIKES), prefix=_SAFE_CONTEXT, suffix=_SAFE_CONTEXT)
+def test_lookalike_survives_in_any_context(case: tuple[str, str], prefix: str, suffix: str) -> None:
+    """A look-alike between arbitrary words, spaces and punctuation is never changed."""
+    text = f"{prefix} {case[1]} {suffix}"
+    counts: Counter[str] = Counter()
+    assert Redactor(allow=ALLOW).text(text, counts) == text
+    assert not counts
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize(
+    ("encoding", "name"),
+    [
+        ("utf-16", "utf-16-le"),  # with a byte-order mark (little-endian on this machine)
+        ("utf-16-le", "utf-16-le"),
+        ("utf-16-be", "utf-16-be"),
+        ("utf-8-sig", "utf-8"),
+        ("utf-8", "utf-8"),
+    ],
+)
+def test_utf16_is_sniffed_and_decoded(encoding: str, name: str) -> None:
+    """A BOM or the NUL pattern of UTF-16 text names the encoding; decoding drops the BOM."""
+    text = "2026-11-23 ERROR card 4111 1111 1111 1111 declined\nnext\n"
+    data = text.encode(encoding)
+    assert sniff_encoding(data) == name
+    assert decode_text(data) == text
+    assert decode_text(data + b"\x00") == text or name == "utf-8"  # half a code unit
+    assert Redactor().obj(data) == text.replace("1111 1111 1111", "11** **** 1111")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_log_tail_is_decoded_before_redaction(tmp_path: Path, encoding: str) -> None:
+    """A UTF-16 log's tail (cut at an odd offset) comes out as text whose PAN redacts."""
+    log_file = tmp_path / "pos.log"
+    lines = [f"2026-11-23 line {i} ok" for i in range(200)]
+    lines.append("2026-11-23 ERROR card 4111 1111 1111 1111 declined")
+    log_file.write_bytes("\n".join(lines).encode(encoding))
+    tail = tail_bytes(log_file, 301)
+    assert tail.endswith("card 4111 1111 1111 1111 declined")
+    assert "\x00" not in tail and "\ufffd" not in tail
+    assert Redactor().text(tail).endswith("card 4111 11** **** 1111 declined")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_log_is_tailed_as_text(tmp_path: Path, encoding: str) -> None:
+    """The log tailer decodes a UTF-16 file (also written a few bytes at a time), so its
+    patterns match and the matched line reaches the callback as redactable text."""
+    log_file = tmp_path / "pos.log"
+    log_file.write_bytes("start\n".encode(encoding))
+    got: list[str] = []
+    tailer = LogTailer([log_file], ["ERROR"], lambda _p, line: got.append(line))
+    tailer.prime()
+    body = "x\r\nERROR card 4111 1111 1111 1111 declined\r\nok\r\n".encode(encoding)
+    if encoding == "utf-16":
+        body = body[2:]  # the BOM is only at the start of the file
+    with log_file.open("ab") as f:
+        for i in range(0, len(body), 7):  # odd-sized writes split code units
+            f.write(body[i : i + 7])
+            f.flush()
+            tailer.poll()
+    tailer.stop()
+    assert got == ["ERROR card 4111 1111 1111 1111 declined"]
+    assert Redactor().text(got[0]) == "ERROR card 4111 11** **** 1111 declined"
+
+
+def test_utf16_log_read_from_its_start(tmp_path: Path) -> None:
+    """A UTF-16 log that appears after start is read from its first byte, BOM dropped."""
+    log_file = tmp_path / "late.log"
+    got: list[str] = []
+    tailer = LogTailer([log_file], ["."], lambda _p, line: got.append(line))
+    tailer.prime()
+    log_file.write_bytes("first 5555 5555 5555 4444\nsecond\n".encode("utf-16"))
+    tailer.poll()
+    tailer.stop()
+    assert got == ["first 5555 5555 5555 4444", "second"]

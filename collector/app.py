@@ -71,7 +71,7 @@ from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
 from agent.core.timefmt import rfc3339
 from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
-from collector import pages
+from collector import holds, pages
 from collector.auth import (
     SESSION_COOKIE,
     OperatorAuth,
@@ -91,6 +91,7 @@ from collector.storage import (
     StorageError,
     open_store,
 )
+from collector.storage.retention import RetentionPolicy, RetentionWorker
 
 log = structlog.get_logger(__name__)
 
@@ -758,6 +759,22 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def start_retention(col: Shared) -> RetentionWorker | None:
+    """The periodic retention of `collector serve` (none when interval_s is 0 or the policy
+    keeps everything); its deletions are counted in /metrics."""
+    r = col.cfg.retention
+    policy = RetentionPolicy(r.default_days, r.kind_days, r.severity_days)
+    if r.interval_s <= 0 or not policy.deletes_anything:
+        return None
+    return RetentionWorker(
+        col.store,
+        policy,
+        r.interval_s,
+        batch_size=r.batch_size,
+        on_deleted=col.metrics.count_retention,
+    ).start()
+
+
 def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Starlette:
     """The collector application for cfg; store defaults to the engines cfg names
     (`collector.storage.open_store`: files + SQLite under data_dir unless configured)."""
@@ -783,7 +800,10 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         worker = threading.Thread(target=reconcile, args=(col,), name="collector-reconcile")
         worker.start()
+        retention = start_retention(col)  # issue 14 item 4: retention every interval_s
         yield
+        if retention is not None:
+            retention.stop()
         worker.join(timeout=30)
         col.store.close()
 
@@ -794,6 +814,9 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         Route("/logout", logout, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/holds", operator_only(html=False)(holds.list_holds), methods=["GET"]),
+        Route("/v1/holds", operator_only(html=False)(holds.add_hold), methods=["POST"]),
+        Route("/v1/holds", operator_only(html=False)(holds.remove_hold), methods=["DELETE"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
         Route("/v1/bundles/{bundle_id}", counted(col, put_bundle), methods=["PUT"]),

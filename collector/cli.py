@@ -1,10 +1,12 @@
-"""`posagent collector serve|add-device|migrate`, run by agent/commands/collector.py."""
+"""`posagent collector serve|add-device|migrate|hold|retention|migrate-store`, run by agent/commands/collector.py."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -15,14 +17,30 @@ from agent.core.exits import (
     EX_CANTCREAT,
     EX_CONFIG,
     EX_DATAERR,
+    EX_FAIL,
+    EX_NOINPUT,
     EX_OK,
     EX_UNAVAILABLE,
     EX_USAGE,
 )
 from agent.core.redact import Redactor
+from agent.core.timefmt import rfc3339
 from collector.auth import TokenFileError, add_device
-from collector.config import load_collector_config
-from collector.storage import SchemaError, StorageError, migrate_store
+from collector.config import CollectorConfig, load_collector_config
+from collector.storage import (
+    BundleStore,
+    SchemaError,
+    StorageError,
+    migrate_store,
+    open_store,
+)
+from collector.storage.copy import copy_store, verify_store
+from collector.storage.retention import (
+    RetentionPolicy,
+    parse_hold_target,
+    retention_index,
+    run_retention,
+)
 
 
 def _err(text: str) -> None:
@@ -37,7 +55,162 @@ def run(args: argparse.Namespace) -> int:
         return cmd_add_device(args)
     if args.collector_cmd == "migrate":
         return cmd_migrate(args)
+    if args.collector_cmd == "hold":
+        return cmd_hold(args)
+    if args.collector_cmd == "retention":
+        return cmd_retention(args)
+    if args.collector_cmd == "migrate-store":
+        return cmd_migrate_store(args)
     return EX_USAGE
+
+
+def _open(ccfg: CollectorConfig, what: str) -> BundleStore | int:
+    """The configured store, or the exit code after saying why not."""
+    try:
+        return open_store(ccfg)
+    except SchemaError as e:
+        _err(f"posagent collector {what}: {e}")
+        return EX_CONFIG
+    except StorageError as e:
+        _err(f"posagent collector {what}: {e}")
+        return EX_UNAVAILABLE
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    """`collector hold add|remove|list`: legal holds in the index (every instance sees them)."""
+    ccfg = load_collector_config(args.config)
+    store = _open(ccfg, "hold")
+    if isinstance(store, int):
+        return store
+    try:
+        idx = retention_index(store)
+        if args.hold_cmd == "list":
+            holds = idx.holds()
+            if args.json:
+                sys.stdout.write(json.dumps([h.to_dict() for h in holds], indent=2) + "\n")
+            else:
+                for h in holds:
+                    sys.stdout.write(f"{h.scope}\t{h.value}\t{rfc3339(h.created_at)}\t{h.reason}\n")
+                _err(f"{len(holds)} hold(s)")
+            return EX_OK
+        try:
+            scope, value = parse_hold_target(
+                {"bundle": args.bundle, "device": args.device, "site": args.site}
+            )
+        except ValueError as e:
+            _err(f"posagent collector hold: {e}")
+            return EX_USAGE
+        if args.hold_cmd == "add":
+            placed = idx.add_hold(scope, value, args.reason.strip())
+            sys.stdout.write(f"hold {'placed' if placed else 'updated'}: {scope} {value}\n")
+            return EX_OK
+        if not idx.remove_hold(scope, value):
+            _err(f"posagent collector hold remove: no hold on {scope} {value}")
+            return EX_FAIL
+        sys.stdout.write(f"hold released: {scope} {value}\n")
+        return EX_OK
+    except StorageError as e:
+        _err(f"posagent collector hold: {e}")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """`collector retention run`: one run now; prints the deletions by reason.
+
+    Exit 0 when it ran (or another instance was running it), 1 when some blobs could not
+    be deleted (left for the next run), 69 when the store is unreachable.
+    """
+    ccfg = load_collector_config(args.config)
+    r = ccfg.retention
+    policy = RetentionPolicy(r.default_days, r.kind_days, r.severity_days)
+    store = _open(ccfg, "retention")
+    if isinstance(store, int):
+        return store
+    try:
+        report = run_retention(store, policy, batch_size=r.batch_size)
+    except StorageError as e:
+        _err(f"posagent collector retention: {e}")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()
+    if report.skipped:
+        sys.stdout.write("another retention run holds the lock: nothing done\n")
+        return EX_OK
+    if not policy.deletes_anything:
+        sys.stdout.write("retention keeps every bundle ([collector.retention] days are 0)\n")
+    for reason, n in sorted(report.deleted.items()):
+        sys.stdout.write(f"deleted\t{reason}\t{n}\n")
+    sys.stdout.write(
+        f"deleted {report.total} bundle(s), {report.blobs_deleted} blob(s); "
+        f"{report.pending_blobs} blob(s) left for the next run\n"
+    )
+    for text in report.errors[:10]:
+        _err(f"posagent collector retention: {text}")
+    return EX_FAIL if report.errors else EX_OK
+
+
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    """`collector migrate-store`: the embedded store of data_dir into PostgreSQL + S3.
+
+    Resumable; exit 0 only when every source bundle is in the target, verified.
+    """
+    ccfg = load_collector_config(args.config)
+    target = replace(
+        ccfg,
+        index_url=args.to_index,
+        blob_url=args.to_blob,
+        s3_endpoint_url=args.s3_endpoint_url,
+        s3_region=args.s3_region,
+    )
+    if not target.index_url.startswith(("postgresql://", "postgres://")) or not (
+        target.blob_url.startswith("s3://")
+    ):
+        _err("posagent collector migrate-store: --to-index postgresql://... --to-blob s3://...")
+        return EX_USAGE
+    source = replace(ccfg, index_url="", blob_url="")
+    if not (Path(ccfg.data_dir) / "index.sqlite3").exists():
+        _err(f"posagent collector migrate-store: no embedded index in {ccfg.data_dir}")
+        return EX_NOINPUT
+    try:
+        migrate_store(target)
+    except SchemaError as e:
+        _err(f"posagent collector migrate-store: {e}")
+        return EX_CONFIG
+    except StorageError as e:
+        _err(f"posagent collector migrate-store: {e}")
+        return EX_UNAVAILABLE
+    src = _open(source, "migrate-store")
+    if isinstance(src, int):
+        return src
+    dst = _open(target, "migrate-store")
+    if isinstance(dst, int):
+        src.close()
+        return dst
+    try:
+        report = copy_store(src, dst, workers=args.workers)
+        missing = verify_store(src, dst)
+    except StorageError as e:
+        _err(f"posagent collector migrate-store: {e}")
+        return EX_UNAVAILABLE
+    finally:
+        src.close()
+        dst.close()
+    sys.stdout.write(
+        f"copied {report.copied}, skipped {report.skipped} (already there), "
+        f"failed {len(report.failed)}; holds {report.holds}\n"
+    )
+    for bid, reason in sorted(report.failed.items()):
+        sys.stdout.write(f"failed\t{bid}\t{reason}\n")
+    if report.failed or missing:
+        _err(
+            f"posagent collector migrate-store: {len(missing)} bundle(s) not in the target; "
+            "run it again after fixing the failures"
+        )
+        return EX_FAIL
+    sys.stdout.write(f"all {report.total} bundle(s) in the target, digests verified\n")
+    return EX_OK
 
 
 def cmd_add_device(args: argparse.Namespace) -> int:

@@ -7,9 +7,25 @@ of range are errors located by file, key and line, exit 78.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from agent.core.config import _f, parse_section, read_config_text
+from agent.bundle.trigger import TriggerKind
+from agent.core.config import ConfigError, _f, parse_section, read_config_text
+from agent.core.model import Severity
+
+MAX_DAYS = 36500
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """`[collector.retention]`: days to keep bundles (0: forever), by trigger kind and
+    severity (the longer wins when both name a bundle), else default_days."""
+
+    default_days: int = _f(0, min=0, max=MAX_DAYS)
+    kind_days: dict[str, int] = _f({})
+    severity_days: dict[str, int] = _f({})
+    interval_s: float = _f(3600.0, min=0.0, max=7 * 86400.0)  # 0: serve never runs it
+    batch_size: int = _f(500, min=1, max=10_000)
 
 
 @dataclass(frozen=True)
@@ -26,11 +42,24 @@ class CollectorConfig:
     blob_url: str = _f("", pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
     s3_endpoint_url: str = _f("", pattern=r"^$|^https?://")
     s3_region: str = _f("us-east-1", pattern=r"^[a-z0-9-]{1,32}$")
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig:
     """The `[collector]` table of TOML text; raises ConfigError."""
-    return parse_section(text, file, "collector", CollectorConfig)
+    cfg = parse_section(text, file, "collector", CollectorConfig)
+    r = cfg.retention
+    for table, known, days in (
+        ("kind_days", [k.value for k in TriggerKind], r.kind_days),
+        ("severity_days", [s.value for s in Severity], r.severity_days),
+    ):
+        for name, value in days.items():
+            key = f"collector.retention.{table}.{name}"
+            if name not in known:
+                raise ConfigError(f"unknown (known: {', '.join(known)})", file=file, key=key)
+            if not 0 <= value <= MAX_DAYS:
+                raise ConfigError(f"days must be 0 (forever) to {MAX_DAYS}", file=file, key=key)
+    return cfg
 
 
 def load_collector_config(path: str | None = None) -> CollectorConfig:

@@ -11,8 +11,7 @@ counters). Every instance counts its own traffic; Prometheus sums the instances.
 | ``posagent_collector_stored_bytes_total`` | counter | bytes of the bundles this instance stored (201) |
 | ``posagent_collector_open_connections`` | gauge | HTTP connections open to this instance |
 | ``posagent_collector_index_connections`` | gauge | connections the PostgreSQL pool holds (0 on SQLite) |
-
-Retention deletions are not counted yet: retention does not exist yet (issue 14 item 4).
+| ``posagent_collector_retention_deletions_total`` | counter | ``reason``: the rule that expired the bundle (default, kind:<kind>, severity:<severity>) |
 """
 
 from __future__ import annotations
@@ -77,6 +76,12 @@ class Metrics:
             "Connections the index's pool holds open (PostgreSQL; 0 on SQLite)",
             registry=r,
         )
+        self.retention_deletions = Counter(
+            "posagent_collector_retention_deletions",
+            "Bundles deleted by this instance's retention runs, by the rule that expired them",
+            ["reason"],
+            registry=r,
+        )
         for result in RESULTS:
             self.ingest.labels(result=result)
 
@@ -94,6 +99,9 @@ class Metrics:
         else:
             self.ingest.labels(result="rejected").inc()
             self.rejects.labels(reason=REASONS.get(status_code, "error")).inc()
+
+    def count_retention(self, reason: str, n: int) -> None:
+        self.retention_deletions.labels(reason=reason).inc(n)
 
     def track_connections(self, count: Callable[[], int]) -> None:
         """Read the open HTTP connections from the server at each scrape."""

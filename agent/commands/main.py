@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("-o", "--output", help="output .html (default: <bundle>.html here)")
 
     p = sub.add_parser(
-        "collector", help="reference ingest server and web viewer: serve|add-device|migrate"
+        "collector",
+        help="reference ingest server and web viewer: "
+        "serve|add-device|migrate|hold|retention|migrate-store",
     )
     cs = p.add_subparsers(dest="collector_cmd", metavar="ACTION")
     cs.required = True
@@ -180,6 +182,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rotate", action="store_true", help="replace an existing device's token")
     q = cs.add_parser("migrate", help="bring the index's schema to this collector's version")
     _config_arg(q)
+    q = cs.add_parser("hold", help="legal holds: keep a bundle, device or site from retention")
+    hs = q.add_subparsers(dest="hold_cmd", metavar="add|remove|list")
+    hs.required = True
+    for name in ("add", "remove", "list"):
+        h = hs.add_parser(name, help=f"{name} a legal hold" if name != "list" else "list holds")
+        _config_arg(h)
+        if name == "list":
+            h.add_argument("--json", action="store_true")
+            continue
+        target = h.add_mutually_exclusive_group(required=True)
+        target.add_argument("--bundle", metavar="ID", help="one bundle")
+        target.add_argument("--device", metavar="ID", help="every bundle of a device")
+        target.add_argument("--site", metavar="S", help="every bundle of a site")
+        if name == "add":
+            h.add_argument(
+                "--reason", required=True, metavar="TEXT", help="why (a case, a dispute)"
+            )
+    q = cs.add_parser("retention", help="delete expired bundles now: retention run")
+    rs = q.add_subparsers(dest="retention_cmd", metavar="run")
+    rs.required = True
+    r = rs.add_parser("run", help="one retention run ([collector.retention]; holds respected)")
+    _config_arg(r)
+    q = cs.add_parser(
+        "migrate-store", help="copy the embedded store (files + SQLite) into PostgreSQL + S3"
+    )
+    _config_arg(q)
+    q.add_argument("--to-index", required=True, metavar="postgresql://...", help="target index")
+    q.add_argument("--to-blob", required=True, metavar="s3://bucket/prefix", help="target blobs")
+    q.add_argument("--s3-endpoint-url", default="", metavar="URL", help="S3-compatible server")
+    q.add_argument("--s3-region", default="us-east-1", metavar="REGION")
+    q.add_argument("--workers", type=int, default=8, metavar="N", help="parallel copies (8)")
 
     p = sub.add_parser(
         "demo", help="simulated terminal + collector + agent: five faults end to end"

@@ -309,7 +309,8 @@ class BundleStore:
         looked at (all of them when the index is empty). make_record(id,
         bytes, received_at) builds the row, or returns None to skip a blob.
         In a shared store, a blob whose id is indexed with another digest lost
-        a race and its instance died before removing it: it is removed here.
+        a race and its instance died before removing it: it is removed here. A blob
+        whose row retention deleted (``retention_pending``) is left for retention.
         """
         latest = self.index.latest_received_at()
         since = None if latest is None else latest - margin_s
@@ -323,6 +324,9 @@ class BundleStore:
             with self._lock:
                 if self.index.get(bid) is not None:
                     continue
+                is_pending = getattr(self.index, "is_pending", None)
+                if callable(is_pending) and is_pending(bid):
+                    continue  # retention deleted its row: its blob is to go, not to return
                 try:
                     data = self.blobs.get(bid, sha)
                 except KeyError:

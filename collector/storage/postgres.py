@@ -31,8 +31,11 @@ from collector.storage.base import (
     timed,
     where_clause,
 )
+from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
 
 MIGRATE_LOCK = 0x706F7361  # pg_advisory_xact_lock key of `collector migrate` ("posa")
+RETENTION_LOCK = 0x706F7372  # session lock of a retention run, one at a time ("posr")
+HOLDS_LOCK = 0x706F7368  # xact lock: adding a hold waits for a retention batch ("posh")
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
     "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -184,6 +187,116 @@ class PostgresIndex(Timed):
         with self._conn() as conn:
             row = conn.execute("SELECT MAX(received_at) FROM bundles").fetchone()
         return None if not row or row[0] is None else float(row[0])
+
+    def scan(self, after: str, limit: int) -> list[BundleRecord]:
+        """Records by bundle id after `after` (keyset paging of the whole index)."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM bundles WHERE bundle_id > %s "
+                "ORDER BY bundle_id LIMIT %s",
+                (after, limit),
+            ).fetchall()
+        return [self._record(r) for r in rows]
+
+    # ----------------------------------------------------------------- retention, holds
+
+    def add_hold(self, scope: str, value: str, reason: str) -> bool:
+        check_scope(scope, value)
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (HOLDS_LOCK,))
+            row = conn.execute(
+                "INSERT INTO holds (scope, value, reason, created_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (scope, value) "
+                "DO UPDATE SET reason = EXCLUDED.reason RETURNING (xmax = 0)",
+                (scope, value, reason, time.time()),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def remove_hold(self, scope: str, value: str) -> bool:
+        with self._conn() as conn:
+            cur = conn.execute("DELETE FROM holds WHERE scope = %s AND value = %s", (scope, value))
+            return cur.rowcount == 1
+
+    def holds(self) -> list[Hold]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT scope, value, reason, created_at FROM holds "
+                "ORDER BY created_at, scope, value"
+            ).fetchall()
+        return [Hold(str(s), str(v), str(r), float(t)) for s, v, r, t in rows]
+
+    @contextmanager
+    def retention_lock(self) -> Iterator[bool]:
+        """A session advisory lock on one pooled connection for the whole run (released
+        with the session if the process dies)."""
+        with self._conn() as conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (RETENTION_LOCK,)).fetchone()
+            got = bool(row and row[0])
+            try:
+                yield got
+            finally:
+                if got:
+                    try:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (RETENTION_LOCK,))
+                    except psycopg.Error:
+                        pass  # the session is gone, and its lock with it
+
+    @timed("retention_batch")
+    def expire_batch(
+        self, rule: Rule, after: Cursor | None, limit: int
+    ) -> tuple[list[tuple[str, str]], Cursor | None]:
+        cond, params = rule.where("%s")
+        if after is not None:
+            cond += " AND (b.created_at, b.bundle_id) > (%s, %s)"
+            params += [after[0], after[1]]
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (HOLDS_LOCK,))
+            rows = conn.execute(
+                f"SELECT b.bundle_id, b.created_at FROM bundles b WHERE {cond} AND {NOT_HELD} "
+                "ORDER BY b.created_at, b.bundle_id LIMIT %s",
+                [*params, limit],
+            ).fetchall()
+            if not rows:
+                return [], None
+            deleted = conn.execute(
+                f"DELETE FROM bundles b WHERE b.bundle_id = ANY(%s) AND {NOT_HELD} "
+                "RETURNING b.bundle_id, b.sha256",
+                ([str(r[0]) for r in rows],),
+            ).fetchall()
+            out = [(str(b), str(s)) for b, s in deleted]
+            if out:
+                now = time.time()
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO retention_pending (bundle_id, sha256, deleted_at) "
+                        "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(b, s, now) for b, s in out],
+                    )
+        last = rows[-1]
+        return out, ((float(last[1]), str(last[0])) if len(rows) == limit else None)
+
+    def pending(self, limit: int) -> list[tuple[str, str]]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT bundle_id, sha256 FROM retention_pending ORDER BY deleted_at LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [(str(b), str(s)) for b, s in rows]
+
+    def forget_pending(self, items: list[tuple[str, str]]) -> None:
+        if not items:
+            return
+        with self._conn() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "DELETE FROM retention_pending WHERE bundle_id = %s AND sha256 = %s", items
+            )
+
+    def is_pending(self, bundle_id: str) -> bool:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM retention_pending WHERE bundle_id = %s", (bundle_id,)
+            ).fetchone()
+        return row is not None
 
     def connections(self) -> int:
         """Connections the pool holds open to PostgreSQL."""

@@ -167,6 +167,23 @@ class S3BlobStore(Timed):
             except (BotoCoreError, ClientError) as e:
                 raise StorageError(f"cannot delete {bundle_id}: {e}") from e
 
+    @timed("blob_delete_many")
+    def delete_many(self, items: list[tuple[str, str]]) -> None:
+        """Delete (bundle id, sha256) blobs, up to 1000 per request; absent is not an error."""
+        keys = [self.key(b, s) for b, s in items]
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            try:
+                resp = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                )
+            except (BotoCoreError, ClientError) as e:
+                raise StorageError(f"cannot delete {len(chunk)} blobs: {e}") from e
+            errors = [er for er in resp.get("Errors", []) if str(er.get("Code")) not in _MISSING]
+            if errors:
+                raise StorageError(f"cannot delete {errors[0].get('Key')}: {errors[0]}")
+
     def entries(self, modified_since: float | None = None) -> Iterator[tuple[str, str | None]]:
         """Every (id, sha256) under the prefix (one listing; modified_since filters by
         LastModified)."""

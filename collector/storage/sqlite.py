@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from collector.storage.base import (
     timed,
     where_clause,
 )
+from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version "
@@ -218,6 +223,164 @@ class SqliteIndex(Timed):
         except sqlite3.Error as e:
             raise StorageError(f"index read failed: {e}") from e
         return None if row[0] is None else float(row[0])
+
+    def scan(self, after: str, limit: int) -> list[BundleRecord]:
+        """Records by bundle id after `after` (keyset paging of the whole index)."""
+        try:
+            rows = (
+                self._conn()
+                .execute(
+                    f"SELECT {', '.join(COLUMNS)} FROM bundles WHERE bundle_id > ? "
+                    "ORDER BY bundle_id LIMIT ?",
+                    (after, limit),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return [self._record(r) for r in rows]
+
+    # ----------------------------------------------------------------- retention, holds
+
+    def _write(self, fn: Any) -> Any:
+        """Run fn(conn) in one BEGIN IMMEDIATE transaction (one writer at a time)."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return out
+        except sqlite3.Error as e:
+            raise StorageError(f"index write failed: {e}") from e
+
+    def add_hold(self, scope: str, value: str, reason: str) -> bool:
+        check_scope(scope, value)
+
+        def go(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE holds SET reason = ? WHERE scope = ? AND value = ?", (reason, scope, value)
+            )
+            if cur.rowcount:
+                return False
+            conn.execute(
+                "INSERT INTO holds (scope, value, reason, created_at) VALUES (?, ?, ?, ?)",
+                (scope, value, reason, time.time()),
+            )
+            return True
+
+        return bool(self._write(go))
+
+    def remove_hold(self, scope: str, value: str) -> bool:
+        def go(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM holds WHERE scope = ? AND value = ?", (scope, value))
+            return cur.rowcount == 1
+
+        return bool(self._write(go))
+
+    def holds(self) -> list[Hold]:
+        try:
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT scope, value, reason, created_at FROM holds "
+                    "ORDER BY created_at, scope, value"
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return [Hold(str(s), str(v), str(r), float(t)) for s, v, r, t in rows]
+
+    @contextmanager
+    def retention_lock(self) -> Iterator[bool]:
+        """An exclusive flock on ``<index>.retention.lock`` (released when the process dies)."""
+        path = self.path.with_name(self.path.name + ".retention.lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StorageError(f"cannot open {path}: {e.strerror or e}") from e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @timed("retention_batch")
+    def expire_batch(
+        self, rule: Rule, after: Cursor | None, limit: int
+    ) -> tuple[list[tuple[str, str]], Cursor | None]:
+        cond, params = rule.where("?")
+        if after is not None:
+            cond += " AND (b.created_at, b.bundle_id) > (?, ?)"
+            params += [after[0], after[1]]
+        select = (
+            f"SELECT b.bundle_id, b.sha256, b.created_at FROM bundles b WHERE {cond} "
+            f"AND {NOT_HELD} ORDER BY b.created_at, b.bundle_id LIMIT ?"
+        )
+
+        def go(conn: sqlite3.Connection) -> tuple[list[tuple[str, str]], Cursor | None]:
+            rows = conn.execute(select, [*params, limit]).fetchall()
+            if not rows:
+                return [], None
+            now = time.time()
+            deleted = []
+            for bid, sha, _ in rows:
+                if conn.execute("DELETE FROM bundles WHERE bundle_id = ?", (bid,)).rowcount:
+                    deleted.append((str(bid), str(sha)))
+            conn.executemany(
+                "INSERT OR IGNORE INTO retention_pending (bundle_id, sha256, deleted_at) "
+                "VALUES (?, ?, ?)",
+                [(b, s, now) for b, s in deleted],
+            )
+            last = rows[-1]
+            return deleted, ((float(last[2]), str(last[0])) if len(rows) == limit else None)
+
+        out: tuple[list[tuple[str, str]], Cursor | None] = self._write(go)
+        return out
+
+    def pending(self, limit: int) -> list[tuple[str, str]]:
+        try:
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT bundle_id, sha256 FROM retention_pending ORDER BY deleted_at LIMIT ?",
+                    (limit,),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return [(str(b), str(s)) for b, s in rows]
+
+    def forget_pending(self, items: list[tuple[str, str]]) -> None:
+        def go(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "DELETE FROM retention_pending WHERE bundle_id = ? AND sha256 = ?", items
+            )
+
+        self._write(go)
+
+    def is_pending(self, bundle_id: str) -> bool:
+        try:
+            row = (
+                self._conn()
+                .execute("SELECT 1 FROM retention_pending WHERE bundle_id = ?", (bundle_id,))
+                .fetchone()
+            )
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return row is not None
 
     def close(self) -> None:
         with self._lock:

@@ -291,6 +291,15 @@ class PostgresIndex(Timed):
                 "DELETE FROM retention_pending WHERE bundle_id = %s AND sha256 = %s", items
             )
 
+    def indexed(self, bundle_ids: list[str]) -> set[str]:
+        if not bundle_ids:
+            return set()
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT bundle_id FROM bundles WHERE bundle_id = ANY(%s)", (bundle_ids,)
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def is_pending(self, bundle_id: str) -> bool:
         with self._conn() as conn:
             row = conn.execute(

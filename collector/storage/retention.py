@@ -170,6 +170,9 @@ class RetentionIndex(Protocol):
     def is_pending(self, bundle_id: str) -> bool:
         """True when retention deleted this id's row and its blob is to go."""
 
+    def indexed(self, bundle_ids: list[str]) -> set[str]:
+        """Those of bundle_ids that have an index row (one query)."""
+
 
 def check_scope(scope: str, value: str) -> None:
     if scope not in SCOPES:
@@ -220,7 +223,8 @@ def _delete_blobs(store: BundleStore, idx: RetentionIndex, items: list[tuple[str
 
     A row indexed again meanwhile (the same bundle uploaded again) keeps its blob.
     """
-    gone = [(b, s) for b, s in items if store.index.get(b) is None]
+    again = idx.indexed([b for b, _ in items])
+    gone = [(b, s) for b, s in items if b not in again]
     delete_many: Callable[[list[tuple[str, str]]], None] | None = getattr(
         store.blobs, "delete_many", None
     )

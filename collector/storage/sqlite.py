@@ -371,6 +371,21 @@ class SqliteIndex(Timed):
 
         self._write(go)
 
+    def indexed(self, bundle_ids: list[str]) -> set[str]:
+        out: set[str] = set()
+        try:
+            conn = self._conn()
+            for i in range(0, len(bundle_ids), 500):
+                chunk = bundle_ids[i : i + 500]
+                marks = ", ".join("?" for _ in chunk)
+                rows = conn.execute(
+                    f"SELECT bundle_id FROM bundles WHERE bundle_id IN ({marks})", chunk
+                ).fetchall()
+                out.update(str(r[0]) for r in rows)
+        except sqlite3.Error as e:
+            raise StorageError(f"index read failed: {e}") from e
+        return out
+
     def is_pending(self, bundle_id: str) -> bool:
         try:
             row = (

@@ -311,15 +311,23 @@ _DIGIT_SHAPES: Final = bytes(
     ord("0") if chr(b).isdigit() and b < 128 else ord("s") if chr(b) in " .+-%/_" else ord("x")
     for b in range(256)
 )
-_RUN12: Final = b"0" * 12
-_RUN24: Final = b"0" * 24  # an unspaced hex-ASCII dump of 12 digits ("3431...")
-_ZERO_RUN: Final = re.compile(b"0*")
-_GROUP_TRIGGER: Final = b"0000s0000"
-_GROUP_TRIGGER_WIDE: Final = b"0000sss0000"  # "4111 - 1111", "4111 / 1111"
+_RUN12: Final = "0" * 12
+_RUN24: Final = "0" * 24  # an unspaced hex-ASCII dump of 12 digits ("3431...")
+_ZERO_RUN: Final = re.compile("0*")
+_GROUP_TRIGGER: Final = "0000s0000"
+_GROUP_TRIGGER_WIDE: Final = "0000sss0000"  # "4111 - 1111", "4111 / 1111"
 _GROUP_TRIGGERS: Final = (_GROUP_TRIGGER, _GROUP_TRIGGER_WIDE)
 # Spaced hex dumps: six byte pairs ("34 31 31 31 31 31", hexdump -C, od) or four
 # two-byte words ("3431 3131 3131 3131", xxd) of decimal-looking hex in a row.
-_HEX_TRIGGERS: Final = (b"00s00s00s00s00s00", b"0000s0000s0000s0000")
+_HEX_TRIGGERS: Final = ("00s00s00s00s00s00", "0000s0000s0000s0000")
+
+
+def _shape(s: str) -> str:
+    """s in _DIGIT_SHAPES (one character per character of s). A str, not bytes: "in" and
+    find() on str skip the buffer protocol, about three times faster on a line."""
+    return s.encode("latin-1", "replace").translate(_DIGIT_SHAPES).decode("latin-1")
+
+
 _TRACK_FOLLOWERS: Final = frozenset("=^DdEe")
 _TRACK_LEADERS: Final = frozenset(";Bb")
 _TLV_5A: Final = frozenset({"5A", "5a"})
@@ -594,10 +602,10 @@ class Redactor:
             if word in low:
                 what = _WORDS
                 break
-        digits = s.encode("latin-1", "replace").translate(_DIGIT_SHAPES)
+        digits = _shape(s)
         run12 = _RUN12 in digits
         group = _GROUP_TRIGGER in digits
-        wide = _GROUP_TRIGGER_WIDE in digits
+        wide = (" - " in s or " / " in s) and _GROUP_TRIGGER_WIDE in digits
         if run12 or group or wide:
             hits = self._card_hits(s, digits, run12=run12, group=group, wide=wide, hexes=False)
             for _pos, kind in hits:
@@ -621,14 +629,14 @@ class Redactor:
         hits: list[tuple[int, int]] = []
         raw = s.encode("latin-1", "replace")
         hits.extend((i, _WORDS) for i in _word_positions(s, raw, _TRIGGER_WORDS_STR))
-        hits.extend(self._card_hits(s, raw.translate(_DIGIT_SHAPES)))
+        hits.extend(self._card_hits(s, raw.translate(_DIGIT_SHAPES).decode("latin-1")))
         hits.extend((i, _VIEW) for i in _view_hits(s))
         return hits
 
     def _card_hits(
         self,
         s: str,
-        digits: bytes,
+        digits: str,
         *,
         run12: bool = True,
         group: bool = True,
@@ -660,15 +668,13 @@ class Redactor:
                     i = -1 if nl < 0 else digits.find(needle, nl)
         return hits
 
-    def _group_hits(
-        self, s: str, digits: bytes, needle: bytes, hits: list[tuple[int, int]]
-    ) -> None:
+    def _group_hits(self, s: str, digits: str, needle: str, hits: list[tuple[int, int]]) -> None:
         """Add (position, _PAN) for each digit group chain holding needle that the PAN
         rule would mask."""
         p = digits.find(needle)
         while p >= 0:
             i = p
-            while i > 0 and digits[i - 1] == 48:  # back to the start of the digit run
+            while i > 0 and digits[i - 1] == "0":  # back to the start of the digit run
                 i -= 1
             m = _PAN_RE.match(s, i)
             if m is not None and m.group("grouped") is not None:
@@ -739,7 +745,7 @@ class Redactor:
 
     def _view_pans(self, view: str, counts: Counter[str] | None) -> list[int]:
         """Indexes of view's characters that the PAN rule masks (counting each PAN)."""
-        shapes = view.encode("latin-1", "replace").translate(_DIGIT_SHAPES)
+        shapes = _shape(view)
         if _RUN12 not in shapes and not any(n in shapes for n in _GROUP_TRIGGERS):
             return []
         masked = _PAN_RE.sub(lambda m: self._pan_sub(m, counts), view)
@@ -790,16 +796,14 @@ class Redactor:
         the next. The hex is decoded (NUL bytes dropped), the PAN rule runs on the
         decoded text, and every byte of a PAN found becomes "**", its character in the
         dump's ASCII column "*"."""
-        if _RUN24 not in s.encode("latin-1", "replace").translate(_DIGIT_SHAPES) and not (
-            " " in s and _has_hex_trigger(s)
-        ):
+        if _RUN24 not in _shape(s) and not (" " in s and _has_hex_trigger(s)):
             return s
         # Runs of hex, joined into blocks where a dump line runs on into the next one.
         blocks: list[list[re.Match[str]]] = []
         qualified: list[bool] = []
         prev: re.Match[str] | None = None
         for m in _HEX_RUN_RE.finditer(s):
-            shapes = m.group(0).encode("ascii").translate(_DIGIT_SHAPES)
+            shapes = _shape(m.group(0))
             ok = (
                 _RUN24 in shapes
                 if m.group("flat") is not None
@@ -1251,7 +1255,7 @@ def _ascii_column(s: str, pairs: list[int]) -> list[tuple[int, int, str]]:
 
 
 def _has_hex_trigger(s: str) -> bool:
-    shapes = s.encode("latin-1", "replace").translate(_DIGIT_SHAPES)
+    shapes = _shape(s)
     return any(n in shapes for n in _HEX_TRIGGERS)
 
 

@@ -36,7 +36,7 @@ from drivers.network import list_interfaces, read_link, read_routes
 from drivers.power import read_power_status
 from drivers.roots import Roots
 from drivers.serialports import inventory
-from drivers.shell import Shell
+from drivers.shell import Shell, ShellError
 from drivers.system import (
     find_process,
     heartbeat_age,
@@ -239,9 +239,25 @@ def collect_logs(cfg: Config) -> str:
 
 
 def collect_dmesg(shell: Shell) -> str:
-    """The kernel ring buffer, last DMESG_TAIL_LINES lines."""
-    text = shell.check("dmesg", SHELL_TIMEOUT_S).decode("utf-8", "replace")
-    return tail_lines(text, DMESG_TAIL_LINES)
+    """The kernel ring buffer, last DMESG_TAIL_LINES lines.
+
+    Under the systemd unit the ring buffer itself is closed (ProtectKernelLogs,
+    kernel.dmesg_restrict): the kernel's messages are then read from the journal
+    (`journalctl -k`, the unit's SupplementaryGroups=systemd-journal), and the entry
+    says which source it came from.
+    """
+    try:
+        text = shell.check("dmesg", SHELL_TIMEOUT_S).decode("utf-8", "replace")
+        return tail_lines(text, DMESG_TAIL_LINES)
+    except ShellError as ring_error:
+        cmd = f"journalctl -k -b --no-pager -n {DMESG_TAIL_LINES} -o short-monotonic"
+        try:
+            text = shell.check(cmd, SHELL_TIMEOUT_S).decode("utf-8", "replace")
+        except ShellError as journal_error:
+            raise ShellError(
+                f"dmesg: {ring_error}; journalctl -k: {journal_error}"
+            ) from journal_error
+        return f"# kernel ring buffer closed ({ring_error}); from the journal:\n" + text
 
 
 def collect_journal(shell: Shell) -> str:

@@ -85,6 +85,42 @@ def test_dmesg_collector_runs_or_raises(term: MonitorRig) -> None:
         assert isinstance(text, str) and len(text.splitlines()) <= 500
 
 
+def _fake_tools(tmp_path: Path, scripts: dict[str, str]) -> str:
+    """A bin dir of shell scripts, put first on PATH: the real commands' stand-ins."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        f = bin_dir / name
+        f.write_text("#!/bin/sh\n" + body + "\n")
+        f.chmod(0o755)
+    return str(bin_dir)
+
+
+def test_dmesg_falls_back_to_the_journal_when_the_ring_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the unit `dmesg` is refused (ProtectKernelLogs): the kernel's lines come from
+    `journalctl -k`, and the entry says so; both refused is one error naming both."""
+    from agent.capture.probes import collect_dmesg
+    from drivers.shell import ShellError
+
+    tools = _fake_tools(
+        tmp_path,
+        {
+            "dmesg": 'echo "dmesg: read kernel buffer failed: Operation not permitted" >&2; exit 1',
+            "journalctl": '[ "$1" = "-k" ] && echo "Dec 06 kernel: usb 1-1: new device" || exit 2',
+        },
+    )
+    monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
+    text = collect_dmesg(Shell())
+    assert "kernel ring buffer closed" in text and "Operation not permitted" in text
+    assert "usb 1-1: new device" in text
+    (tmp_path / "bin" / "journalctl").write_text("#!/bin/sh\necho 'No journal files' >&2; exit 1\n")
+    with pytest.raises(ShellError) as e:
+        collect_dmesg(Shell())
+    assert "dmesg:" in str(e.value) and "journalctl -k:" in str(e.value)
+
+
 def test_tail_bytes_cuts_at_a_line(tmp_path: Path) -> None:
     """A cut tail starts at the next line; a short file is returned whole."""
     p = tmp_path / "f"

@@ -307,7 +307,10 @@ def fld(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Field]:
         key = c.run(["cat", "/etc/posagent/device.key"]).stdout
         (col.keys_dir / f"{DEVICE}.key").write_text(key)
         t3 = time.monotonic()
-        c.run(["systemctl", "enable", "--now", "posagent"], timeout=90)
+        start = c.run(["systemctl", "enable", "--now", "posagent"], timeout=90, check=False)
+        if start.returncode != 0:
+            journal = c.run(["journalctl", "-u", "posagent", "--no-pager", "-n", "40"], check=False)
+            raise AssertionError(f"posagent did not start: {start.stderr}\n{journal.stdout}")
         started = time.monotonic()
         TIMINGS["start_s"] = started - t3
         f = Field(c, col, started, 0)

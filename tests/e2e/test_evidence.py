@@ -18,6 +18,7 @@ from PIL import Image
 from agent.capture.probes import build_probes
 from agent.core.config import load_config
 from agent.daemon.runner import Agent
+from agent.faults.policy import CapturePolicy
 from simulator.screen import render_pos_screen, xvfb_available
 from simulator.terminal import SimTerminal, merge_sections
 from tests.conftest import wait_until
@@ -36,6 +37,22 @@ def bundles(state: Path, key: str) -> list[dict[str, Any]]:
     return out
 
 
+class SteppedClock:
+    """time.monotonic() plus the steps a test takes."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def step(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+POLICY_CLOCK = SteppedClock()
+
+
 @pytest.fixture
 def terminal(tmp_path: Path) -> Iterator[tuple[SimTerminal, Agent]]:
     """A simulated terminal with an Xvfb POS screen and an in-process agent on it."""
@@ -45,7 +62,7 @@ def terminal(tmp_path: Path) -> Iterator[tuple[SimTerminal, Agent]]:
             term.agent_sections(),
             {
                 "capture": {
-                    "cooldown_s": 2.0,
+                    "cooldown_s": 60.0,
                     "burst": 10,
                     "bundles_per_hour": 1.0,
                     "critical_reserve": 1,
@@ -54,6 +71,11 @@ def terminal(tmp_path: Path) -> Iterator[tuple[SimTerminal, Agent]]:
         )
         cfg = load_config(term.write_config(tmp_path / "agent.toml", sections))
         agent = Agent(cfg)
+        # the policy's monotonic clock, steppable: "past the cooldown" is a step of this
+        # clock, not a sleep that a slow capture on a busy machine could outlast
+        agent.policy = CapturePolicy(
+            cfg.capture, Path(cfg.agent.state_dir) / "policy.json", clock=POLICY_CLOCK
+        )
         agent.start()
         try:
             yield term, agent
@@ -128,7 +150,7 @@ def test_paper_end_pin_screen_and_storm(terminal: tuple[SimTerminal, Agent]) -> 
     storm_bundles = sum(1 for _ in (state / "spool" / "new").glob("*.zip")) - before_storm
     assert storm_bundles <= agent.cfg.capture.burst
     assert agent.policy.suppressed_total()["app.log_error"] == 33
-    time.sleep(2.2)  # past the cooldown
+    POLICY_CLOCK.step(61.0)  # past the cooldown
     ev = agent.engine.event("app.log_error", subject="pos-last.log", summary="storm")
     assert ev is not None
     agent._emit([ev])

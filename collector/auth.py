@@ -1,7 +1,9 @@
 """Device tokens (ingest) and the optional operator token (read side).
 
-tokens_file holds one line per device, ``<device_id> <sha256 hex of the token>``;
-``#`` starts a comment. Only hashes are stored: `add_device` prints the token
+tokens_file holds one line per device, ``<device_id> <sha256 hex of the token> [site]``;
+``#`` starts a comment. The site (the rest of the line, `add-device --site`) is the
+device's registered store: the collector files the device's bundles under it,
+never under the site a manifest claims. Only hashes are stored: `add_device` prints the token
 once. A presented token is hashed, looked up by that hash (an attacker cannot
 steer SHA-256 prefixes) and confirmed with `hmac.compare_digest`. The file is
 re-read when it changes, so `add-device` works while the collector runs.
@@ -13,21 +15,24 @@ set by the login form (an HMAC of the token, never the token itself).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.core.files import atomic_write
+from agent.core.files import atomic_write, fsync_dir
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SITE_RE = re.compile(r"^[^\x00-\x1f\x7f#]{1,200}$")
 SESSION_COOKIE = "posagent_operator"
 
 
@@ -50,19 +55,35 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def valid_site(site: str) -> bool:
+    """A registered site: 1-200 characters, no control characters, no '#'."""
+    return bool(SITE_RE.match(site)) and site == site.strip()
+
+
 def parse_tokens(text: str, source: str = "<tokens>") -> dict[str, str]:
     """device_id -> token hash from the tokens file's text; TokenFileError on a bad line."""
-    out: dict[str, str] = {}
+    return {d: h for d, (h, _) in parse_registry(text, source).items()}
+
+
+def parse_registry(text: str, source: str = "<tokens>") -> dict[str, tuple[str, str]]:
+    """device_id -> (token hash, registered site or '') from the tokens file's text."""
+    out: dict[str, tuple[str, str]] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        parts = line.split()
-        if len(parts) != 2 or not valid_device_id(parts[0]) or not _HEX64.match(parts[1]):
-            raise TokenFileError(f"{source}:{n}: expected '<device_id> <sha256 hex>'")
+        parts = line.split(None, 2)
+        site = parts[2].strip() if len(parts) == 3 else ""
+        if (
+            len(parts) < 2
+            or not valid_device_id(parts[0])
+            or not _HEX64.match(parts[1])
+            or (site and not valid_site(site))
+        ):
+            raise TokenFileError(f"{source}:{n}: expected '<device_id> <sha256 hex> [site]'")
         if parts[0] in out:
             raise TokenFileError(f"{source}:{n}: device {parts[0]} listed twice")
-        out[parts[0]] = parts[1]
+        out[parts[0]] = (parts[1], site)
     return out
 
 
@@ -75,6 +96,7 @@ class TokenStore:
         self._stamp: tuple[int, int, int] | None = None
         self._by_hash: dict[str, str] = {}
         self._by_device: dict[str, str] = {}
+        self._sites: dict[str, str] = {}
         self._checked_at = time.monotonic()
         self.reload()
 
@@ -84,7 +106,7 @@ class TokenStore:
             st = self.path.stat()
         except FileNotFoundError:
             with self._lock:
-                self._stamp, self._by_hash, self._by_device = None, {}, {}
+                self._stamp, self._by_hash, self._by_device, self._sites = None, {}, {}, {}
             return
         except OSError as e:
             raise TokenFileError(f"{self.path}: {e.strerror or e}") from e
@@ -95,11 +117,17 @@ class TokenStore:
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise TokenFileError(f"{self.path}: {e}") from e
-        table = parse_tokens(text, str(self.path))
+        registry = parse_registry(text, str(self.path))
         with self._lock:
-            self._by_hash = {h: dev for dev, h in table.items()}
-            self._by_device = table
+            self._by_hash = {h: dev for dev, (h, _) in registry.items()}
+            self._by_device = {dev: h for dev, (h, _) in registry.items()}
+            self._sites = {dev: site for dev, (_, site) in registry.items() if site}
             self._stamp = stamp
+
+    def site_for(self, device: str) -> str:
+        """The device's registered site ('' when registered without one)."""
+        with self._lock:
+            return self._sites.get(device, "")
 
     def resolve(self, token: str, *, recheck_s: float = 1.0) -> str | None:
         """device_for with the file re-checked at most every recheck_s, and on every miss.
@@ -136,15 +164,20 @@ class TokenStore:
         return device
 
 
-def add_device(path: str | Path, device_id: str, *, rotate: bool = False) -> str:
+def add_device(
+    path: str | Path, device_id: str, *, rotate: bool = False, site: str | None = None
+) -> str:
     """Register device_id with a new token; return the token (store only its hash).
 
-    Raises ValueError for a bad id, FileExistsError when the device is already
+    site: the device's store (None keeps the registered one on --rotate).
+    Raises ValueError for a bad id or site, FileExistsError when the device is already
     registered and rotate is False. The file is rewritten atomically (0600)
     under an exclusive lock.
     """
     if not valid_device_id(device_id):
         raise ValueError(f"invalid device id {device_id!r} (letters, digits, . _ : -, 1-64)")
+    if site is not None and site != "" and not valid_site(site):
+        raise ValueError(f"invalid site {site[:60]!r} (1-200 characters, no '#', no controls)")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     lock_path = p.with_name(p.name + ".lock")
@@ -155,17 +188,48 @@ def add_device(path: str | Path, device_id: str, *, rotate: bool = False) -> str
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
             text = ""
-        table = parse_tokens(text, str(p))
+        table = parse_registry(text, str(p))
         if device_id in table and not rotate:
             raise FileExistsError(f"device {device_id} already has a token (use --rotate)")
         token = new_token()
-        table[device_id] = hash_token(token)
-        body = "# posagent collector device tokens: <device_id> <sha256 hex of token>\n"
-        body += "".join(f"{d} {h}\n" for d, h in sorted(table.items()))
-        atomic_write(p, body.encode("utf-8"), mode=0o600)
+        keep = table[device_id][1] if device_id in table else ""
+        table[device_id] = (hash_token(token), keep if site is None else site)
+        body = "# posagent collector device tokens: <device_id> <sha256 hex of token> [site]\n"
+        body += "".join(f"{d} {h} {s}".rstrip() + "\n" for d, (h, s) in sorted(table.items()))
+        _replace_keeping_group(p, body.encode("utf-8"))
         return token
     finally:
         os.close(lock_fd)
+
+
+def _replace_keeping_group(path: Path, data: bytes) -> None:
+    """atomic_write, keeping an existing file's group and its group-read bit (0640 made by
+    posagent-collector.tmpfiles.conf stays readable by the collector's user); else 0600."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        atomic_write(path, data, mode=0o600)
+        return
+    mode = 0o640 if st.st_mode & stat.S_IRGRP else 0o600
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            if st.st_gid != os.getegid():
+                os.fchown(fd, -1, st.st_gid)
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------- operator access

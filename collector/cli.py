@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import ssl
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -217,7 +218,7 @@ def cmd_add_device(args: argparse.Namespace) -> int:
     """Print a new token for DEVICE_ID once; tokens_file keeps only its SHA-256."""
     cfg = load_collector_config(args.config)
     try:
-        token = add_device(cfg.tokens_file, args.device_id, rotate=args.rotate)
+        token = add_device(cfg.tokens_file, args.device_id, rotate=args.rotate, site=args.site)
     except ValueError as e:
         _err(f"posagent collector add-device: {e}")
         return EX_USAGE
@@ -267,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     agent_log.configure(cfg.agent.log_level, cfg.agent.log_format, Redactor(), sys.stderr)
     try:
         # lazy: the collector extra (starlette, uvicorn) is not installed on terminals
-        from collector.server import bind, parse_listen, serve
+        from collector.server import bind, parse_listen, serve, tls_context
     except ImportError as e:
         _err(f"posagent collector serve: install the collector extra (posagent[collector]): {e}")
         return EX_UNAVAILABLE
@@ -276,6 +277,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host, port = parse_listen(args.listen or ccfg.listen)
     except ValueError as e:
         _err(f"posagent collector serve: {e}")
+        return EX_CONFIG
+    try:
+        tls = tls_context(ccfg)
+    except ValueError as e:
+        _err(f"posagent collector serve: {e}")
+        return EX_CONFIG
+    except (OSError, ssl.SSLError) as e:
+        _err(f"posagent collector serve: TLS certificate or key unusable: {e}")
         return EX_CONFIG
     try:
         sock = bind(host, port)
@@ -287,6 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info(
         "collector_starting",
         listen=f"{host}:{sock.getsockname()[1]}",
+        tls=bool(tls),
         data_dir=ccfg.data_dir,
         operator_token=bool(ccfg.operator_token_file),
     )
@@ -294,7 +304,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # handler in place: make that handler a no-op so a requested stop exits 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        serve(ccfg, sock)
+        serve(ccfg, sock, tls)
     except TokenFileError as e:
         _err(f"posagent collector serve: {e}")
         return EX_CONFIG

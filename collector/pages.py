@@ -138,6 +138,14 @@ def render_list(
     return layout("posagent collector: bundles", body, operator_login=operator_login)
 
 
+def _site(registered: str, claimed: object) -> str:
+    """The registered site; the manifest's own claim beside it, marked unverified."""
+    shown = esc(registered) if registered else "<span class='muted'>none registered</span>"
+    if isinstance(claimed, str) and claimed and claimed != registered:
+        shown += f" <span class='muted' id='claimed-site'>(the device claims {esc(claimed)}: unverified)</span>"
+    return shown
+
+
 def render_bundle(
     record: BundleRecord, reader: BundleReader, *, operator_login: bool = False
 ) -> str:
@@ -156,7 +164,7 @@ def render_bundle(
             "Terminal",
             f"{esc(dev.get('id'))} ({esc(dev.get('model') or '-')}, serial {esc(dev.get('serial') or '-')})",
         ),
-        ("Site", esc(dev.get("site") or "-")),
+        ("Site", _site(record.site, dev.get("site"))),
         ("Platform", f"{esc(dev.get('platform'))} / {esc(dev.get('target'))}"),
         ("Agent", esc((m.get("agent") or {}).get("version") or "-")),
         (
@@ -223,7 +231,9 @@ def render_bundle(
         try:
             tl = json.loads(reader.read("timeline.json"))
             tl_readings = tl.get("readings", []) if isinstance(tl, dict) else []
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep
+            tl_readings = []
+        if not isinstance(tl_readings, list):
             tl_readings = []
         svg = timeline_svg([r for r in tl_readings if isinstance(r, dict)])
         parts.append(

@@ -1,13 +1,38 @@
-"""Running the collector on uvicorn: in the foreground (`posagent collector serve`) or in a thread."""
+"""Running the collector on uvicorn: in the foreground (`posagent collector serve`) or in a thread.
+
+uvicorn closes a connection only between requests (``timeout_keep_alive``);
+`GuardedH11Protocol` adds what it lacks against slow or idle clients:
+
+- a header deadline: a request's headers must be complete within
+  ``header_timeout_s`` of the connection's start or of the previous response
+  (a socket that sends nothing, or never finishes a body the server already
+  answered, is closed too; keep-alive is thus at most that long);
+- a body deadline: the body must be complete within ``body_timeout_s`` of the
+  headers; the handler then sees a disconnect and nothing is stored;
+- a cap per client address on idle connections (waiting for a request, or
+  holding half-sent headers): past ``max_idle_per_client`` the oldest is closed,
+  so one client cannot hold the ``limit_concurrency`` slots of everyone.
+
+TLS (`TlsContext`): one `ssl.SSLContext` for the listener whose certificate
+chain `reload` loads again (SIGHUP in `serve`): new connections get the new
+certificate, open ones and the listening socket are untouched.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
+import ssl
 import threading
 import time
-from typing import Any
+from collections import OrderedDict
+from typing import Any, ClassVar
 
+import h11
+import structlog
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from collector.app import create_app
 from collector.config import CollectorConfig
@@ -45,17 +70,194 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(cfg: CollectorConfig, **overrides: Any) -> uvicorn.Config:
+log = structlog.get_logger(__name__)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with header and body deadlines and an idle cap per client.
+
+    `guarded_protocol` makes a subclass carrying one server's settings and registry.
+    """
+
+    header_timeout_s: ClassVar[float] = 10.0
+    body_timeout_s: ClassVar[float] = 120.0
+    max_idle_per_client: ClassVar[int] = 32
+    # client host -> its idle connections, oldest first (one registry per server)
+    idle: ClassVar[dict[str, OrderedDict[GuardedH11Protocol, None]]] = {}
+
+    _header_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _body_cycle: object = None
+
+    # -- state
+    def _busy(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _host(self) -> str:
+        return self.client[0] if self.client else "?"
+
+    def _set_idle(self, idle: bool) -> None:
+        conns = self.idle.setdefault(self._host(), OrderedDict())
+        if not idle:
+            conns.pop(self, None)
+            if not conns:
+                self.idle.pop(self._host(), None)
+            return
+        if self in conns:
+            return
+        conns[self] = None
+        cap = self.max_idle_per_client
+        while cap and len(conns) > cap:
+            oldest, _ = conns.popitem(last=False)
+            oldest._close("idle_cap")
+
+    def _close(self, why: str) -> None:
+        if not self.transport.is_closing():
+            log.info("connection_closed", reason=why, client=self._host())
+            self._abort()
+
+    def _abort(self) -> None:
+        """Close at once: no TLS close_notify exchange, which waits on the peer (an asyncio
+        SSL transport's close() holds the connection open up to 30 s for a silent peer)."""
+        if self.conn.our_state not in (h11.ERROR, h11.CLOSED):
+            try:
+                self.conn.send(h11.ConnectionClosed())
+            except h11.LocalProtocolError:
+                pass
+        self.transport.abort()
+
+    def _cancel(self, which: str) -> None:
+        timer = getattr(self, which)
+        if timer is not None:
+            timer.cancel()
+            setattr(self, which, None)
+
+    def _arm_header_deadline(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_expired)
+
+    def _header_expired(self) -> None:
+        self._header_timer = None
+        if not self._busy():
+            self._close("header_timeout")
+
+    def _body_expired(self) -> None:
+        self._body_timer = None
+        if self._busy() and self.cycle.more_body:
+            self._close("body_timeout")
+
+    def _after_events(self) -> None:
+        if self.transport.is_closing():
+            return
+        if not self._busy():
+            self._set_idle(True)
+            self._arm_header_deadline()  # the next request's headers, or close
+            return
+        self._set_idle(False)
+        self._cancel("_header_timer")
+        if self.cycle.more_body:
+            if self._body_cycle is not self.cycle:
+                self._cancel("_body_timer")
+                self._body_cycle = self.cycle
+                self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_expired)
+        else:
+            self._cancel("_body_timer")
+
+    # -- uvicorn's protocol
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+        self._set_idle(True)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy():
+            self._arm_header_deadline()  # the first bytes of the next request
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._after_events()
+
+    def on_response_complete(self) -> None:
+        self._cancel("_body_timer")
+        super().on_response_complete()
+        self._after_events()
+
+    def shutdown(self) -> None:
+        """Server stop: an idle connection is dropped at once, a busy one finishes its answer."""
+        if self._busy():
+            super().shutdown()
+        else:
+            self._abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel("_header_timer")
+        self._cancel("_body_timer")
+        self._set_idle(False)
+        super().connection_lost(exc)
+
+
+def guarded_protocol(cfg: CollectorConfig) -> type[GuardedH11Protocol]:
+    """A GuardedH11Protocol class with cfg's deadlines and cap, and its own registry."""
+    return type(
+        "CollectorH11Protocol",
+        (GuardedH11Protocol,),
+        {
+            "header_timeout_s": float(cfg.header_timeout_s),
+            "body_timeout_s": float(cfg.body_timeout_s),
+            "max_idle_per_client": cfg.max_idle_per_client,
+            "idle": {},
+        },
+    )
+
+
+class TlsContext:
+    """The listener's server-side SSLContext; `reload` re-reads the certificate and key."""
+
+    def __init__(self, cert_file: str, key_file: str):
+        self.cert_file, self.key_file = cert_file, key_file
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.set_alpn_protocols(["http/1.1"])
+        self.context.load_cert_chain(cert_file, key_file)  # OSError / ssl.SSLError
+
+    def reload(self) -> bool:
+        """Load the files again into the same context; on error keep the previous chain."""
+        try:
+            self.context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as e:
+            log.error("tls_reload_failed", cert_file=self.cert_file, error=str(e))
+            return False
+        log.info("tls_reloaded", cert_file=self.cert_file)
+        return True
+
+
+def tls_context(cfg: CollectorConfig) -> TlsContext | None:
+    """TlsContext when cfg names a certificate and key, None when neither; ValueError for one."""
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        raise ValueError("tls_cert_file and tls_key_file go together (set both or neither)")
+    if not cfg.tls_cert_file:
+        return None
+    return TlsContext(cfg.tls_cert_file, cfg.tls_key_file)
+
+
+def uvicorn_config(
+    cfg: CollectorConfig, tls: TlsContext | None = None, **overrides: Any
+) -> uvicorn.Config:
     """The uvicorn settings the collector uses (no server header, structlog for our events)."""
     kwargs: dict[str, Any] = {
+        "http": guarded_protocol(cfg),
         "log_config": None,
         "access_log": False,
         "server_header": False,
         "timeout_keep_alive": 15,
         "limit_concurrency": 512,
         "lifespan": "on",
+        "timeout_graceful_shutdown": 30,  # answers in flight on stop, at most this long
         "proxy_headers": False,
     }
+    if tls is not None:
+        kwargs["ssl_context_factory"] = lambda config, default: tls.context
     kwargs.update(overrides)
     return uvicorn.Config(create_app(cfg), **kwargs)
 
@@ -68,9 +270,12 @@ def _server(config: uvicorn.Config) -> uvicorn.Server:
     return server
 
 
-def serve(cfg: CollectorConfig, sock: socket.socket) -> None:
-    """Serve on sock until SIGINT/SIGTERM (uvicorn handles the signals in the main thread)."""
-    _server(uvicorn_config(cfg)).run(sockets=[sock])
+def serve(cfg: CollectorConfig, sock: socket.socket, tls: TlsContext | None = None) -> None:
+    """Serve on sock until SIGINT/SIGTERM (uvicorn handles the signals in the main thread);
+    SIGHUP re-reads the TLS certificate and key, the listener stays open."""
+    if tls is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: tls.reload())
+    _server(uvicorn_config(cfg, tls)).run(sockets=[sock])
 
 
 class CollectorThread:
@@ -82,10 +287,11 @@ class CollectorThread:
 
     def __init__(self, cfg: CollectorConfig, host: str = "127.0.0.1", port: int = 0):
         self.cfg = cfg
+        self.tls = tls_context(cfg)
         self.sock = bind(host, port)
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
-        self.server = _server(uvicorn_config(cfg))
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+        self.server = _server(uvicorn_config(cfg, self.tls))
         self._thread = threading.Thread(
             target=self.server.run,
             kwargs={"sockets": [self.sock]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 from agent.bundle.format import MANIFEST, SIGNATURE, BundleReader
@@ -47,9 +48,16 @@ def looks_bad(values: dict[str, Any]) -> bool:
 
 
 def timeline_svg(readings: list[dict[str, Any]], width: int = 1000, row_h: int = 22) -> str:
-    """An SVG swim-lane chart: one row per source, a mark per reading (red when not ok)."""
+    """An SVG swim-lane chart: one row per source, a mark per reading (red when not ok).
+
+    A reading whose ``ts`` is not a finite number is left out (and counted below
+    the chart): a timeline is the device's word and must never break the page."""
+    usable = [r for r in readings if _finite(r.get("ts", 0))]
+    skipped = len(readings) - len(usable)
+    note = f"<p>{skipped} reading(s) without a valid time left out.</p>" if skipped else ""
+    readings = usable
     if not readings:
-        return "<p>No readings in the timeline.</p>"
+        return "<p>No readings in the timeline.</p>" + note
     ts = [float(r.get("ts", 0)) for r in readings]
     t0, t1 = min(ts), max(ts)
     span = max(t1 - t0, 1.0)
@@ -64,9 +72,13 @@ def timeline_svg(readings: list[dict[str, Any]], width: int = 1000, row_h: int =
     for r in readings:
         y = 20 + sources.index(str(r.get("source"))) * row_h
         x = left + (float(r.get("ts", 0)) - t0) / span * (width - left - 20)
-        bad = (not r.get("ok", True)) or looks_bad(r.get("values") or {})
+        values = r.get("values")
+        bad = (not r.get("ok", True)) or looks_bad(values if isinstance(values, dict) else {})
         color = "#d33" if bad else "#3a3"
-        title = esc(json.dumps(r.get("values"), default=str)[:300])
+        try:
+            title = esc(json.dumps(values, default=str)[:300])
+        except (ValueError, RecursionError):
+            title = "(unreadable values)"
         parts.append(
             f'<circle cx="{x:.1f}" cy="{y}" r="4" fill="{color}"><title>{title}</title></circle>'
         )
@@ -74,7 +86,11 @@ def timeline_svg(readings: list[dict[str, Any]], width: int = 1000, row_h: int =
         f'<text x="{left}" y="{h - 4}">-{span:.0f} s</text>'
         f'<text x="{width - 60}" y="{h - 4}">trigger</text></svg>'
     )
-    return "".join(parts)
+    return "".join(parts) + note
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def render_html(reader: BundleReader, signature_checked: bool) -> str:
@@ -113,7 +129,9 @@ def render_html(reader: BundleReader, signature_checked: bool) -> str:
         try:
             tl = json.loads(reader.read("timeline.json"))
             readings = tl.get("readings", []) if isinstance(tl, dict) else []
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep
+            readings = []
+        if not isinstance(readings, list):
             readings = []
         body.append(
             "<h2>Timeline</h2>" + timeline_svg([r for r in readings if isinstance(r, dict)])

@@ -437,7 +437,9 @@ def test_token_bucket_refills_at_the_configured_rate() -> None:
 
 def _seed(env: Env) -> dict[str, object]:
     """Upload six bundles, created out of upload order, across devices, sites and faults."""
-    t_add = add_device(env.cfg.tokens_file, "T-0002")
+    # the sites are the registered ones (add-device --site), the same as the manifests claim
+    env.token = add_device(env.cfg.tokens_file, DEV, rotate=True, site="Store 12")
+    t_add = add_device(env.cfg.tokens_file, "T-0002", site="Store 7")
     base = 1_750_000_000.0
     specs = [
         (DEV, "Store 12", "printer.paper_end", "critical", base + 50),

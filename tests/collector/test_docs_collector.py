@@ -1,0 +1,52 @@
+"""The README's collector configuration reference is the code's: every `[collector]` key
+(nested tables as `table.key`) has a row with its default, and every row is a key."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+from collector.config import CollectorConfig
+from tests.conftest import ROOT
+
+
+def _keys(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(_keys(v, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = v
+    return out
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{}" if not value else repr(value)
+    return repr(value)
+
+
+def test_readme_collector_reference_matches_the_code() -> None:
+    text = (ROOT / "README.md").read_text()
+    m = re.search(
+        r"<!-- collector-reference:begin -->(.*?)<!-- collector-reference:end -->", text, re.S
+    )
+    assert m, "README lacks the collector reference block"
+    rows = {}
+    for line in m.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2])
+    code = _keys(CollectorConfig())
+    assert sorted(rows) == sorted(code), set(rows) ^ set(code)
+    for key, default in code.items():
+        shown, meaning = rows[key]
+        assert shown == _toml(default), (key, shown, _toml(default))
+        assert len(meaning) > 10, key

@@ -13,33 +13,13 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
    chunk (413) while its SHA-256 is computed and compared with
    ``Content-Digest: sha-256=:<base64>:`` (400);
 7. the bundle is verified with the reader of agent.bundle.format: structure (hostile
-   zips), the manifest against the bundle schema (`agent.bundle.schema`: every
-   field's type, size and range, nesting depth, finite numbers), entry digests,
-   and the HMAC when ``device_keys_dir`` holds ``<device>.key`` (422 with the
-   one-line reason);
+   zips), schema, entry digests, and the HMAC when ``device_keys_dir`` holds
+   ``<device>.key`` (422 with the one-line reason);
 8. the manifest's bundle_id equals the path id (400) and its device id the
    token's device (422 ``device_mismatch``: a refusal of this one bundle, not of
    the credentials, which check 3 already accepted; the agent moves the bundle
-   to failed/ and goes on); its trigger reads as `agent.bundle.trigger.Trigger`
-   (422); its created_at lies in [2000-01-01, now + 1 day] (422);
-9. stored once under the device's registered site (``add-device --site``; the
-   manifest's site is the device's claim, shown on the bundle's page as
-   unverified, never used to file it: a device registered without a site has
-   its bundles under no site): 201 created, 200 same digest already stored,
-   409 other digest.
-
-Whatever passes these checks renders on every page and API answer (the tests
-store hostile manifests and render them all). Slow clients are cut off by the
-server (`collector.server.GuardedH11Protocol`: header and body deadlines, idle
-connections per client); redirects carry a relative Location, never the Host
-header.
-
-Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
-per-bundle endpoints, the HTML page at ``/``, ``GET /metrics`` (Prometheus text,
-`collector.metrics`), and ``GET /healthz``.
-
-Storage is the engine pair the config names (`collector.storage.open_store`); on
-PostgreSQL the rate limits are rows shared by every instance, else in memory.
+   to failed/ and goes on); its trigger reads as `agent.bundle.trigger.Trigger` (422);
+9. stored once: 201 created, 200 same digest already stored, 409 other digest.
 
 Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
 per-bundle endpoints, the HTML page at ``/``, ``GET /metrics`` (Prometheus text,
@@ -87,12 +67,11 @@ from agent.bundle.format import (
     is_bundle_id,
     load_key,
 )
-from agent.bundle.schema import ManifestError, check_created_at
 from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
 from agent.core.timefmt import rfc3339
 from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
-from collector import holds, pages
+from collector import holds, pages, sealed
 from collector.auth import (
     SESSION_COOKIE,
     OperatorAuth,
@@ -198,15 +177,9 @@ def parse_time(text: str) -> float | None:
 
 
 def record_from_manifest(
-    m: dict[str, Any],
-    *,
-    size_bytes: int,
-    sha256: str,
-    signature_checked: bool,
-    received_at: float,
-    site: str = "",
+    m: dict[str, Any], *, size_bytes: int, sha256: str, signature_checked: bool, received_at: float
 ) -> BundleRecord:
-    """The index row for a verified manifest; site is the device's registered one."""
+    """The index row for a verified manifest."""
 
     def section(name: str) -> dict[str, Any]:
         v = m.get(name)
@@ -227,7 +200,7 @@ def record_from_manifest(
     return BundleRecord(
         bundle_id=bid,
         device=s(dev, "id", 64),
-        site=site[:200],
+        site=s(dev, "site"),
         fault_key=trig.key,
         severity=trig.severity.value,
         trigger_kind=trig.kind.value,
@@ -259,10 +232,10 @@ def _reindex_record(col: Shared, bid: str, data: bytes, received_at: float) -> B
     """The index row for a stored blob the index lost (verified again on the way)."""
     try:
         with BundleReader(data) as r:
-            m = r.manifest()
+            m = r.verify(None).manifest  # a sealed bundle: its signed envelope
             dev = m.get("device")
             device = str(dev.get("id", "")) if isinstance(dev, dict) else ""
-            res = r.verify(col.device_key(device))
+        res = sealed.check_upload(col, device, data, col.device_key(device))
     except BundleError as e:
         log.error("stored_bundle_unreadable", bundle_id=bid, error=str(e))
         return None
@@ -276,7 +249,6 @@ def _reindex_record(col: Shared, bid: str, data: bytes, received_at: float) -> B
             sha256=hashlib.sha256(data).hexdigest(),
             signature_checked=res.signature_checked,
             received_at=received_at,
-            site=col.tokens.site_for(device),
         )
     except TriggerError as e:
         log.error("stored_bundle_unreadable", bundle_id=bid, error=str(e))
@@ -329,8 +301,7 @@ def _verify_and_commit(
             503, "unavailable", bid, "device key unreadable on the collector", headers=RETRY_LATER
         )
     try:
-        with BundleReader(staged) as reader:
-            res = reader.verify(key)
+        res = sealed.check_upload(col, device, staged, key)  # sealed or plain (issue 17)
     except BundleError as e:
         log.warning("bundle_rejected", bundle_id=bid, device=device, reason=str(e))
         return _reply(422, "invalid_bundle", bid, str(e))
@@ -346,18 +317,15 @@ def _verify_and_commit(
             bid,
             f"manifest device {mdev!r} differs from the token's device {device!r}",
         )
-    now = time.time()
     try:
-        check_created_at(m, now)
         record = record_from_manifest(
             m,
             size_bytes=size,
             sha256=sha_hex,
             signature_checked=res.signature_checked,
-            received_at=now,
-            site=col.tokens.site_for(device),
+            received_at=time.time(),
         )
-    except (TriggerError, ManifestError) as e:
+    except TriggerError as e:
         log.warning("bundle_rejected", bundle_id=bid, device=device, reason=str(e))
         return _reply(422, "invalid_bundle", bid, str(e))
     result = col.store.commit(record, staged)
@@ -541,8 +509,8 @@ async def get_manifest(request: Request) -> Response:
     found = await _bundle_or_error(request)
     if isinstance(found, Response):
         return found
-    with BundleReader(found[1]) as r:
-        return JSONResponse(r.manifest())
+    col: Shared = request.app.state.collector
+    return JSONResponse(sealed.manifest_json(col, found[1]))
 
 
 @operator_only(html=False)
@@ -589,6 +557,10 @@ def entry_handler(fixed: str | None) -> Handler:
             return found
         record, data = found
         name = fixed or str(request.path_params.get("name", ""))
+        try:
+            data = sealed.readable(request.app.state.collector, data)
+        except BundleError as e:
+            return _reply(422, "undecryptable", record.bundle_id, str(e))
         return _entry_response(data, record, name)
 
     return handler
@@ -600,19 +572,16 @@ async def diagnostics(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     out: dict[str, Any] = {}
-    with BundleReader(found[1]) as r:
+    with BundleReader(sealed.readable_or_outer(request.app.state.collector, found[1])) as r:
         for n in r.names:
             if n.startswith("diagnostics/"):
                 raw = r.read(n).decode("utf-8", "replace")
                 if n.endswith(".json"):
-                    try:  # served as JSON only when it is JSON again (no NaN, not too deep)
-                        obj = json.loads(raw)
-                        json.dumps(obj, allow_nan=False)
-                    except (ValueError, RecursionError):
-                        pass
-                    else:
-                        out[n] = obj
+                    try:
+                        out[n] = json.loads(raw)
                         continue
+                    except ValueError:
+                        pass
                 out[n] = raw
     return JSONResponse(out)
 
@@ -653,6 +622,13 @@ async def bundle_page(request: Request) -> Response:
         msg = "No such bundle." if code == 404 else "Not a bundle id."
         return HTMLResponse(pages.layout("posagent collector", f"<h1>{msg}</h1>"), status_code=code)
     record, data = found
+    try:
+        data = sealed.readable(col, data)
+    except BundleError as e:
+        body = sealed.undecryptable_page(record.bundle_id, data, str(e))
+        return HTMLResponse(
+            pages.layout("posagent collector", body), headers={"Cache-Control": "no-store"}
+        )
     with BundleReader(data) as r:
         page = pages.render_bundle(record, r, operator_login=col.operator.enabled)
     return HTMLResponse(page, headers={"Cache-Control": "no-store"})
@@ -774,18 +750,8 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return _reply(500, "error", None, "internal error")
 
 
-def _relative(location: bytes) -> bytes:
-    """A Location without scheme and host (Starlette's slash redirect builds it from Host)."""
-    if b"://" not in location.split(b"?", 1)[0]:
-        return location
-    rest = location.split(b"://", 1)[1]
-    path = rest[rest.find(b"/") :] if b"/" in rest else b"/"
-    return b"/" + path.lstrip(b"/")
-
-
 class SecurityHeaders:
-    """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response, and
-    making every redirect's Location relative (never the request's Host header)."""
+    """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -797,10 +763,7 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [
-                    (k, _relative(v) if k.lower() == b"location" else v)
-                    for k, v in message.get("headers", [])
-                ] + SECURITY_HEADERS
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -8,6 +8,7 @@ duplicates, sizes and compression ratios are checked before anything is read.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import io
@@ -17,6 +18,7 @@ import secrets
 import stat
 import threading
 import time
+import typing
 import uuid
 import zipfile
 from collections import Counter
@@ -25,15 +27,28 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from agent.bundle.schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest
 from agent.core.redact import RULESET_VERSION, Redactor
 from agent.core.timefmt import rfc3339
 from drivers.roots import Roots
 from drivers.system import read_boot_id, read_uptime_s
 
+if typing.TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
 SCHEMA = "posagent.bundle/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
+ED_SIGNATURE = "manifest.ed25519"  # base64 Ed25519 signature of the manifest bytes
+# the sealed form (agent.bundle.sealed): an outer zip around the age ciphertext
+SEALED_SCHEMA = "posagent.sealed/1"
+ENVELOPE = "envelope.json"
+ENVELOPE_SIG = "envelope.ed25519"
+PAYLOAD = "payload.age"
+SEALED_NAMES = [ENVELOPE, ENVELOPE_SIG, PAYLOAD]
+RESERVED = (MANIFEST, SIGNATURE, ED_SIGNATURE)
 
 # Reader limits: a bundle is a few MB at most; anything far larger is hostile.
 MAX_ENTRIES = 512
@@ -144,6 +159,40 @@ def sign(manifest_bytes: bytes, key: bytes) -> str:
     return hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()
 
 
+def key_id(pub: Ed25519PublicKey) -> str:
+    """A short fingerprint of an Ed25519 public key: sha256 of its 32 raw bytes, 16 hex."""
+    # lazy: cryptography (about 10 MB RSS) only where a signature is made or checked
+    from cryptography.hazmat.primitives import serialization
+
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign_ed25519(key: Ed25519PrivateKey, data: bytes) -> bytes:
+    """A signature entry's bytes (manifest.ed25519, envelope.ed25519): base64, newline."""
+    return base64.b64encode(key.sign(data)) + b"\n"
+
+
+def verify_ed25519(pub: Ed25519PublicKey, data: bytes, sig_entry: bytes, what: str) -> None:
+    """Raise BundleSignatureError (one line) unless sig_entry signs data with pub."""
+    # lazy: cryptography (about 10 MB RSS) only where a signature is checked
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        sig = base64.b64decode(sig_entry.strip(), validate=True)
+    except ValueError:
+        raise BundleSignatureError(f"{what} signature is not base64") from None
+    if len(sig) != 64:
+        raise BundleSignatureError(f"{what} signature has {len(sig)} bytes, not 64")
+    try:
+        pub.verify(sig, data)
+    except InvalidSignature:
+        raise BundleSignatureError(
+            f"{what} Ed25519 signature does not verify with public key {key_id(pub)} "
+            "(signed by another key, or edited)"
+        ) from None
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -223,8 +272,12 @@ def seal(
     bundle_id: str | None = None,
     created_at: float | None = None,
     roots: Roots | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> SealedBundle:
-    """Redact every text entry and the trigger, write the manifest, sign, and zip."""
+    """Redact every text entry and the trigger, write the manifest, sign, and zip.
+
+    With a signing key, the manifest names its key id (`signer`) and
+    `manifest.ed25519` carries the Ed25519 signature beside the HMAC."""
     bid = bundle_id or new_bundle_id()
     counts: Counter[str] = Counter()
     red_trigger = redactor.obj(dict(trigger), counts)
@@ -233,7 +286,7 @@ def seal(
     seen: set[str] = set()
     for e in entries:
         _check_name(e.name)
-        if e.name in seen or e.name in (MANIFEST, SIGNATURE):
+        if e.name in seen or e.name in RESERVED:
             raise BundleError(f"duplicate or reserved entry name: {e.name}")
         seen.add(e.name)
         data = e.data
@@ -285,11 +338,15 @@ def seal(
     }
     if extra:
         manifest.update(extra)
+    if signing_key is not None:
+        manifest["signer"] = key_id(signing_key.public_key())
     mbytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         _add(zf, MANIFEST, mbytes)
         _add(zf, SIGNATURE, (sign(mbytes, key) + "\n").encode())
+        if signing_key is not None:
+            _add(zf, ED_SIGNATURE, sign_ed25519(signing_key, mbytes))
         for name, data in payload:
             _add(zf, name, data)
     return SealedBundle(bid, buf.getvalue(), manifest, dict(counts))
@@ -320,8 +377,10 @@ def _check_name(name: str) -> None:
 class VerifyResult:
     """What `verify` found: the manifest, and whether the signature was checked."""
 
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # the envelope for a sealed bundle
     signature_checked: bool
+    sealed: bool = False
+    ed25519_checked: bool = False
 
 
 class BundleReader:
@@ -378,6 +437,9 @@ class BundleReader:
         if total > MAX_TOTAL_BYTES:
             raise BundleUnsafe(f"total uncompressed size {total} exceeds {MAX_TOTAL_BYTES}")
         self._names = [i.filename for i in infos]
+        self.sealed = bool(self._names) and self._names[0] == ENVELOPE
+        if self.sealed and self._names != SEALED_NAMES:
+            raise BundleSchemaError(f"sealed bundle entries must be {', '.join(SEALED_NAMES)}")
 
     @property
     def names(self) -> list[str]:
@@ -408,33 +470,35 @@ class BundleReader:
         return self.read(MANIFEST)
 
     def manifest(self) -> dict[str, Any]:
-        """The parsed manifest, with its schema checked (`agent.bundle.schema`: every
-        field's type, size and range; nesting bounded; no non-finite number)."""
+        """The parsed manifest, with its schema checked."""
         raw = self.manifest_bytes()
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise BundleSchemaError(f"manifest.json larger than {MAX_MANIFEST_BYTES} bytes")
         try:
             m = json.loads(raw)
-        except RecursionError:
-            raise BundleSchemaError("manifest.json nested too deep") from None
         except ValueError as e:
             raise BundleSchemaError(f"manifest.json is not JSON: {e}") from None
         if not isinstance(m, dict):
             raise BundleSchemaError("manifest.json is not an object")
         if m.get("schema") != SCHEMA:
-            raise BundleSchemaError(f"unknown schema {str(m.get('schema'))[:40]!r}")
+            raise BundleSchemaError(f"unknown schema {m.get('schema')!r}")
         if not isinstance(m.get("files"), list) or not is_bundle_id(str(m.get("bundle_id", ""))):
             raise BundleSchemaError("manifest lacks files or a valid bundle_id")
-        try:
-            check_manifest(m)
-        except ManifestError as e:
-            raise BundleSchemaError(f"manifest {e}") from None
         return m
 
-    def verify(self, key: bytes | None) -> VerifyResult:
-        """Check schema, signature (when a key is given), and every entry's size and digest."""
+    def verify(self, key: bytes | None, public_key: Ed25519PublicKey | None = None) -> VerifyResult:
+        """Check schema, signatures (those whose key is given), and every entry's digest.
+
+        key: the device HMAC key (manifest.sig); public_key: the device's
+        Ed25519 public key (manifest.ed25519, or envelope.ed25519 of a sealed
+        bundle, whose origin only the public key can check). A sealed bundle's
+        `manifest` in the result is its envelope."""
+        if self.sealed:
+            return self._verify_sealed(public_key)
         raw = self.manifest_bytes()
         m = self.manifest()
+        if public_key is not None:
+            if ED_SIGNATURE not in self._names:
+                raise BundleSignatureError("manifest.ed25519 missing (an HMAC-only bundle)")
+            verify_ed25519(public_key, raw, self.read(ED_SIGNATURE), "manifest")
         if key is not None:
             if SIGNATURE not in self._names:
                 raise BundleSignatureError("manifest.sig missing")
@@ -447,7 +511,7 @@ class BundleReader:
             if not isinstance(f, dict) or not isinstance(f.get("name"), str):
                 raise BundleSchemaError("malformed files entry in manifest")
             listed[f["name"]] = f
-        present = set(self._names) - {MANIFEST, SIGNATURE}
+        present = set(self._names) - set(RESERVED)
         extra = sorted(present - set(listed))
         missing = sorted(set(listed) - present)
         if missing:
@@ -458,7 +522,36 @@ class BundleReader:
             data = self.read(name)
             if len(data) != f.get("size") or hashlib.sha256(data).hexdigest() != f.get("sha256"):
                 raise BundleCorrupt(f"entry changed: {name}")
-        return VerifyResult(m, key is not None)
+        checked = key is not None or public_key is not None
+        return VerifyResult(m, checked, ed25519_checked=public_key is not None)
+
+    def envelope(self) -> dict[str, Any]:
+        """A sealed bundle's parsed envelope, with its schema checked."""
+        raw = self.read(ENVELOPE)
+        if len(raw) > 64 * 1024:
+            raise BundleSchemaError("envelope.json larger than 64 KiB")
+        try:
+            e = json.loads(raw)
+        except (ValueError, RecursionError) as err:
+            raise BundleSchemaError(f"envelope.json is not JSON: {str(err)[:100]}") from None
+        if not isinstance(e, dict) or e.get("schema") != SEALED_SCHEMA:
+            raise BundleSchemaError("envelope.json is not a posagent.sealed/1 object")
+        if not is_bundle_id(str(e.get("bundle_id", ""))) or not isinstance(e.get("payload"), dict):
+            raise BundleSchemaError("envelope lacks a payload or a valid bundle_id")
+        if not isinstance(e.get("device"), dict):
+            raise BundleSchemaError("envelope lacks the device")
+        return e
+
+    def _verify_sealed(self, public_key: Ed25519PublicKey | None) -> VerifyResult:
+        e = self.envelope()
+        if public_key is not None:
+            verify_ed25519(public_key, self.read(ENVELOPE), self.read(ENVELOPE_SIG), "envelope")
+        p = e["payload"]
+        data = self.read(PAYLOAD)
+        if len(data) != p.get("size") or hashlib.sha256(data).hexdigest() != p.get("sha256"):
+            raise BundleCorrupt("payload.age changed (size or sha256 differs from the envelope)")
+        checked = public_key is not None
+        return VerifyResult(e, checked, sealed=True, ed25519_checked=checked)
 
     def extract(self, target: str | Path) -> list[Path]:
         """Write every entry below target (created); never outside it; never through links."""

@@ -18,13 +18,14 @@ from typing import Any
 import structlog
 
 from agent import __version__
+from agent.bundle.finish import Finisher, FinishError
 from agent.bundle.format import DeviceInfo, Entry, json_entry, seal, text_entry
 from agent.bundle.trigger import Trigger
 from agent.capture.probes import Probe
 from agent.core.config import Config
 from agent.core.redact import Redactor
 from agent.core.timefmt import rfc3339
-from agent.spool.maildir import Spool
+from agent.spool.maildir import Spool, SpoolError
 
 log = structlog.get_logger(__name__)
 
@@ -126,6 +127,7 @@ class Capturer:
         screen: Callable[[], ScreenShot] | None = None,
         timeline: Callable[[], list[dict[str, Any]]] | None = None,
         clock_synced: Callable[[], bool | None] | None = None,
+        finish: Finisher | None = None,
     ):
         self.cfg = cfg
         self.spool = spool
@@ -135,6 +137,8 @@ class Capturer:
         self.screen = screen
         self.timeline = timeline
         self.clock_synced = clock_synced
+        # agent.bundle.finish: Ed25519-signed, then sealed to [bundle] encrypt_to (in a child)
+        self.finish = finish
         self._pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="collect")
 
     def close(self) -> None:
@@ -215,7 +219,13 @@ class Capturer:
             created_at=now,
             roots=self.cfg.fs_roots(),
         )
-        path = self.spool.enqueue(sealed.bundle_id, sealed.data, trigger.severity.rank, keep=keep)
+        data = sealed.data
+        if self.finish is not None:
+            try:
+                data = self.finish(data, sealed.manifest, trigger.severity.rank)
+            except FinishError as e:  # never enqueued in plaintext instead
+                raise SpoolError(f"not signed or sealed: {e}") from None
+        path = self.spool.enqueue(sealed.bundle_id, data, trigger.severity.rank, keep=keep)
         if evictions:
             self.spool.ack_evictions(evictions)
         dur = time.monotonic() - t0
@@ -227,7 +237,7 @@ class Capturer:
             screenshot=shot.status,
             duration_s=round(dur, 3),
         )
-        return CaptureResult(sealed.bundle_id, path, len(sealed.data), sealed.manifest, dur, errors)
+        return CaptureResult(sealed.bundle_id, path, len(data), sealed.manifest, dur, errors)
 
     def _cap(self, text: str) -> str:
         limit = self.cfg.bundle.max_entry_kib * 1024

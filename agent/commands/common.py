@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
+from agent.bundle.finish import encryption_warning
 from agent.bundle.format import load_key
 from agent.core import log
 from agent.core.config import Config, ConfigError, config_path, load_config
@@ -23,6 +25,26 @@ def check_secret_files(cfg: Config) -> None:
     """Warn on stderr about secret files every user can read; ConfigError (78) on ones others can change."""
     for problem in require_safe_secret_files(cfg):
         print(f"warning: secret file {problem}", file=sys.stderr)
+
+
+def check_bundle_crypto(cfg: Config) -> None:
+    """ConfigError (78) for a corrupt signing key, a bad recipient, or encryption required
+    without a recipient; a warning on stderr when bundles will be written in plaintext."""
+    # lazy: cryptography and pyrage stay out of `posagent run`, which imports this module
+    from agent.bundle.sealed import crypto_from_config
+
+    try:
+        crypto_from_config(cfg, create=False)
+    except ConfigError as e:
+        if e.key != "bundle.signing_key_file" or Path(cfg.bundle.signing_key_path()).exists():
+            raise
+        print(
+            f"warning: no signing key yet at {cfg.bundle.signing_key_path()} "
+            "(made at first start, or by posagent keygen)",
+            file=sys.stderr,
+        )
+    if encryption_warning(cfg):
+        print(f"warning: {encryption_warning(cfg)}", file=sys.stderr)
 
 
 def setup_logging(cfg: Config, level: str | None = None, stream: Any = None) -> None:

@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "spool": "spool",
     "flush": "flush",
     "bundle": "bundle",
+    "keygen": "keys",
+    "key": "keys",
     "collector": "collector",
     "demo": "demo",
 }
@@ -142,11 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sent", action="store_true", help="sent/ bundles")
     q.add_argument("--all", action="store_true", help="queued, failed and sent bundles")
 
+    p = sub.add_parser("keygen", help="make the Ed25519 device signing key (0600) if absent")
+    _config_arg(p)
+    p = sub.add_parser("key", help="the device signing key: show-public")
+    ks = p.add_subparsers(dest="key_cmd", metavar="ACTION")
+    ks.required = True
+    q = ks.add_parser("show-public", help="print the device's Ed25519 public key (PEM)")
+    _config_arg(q)
+
     p = sub.add_parser("flush", help="upload the queue now, with a progress bar")
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    p = sub.add_parser("bundle", help="read a bundle file: verify|show|extract|html")
+    p = sub.add_parser("bundle", help="read a bundle file: verify|show|extract|html|decrypt")
     bs = p.add_subparsers(dest="bundle_cmd", metavar="ACTION")
     bs.required = True
     for name, helptext in (
@@ -154,11 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("show", "print the summary"),
         ("extract", "unpack into a directory"),
         ("html", "write one self-contained HTML page"),
+        ("decrypt", "open a sealed bundle with an age identity: -o the inner plaintext .zip"),
     ):
         q = bs.add_parser(name, help=helptext)
         q.add_argument("file", help="bundle .zip")
         _config_arg(q)
         q.add_argument("--key-file", metavar="PATH", help="device HMAC key (instead of --config)")
+        q.add_argument(
+            "--public-key", metavar="PUB", help="device Ed25519 public key (PEM): checks origin"
+        )
+        q.add_argument("--identity", metavar="ID", help="age identity file: opens a sealed bundle")
+        if name == "decrypt":
+            q.add_argument("-o", "--output", required=True, help="the inner plaintext .zip")
         if name == "show":
             q.add_argument("--json", action="store_true")
         if name == "extract":
@@ -180,10 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("device_id", help="the terminal's [agent] device_id")
     _config_arg(q)
     q.add_argument("--rotate", action="store_true", help="replace an existing device's token")
-    q.add_argument(
-        "--site",
-        help="the device's store: its bundles are filed under it, not under the manifest's claim",
-    )
     q = cs.add_parser("migrate", help="bring the index's schema to this collector's version")
     _config_arg(q)
     q = cs.add_parser("hold", help="legal holds: keep a bundle, device or site from retention")

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent.bundle.finish import check_keys, finisher
 from agent.bundle.format import BundleError, load_key
 from agent.bundle.trigger import Trigger
 from agent.capture.capturer import Capturer, CaptureResult, ScreenShot
@@ -32,7 +33,7 @@ from agent.capture.probes import build_probes
 from agent.capture.screen_worker import capture_in_child
 from agent.commands.common import load, setup_logging
 from agent.commands.output import emit_json, err, out
-from agent.core.config import Config
+from agent.core.config import Config, ConfigError
 from agent.core.exits import EX_CANTCREAT, EX_CONFIG, EX_IOERR, EX_OK, EX_TEMPFAIL
 from agent.core.model import Reading, Severity
 from agent.core.redact import redactor_for
@@ -170,6 +171,16 @@ def standalone(cfg: Config, args: argparse.Namespace, req: ReportRequest, why: s
         err(f"posagent report: not captured: {e}")
         return EX_CONFIG
     try:
+        signing_path = Path(cfg.bundle.signing_key_path())
+        created = not signing_path.exists()
+        check_keys(cfg)  # makes the signing key if absent; 78 when corrupt
+        finish = finisher(cfg)
+        if created and owner is not None:
+            os.chown(signing_path, *owner)  # the daemon signs with it too
+    except (ConfigError, OSError) as e:
+        err(f"posagent report: not captured: {e}")
+        return EX_CONFIG
+    try:
         spool = OwnedSpool(state, limits_from_config(cfg.spool), cfg.fs_roots(), owner=owner)
         if not (spool.root / "new").is_dir():
             with acting_as(owner):
@@ -190,6 +201,7 @@ def standalone(cfg: Config, args: argparse.Namespace, req: ReportRequest, why: s
         probes=build_probes(cfg, ctx, lambda: last),
         screen=(lambda: _screen(cfg, ctx)) if cfg.screen.backend != "none" else None,
         timeline=lambda: timeline,
+        finish=finish,
     )
     trigger = Trigger.manual(req.note, req.contact, req.severity, SUMMARY)
     try:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from agent.capture.privacy import privacy_state, render_privacy
-from agent.commands.common import check_secret_files, load, setup_logging
+from agent.commands.common import check_bundle_crypto, check_secret_files, load, setup_logging
 from agent.core.config import Config
 from agent.core.exits import EX_FAIL, EX_OK
 from agent.core.model import Reading, Severity
@@ -252,6 +252,7 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     cfg = load(args)
     check_secret_files(cfg)
+    check_bundle_crypto(cfg)
     setup_logging(cfg, "warning")
     results = run_selftest(cfg)
     ctx = MonitorContext.from_config(cfg)

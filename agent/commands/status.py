@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from agent.bundle.finish import encryption_warning
 from agent.commands.common import load, open_spool
 from agent.commands.output import emit_json, err, fmt_age, out, when
 from agent.core.exits import EX_OK, EX_UNAVAILABLE
@@ -17,6 +18,8 @@ from agent.daemon.runner import status_path
 def run(args: argparse.Namespace) -> int:
     """Print the daemon's status; exit 69 when it is not running."""
     cfg = load(args)
+    if encryption_warning(cfg):
+        err(f"warning: {encryption_warning(cfg)}")
     path = status_path(cfg)
     doc: dict[str, Any] | None = None
     try:

@@ -88,6 +88,17 @@ class RootsConfig:
 class BundleConfig:
     hmac_key_file: str = "/etc/posagent/device.key"
     max_entry_kib: int = _f(512, min=4, max=65536)
+    # Ed25519 device signing key (agent.bundle.sealed); "": device.ed25519 beside hmac_key_file
+    signing_key_file: str = ""
+    # age X25519 recipients ("age1..."): every bundle is encrypted to all of them
+    encrypt_to: list[str] = _f([])
+    require_encryption: bool = False
+
+    def signing_key_path(self) -> str:
+        """The signing key file: signing_key_file, else device.ed25519 beside hmac_key_file."""
+        if self.signing_key_file:
+            return self.signing_key_file
+        return str(Path(self.hmac_key_file).with_name("device.ed25519"))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Who else can read or change the agent's secret files (docs/ARCHITECTURE.md §9).
 
 The device token (`upload.token_file`), the bundle HMAC key
-(`bundle.hmac_key_file`) and the TLS client key (`upload.client_key_file`) are
+(`bundle.hmac_key_file`), the Ed25519 signing key (`bundle.signing_key_file`)
+and the TLS client key (`upload.client_key_file`) are
 read from files. One check, used by `posagent check-config`, `posagent
 selftest` and the daemon at start:
 
@@ -43,6 +44,7 @@ def secret_paths(cfg: Config) -> list[tuple[str, str]]:
     pairs = [
         ("upload.token_file", cfg.upload.token_file),
         ("bundle.hmac_key_file", cfg.bundle.hmac_key_file),
+        ("bundle.signing_key_file", cfg.bundle.signing_key_path()),
         ("upload.client_key_file", cfg.upload.client_key_file),
     ]
     return [(k, p) for k, p in pairs if p]

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from agent import __version__
+from agent.bundle.finish import check_keys, encryption_warning, finisher
 from agent.bundle.format import load_key
 from agent.bundle.trigger import Trigger
 from agent.capture.capturer import Capturer, CaptureResult, ScreenShot
@@ -119,6 +120,7 @@ class Agent:
         self.stop_event = threading.Event()
         self.spool = Spool(state, limits_from_config(cfg.spool), cfg.fs_roots()).open()
         self.key = load_key(cfg.bundle.hmac_key_file, create=True)
+        self.finish = finisher(cfg)  # signs and seals in a child: no crypto in the daemon
         self.redactor = redactor_for(cfg)
         self.engine = FaultEngine(cfg)
         self._restore_engine(state / "faults.json")
@@ -150,6 +152,7 @@ class Agent:
             screen=screen_fn,
             timeline=self.recorder.snapshot,
             clock_synced=self._clock_synced,
+            finish=self.finish,
         )
         self.parts: list[Part] = []
         self.watchers: list[Any] = []
@@ -559,6 +562,9 @@ class Daemon:
         logmod.configure(cfg.agent.log_level, cfg.agent.log_format, redactor_for(cfg))
         for problem in require_safe_secret_files(cfg):  # ConfigError (78): others can change one
             log.warning("secret_file_readable_by_others", problem=str(problem))
+        check_keys(cfg)  # ConfigError (78): a corrupt key, no recipient (in a child)
+        if encryption_warning(cfg):
+            log.warning("bundles_not_encrypted", detail=encryption_warning(cfg))
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, self._on_signal)
         marker = RunMarker(Path(cfg.agent.state_dir), cfg.fs_roots().proc)
@@ -614,6 +620,12 @@ class Daemon:
         self.notifier.reloading()
         try:
             cfg = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("config_reload_rejected", error=str(e), kept="previous config")
+            self.notifier.ready("config reload rejected; running with the previous config")
+            return agent
+        try:
+            check_keys(cfg)
         except ConfigError as e:
             log.error("config_reload_rejected", error=str(e), kept="previous config")
             self.notifier.ready("config reload rejected; running with the previous config")

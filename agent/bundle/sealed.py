@@ -1,0 +1,359 @@
+"""Device signing keys (Ed25519) and the sealed form `posagent.sealed/1` (docs/ARCHITECTURE.md §4).
+
+The terminal signs with its own Ed25519 key (`[bundle] signing_key_file`, PEM
+PKCS#8, 0600, made on the terminal, never leaving it); anyone holding the
+public key (PEM SubjectPublicKeyInfo, `posagent key show-public`) can check a
+bundle offline. With `[bundle] encrypt_to` set, the plaintext bundle zip is
+encrypted with age to every recipient and wrapped, encrypt-then-sign, in an
+outer zip (stored, not compressed):
+
+- `envelope.json`: schema, bundle_id, created_at, device id, severity and rank,
+  trigger kind and key, the recipients' fingerprints, the signer's key id and
+  the payload's size and sha256;
+- `envelope.ed25519`: base64 Ed25519 signature over the exact envelope bytes;
+- `payload.age`: the age ciphertext of the inner plaintext bundle zip.
+
+Spool, uploader and collector check integrity and origin from the envelope
+without decrypting. `cryptography` and `pyrage` are imported here only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pyrage
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from pyrage import x25519
+
+from agent.bundle.format import (
+    ED_SIGNATURE,
+    ENVELOPE,
+    ENVELOPE_SIG,
+    PAYLOAD,
+    SEALED_SCHEMA,
+    BundleCorrupt,
+    BundleError,
+    BundleReader,
+    key_id,
+    sign_ed25519,
+    verify_ed25519,
+)
+from agent.bundle.policy import encryption_warning, require_recipient
+from agent.core.config import Config, ConfigError, load_config
+from agent.core.timefmt import rfc3339
+
+__all__ = [
+    "encryption_warning",
+    "key_id",
+    "sign_ed25519",
+    "verify_ed25519",
+]  # re-exported for callers
+
+
+class KeyFileError(BundleError):
+    """A key file that is missing, unreadable or not a key; str() names the file."""
+
+
+# --------------------------------------------------------------------------- Ed25519
+
+
+def public_pem(pub: Ed25519PublicKey) -> str:
+    """The public key as PEM (what `posagent key show-public` prints)."""
+
+    return pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def generate_signing_key(path: str | Path) -> Ed25519PrivateKey:
+    """A new Ed25519 key written to path with mode 0600 (O_EXCL: never overwrites)."""
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key
+
+
+def load_signing_key(path: str | Path, *, create: bool = False) -> Ed25519PrivateKey:
+    """The device's Ed25519 private key; KeyFileError naming the file when unusable.
+
+    Refused: a link, not a regular file, readable by others, or writable by
+    group or others (checked here too, whatever the caller checked before)."""
+
+    p = Path(path)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        if not create:
+            raise KeyFileError(f"signing key not found: {p} (posagent keygen)") from None
+        return generate_signing_key(p)
+    except OSError as e:
+        raise KeyFileError(f"cannot read signing key {p}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"signing key {p} is not a regular file (or is a link)")
+    if stat.S_IMODE(st.st_mode) & 0o026:  # 0640 root:posagent is how install.sh shares it
+        raise KeyFileError(
+            f"signing key {p} is readable by others or writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 0600"
+        )
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise KeyFileError(f"cannot read signing key {p}: {e.strerror or e}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise KeyFileError(f"signing key {p} is corrupt: {str(e).splitlines()[0][:120]}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"signing key {p} is not an Ed25519 key")
+    return key
+
+
+def load_public_key(source: str | Path | bytes) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file (or PEM bytes); KeyFileError when not one."""
+
+    name = "<bytes>"
+    if isinstance(source, bytes):
+        data = source
+    else:
+        name = str(source)
+        try:
+            data = Path(source).read_bytes()
+        except OSError as e:
+            raise KeyFileError(f"cannot read public key {name}: {e.strerror or e}") from None
+    try:
+        pub = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise KeyFileError(
+            f"public key {name} is corrupt: {str(e).splitlines()[0][:120]}"
+        ) from None
+    if not isinstance(pub, Ed25519PublicKey):
+        raise KeyFileError(f"public key {name} is not an Ed25519 key")
+    return pub
+
+
+# --------------------------------------------------------------------------- age
+
+
+def recipient_fingerprint(recipient: str) -> str:
+    """A short fingerprint of an age recipient: sha256 of its text, 16 hex digits."""
+    return hashlib.sha256(recipient.strip().encode()).hexdigest()[:16]
+
+
+def parse_recipients(recipients: list[str]) -> list[Any]:
+    """pyrage recipients from `age1...` strings; ValueError naming the bad one."""
+
+    out = []
+    for r in recipients:
+        try:
+            out.append(x25519.Recipient.from_str(r.strip()))
+        except Exception:
+            raise ValueError(f"not an age X25519 recipient: {r[:70]!r}") from None
+    return out
+
+
+def load_identities(path: str | Path) -> list[Any]:
+    """age X25519 identities from an identity file (`age-keygen` output); KeyFileError."""
+
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"cannot read age identity file {p}: {e}") from None
+    ids = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            ids.append(x25519.Identity.from_str(line))
+        except Exception:
+            raise KeyFileError(f"age identity file {p}:{n} is not an AGE-SECRET-KEY line") from None
+    if not ids:
+        raise KeyFileError(f"age identity file {p} holds no identity")
+    return ids
+
+
+def seal_envelope(
+    inner: bytes,
+    manifest: dict[str, Any],
+    *,
+    recipients: list[str],
+    signing_key: Ed25519PrivateKey,
+    rank: int,
+) -> bytes:
+    """The sealed form of a plaintext bundle zip: age to every recipient, then signed."""
+
+    ciphertext = pyrage.encrypt(inner, parse_recipients(recipients))
+    trig = manifest.get("trigger") or {}
+    envelope = {
+        "schema": SEALED_SCHEMA,
+        "bundle_id": manifest["bundle_id"],
+        "created_at": manifest.get("created_at") or rfc3339(0),
+        "device": {"id": (manifest.get("device") or {}).get("id", "")},
+        "severity": trig.get("severity", ""),
+        "rank": rank,
+        "trigger": {"kind": trig.get("kind", ""), "key": trig.get("key", "")},
+        "recipients": [recipient_fingerprint(r) for r in recipients],
+        "signer": key_id(signing_key.public_key()),
+        "payload": {
+            "name": PAYLOAD,
+            "size": len(ciphertext),
+            "sha256": hashlib.sha256(ciphertext).hexdigest(),
+            "encryption": "age-x25519",
+        },
+    }
+    ebytes = json.dumps(envelope, indent=1, ensure_ascii=False).encode("utf-8")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in (
+            (ENVELOPE, ebytes),
+            (ENVELOPE_SIG, sign_ed25519(signing_key, ebytes)),
+            (PAYLOAD, ciphertext),
+        ):
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.compress_type = zipfile.ZIP_STORED
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+class Undecryptable(BundleError):
+    """The payload does not open with the identities given."""
+
+
+def decrypt_payload(ciphertext: bytes, identities: list[Any]) -> bytes:
+    """The inner plaintext zip; Undecryptable (one line) when no identity opens it."""
+
+    try:
+        return bytes(pyrage.decrypt(ciphertext, identities))
+    except Exception as e:
+        raise Undecryptable(f"payload does not decrypt: {str(e).splitlines()[0][:160]}") from None
+
+
+def open_sealed(data: bytes, identities: list[Any]) -> bytes:
+    """Check a sealed bundle's envelope and payload digest, decrypt, and check the inner
+    bundle's id and device match the envelope. Returns the inner zip bytes."""
+
+    with BundleReader(data) as r:
+        if not r.sealed:
+            raise BundleError("not a sealed bundle")
+        env = r.verify(None).manifest
+        ciphertext = r.read(PAYLOAD)
+    inner = decrypt_payload(ciphertext, identities)
+    with BundleReader(inner) as ir:
+        m = ir.manifest()
+    if m.get("bundle_id") != env.get("bundle_id"):
+        raise BundleCorrupt("inner bundle id differs from the envelope's")
+    if (m.get("device") or {}).get("id") != (env.get("device") or {}).get("id"):
+        raise BundleCorrupt("inner bundle device differs from the envelope's")
+    return inner
+
+
+# --------------------------------------------------------------------------- config
+
+
+def crypto_from_config(cfg: Config, *, create: bool) -> tuple[Ed25519PrivateKey, list[str]]:
+    """The signing key and the checked recipients; ConfigError (exit 78) naming the key or file.
+
+    Refused: require_encryption without a recipient, a recipient that is not
+    an age X25519 public key, a signing key file that is corrupt or others can
+    read or write."""
+
+    b = cfg.bundle
+    require_recipient(cfg)
+    try:
+        parse_recipients(b.encrypt_to)
+    except ValueError as e:
+        raise ConfigError(str(e), file=cfg.source, key="bundle.encrypt_to") from None
+    try:
+        key = load_signing_key(b.signing_key_path(), create=create)
+    except KeyFileError as e:
+        raise ConfigError(str(e), file=cfg.source, key="bundle.signing_key_file") from None
+    return key, list(b.encrypt_to)
+
+
+def add_ed25519(data: bytes, key: Ed25519PrivateKey) -> bytes:
+    """A plain bundle with `manifest.ed25519` appended (the other entries untouched)."""
+    with BundleReader(data) as r:
+        if ED_SIGNATURE in r.names:
+            return data
+        mbytes = r.manifest_bytes()
+    buf = io.BytesIO(data)
+    with zipfile.ZipFile(buf, "a") as zf:
+        info = zipfile.ZipInfo(ED_SIGNATURE, date_time=(2020, 1, 1, 0, 0, 0))
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        zf.writestr(info, sign_ed25519(key, mbytes))
+    return buf.getvalue()
+
+
+def finish(
+    data: bytes,
+    manifest: dict[str, Any],
+    key: Ed25519PrivateKey,
+    recipients: list[str],
+    rank: int,
+) -> bytes:
+    """Sign a plaintext bundle (manifest.ed25519); seal it when there are recipients."""
+    signed = add_ed25519(data, key)
+    if not recipients:
+        return signed
+    return seal_envelope(signed, manifest, recipients=recipients, signing_key=key, rank=rank)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agent.bundle.sealed --config CFG (--check | --rank N)`: the child that
+    signs and seals a bundle (stdin → stdout) so the daemon never loads these libraries."""
+    import argparse  # lazy: only the worker parses arguments
+
+    p = argparse.ArgumentParser(prog="agent.bundle.sealed")
+    p.add_argument("--config", required=True)
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--rank", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.config)
+        key, recipients = crypto_from_config(cfg, create=True)
+    except ConfigError as e:
+        sys.stderr.write(f"{e}\n")
+        return 78
+    if a.check:
+        sys.stdout.write(f"{key_id(key.public_key())} {len(recipients)} recipient(s)\n")
+        return 0
+    data = sys.stdin.buffer.read()
+    try:
+        manifest = BundleReader(data).manifest()
+        out = finish(data, manifest, key, recipients, a.rank)
+    except BundleError as e:
+        sys.stderr.write(f"not sealed: {e}\n")
+        return 65
+    sys.stdout.buffer.write(out)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

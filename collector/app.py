@@ -13,13 +13,26 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
    chunk (413) while its SHA-256 is computed and compared with
    ``Content-Digest: sha-256=:<base64>:`` (400);
 7. the bundle is verified with the reader of agent.bundle.format: structure (hostile
-   zips), schema, entry digests, and the HMAC when ``device_keys_dir`` holds
-   ``<device>.key`` (422 with the one-line reason);
+   zips), the manifest against the bundle schema (`agent.bundle.schema`: every
+   field's type, size and range, nesting depth, finite numbers), entry digests,
+   and the HMAC when ``device_keys_dir`` holds ``<device>.key`` (422 with the
+   one-line reason);
 8. the manifest's bundle_id equals the path id (400) and its device id the
    token's device (422 ``device_mismatch``: a refusal of this one bundle, not of
    the credentials, which check 3 already accepted; the agent moves the bundle
-   to failed/ and goes on); its trigger reads as `agent.bundle.trigger.Trigger` (422);
-9. stored once: 201 created, 200 same digest already stored, 409 other digest.
+   to failed/ and goes on); its trigger reads as `agent.bundle.trigger.Trigger`
+   (422); its created_at lies in [2000-01-01, now + 1 day] (422);
+9. stored once under the device's registered site (``add-device --site``; the
+   manifest's site is the device's claim, shown on the bundle's page as
+   unverified, never used to file it: a device registered without a site has
+   its bundles under no site): 201 created, 200 same digest already stored,
+   409 other digest.
+
+Whatever passes these checks renders on every page and API answer (the tests
+store hostile manifests and render them all). Slow clients are cut off by the
+server (`collector.server.GuardedH11Protocol`: header and body deadlines, idle
+connections per client); redirects carry a relative Location, never the Host
+header.
 
 Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
 per-bundle endpoints, the HTML page at ``/``, ``GET /metrics`` (Prometheus text,
@@ -67,6 +80,7 @@ from agent.bundle.format import (
     is_bundle_id,
     load_key,
 )
+from agent.bundle.schema import ManifestError, check_created_at
 from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
 from agent.core.timefmt import rfc3339
@@ -177,9 +191,15 @@ def parse_time(text: str) -> float | None:
 
 
 def record_from_manifest(
-    m: dict[str, Any], *, size_bytes: int, sha256: str, signature_checked: bool, received_at: float
+    m: dict[str, Any],
+    *,
+    size_bytes: int,
+    sha256: str,
+    signature_checked: bool,
+    received_at: float,
+    site: str = "",
 ) -> BundleRecord:
-    """The index row for a verified manifest."""
+    """The index row for a verified manifest; site is the device's registered one."""
 
     def section(name: str) -> dict[str, Any]:
         v = m.get(name)
@@ -200,7 +220,7 @@ def record_from_manifest(
     return BundleRecord(
         bundle_id=bid,
         device=s(dev, "id", 64),
-        site=s(dev, "site"),
+        site=site[:200],
         fault_key=trig.key,
         severity=trig.severity.value,
         trigger_kind=trig.kind.value,
@@ -249,6 +269,7 @@ def _reindex_record(col: Shared, bid: str, data: bytes, received_at: float) -> B
             sha256=hashlib.sha256(data).hexdigest(),
             signature_checked=res.signature_checked,
             received_at=received_at,
+            site=col.tokens.site_for(device),
         )
     except TriggerError as e:
         log.error("stored_bundle_unreadable", bundle_id=bid, error=str(e))
@@ -317,15 +338,18 @@ def _verify_and_commit(
             bid,
             f"manifest device {mdev!r} differs from the token's device {device!r}",
         )
+    now = time.time()
     try:
+        check_created_at(m, now)
         record = record_from_manifest(
             m,
             size_bytes=size,
             sha256=sha_hex,
             signature_checked=res.signature_checked,
-            received_at=time.time(),
+            received_at=now,
+            site=col.tokens.site_for(device),
         )
-    except TriggerError as e:
+    except (TriggerError, ManifestError) as e:
         log.warning("bundle_rejected", bundle_id=bid, device=device, reason=str(e))
         return _reply(422, "invalid_bundle", bid, str(e))
     result = col.store.commit(record, staged)
@@ -577,11 +601,14 @@ async def diagnostics(request: Request) -> Response:
             if n.startswith("diagnostics/"):
                 raw = r.read(n).decode("utf-8", "replace")
                 if n.endswith(".json"):
-                    try:
-                        out[n] = json.loads(raw)
-                        continue
-                    except ValueError:
+                    try:  # served as JSON only when it is JSON again (no NaN, not too deep)
+                        obj = json.loads(raw)
+                        json.dumps(obj, allow_nan=False)
+                    except (ValueError, RecursionError):
                         pass
+                    else:
+                        out[n] = obj
+                        continue
                 out[n] = raw
     return JSONResponse(out)
 
@@ -750,8 +777,18 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return _reply(500, "error", None, "internal error")
 
 
+def _relative(location: bytes) -> bytes:
+    """A Location without scheme and host (Starlette's slash redirect builds it from Host)."""
+    if b"://" not in location.split(b"?", 1)[0]:
+        return location
+    rest = location.split(b"://", 1)[1]
+    path = rest[rest.find(b"/") :] if b"/" in rest else b"/"
+    return b"/" + path.lstrip(b"/")
+
+
 class SecurityHeaders:
-    """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response."""
+    """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response, and
+    making every redirect's Location relative (never the request's Host header)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -763,7 +800,10 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+                message["headers"] = [
+                    (k, _relative(v) if k.lower() == b"location" else v)
+                    for k, v in message.get("headers", [])
+                ] + SECURITY_HEADERS
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

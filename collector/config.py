@@ -46,6 +46,13 @@ class CollectorConfig:
     s3_endpoint_url: str = _f("", pattern=r"^$|^https?://")
     s3_region: str = _f("us-east-1", pattern=r"^[a-z0-9-]{1,32}$")
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    # TLS terminated by `collector serve` itself (both or neither; re-read on SIGHUP)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # slow or idle clients (collector.server.GuardedH11Protocol)
+    header_timeout_s: int = _f(10, min=1, max=3600)
+    body_timeout_s: int = _f(120, min=1, max=86400)
+    max_idle_per_client: int = _f(32, min=0, max=1_000_000)
 
 
 def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig:

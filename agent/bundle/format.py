@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from agent.bundle.schema import MAX_MANIFEST_BYTES, ManifestError, check_manifest
 from agent.core.redact import RULESET_VERSION, Redactor
 from agent.core.timefmt import rfc3339
 from drivers.roots import Roots
@@ -470,18 +471,27 @@ class BundleReader:
         return self.read(MANIFEST)
 
     def manifest(self) -> dict[str, Any]:
-        """The parsed manifest, with its schema checked."""
+        """The parsed manifest, with its schema checked (`agent.bundle.schema`: every
+        field's type, size and range; nesting bounded; no non-finite number)."""
         raw = self.manifest_bytes()
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise BundleSchemaError(f"manifest.json larger than {MAX_MANIFEST_BYTES} bytes")
         try:
             m = json.loads(raw)
+        except RecursionError:
+            raise BundleSchemaError("manifest.json nested too deep") from None
         except ValueError as e:
             raise BundleSchemaError(f"manifest.json is not JSON: {e}") from None
         if not isinstance(m, dict):
             raise BundleSchemaError("manifest.json is not an object")
         if m.get("schema") != SCHEMA:
-            raise BundleSchemaError(f"unknown schema {m.get('schema')!r}")
+            raise BundleSchemaError(f"unknown schema {str(m.get('schema'))[:40]!r}")
         if not isinstance(m.get("files"), list) or not is_bundle_id(str(m.get("bundle_id", ""))):
             raise BundleSchemaError("manifest lacks files or a valid bundle_id")
+        try:
+            check_manifest(m)
+        except ManifestError as e:
+            raise BundleSchemaError(f"manifest {e}") from None
         return m
 
     def verify(self, key: bytes | None, public_key: Ed25519PublicKey | None = None) -> VerifyResult:

@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("device_id", help="the terminal's [agent] device_id")
     _config_arg(q)
     q.add_argument("--rotate", action="store_true", help="replace an existing device's token")
+    q.add_argument(
+        "--site",
+        help="the device's store: its bundles are filed under it, not under the manifest's claim",
+    )
     q = cs.add_parser("migrate", help="bring the index's schema to this collector's version")
     _config_arg(q)
     q = cs.add_parser("hold", help="legal holds: keep a bundle, device or site from retention")

@@ -40,13 +40,6 @@ per-bundle endpoints, the HTML page at ``/``, ``GET /metrics`` (Prometheus text,
 
 Storage is the engine pair the config names (`collector.storage.open_store`); on
 PostgreSQL the rate limits are rows shared by every instance, else in memory.
-
-Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
-per-bundle endpoints, the HTML page at ``/``, ``GET /metrics`` (Prometheus text,
-`collector.metrics`), and ``GET /healthz``.
-
-Storage is the engine pair the config names (`collector.storage.open_store`); on
-PostgreSQL the rate limits are rows shared by every instance, else in memory.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := xvfb x11-utils x11-xserver-utils xdotool socat adb grim cage \
 	tesseract-ocr tesseract-ocr-eng strace iproute2 chromium systemd imagemagick procps util-linux \
-	python3-tk fonts-dejavu-core openssl libfaketime debootstrap systemd-container postgresql
+	python3-tk fonts-dejavu-core openssl libfaketime debootstrap systemd-container postgresql haproxy
 PYTEST_ARGS ?=
 
 .PHONY: all test lint typecheck unit demo bench reliability debs venv clean docs

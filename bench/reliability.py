@@ -49,6 +49,8 @@ FAMILIES: list[tuple[str, str]] = [
     ("hostile_uploads", "bench.faults.hostile:uploads"),
     ("hostile_local", "bench.faults.hostile:local_files"),
     ("hostile_spool", "bench.faults.hostile:spool_and_queue"),
+    ("hostile_manifests", "bench.faults.ingest:manifests"),
+    ("slow_clients", "bench.faults.ingest:slow_clients"),
 ]
 
 

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             return EX_NOINPUT
         try:
             with BundleReader(it.path) as reader:
-                m = reader.manifest()
+                m = reader.envelope() if reader.sealed else reader.manifest()
         except BundleError as e:
             err(f"{it.path}: {e}")
             return EX_DATAERR

@@ -237,8 +237,9 @@ def record_from_manifest(
 def record_json(r: BundleRecord) -> dict[str, Any]:
     """A record for the JSON API: times in RFC 3339, links to the bundle's endpoints."""
     d = r.to_dict()
-    d["created_at"] = rfc3339(r.created_at)
-    d["received_at"] = rfc3339(r.received_at)
+    # None for a time no terminal can have made (a row stored before ingest checked it)
+    d["created_at"] = rfc3339(r.created_at) if pages.shown_time(r.created_at) != "-" else None
+    d["received_at"] = rfc3339(r.received_at) if pages.shown_time(r.received_at) != "-" else None
     base = f"/v1/bundles/{r.bundle_id}"
     d["links"] = {
         "manifest": base,

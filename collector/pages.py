@@ -8,10 +8,20 @@ from urllib.parse import quote, urlencode
 from agent.bundle.format import MANIFEST, SIGNATURE, BundleReader
 from agent.bundle.html import timeline_svg
 from agent.bundle.style import CSS, esc
-from agent.core.timefmt import short_utc
+from agent.core.timefmt import MAX_EPOCH_S, short_utc
 from collector.storage import BundleRecord
 
 SEVERITIES = ("critical", "error", "warning")
+
+
+def shown_time(ts: float) -> str:
+    """short_utc, or '-' for a time no terminal can have made (a row stored before ingest
+    checked created_at: 1e300 or NaN must not break the list)."""
+    return short_utc(ts) if _sane_time(ts) else "-"
+
+
+def _sane_time(ts: float) -> bool:
+    return isinstance(ts, int | float) and 0 <= ts <= MAX_EPOCH_S
 
 
 def fmt_size(n: int) -> str:
@@ -105,7 +115,7 @@ def render_list(
         href = f"/bundles/{quote(r.bundle_id)}"
         rows.append(
             f"<tr data-bundle='{esc(r.bundle_id)}'>"
-            f"<td class='mono'><a href='{href}'>{esc(short_utc(r.created_at))}</a></td>"
+            f"<td class='mono'><a href='{href}'>{esc(shown_time(r.created_at))}</a></td>"
             f"<td>{esc(r.device)}</td><td>{esc(r.site or '-')}</td>"
             f"<td class='mono'><a href='{href}'>{esc(r.fault_key or '-')}</a></td>"
             f"<td>{sev_badge(r.severity)}</td><td>{esc(r.trigger_kind)}</td>"
@@ -159,7 +169,7 @@ def render_bundle(
     facts = [
         ("Bundle", f"<span class='mono'>{esc(record.bundle_id)}</span>"),
         ("Created", esc(m.get("created_at"))),
-        ("Received", esc(short_utc(record.received_at))),
+        ("Received", esc(shown_time(record.received_at))),
         (
             "Terminal",
             f"{esc(dev.get('id'))} ({esc(dev.get('model') or '-')}, serial {esc(dev.get('serial') or '-')})",

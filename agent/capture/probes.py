@@ -243,20 +243,20 @@ def collect_dmesg(shell: Shell) -> str:
 
     Under the systemd unit the ring buffer itself is closed (ProtectKernelLogs,
     kernel.dmesg_restrict): the kernel's messages are then read from the journal
-    (`journalctl -k`, the unit's SupplementaryGroups=systemd-journal), and the entry
+    (`journalctl _TRANSPORT=kernel`, the unit's SupplementaryGroups=systemd-journal), and the entry
     says which source it came from.
     """
     try:
         text = shell.check("dmesg", SHELL_TIMEOUT_S).decode("utf-8", "replace")
         return tail_lines(text, DMESG_TAIL_LINES)
     except ShellError as ring_error:
-        cmd = f"journalctl -k -b --no-pager -n {DMESG_TAIL_LINES} -o short-monotonic"
+        # _TRANSPORT=kernel, not -k: -k implies -b, and in a container (or after a boot id
+        # change) the kernel's entries carry another boot id than the reader's
+        cmd = f"journalctl --no-pager -n {DMESG_TAIL_LINES} -o short-monotonic _TRANSPORT=kernel"
         try:
             text = shell.check(cmd, SHELL_TIMEOUT_S).decode("utf-8", "replace")
         except ShellError as journal_error:
-            raise ShellError(
-                f"dmesg: {ring_error}; journalctl -k: {journal_error}"
-            ) from journal_error
+            raise ShellError(f"dmesg: {ring_error}; journal: {journal_error}") from journal_error
         return f"# kernel ring buffer closed ({ring_error}); from the journal:\n" + text
 
 

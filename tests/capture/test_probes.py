@@ -100,7 +100,7 @@ def test_dmesg_falls_back_to_the_journal_when_the_ring_is_closed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under the unit `dmesg` is refused (ProtectKernelLogs): the kernel's lines come from
-    `journalctl -k`, and the entry says so; both refused is one error naming both."""
+    `journalctl _TRANSPORT=kernel`, and the entry says so; both refused is one error naming both."""
     from agent.capture.probes import collect_dmesg
     from drivers.shell import ShellError
 
@@ -108,7 +108,7 @@ def test_dmesg_falls_back_to_the_journal_when_the_ring_is_closed(
         tmp_path,
         {
             "dmesg": 'echo "dmesg: read kernel buffer failed: Operation not permitted" >&2; exit 1',
-            "journalctl": '[ "$1" = "-k" ] && echo "Dec 06 kernel: usb 1-1: new device" || exit 2',
+            "journalctl": 'case "$*" in *_TRANSPORT=kernel*) echo "Dec 06 kernel: usb 1-1: new device";; *) exit 2;; esac',
         },
     )
     monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
@@ -118,7 +118,7 @@ def test_dmesg_falls_back_to_the_journal_when_the_ring_is_closed(
     (tmp_path / "bin" / "journalctl").write_text("#!/bin/sh\necho 'No journal files' >&2; exit 1\n")
     with pytest.raises(ShellError) as e:
         collect_dmesg(Shell())
-    assert "dmesg:" in str(e.value) and "journalctl -k:" in str(e.value)
+    assert "dmesg:" in str(e.value) and "journal:" in str(e.value)
 
 
 def test_tail_bytes_cuts_at_a_line(tmp_path: Path) -> None:

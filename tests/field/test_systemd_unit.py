@@ -427,7 +427,7 @@ def test_d_kernel_message_in_bundle_journal(fld: Field) -> None:
 
 def test_d_kernel_message_in_bundle_dmesg(fld: Field) -> None:
     """The dmesg entry of the bundle holds the kernel line: the ring buffer is closed to the
-    unit (ProtectKernelLogs), so the probe reads it through `journalctl -k`."""
+    unit (ProtectKernelLogs), so the probe reads the journal's kernel transport."""
     line, diag = _kmsg_bundle(fld)
     dmesg = _entries(diag, "dmesg")
     assert line in dmesg, dmesg[-2000:] or diag.get("diagnostics/errors.json") or sorted(diag)

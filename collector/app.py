@@ -21,7 +21,8 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
    token's device (422 ``device_mismatch``: a refusal of this one bundle, not of
    the credentials, which check 3 already accepted; the agent moves the bundle
    to failed/ and goes on); its trigger reads as `agent.bundle.trigger.Trigger`
-   (422); its created_at lies in [2000-01-01, now + 1 day] (422);
+   (422); a created_at outside [2000-01-01, now + 1 day] (a terminal with a wrong
+   clock) is not refused: the bundle is listed at the time it arrived;
 9. stored once under the device's registered site (``add-device --site``; the
    manifest's site is the device's claim, shown on the bundle's page as
    unverified, never used to file it: a device registered without a site has
@@ -80,7 +81,7 @@ from agent.bundle.format import (
     is_bundle_id,
     load_key,
 )
-from agent.bundle.schema import ManifestError, check_created_at
+from agent.bundle.schema import ManifestError, plausible_time
 from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
 from agent.core.timefmt import rfc3339
@@ -212,6 +213,11 @@ def record_from_manifest(
         created = parse_time(str(m.get("created_at") or "")) or bundle_id_time(bid)
     except ValueError:
         created = bundle_id_time(bid)
+    if not plausible_time(created, received_at):
+        # a terminal whose clock was wrong (1970 after a flat RTC battery, or years ahead):
+        # the bundle is evidence all the same; it is listed at the time it arrived, and its
+        # manifest keeps what the terminal said
+        created = received_at
 
     def s(d: dict[str, Any], k: str, limit: int = 200) -> str:
         v = d.get(k)
@@ -341,7 +347,6 @@ def _verify_and_commit(
         )
     now = time.time()
     try:
-        check_created_at(m, now)
         record = record_from_manifest(
             m,
             size_bytes=size,

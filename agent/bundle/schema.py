@@ -4,9 +4,10 @@
 calls it on every manifest it parses): the fields of docs/ARCHITECTURE.md §4 have
 their types, strings and lists are bounded, nesting is at most `MAX_DEPTH` deep,
 and no number is non-finite or beyond 64 bits, so whatever passes can be indexed,
-formatted and served as JSON. `check_created_at` adds the time window the
-collector accepts at ingest ([2000, now + 1 day]); it is not part of the shape,
-so a terminal whose clock was wrong can still read its own bundles.
+formatted and served as JSON. `plausible_time` is the window of times a working
+clock writes ([2000, now + 1 day]); it is not part of the shape: a bundle from a
+terminal whose clock was wrong is still evidence, and the collector lists it at
+the time it arrived.
 
 The trigger's own fields are checked by `agent.bundle.trigger.Trigger.from_json`.
 Errors are `ManifestError` with a one-line reason naming the field.
@@ -152,9 +153,6 @@ def check_manifest(m: Mapping[str, Any]) -> None:
         raise ManifestError("clock_synced: not true, false or null")
 
 
-def check_created_at(m: Mapping[str, Any], now: float) -> float:
-    """created_at as epoch seconds when within [2000-01-01, now + 1 day]; else ManifestError."""
-    ts = parse_created_at(m.get("created_at"))
-    if not EARLIEST <= ts <= now + FUTURE_SLACK_S:
-        raise ManifestError("created_at: before 2000 or more than a day ahead of the collector")
-    return ts
+def plausible_time(ts: float, now: float) -> bool:
+    """True for a time a terminal with a working clock can have written: [2000-01-01, now + 1 day]."""
+    return EARLIEST <= ts <= now + FUTURE_SLACK_S

@@ -96,14 +96,15 @@ class Trigger:
         severity: Severity = Severity.ERROR,
         summary: str = "manual report from the terminal",
     ) -> Trigger:
-        """A person's report (`posagent report`, a trigger file)."""
+        """A person's report (`posagent report`, a trigger file); a note or contact longer than
+        the format allows is cut, never refused (the collector would refuse the bundle)."""
         return cls(
             kind=TriggerKind.MANUAL,
             key=MANUAL_KEY,
             severity=severity,
-            summary=summary,
-            note=note,
-            contact=contact,
+            summary=_clip(summary, _TEXT_LIMITS["summary"]),
+            note=_clip(note, _TEXT_LIMITS["note"]),
+            contact=_clip(contact, _TEXT_LIMITS["contact"]),
         )
 
     # ------------------------------------------------------------------ manifest form
@@ -187,3 +188,8 @@ def _text(data: Mapping[str, Any], name: str, limit: int) -> str:
     if len(v) > limit:
         raise TriggerError(f"trigger.{name}: longer than {limit} characters")
     return v
+
+
+def _clip(text: str, limit: int) -> str:
+    mark = " [cut]"
+    return text if len(text) <= limit else text[: limit - len(mark)] + mark

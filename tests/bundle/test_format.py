@@ -320,3 +320,14 @@ def test_verify_file_missing_path(tmp_path: Path) -> None:
     """A missing file is a BundleError, not a traceback."""
     with pytest.raises(BundleError, match="no such file"):
         verify_file(tmp_path / "nope.zip", KEY)
+
+
+def test_a_manual_trigger_longer_than_the_format_is_cut_and_still_reads() -> None:
+    """A merchant's very long note is cut to the format's limit (marked), so the bundle the
+    collector receives is one it accepts; the trigger reads back."""
+    from agent.bundle.trigger import Trigger
+
+    t = Trigger.manual("paper jam " * 5000, contact="x" * 900)
+    back = Trigger.from_json(t.to_json())
+    assert back.note.endswith(" [cut]") and len(back.note) == 10_000
+    assert back.contact.endswith(" [cut]") and len(back.contact) == 500

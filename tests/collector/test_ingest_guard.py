@@ -19,7 +19,7 @@ import pytest
 
 from agent.bundle.format import SCHEMA, new_bundle_id
 from agent.bundle.schema import ManifestError, check_manifest
-from agent.core.timefmt import rfc3339
+from agent.core.timefmt import parse_rfc3339, rfc3339
 from agent.upload.protocol import content_digest
 from collector.auth import add_device, parse_registry
 from tests.bundle.kit import make_bundle
@@ -80,8 +80,6 @@ def _raw_manifest(bid: str, field: str, raw_value: str) -> bytes:
 
 HOSTILE: dict[str, Any] = {
     "created_at a huge number": {"created_at": 1e300},
-    "created_at in 1970": {"created_at": "1970-01-01T00:00:00Z"},
-    "created_at in 9999": {"created_at": "9999-12-31T23:59:59Z"},
     "created_at not a time": {"created_at": "yesterday"},
     "trigger a string": {"trigger": "x"},
     "agent a number": {"agent": 5},
@@ -278,3 +276,20 @@ def test_rows_stored_before_the_checks_still_list(env: Env) -> None:
     listed = env.http.get(f"{env.url}/v1/bundles", timeout=10).json()
     assert listed["total"] == 4
     assert sum(b["created_at"] is None for b in listed["bundles"]) == 3
+
+
+@pytest.mark.parametrize("claimed", ["1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+def test_a_terminal_with_a_wrong_clock_is_stored_at_arrival(env: Env, claimed: str) -> None:
+    """A created_at no working clock writes (a flat RTC battery: 1970; years ahead) is not
+    refused: the bundle is evidence, listed at the time it arrived, its manifest unchanged."""
+    bid = new_bundle_id()
+    before = time.time()
+    r = env.put(_bundle(_manifest(bid, created_at=claimed)), bid)
+    assert r.status_code == 201, r.text
+    rows = env.http.get(env.url + "/v1/bundles").json()["bundles"]
+    row = next(b for b in rows if b["bundle_id"] == bid)
+    listed = parse_rfc3339(row["created_at"])
+    assert before - 1 <= listed <= time.time() + 1
+    manifest = env.http.get(env.url + f"/v1/bundles/{bid}").json()
+    assert manifest["created_at"] == claimed
+    _every_answer(env, bid)

@@ -4,7 +4,7 @@
 #   sudo sh systemd/install.sh [SOURCE]    SOURCE: this checkout (default) or a wheel file
 #
 # Puts the agent in its own virtual environment under /opt/posagent/venv, the
-# sample config in /etc/posagent/agent.toml (kept if present), a device key,
+# sample config in /etc/posagent/agent.toml (kept if present), a device key and signing key,
 # the systemd unit, sysusers.d and tmpfiles.d snippets, then prints the next
 # steps. POSAGENT_ROOT=/some/dir installs into that tree instead of / (for
 # packaging and tests; systemctl is then not called).
@@ -57,8 +57,15 @@ install -m 0644 "$here/posagent.tmpfiles.conf" "$tmpfiles/posagent.conf"
 if [ -z "${POSAGENT_ROOT:-}" ]; then
   command -v systemd-sysusers >/dev/null && systemd-sysusers "$sysusers/posagent.conf" || true
   command -v systemd-tmpfiles >/dev/null && systemd-tmpfiles --create "$tmpfiles/posagent.conf" || true
-  chgrp posagent "$etc" "$etc/agent.toml" "$etc/device.key" 2>/dev/null || true
+  # The Ed25519 signing key is made here, on the terminal, and never leaves it (the daemon
+  # cannot write /etc/posagent under its unit: ProtectSystem=strict).
+  if [ ! -s "$etc/device.ed25519" ]; then
+    "$opt/venv/bin/posagent" keygen --config "$etc/agent.toml" >/dev/null
+    say "new signing key: $etc/device.ed25519 (public key: posagent key show-public)"
+  fi
+  chgrp posagent "$etc" "$etc/agent.toml" "$etc/device.key" "$etc/device.ed25519" 2>/dev/null || true
   chmod 0640 "$etc/device.key"
+  if [ -f "$etc/device.ed25519" ]; then chmod 0640 "$etc/device.ed25519"; fi
   command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
 fi
 

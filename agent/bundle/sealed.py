@@ -81,14 +81,21 @@ def generate_signing_key(path: str | Path) -> Ed25519PrivateKey:
     """A new Ed25519 key written to path with mode 0600 (O_EXCL: never overwrites)."""
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise
+    except OSError as e:  # a read-only /etc under the unit's sandbox: posagent keygen at install
+        raise KeyFileError(
+            f"cannot create signing key {p}: {e.strerror or e} (run posagent keygen as root)"
+        ) from None
     try:
         os.write(fd, pem)
         os.fsync(fd)

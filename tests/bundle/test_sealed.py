@@ -260,3 +260,11 @@ def test_round_trip_with_debian_age_cli(fleet: dict) -> None:
     assert pyrage.decrypt(ct, [fleet["ident"]]) == plain
     # wrapped in the sealed form by hand, `posagent bundle decrypt` opens it
     assert decrypt_payload(ct, [fleet["ident"]]) == plain
+
+
+def test_signing_key_that_cannot_be_made_is_a_one_line_key_error(tmp_path: Path) -> None:
+    """A path the key cannot be written at (here: below a regular file; in the unit: a
+    read-only /etc) is a KeyFileError naming it, exit 78 through crypto_from_config."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(KeyFileError, match=str(tmp_path / "file")):
+        load_signing_key(tmp_path / "file" / "k", create=True)

@@ -7,9 +7,12 @@ subtype; nothing here decides policy.
 from __future__ import annotations
 
 import os
+import select
+import selectors
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,7 +59,7 @@ def run_argv(argv: Sequence[str], timeout_s: float, stdin: bytes | None = None) 
     except OSError as e:
         raise ShellUnavailable(f"{argv[0]}: {e.strerror}") from e
     try:
-        out, err = proc.communicate(stdin, timeout=timeout_s)
+        out, err = _collect(proc, stdin, time.monotonic() + timeout_s)
     except subprocess.TimeoutExpired:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -65,6 +68,61 @@ def run_argv(argv: Sequence[str], timeout_s: float, stdin: bytes | None = None) 
         proc.communicate()
         raise ShellTimeout(f"{argv[0]}: no result within {timeout_s:g} s") from None
     return ShellResult(tuple(argv), proc.returncode, out, err)
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], stdin: bytes | None, deadline: float
+) -> tuple[bytes, bytes]:
+    """`communicate` with a deadline whose waits are select() timeouts, never time.sleep:
+    under libfaketime with a real monotonic clock (the simulator's clock scenarios),
+    time.sleep fails with EINVAL, and Popen.wait(timeout) sleeps between its polls."""
+    chunks: dict[int, list[bytes]] = {}
+    sel = selectors.DefaultSelector()
+    for f in (proc.stdout, proc.stderr):
+        if f is not None:
+            chunks[f.fileno()] = []
+            sel.register(f, selectors.EVENT_READ)
+    pending = memoryview(stdin or b"")
+    if proc.stdin is not None:
+        if pending:
+            os.set_blocking(proc.stdin.fileno(), False)
+            sel.register(proc.stdin, selectors.EVENT_WRITE)
+        else:
+            proc.stdin.close()
+    try:
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, 0)
+            for key, _ in sel.select(min(left, 1.0)):
+                if key.fileobj is proc.stdin:
+                    try:
+                        n = os.write(key.fd, pending[:65536])
+                    except BrokenPipeError:
+                        n = len(pending)
+                    pending = pending[n:]
+                    if not pending:
+                        sel.unregister(key.fileobj)
+                        proc.stdin.close()
+                    continue
+                data = os.read(key.fd, 65536)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    sel.unregister(key.fileobj)
+    finally:
+        sel.close()
+    while proc.poll() is None:  # output closed: the child is on its way out
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, 0)
+        select.select([], [], [], min(left, 0.01))
+    out_fd = proc.stdout.fileno() if proc.stdout is not None else -1
+    err_fd = proc.stderr.fileno() if proc.stderr is not None else -1
+    for f in (proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
+    return b"".join(chunks.get(out_fd, [])), b"".join(chunks.get(err_fd, []))
 
 
 @dataclass(frozen=True)

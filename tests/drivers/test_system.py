@@ -244,3 +244,14 @@ def test_fuzz_small_parsers_bytes(raw: bytes) -> None:
     pid = parse_pid_file(text)
     assert pid is None or pid > 0
     assert parse_timedatectl_ntp(text) in (True, False, None)
+
+
+def test_run_argv_collects_output_input_and_deadline() -> None:
+    """run_argv: stdout, stderr and stdin of a real child, a non-zero status, and the
+    deadline killing a child that keeps its pipes open (all without time.sleep)."""
+    from drivers.shell import ShellTimeout, run_argv
+
+    r = run_argv(["sh", "-c", "cat; echo err >&2; exit 3"], 10.0, stdin=b"x" * 300_000)
+    assert r.returncode == 3 and r.stdout == b"x" * 300_000 and r.stderr == b"err\n"
+    with pytest.raises(ShellTimeout):
+        run_argv(["sh", "-c", "sleep 30"], 0.5)

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 from agent import __version__
 from agent.commands.output import err
+from agent.core import log
 from agent.core.config import ConfigError
 from agent.core.exits import EX_CONFIG, EX_OK
+from agent.core.redact import Redactor
 
 # command name → module under agent.commands that has `run(args) -> int`
 COMMANDS: dict[str, str] = {
@@ -255,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `posagent` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # until a command sets up its own logging, log lines go to stderr: stdout is the
+    # command's output (--json), never a log line from a module on the way
+    log.configure("warning", "auto", Redactor(), sys.stderr)
     module = importlib.import_module(f"agent.commands.{COMMANDS[args.command]}")
     try:
         return int(module.run(args))

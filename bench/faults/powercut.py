@@ -207,8 +207,8 @@ def _boot(guest: Any, boot: Boot, res: Result) -> bool:
     """Power on and wait for posagent READY; False (a stall counted) when it never comes."""
     from tests.field.qemu import GuestError
 
-    guest.start()
     try:
+        guest.start()
         boot.agent_s = guest.wait_agent(timeout_s=300)
         boot.active_s = guest.wait_unit_active(timeout_s=240)
         boot.ready_host = time.time()

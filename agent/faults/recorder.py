@@ -184,10 +184,13 @@ class FlightRecorder:
                 os.fdatasync(fd)
             except OSError as e:
                 log.error("recorder_journal_failed", path=str(self.journal), error=str(e))
-                self._close_journal()
                 with self._lock:
                     self._pending[:0] = pending
                 return False
+            finally:
+                # not held open between flushes: an open file for writing would refuse a
+                # read-only remount of the state dir (EBUSY)
+                self._close_journal()
             self._journal_bytes += len(data)
             return True
 
@@ -217,6 +220,7 @@ class FlightRecorder:
                 self._journal_bytes = 0
             except OSError as e:  # the snapshot's seq makes the stale journal rows harmless
                 log.warning("recorder_journal_truncate_failed", error=str(e))
+            finally:
                 self._close_journal()
             return True
 

@@ -482,7 +482,8 @@ def _account(
         f"final clean stop; spool recovery moved {recovered['cur_to_new']} cur/ → new/, removed "
         f"{recovered['tmp_removed']} tmp/ files, quarantined {len(quarantined)}; drained: "
         f"{drained}; {asked} manual reports taken from the trigger dir, {done} captured "
-        f"({asked - done} lost with the cut: the trigger file is removed before the capture)"
+        f"({asked - done} raised but not captured before a cut: the trigger file stays until its "
+        f"bundle is in the spool and is read again at the next boot, so these are counted again)"
     )
     res.notes.append(
         f"power.unclean_shutdown: stored for {raised} of {n_cut} boots after a cut "

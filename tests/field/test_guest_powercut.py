@@ -49,11 +49,6 @@ def test_unclean_shutdown_raised_after_every_cut(cuts: tuple[Result, dict[str, A
     assert summary["unclean_stored"] >= max(1, summary["unclean_lived"]), summary
 
 
-@pytest.mark.xfail(
-    reason="issue 13 item 5: the flight recorder persists every 30 s; a cut loses the readings "
-    "since (not strict: a cut just after a persist tick passes)",
-    strict=False,
-)
 def test_unclean_shutdown_carries_readings_from_the_run_that_was_cut(
     cuts: tuple[Result, dict[str, Any]],
 ) -> None:

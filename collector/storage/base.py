@@ -83,6 +83,9 @@ class Query:
     until: float | None = None
     limit: int = 50
     offset: int = 0
+    # who may see what (`collector.access.Principal.restrict`): None, every site; else only
+    # bundles filed under one of these sites (an empty set matches nothing)
+    sites: frozenset[str] | None = None
 
 
 @runtime_checkable
@@ -196,6 +199,13 @@ def where_clause(q: Query, placeholder: str, *, with_fault: bool = True) -> tupl
         if value:
             clauses.append(f"{column} = {placeholder}")
             params.append(value)
+    if q.sites is not None:
+        allowed = sorted(q.sites)
+        if allowed:
+            clauses.append(f"site IN ({', '.join([placeholder] * len(allowed))})")
+            params.extend(allowed)
+        else:
+            clauses.append("1 = 0")
     if q.since is not None:
         clauses.append(f"created_at >= {placeholder}")
         params.append(q.since)

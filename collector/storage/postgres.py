@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,6 +32,7 @@ from collector.storage.base import (
     where_clause,
 )
 from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
+from collector.storage.sql import Conflict, Dialect, Row, to_pyformat
 
 MIGRATE_LOCK = 0x706F7361  # pg_advisory_xact_lock key of `collector migrate` ("posa")
 RETENTION_LOCK = 0x706F7372  # session lock of a retention run, one at a time ("posr")
@@ -315,8 +316,43 @@ class PostgresIndex(Timed):
         """A token bucket per key, shared by every instance on this database."""
         return PostgresRateLimiter(self, rate_per_minute, scope)
 
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[PgTx]:
+        """One transaction (`collector.storage.sql`) on a pooled connection."""
+        with self._conn() as conn, conn.transaction():
+            yield PgTx(conn)
+
     def close(self) -> None:
         self.pool.close()
+
+
+class PgTx:
+    """`collector.storage.sql.Tx` on one psycopg connection inside a transaction."""
+
+    dialect: Dialect = "postgres"
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self._conn = conn
+
+    def _run(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
+        try:
+            return self._conn.execute(to_pyformat(sql), tuple(params))
+        except psycopg.errors.IntegrityError as e:
+            raise Conflict(str(e).splitlines()[0]) from e
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._run(sql, params).rowcount
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row: Row | None = self._run(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return list(self._run(sql, params).fetchall())
+
+    def lock(self, name: str) -> None:
+        """A transaction-scoped advisory lock on the name's 64-bit hash."""
+        self._run("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
 
 
 _TAKE = """

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from collector.storage.base import (
     where_clause,
 )
 from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
+from collector.storage.sql import Conflict, Dialect, Row
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version "
@@ -397,9 +399,62 @@ class SqliteIndex(Timed):
             raise StorageError(f"index read failed: {e}") from e
         return row is not None
 
+    # ----------------------------------------------------------------- portable SQL
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[SqliteTx]:
+        """One transaction (`collector.storage.sql`); BEGIN IMMEDIATE when it writes."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as e:
+            raise StorageError(f"index {self.path}: {e}") from e
+        try:
+            yield SqliteTx(conn)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise StorageError(f"index {self.path}: commit failed: {e}") from e
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+
+
+class SqliteTx:
+    """`collector.storage.sql.Tx` on one SQLite connection (the write transaction is the lock)."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def _run(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, tuple(params))
+        except sqlite3.IntegrityError as e:
+            raise Conflict(str(e)) from e
+        except sqlite3.Error as e:
+            raise StorageError(f"index: {e}") from e
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._run(sql, params).rowcount
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row: Row | None = self._run(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return list(self._run(sql, params).fetchall())
+
+    def lock(self, name: str) -> None:
+        """Nothing to do: BEGIN IMMEDIATE already excludes every other writer."""

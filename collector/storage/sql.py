@@ -1,0 +1,74 @@
+"""Portable SQL on the index's engine, for the operators' tables (accounts, sessions,
+audit, incidents, outbox): written once, run by SQLite and PostgreSQL alike.
+
+The dialect of the code is one: ``?`` placeholders and the SQL both engines run
+(SQLite 3.40 of Debian 12, PostgreSQL 15): ``INSERT ... ON CONFLICT ... DO
+NOTHING/UPDATE``, ``RETURNING``, CTEs, ``COALESCE``, ``LIMIT/OFFSET``. No ``?`` or
+``%`` inside string literals (pass values as parameters). Where the engines differ (an
+identity column, a type), the difference lives in the versioned migration files
+(`collector.storage.schema`), never in the code.
+
+An index engine is a `Database`: ``with db.transaction() as tx:`` runs one transaction,
+committed on leaving the block and rolled back on an exception. ``tx.lock(name)``
+serialises writers on a name across every instance (PostgreSQL: a transaction-scoped
+advisory lock; SQLite: its write transaction already excludes every other writer).
+
+Errors: every engine failure is a `StorageError` (the collector answers 503); a unique
+or foreign-key violation is its subtype `Conflict` (the caller answers 409 or retries).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from collector.storage.base import StorageError
+
+Dialect = Literal["sqlite", "postgres"]
+Row = tuple[Any, ...]
+
+
+class Conflict(StorageError):
+    """A unique or foreign-key constraint refused the write."""
+
+
+class Tx(Protocol):
+    """One open transaction."""
+
+    dialect: Dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it changed (-1 when unknown)."""
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row of a query (or of a statement's RETURNING), or None."""
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Every row of a query."""
+
+    def lock(self, name: str) -> None:
+        """Hold an exclusive lock on name until the transaction ends (every instance)."""
+
+
+@runtime_checkable
+class Database(Protocol):
+    """An engine that runs portable SQL (both index engines are)."""
+
+    def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]:
+        """One transaction; write=False for a read-only one (no writer lock on SQLite)."""
+
+
+@functools.lru_cache(maxsize=1024)
+def to_pyformat(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def database(store: object) -> Database:
+    """The `Database` of a `BundleStore` (its index), or StorageError when the index has none."""
+    index = getattr(store, "index", store)
+    if not isinstance(index, Database):
+        raise StorageError(f"{type(index).__name__} does not run portable SQL")
+    return index

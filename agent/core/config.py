@@ -74,6 +74,8 @@ class AgentConfig:
     adb_path: str = "adb"
     log_level: str = _f("info", choices=("debug", "info", "warning", "error"))
     log_format: str = _f("auto", choices=("auto", "json", "console"))
+    # node_exporter textfile of the agent's own figures (agent.daemon.textfile); "": none
+    metrics_textfile: str = _f("", pattern=r"^$|^/.*[^/]\.prom$")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from agent.core.files import atomic_write
 from agent.core.model import FaultEvent, Reading
 from agent.core.redact import redactor_for
 from agent.core.secret_files import require_safe_secret_files
+from agent.daemon import textfile
 from agent.daemon.control import ControlServer, Peer, Reply, ReportRequest, socket_path
 from agent.daemon.lifecycle import RunMarker
 from agent.daemon.sdnotify import Notifier, watchdog_interval_s
@@ -172,6 +173,7 @@ class Agent:
         self._unsubscribe: Callable[[], None] = lambda: None
         self.started_at = time.time()
         self.captures = 0
+        self.suppressed = 0  # events the policy did not capture, since start
         self.capture_failures = 0
         self.last_capture: dict[str, Any] = {}
 
@@ -280,6 +282,7 @@ class Agent:
 
         d = self.policy.decide(ev)  # manual reports have their own bucket there
         if not d.capture:
+            self.suppressed += 1
             log.info("capture_suppressed", key=ev.key, subject=ev.subject, reason=d.reason)
             return f"suppressed: {d.reason}"
         if trigger is None:
@@ -512,9 +515,11 @@ class Agent:
             "captures": {
                 "count": self.captures,
                 "failures": self.capture_failures,
+                "suppressed": self.suppressed,
                 "last": self.last_capture,
             },
             "queue": self.spool.stats(),
+            "evictions": dict(self.spool.evicted_total),
             "upload": self.uploader.status(),
             "parts": {
                 p.name: {"failures": p.failures, "last_error": p.last_error} for p in self.parts
@@ -668,5 +673,7 @@ class Daemon:
                 f"{doc['queue']['new']['count']} queued, {doc['captures']['count']} captured"
             )
             self.notifier.status(summary)
+            if agent.cfg.agent.metrics_textfile:
+                textfile.write(agent.cfg.agent.metrics_textfile, doc, up=not stopping)
         except Exception as e:  # status is best effort: it must never stop the daemon
             log.warning("status_write_failed", error=f"{type(e).__name__}: {e}")

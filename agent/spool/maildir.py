@@ -143,6 +143,7 @@ class Spool:
         self.roots = roots or Roots()  # the boot id for aging comes from <proc>
         self._lock = threading.RLock()
         self.recovered: dict[str, int] = {}
+        self.evicted_total: Counter[str] = Counter()  # since start, by state (for metrics)
         self._stats_cache: tuple[tuple[int, ...], dict[str, Any]] | None = None
         self._tally: tuple[tuple[int, ...], int, int] | None = None
 
@@ -374,6 +375,7 @@ class Spool:
         return {str(k): int(v) for k, v in data.items() if isinstance(v, int) and v > 0}
 
     def _count_eviction(self, state: str) -> None:
+        self.evicted_total[state] += 1
         counts = Counter(self.pending_evictions())
         counts[state] += 1
         with contextlib.suppress(OSError):

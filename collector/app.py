@@ -86,7 +86,7 @@ from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
 from agent.core.timefmt import rfc3339
 from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
-from collector import holds, pages, sealed
+from collector import holds, openapi, pages, sealed
 from collector.access import OPEN, Principal, principal_of
 from collector.auth import (
     SESSION_COOKIE,
@@ -751,6 +751,11 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def openapi_document(request: Request) -> Response:
+    """The API described (`collector.openapi`), public like /healthz."""
+    return JSONResponse(openapi.document())
+
+
 async def favicon(request: Request) -> Response:
     return Response(status_code=204)
 
@@ -817,6 +822,18 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def by_method(path: str, **handlers: Handler) -> Route:
+    """One route for a path served by several handlers, one per method: Starlette answers
+    405 from the first route of a path alone, so its Allow header would name only that
+    route's methods; one route lists them all."""
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, dispatch, methods=list(handlers))
+
+
 def start_retention(col: Shared) -> RetentionWorker | None:
     """The periodic retention of `collector serve` (none when interval_s is 0 or the policy
     keeps everything); its deletions are counted in /metrics."""
@@ -872,13 +889,16 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         Route("/logout", logout, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/holds", operator_only(html=False)(holds.list_holds), methods=["GET"]),
-        Route("/v1/holds", operator_only(html=False)(holds.add_hold), methods=["POST"]),
-        Route("/v1/holds", operator_only(html=False)(holds.remove_hold), methods=["DELETE"]),
+        by_method(
+            "/v1/holds",
+            GET=operator_only(html=False)(holds.list_holds),
+            POST=operator_only(html=False)(holds.add_hold),
+            DELETE=operator_only(html=False)(holds.remove_hold),
+        ),
         Route("/favicon.ico", favicon, methods=["GET"]),
+        Route("/v1/openapi.json", openapi_document, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
-        Route("/v1/bundles/{bundle_id}", counted(col, put_bundle), methods=["PUT"]),
-        Route("/v1/bundles/{bundle_id}", get_manifest, methods=["GET"]),
+        by_method("/v1/bundles/{bundle_id}", PUT=counted(col, put_bundle), GET=get_manifest),
         Route("/v1/bundles/{bundle_id}/download", download, methods=["GET"]),
         Route(
             "/v1/bundles/{bundle_id}/screenshot.png",

@@ -1,0 +1,330 @@
+"""The collector's HTTP API described: an OpenAPI 3.1 document, served at
+``GET /v1/openapi.json`` and kept in sync with the routes by the tests (every JSON route
+of `collector.app` is here with its methods, and nothing else is; schemathesis runs the
+document against a live collector: no 5xx, no response outside it).
+
+The document is data built by a few helpers below; the HTML pages (``/``,
+``/bundles/...``, ``/login``) are for people and are not part of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent import __version__
+
+Schema = dict[str, Any]
+
+BUNDLE_ID = {
+    "type": "string",
+    "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+}
+
+REPLY: Schema = {
+    "type": "object",
+    "required": ["status", "error"],
+    "properties": {
+        "status": {"type": "string"},
+        "bundle_id": {"type": ["string", "null"]},
+        "error": {"type": ["string", "null"]},
+    },
+}
+
+RECORD: Schema = {
+    "type": "object",
+    "required": ["bundle_id", "device", "site", "fault_key", "severity", "created_at", "links"],
+    "properties": {
+        "bundle_id": {"type": "string"},
+        "device": {"type": "string"},
+        "site": {"type": "string"},
+        "fault_key": {"type": "string"},
+        "severity": {"type": "string"},
+        "trigger_kind": {"type": "string"},
+        "summary": {"type": "string"},
+        "created_at": {"type": ["string", "null"], "format": "date-time"},
+        "received_at": {"type": ["string", "null"], "format": "date-time"},
+        "size_bytes": {"type": "integer"},
+        "sha256": {"type": "string"},
+        "screenshot": {"type": "string"},
+        "signature_checked": {"type": "boolean"},
+        "links": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+HOLD_TARGET: Schema = {
+    "type": "object",
+    "properties": {
+        "bundle": {"type": "string"},
+        "device": {"type": "string"},
+        "site": {"type": "string"},
+        "reason": {"type": "string", "maxLength": 500},
+    },
+}
+
+
+def json_body(schema: Schema) -> Schema:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def reply(
+    description: str, schema: Schema = REPLY, headers: dict[str, str] | None = None
+) -> Schema:
+    out: Schema = {"description": description, **json_body(schema)}
+    if headers:
+        out["headers"] = {
+            h: {"schema": {"type": "string"}, "description": d} for h, d in headers.items()
+        }
+    return out
+
+
+def query(name: str, description: str, schema: Schema | None = None) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def path(name: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+# The answers every operator route may give besides its own.
+READ_ERRORS: dict[str, Schema] = {
+    "400": reply("A malformed parameter (the reason in `error`)"),
+    "401": reply(
+        "No credentials, or credentials not accepted", headers={"WWW-Authenticate": "Bearer"}
+    ),
+    "503": reply("Storage unavailable: retry later", headers={"Retry-After": "seconds"}),
+}
+BUNDLE_READ = {
+    **READ_ERRORS,
+    "404": reply("No such bundle, or one out of the caller's reach"),
+    "422": reply("A sealed bundle this collector cannot decrypt"),
+}
+
+LIST_FILTERS = [
+    query("device", "Device id"),
+    query("site", "Registered site"),
+    query("fault", "Fault key, e.g. printer.paper_end"),
+    query(
+        "severity",
+        "warning | error | critical",
+        {"type": "string", "enum": ["", "warning", "error", "critical"]},
+    ),
+    query("since", "Created at or after (RFC 3339 or epoch seconds)"),
+    query("until", "Created at or before (RFC 3339 or epoch seconds)"),
+    query("limit", "Page size (1-500, default 50)", {"type": "string", "pattern": "^[0-9]*$"}),
+    query("offset", "Rows to skip", {"type": "string", "pattern": "^[0-9]*$"}),
+]
+
+
+def _entry(name: str, media: str) -> Schema:
+    return {
+        "get": {
+            "summary": f"The bundle's {name}",
+            "parameters": [path("bundle_id", BUNDLE_ID)],
+            "responses": {
+                "200": {"description": name, "content": {media: {"schema": {}}}},
+                **BUNDLE_READ,
+            },
+        }
+    }
+
+
+def document() -> Schema:
+    """The OpenAPI document of this collector."""
+    bid = [path("bundle_id", BUNDLE_ID)]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "posagent collector",
+            "version": __version__,
+            "description": (
+                "Upload protocol v1 for terminals (PUT a bundle) and the read API for "
+                "operators. Operator routes take `Authorization: Bearer <token>`."
+            ),
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness and storage reachability",
+                    "security": [],
+                    "responses": {
+                        "200": reply("Healthy", {"type": "object"}),
+                        "503": reply("Storage unreachable", {"type": "object"}),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text exposition (behind the read side's credentials)",
+                    "responses": {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": READ_ERRORS["401"],
+                    },
+                }
+            },
+            "/v1/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": reply("The OpenAPI document", {"type": "object"})},
+                }
+            },
+            "/v1/bundles": {
+                "get": {
+                    "summary": "Bundles, newest first, filtered and paged",
+                    "parameters": LIST_FILTERS,
+                    "responses": {
+                        "200": reply(
+                            "A page of bundles",
+                            {
+                                "type": "object",
+                                "required": [
+                                    "bundles",
+                                    "total",
+                                    "limit",
+                                    "offset",
+                                    "counts_by_fault",
+                                ],
+                                "properties": {
+                                    "bundles": {"type": "array", "items": RECORD},
+                                    "total": {"type": "integer"},
+                                    "limit": {"type": "integer"},
+                                    "offset": {"type": "integer"},
+                                    "counts_by_fault": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "integer"},
+                                    },
+                                },
+                            },
+                        ),
+                        **READ_ERRORS,
+                    },
+                }
+            },
+            "/v1/bundles/{bundle_id}": {
+                "get": {
+                    "summary": "The bundle's manifest",
+                    "parameters": bid,
+                    "responses": {"200": reply("The manifest", {"type": "object"}), **BUNDLE_READ},
+                },
+                "put": {
+                    "summary": "Upload a bundle (upload protocol v1; device token)",
+                    "parameters": [
+                        *bid,
+                        {
+                            "name": "X-Posagent-Device",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "Content-Digest",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/zip": {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    "responses": {
+                        "201": reply("Stored"),
+                        "200": reply("Already stored with the same digest"),
+                        "400": reply("Malformed request"),
+                        "401": reply("Unknown device token"),
+                        "403": reply("The token is another device's"),
+                        "408": reply("The body did not arrive in time"),
+                        "409": reply("Already stored with another digest"),
+                        "413": reply("Body over max_body_mib"),
+                        "415": reply("Not application/zip"),
+                        "422": reply("The bundle does not verify (the reason in `error`)"),
+                        "429": reply("Rate limited", headers={"Retry-After": "seconds"}),
+                        "503": reply("Storage unavailable", headers={"Retry-After": "seconds"}),
+                    },
+                },
+            },
+            "/v1/bundles/{bundle_id}/download": {
+                "get": {
+                    "summary": "The stored bundle as uploaded (sealed bundles stay sealed)",
+                    "parameters": bid,
+                    "responses": {
+                        "200": {
+                            "description": "zip",
+                            "content": {"application/zip": {"schema": {}}},
+                        },
+                        **BUNDLE_READ,
+                    },
+                }
+            },
+            "/v1/bundles/{bundle_id}/screenshot.png": _entry("screenshot.png", "image/png"),
+            "/v1/bundles/{bundle_id}/report.txt": _entry("report.txt", "text/plain"),
+            "/v1/bundles/{bundle_id}/timeline.json": _entry("timeline.json", "application/json"),
+            "/v1/bundles/{bundle_id}/diagnostics": {
+                "get": {
+                    "summary": "The bundle's diagnostics entries by name",
+                    "parameters": bid,
+                    "responses": {"200": reply("Diagnostics", {"type": "object"}), **BUNDLE_READ},
+                }
+            },
+            "/v1/bundles/{bundle_id}/entries/{name}": {
+                "get": {
+                    "summary": "One entry of the bundle by name",
+                    "parameters": [*bid, path("name", {"type": "string", "minLength": 1})],
+                    "responses": {
+                        "200": {"description": "the entry", "content": {"*/*": {"schema": {}}}},
+                        **BUNDLE_READ,
+                    },
+                }
+            },
+            "/v1/holds": {
+                "get": {
+                    "summary": "Legal holds, oldest first",
+                    "responses": {"200": reply("Holds", {"type": "object"}), **READ_ERRORS},
+                },
+                "post": {
+                    "summary": "Place a legal hold on a bundle, a device or a site",
+                    "requestBody": {"required": True, **json_body(HOLD_TARGET)},
+                    "responses": {
+                        "201": reply("Placed", {"type": "object"}),
+                        "200": reply("Already in place (reason replaced)", {"type": "object"}),
+                        "413": reply("Body too large", {"type": "object"}),
+                        **READ_ERRORS,
+                    },
+                },
+                "delete": {
+                    "summary": "Release a legal hold",
+                    "parameters": [
+                        query("bundle", "Bundle id"),
+                        query("device", "Device id"),
+                        query("site", "Site"),
+                    ],
+                    "responses": {
+                        "200": reply("Released", {"type": "object"}),
+                        "404": reply("No such hold", {"type": "object"}),
+                        **READ_ERRORS,
+                    },
+                },
+            },
+        },
+    }

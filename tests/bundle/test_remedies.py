@@ -27,7 +27,7 @@ PAPER_END = REMEDIES["printer.paper_end"]
 def test_every_catalog_key_has_a_remedy_and_no_other_key_does() -> None:
     """The table and the catalog name the same keys, the generated flapping keys included."""
     assert {flapping_key(a) for a in (*AREAS, "adb")} <= set(REMEDIES)
-    assert set(REMEDIES) == set(RULES), (set(RULES) ^ set(REMEDIES))
+    assert set(REMEDIES) == set(RULES), set(RULES) ^ set(REMEDIES)
 
 
 def test_no_remedy_is_empty_and_each_is_one_short_sentence_line() -> None:
@@ -82,9 +82,7 @@ def test_report_opens_with_what_happened_when_and_what_to_do_before_the_readings
     cfg = parse_config('[agent]\ndevice_id = "T-7"\nsite = "Store 12"\n')
     text = render_report(cfg, _trigger(), "captured", {}, {}, 1772359205.0)
     lines = text.splitlines()
-    order = [
-        lines.index(h) for h in ("What happened", "When", "Where", "What to do", "Details")
-    ]
+    order = [lines.index(h) for h in ("What happened", "When", "Where", "What to do", "Details")]
     assert order == sorted(order) and order[0] == 2, text
     assert lines[3] == "  printer receipt: out of paper"
     assert "  fault printer.paper_end, critical, raised" in lines

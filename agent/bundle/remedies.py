@@ -2,9 +2,10 @@
 
 `REMEDIES` is the one table, keyed by fault key: every key of the agent's catalog
 (agent/faults/catalog.py, docs/ARCHITECTURE.md §8), including the generated
-`<area>.flapping` keys and manual.report; tests/bundle/test_remedies.py keeps the two
-in step. A key the table does not know (a newer agent, a fleet-side key) gets `GENERIC`
-from `remedy(key)`, which never fails.
+`<area>.flapping` keys and manual.report, and the keys raised on the fleet side
+(`FLEET_KEYS`); tests/bundle/test_remedies.py keeps them in step. A key the table
+does not know (from a newer agent, say) gets `GENERIC` from `remedy(key)`, which never
+fails.
 
 The table lives in agent.bundle, not agent.faults, because the collector shows it too
 and may import only the agent's core, bundle format and upload protocol (the
@@ -35,6 +36,10 @@ class Remedy:
     merchant: str
     support: str
 
+
+# Keys raised on the fleet side, not by an agent's catalog (an incident from missed
+# check-ins, say): each has a row in REMEDIES too. None yet.
+FLEET_KEYS: frozenset[str] = frozenset()
 
 GENERIC = Remedy(
     N_("Call support and tell them the terminal's name and when the problem happened."),

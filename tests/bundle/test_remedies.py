@@ -11,7 +11,14 @@ from pathlib import Path
 
 from agent.bundle.format import BundleReader
 from agent.bundle.html import render_html
-from agent.bundle.remedies import CLEARED_NOTE, GENERIC, REMEDIES, remedy, remedy_lines
+from agent.bundle.remedies import (
+    CLEARED_NOTE,
+    FLEET_KEYS,
+    GENERIC,
+    REMEDIES,
+    remedy,
+    remedy_lines,
+)
 from agent.bundle.trigger import Trigger, TriggerKind
 from agent.capture.capturer import render_report
 from agent.core.config import parse_config
@@ -25,9 +32,11 @@ PAPER_END = REMEDIES["printer.paper_end"]
 
 
 def test_every_catalog_key_has_a_remedy_and_no_other_key_does() -> None:
-    """The table and the catalog name the same keys, the generated flapping keys included."""
+    """The table names the catalog's keys (the generated flapping keys included) and the
+    fleet-side keys, and nothing else."""
     assert {flapping_key(a) for a in (*AREAS, "adb")} <= set(REMEDIES)
-    assert set(REMEDIES) == set(RULES), set(RULES) ^ set(REMEDIES)
+    assert not FLEET_KEYS & set(RULES)
+    assert set(REMEDIES) == set(RULES) | FLEET_KEYS, (set(RULES) | FLEET_KEYS) ^ set(REMEDIES)
 
 
 def test_no_remedy_is_empty_and_each_is_one_short_sentence_line() -> None:

@@ -13,7 +13,7 @@ DEB_PACKAGES := xvfb x11-utils x11-xserver-utils xdotool socat adb grim cage \
 FIELD_DEB_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs debootstrap
 PYTEST_ARGS ?=
 
-.PHONY: all test lint typecheck unit demo bench reliability field field-debs debs venv clean docs
+.PHONY: all test lint typecheck unit demo bench reliability field field-debs debs venv clean docs i18n
 
 all: test
 
@@ -66,6 +66,18 @@ field: debs field-debs venv
 
 docs:
 	$(PY) docs/sync_readme.py
+
+# The collector's gettext catalogs (collector/i18n.py): extract the marked strings (_,
+# gettext, N_), merge them into each language's .po (translate what comes out empty),
+# compile the .mo. The .mo files are committed: a fresh clone or a wheel has them without
+# this step; tests/collector/test_i18n.py fails when a .po or a .mo is out of step.
+LOCALE := collector/locale
+i18n: venv
+	$(VENV)/bin/pybabel extract -k N_ --add-location=file --sort-output --project=posagent \
+		--copyright-holder="posagent authors" -o $(LOCALE)/posagent.pot agent/bundle/remedies.py collector
+	$(VENV)/bin/pybabel update -D posagent -i $(LOCALE)/posagent.pot -d $(LOCALE) \
+		--no-fuzzy-matching --ignore-obsolete --ignore-pot-creation-date
+	$(VENV)/bin/pybabel compile -D posagent -d $(LOCALE) --statistics
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

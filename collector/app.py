@@ -97,8 +97,10 @@ from collector.auth import (
     valid_device_id,
 )
 from collector.config import CollectorConfig
+from collector.i18n import negotiate
 from collector.metrics import CONTENT_TYPE, Metrics
 from collector.ratelimit import RateLimiter
+from collector.remedies import remedy_for
 from collector.storage import (
     BundleRecord,
     BundleStore,
@@ -664,9 +666,13 @@ async def bundle_page(request: Request) -> Response:
         return HTMLResponse(
             pages.layout("posagent collector", body), headers={"Cache-Control": "no-store"}
         )
+    lang = negotiate(request.headers.get("accept-language"))
+    remedy = remedy_for(record.fault_key, col.cfg, lang)
     with BundleReader(data) as r:
-        page = pages.render_bundle(record, r, operator_login=col.operator.enabled)
-    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+        page = pages.render_bundle(
+            record, r, operator_login=col.operator.enabled, remedy=remedy, lang=lang
+        )
+    return HTMLResponse(page, headers={"Cache-Control": "no-store", "Vary": "Accept-Language"})
 
 
 def _safe_next(target: str) -> str:

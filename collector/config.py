@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.bundle.remedies import REMEDIES
 from agent.bundle.trigger import TriggerKind
 from agent.core.config import ConfigError, _f, parse_section, read_config_text
 from agent.core.model import Severity
+from collector.i18n import DEFAULT_LANGUAGE, LANGUAGES
 
 MAX_DAYS = 36500
 
@@ -26,6 +28,22 @@ class RetentionConfig:
     severity_days: dict[str, int] = _f({})
     interval_s: float = _f(3600.0, min=0.0, max=7 * 86400.0)  # 0: serve never runs it
     batch_size: int = _f(500, min=1, max=10_000)
+
+
+@dataclass(frozen=True)
+class RemedyText:
+    """A fleet's wording of one remedy in one language ("" keeps the built-in text)."""
+
+    merchant: str = ""
+    support: str = ""
+
+
+@dataclass(frozen=True)
+class RemedyOverride(RemedyText):
+    """`[collector.remedies."<fault key>"]`: the fleet's own remedy, shown in every language
+    unless `[collector.remedies."<fault key>".translations.<lang>]` words it for that one."""
+
+    translations: dict[str, RemedyText] = _f({})
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,8 @@ class CollectorConfig:
     header_timeout_s: int = _f(10, min=1, max=3600)
     body_timeout_s: int = _f(120, min=1, max=86400)
     max_idle_per_client: int = _f(32, min=0, max=1_000_000)
+    # issue 15: a fleet's own "what to do" per fault key (collector.remedies.remedy_for)
+    remedies: dict[str, RemedyOverride] = _f({})
 
 
 def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig:
@@ -69,7 +89,48 @@ def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig
                 raise ConfigError(f"unknown (known: {', '.join(known)})", file=file, key=key)
             if not 0 <= value <= MAX_DAYS:
                 raise ConfigError(f"days must be 0 (forever) to {MAX_DAYS}", file=file, key=key)
+    _check_remedies(cfg.remedies, file)
     return cfg
+
+
+MAX_REMEDY_CHARS = 500
+
+
+def _check_remedies(remedies: dict[str, RemedyOverride], file: str) -> None:
+    """Fault keys the remedy table knows, languages the collector speaks, texts that fit
+    one line of a page."""
+    for fault, ov in remedies.items():
+        key = f'collector.remedies."{fault}"'
+        if fault not in REMEDIES:
+            raise ConfigError(
+                "unknown fault key (the keys of docs/ARCHITECTURE.md §8)", file=file, key=key
+            )
+        texts: list[tuple[str, RemedyText]] = [(key, ov)]
+        for lang, t in ov.translations.items():
+            if lang not in LANGUAGES or lang == DEFAULT_LANGUAGE:
+                known = ", ".join(x for x in LANGUAGES if x != DEFAULT_LANGUAGE)
+                raise ConfigError(
+                    f"unknown language (known: {known}; the plain keys are the default)",
+                    file=file,
+                    key=f"{key}.translations.{lang}",
+                )
+            texts.append((f"{key}.translations.{lang}", t))
+        for where, t in texts:
+            if not (t.merchant or t.support or (t is ov and ov.translations)):
+                raise ConfigError("set merchant, support or both", file=file, key=where)
+            for name, text in (("merchant", t.merchant), ("support", t.support)):
+                if len(text) > MAX_REMEDY_CHARS:
+                    raise ConfigError(
+                        f"longer than {MAX_REMEDY_CHARS} characters",
+                        file=file,
+                        key=f"{where}.{name}",
+                    )
+                if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+                    raise ConfigError(
+                        "control characters (a line break, a tab) are not allowed",
+                        file=file,
+                        key=f"{where}.{name}",
+                    )
 
 
 def load_collector_config(path: str | None = None) -> CollectorConfig:

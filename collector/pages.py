@@ -7,8 +7,10 @@ from urllib.parse import quote, urlencode
 
 from agent.bundle.format import MANIFEST, SIGNATURE, BundleReader
 from agent.bundle.html import timeline_svg
+from agent.bundle.remedies import CLEARED_NOTE, Remedy
 from agent.bundle.style import CSS, esc
 from agent.core.timefmt import MAX_EPOCH_S, short_utc
+from collector.i18n import DEFAULT_LANGUAGE, translator
 from collector.storage import BundleRecord
 
 SEVERITIES = ("critical", "error", "warning")
@@ -156,10 +158,30 @@ def _site(registered: str, claimed: object) -> str:
     return shown
 
 
+def remedy_block(remedy: Remedy, lang: str, *, cleared: bool = False) -> str:
+    """The "What to do" card of a bundle page (issue 15 item 5), in the reader's language."""
+    _ = translator(lang).gettext
+    heading, merchant, support = _("What to do"), _("Merchant"), _("Support")
+    note = f"<p class='muted'>{esc(_(CLEARED_NOTE))}</p>" if cleared else ""
+    return (
+        f"<section class='card' id='remedy' lang='{esc(lang)}'>"
+        f"<h2>{esc(heading)}</h2>{note}<table class='facts'>"
+        f"<tr><th>{esc(merchant)}</th><td id='remedy-merchant'>{esc(remedy.merchant)}</td></tr>"
+        f"<tr><th>{esc(support)}</th><td id='remedy-support'>{esc(remedy.support)}</td></tr>"
+        "</table></section>"
+    )
+
+
 def render_bundle(
-    record: BundleRecord, reader: BundleReader, *, operator_login: bool = False
+    record: BundleRecord,
+    reader: BundleReader,
+    *,
+    operator_login: bool = False,
+    remedy: Remedy | None = None,
+    lang: str = DEFAULT_LANGUAGE,
 ) -> str:
-    """One bundle: the fault, screenshot, report, timeline chart, diagnostics, download."""
+    """One bundle: the fault, what to do (`remedy`, in `lang`), screenshot, report, timeline
+    chart, diagnostics, download."""
     m = reader.manifest()
     trig = m.get("trigger") or {}
     dev = m.get("device") or {}
@@ -216,6 +238,7 @@ def render_bundle(
         f"<p>{esc(record.summary)}</p>" if record.summary else "",
         f"<p><a class='button' id='download' href='{base}/download'>Download bundle (.zip)</a> "
         f"<a class='button light' href='{base}'>Manifest (JSON)</a></p>",
+        remedy_block(remedy, lang, cleared=trig.get("kind") == "cleared") if remedy else "",
         "<div class='card'><table class='facts'>"
         + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
         + "</table></div>",

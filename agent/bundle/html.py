@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from agent.bundle.format import MANIFEST, SIGNATURE, BundleReader
+from agent.bundle.remedies import CLEARED_NOTE, remedy
 from agent.bundle.style import CSS, esc
 
 BAD_WHEN_TRUE = frozenset(
@@ -93,6 +94,17 @@ def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def remedy_html(key: str, *, cleared: bool = False) -> str:
+    """The "What to do" section: the remedy of the fault key for the merchant and for support."""
+    r = remedy(key)
+    note = f"<p>{esc(CLEARED_NOTE)}</p>" if cleared else ""
+    return (
+        f"<h2>What to do</h2>{note}<table class='remedy'>"
+        f"<tr><th>Merchant</th><td>{esc(r.merchant)}</td></tr>"
+        f"<tr><th>Support</th><td>{esc(r.support)}</td></tr></table>"
+    )
+
+
 def render_html(reader: BundleReader, signature_checked: bool) -> str:
     """The page; every value is escaped, the screenshot is a data: URI."""
     m = reader.manifest()
@@ -113,6 +125,7 @@ def render_html(reader: BundleReader, signature_checked: bool) -> str:
         f"<tr><th>Screenshot</th><td>{esc((m.get('redaction') or {}).get('screenshot'))}</td></tr>",
         "</table>",
     ]
+    body.append(remedy_html(str(trig.get("key") or ""), cleared=trig.get("kind") == "cleared"))
     names = reader.names
     if "report.txt" in names:
         body.append(

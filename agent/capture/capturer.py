@@ -20,7 +20,8 @@ import structlog
 from agent import __version__
 from agent.bundle.finish import Finisher, FinishError
 from agent.bundle.format import DeviceInfo, Entry, json_entry, seal, text_entry
-from agent.bundle.trigger import Trigger
+from agent.bundle.remedies import remedy_lines
+from agent.bundle.trigger import Trigger, TriggerKind
 from agent.capture.probes import Probe
 from agent.core.config import Config
 from agent.core.redact import Redactor
@@ -62,6 +63,14 @@ def device_info(cfg: Config) -> DeviceInfo:
     )
 
 
+_KIND_WORDS = {
+    TriggerKind.FAULT: "raised",
+    TriggerKind.CLEARED: "cleared",
+    TriggerKind.MANUAL: "reported from the terminal",
+    TriggerKind.STARTUP: "found at start-up",
+}
+
+
 def render_report(
     cfg: Config,
     trigger: Trigger,
@@ -70,37 +79,42 @@ def render_report(
     errors: dict[str, str],
     now: float,
 ) -> str:
-    """report.txt: the page a support agent reads first."""
-    kind = trigger.kind.value
+    """report.txt: the page a person reads first. It opens with what happened, when,
+    where and what to do (agent.bundle.remedies); the raw readings come after."""
+    kind = trigger.kind
     lines = [
         "posagent report",
         "===============",
-        f"What:      {trigger.summary or trigger.key or kind}",
+        "What happened",
+        f"  {trigger.summary or trigger.key or kind.value}",
     ]
     if trigger.key:
-        lines.append(f"Fault:     {trigger.key} ({trigger.severity.value}, {kind})")
-    lines += [
-        f"When:      {rfc3339(now)}",
-        f"Where:     site {cfg.agent.site or '-'}, terminal {cfg.agent.device_id}",
-    ]
+        lines.append(
+            f"  fault {trigger.key}, {trigger.severity.value}, {_KIND_WORDS.get(kind, kind.value)}"
+        )
+    if trigger.note:
+        note = trigger.note.splitlines() or [""]
+        lines += [f"  note:     {note[0]}", *(f"            {ln}" for ln in note[1:])]
+    if trigger.contact:
+        lines.append(f"  contact:  {trigger.contact}")
+    lines.append("When")
     if trigger.raised_at:
-        lines.append(f"Raised at: {trigger.raised_at}")
+        lines.append(f"  raised    {trigger.raised_at}")
+    if trigger.cleared_at:
+        lines.append(f"  cleared   {trigger.cleared_at}")
     if trigger.duration_s is not None:
-        lines.append(f"Lasted:    {trigger.duration_s} s")
+        lines.append(f"  lasted    {trigger.duration_s} s")
+    lines += [
+        f"  reported  {rfc3339(now)}",
+        "Where",
+        f"  site {cfg.agent.site or '-'}, terminal {cfg.agent.device_id}",
+        "What to do",
+        *remedy_lines(trigger.key, cleared=kind == TriggerKind.CLEARED),
+    ]
+    lines += ["", "Details", "-------"]
     if trigger.suppressed:
         lines.append(f"Repeats suppressed since the last bundle: {trigger.suppressed}")
-    if trigger.note:
-        lines += ["", "Note from the terminal:", f"  {trigger.note}"]
-    if trigger.contact:
-        lines.append(f"Contact:   {trigger.contact}")
-    if trigger.readings:
-        lines += ["", "What the agent saw:"]
-        for r in trigger.readings[-5:]:
-            vals = ", ".join(f"{k}={v}" for k, v in (r.get("values") or {}).items())
-            lines.append(f"  {r.get('source')}: {vals}")
-    if trigger.tried:
-        lines += ["", "What was tried:"] + [f"  - {t}" for t in trigger.tried]
-    lines += ["", f"Screenshot: {screenshot}"]
+    lines.append(f"Screenshot: {screenshot}")
     sysd = diagnostics.get("system")
     if isinstance(sysd, dict):
         mem = sysd.get("memory", {})
@@ -108,6 +122,13 @@ def render_report(
             f"System:     cpu {sysd.get('cpu_pct')} %, memory available "
             f"{mem.get('available_pct')} %, uptime {sysd.get('uptime_s')} s"
         )
+    if trigger.readings:
+        lines += ["", "What the agent saw (raw readings, newest last):"]
+        for r in trigger.readings[-5:]:
+            vals = ", ".join(f"{k}={v}" for k, v in (r.get("values") or {}).items())
+            lines.append(f"  {r.get('source')}: {vals}")
+    if trigger.tried:
+        lines += ["", "What was tried:"] + [f"  - {t}" for t in trigger.tried]
     if errors:
         lines += ["", "Diagnostics not collected:"] + [f"  {k}: {v}" for k, v in errors.items()]
     lines.append("")

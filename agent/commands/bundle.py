@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.bundle.format import BundleError, BundleReader
 from agent.bundle.html import render_html
+from agent.bundle.remedies import remedy_lines
 from agent.bundle.sealed import load_identities, load_public_key, open_sealed
 from agent.commands.common import key_for_reading
 from agent.commands.output import emit_json, err, out
@@ -38,6 +39,10 @@ def summarize_manifest(m: dict[str, Any]) -> str:
         lines.append(f"contact    {trig['contact']}")
     if trig.get("suppressed"):
         lines.append(f"suppressed {trig['suppressed']}")
+    if trig.get("key") or trig.get("kind"):
+        key = str(trig.get("key") or "")
+        lines.append("what to do")
+        lines += remedy_lines(key, cleared=trig.get("kind") == "cleared")
     lines.append(f"screenshot {red.get('screenshot')}")
     counts = red.get("counts") or {}
     lines.append(

@@ -32,7 +32,7 @@ from collector.storage.base import (
     where_clause,
 )
 from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
-from collector.storage.sql import Conflict, Dialect, Row, to_pyformat
+from collector.storage.sql import BaseTx, Conflict, Dialect, to_pyformat
 
 MIGRATE_LOCK = 0x706F7361  # pg_advisory_xact_lock key of `collector migrate` ("posa")
 RETENTION_LOCK = 0x706F7372  # session lock of a retention run, one at a time ("posr")
@@ -326,7 +326,7 @@ class PostgresIndex(Timed):
         self.pool.close()
 
 
-class PgTx:
+class PgTx(BaseTx):
     """`collector.storage.sql.Tx` on one psycopg connection inside a transaction."""
 
     dialect: Dialect = "postgres"
@@ -339,16 +339,6 @@ class PgTx:
             return self._conn.execute(to_pyformat(sql), tuple(params))
         except psycopg.errors.IntegrityError as e:
             raise Conflict(str(e).splitlines()[0]) from e
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._run(sql, params).rowcount
-
-    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        row: Row | None = self._run(sql, params).fetchone()
-        return row
-
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(self._run(sql, params).fetchall())
 
     def lock(self, name: str) -> None:
         """A transaction-scoped advisory lock on the name's 64-bit hash."""

@@ -60,6 +60,34 @@ class Database(Protocol):
         """One transaction; write=False for a read-only one (no writer lock on SQLite)."""
 
 
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
+
+
+class BaseTx:
+    """`Tx` from one engine method, `_run` (statement → DB-API cursor), and `lock`."""
+
+    dialect: Dialect
+
+    def _run(self, sql: str, params: Sequence[Any]) -> Cursor:
+        raise NotImplementedError
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._run(sql, params).rowcount
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row = self._run(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(r) for r in self._run(sql, params).fetchall()]
+
+
 @functools.lru_cache(maxsize=1024)
 def to_pyformat(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""

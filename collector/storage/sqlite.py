@@ -24,7 +24,7 @@ from collector.storage.base import (
     where_clause,
 )
 from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
-from collector.storage.sql import Conflict, Dialect, Row
+from collector.storage.sql import BaseTx, Conflict, Dialect
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version "
@@ -430,7 +430,7 @@ class SqliteIndex(Timed):
         self._local = threading.local()
 
 
-class SqliteTx:
+class SqliteTx(BaseTx):
     """`collector.storage.sql.Tx` on one SQLite connection (the write transaction is the lock)."""
 
     dialect: Dialect = "sqlite"
@@ -445,16 +445,6 @@ class SqliteTx:
             raise Conflict(str(e)) from e
         except sqlite3.Error as e:
             raise StorageError(f"index: {e}") from e
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._run(sql, params).rowcount
-
-    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        row: Row | None = self._run(sql, params).fetchone()
-        return row
-
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(self._run(sql, params).fetchall())
 
     def lock(self, name: str) -> None:
         """Nothing to do: BEGIN IMMEDIATE already excludes every other writer."""

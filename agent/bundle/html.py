@@ -136,7 +136,7 @@ def span_words(seconds: float) -> str:
         return f"{s / 60:.0f} min"
     if s < 2 * 86400:
         return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
-    return f"{s / 86400:.0f} days"
+    return f"{s / 86400:.4g} days"
 
 
 def looks_bad(values: Mapping[str, Any]) -> bool:
@@ -334,7 +334,11 @@ def timeline_svg(readings: Iterable[Mapping[str, Any]], width: int = 1000, row_h
         notes.append(f"{skipped:,} reading(s) without a valid time left out.")
     if not total:
         return "<p>No readings in the timeline.</p>" + "".join(f"<p>{n}</p>" for n in notes)
-    span = max(t1 - t0, 1.0)
+    half = max(t1 / 2 - t0 / 2, 0.5)  # halves: 1e308 - -1e308 would overflow
+
+    def frac(ts: float) -> float:
+        return (ts / 2 - t0 / 2) / half
+
     chosen = heapq.nsmallest(
         CHART_SOURCES, stats.items(), key=lambda kv: (-min(kv[1][1], 1), -kv[1][0], kv[0])
     )
@@ -348,7 +352,7 @@ def timeline_svg(readings: Iterable[Mapping[str, Any]], width: int = 1000, row_h
         row = row_of.get(_source(r.get("source")))
         if row is None:
             continue
-        bucket = min(CHART_MARKS - 1, int((ts - t0) / span * CHART_MARKS))
+        bucket = min(CHART_MARKS - 1, int(frac(ts) * CHART_MARKS))
         bad = _bad(r)
         m = marks.get((row, bucket))
         if m is None:
@@ -359,6 +363,7 @@ def timeline_svg(readings: Iterable[Mapping[str, Any]], width: int = 1000, row_h
                 m[1], m[2] = True, r
     left = 160
     h = row_h * len(rows) + 30
+    axis = span_words(t1 - t0) if math.isfinite(t1 - t0) else f"{half / 43200:.4g} days"
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img">']
     for i, s in enumerate(rows):
         y = 20 + i * row_h
@@ -367,14 +372,14 @@ def timeline_svg(readings: Iterable[Mapping[str, Any]], width: int = 1000, row_h
         parts.append(f'<line x1="{left}" y1="{y}" x2="{width - 10}" y2="{y}" stroke="#eee"/>')
     for (row, _), (n, bad, r) in marks.items():
         y = 20 + row * row_h
-        x = left + (float(r.get("ts", 0)) - t0) / span * (width - left - 20)
+        x = left + frac(float(r.get("ts", 0))) * (width - left - 20)
         color = "#d33" if bad else "#3a3"
         parts.append(
             f'<circle cx="{x:.1f}" cy="{y}" r="4" fill="{color}">'
             f"<title>{esc(_mark_title(r, n))}</title></circle>"
         )
     parts.append(
-        f'<text x="{left}" y="{h - 4}">-{span:.0f} s</text>'
+        f'<text x="{left}" y="{h - 4}">-{esc(axis)}</text>'
         f'<text x="{width - 60}" y="{h - 4}">trigger</text></svg>'
     )
     notes.insert(
@@ -454,20 +459,27 @@ def _text_entry(
     return html
 
 
+def _text(trig: Mapping[str, Any], name: str, limit: int) -> str:
+    """A trigger field as text, cut at the format's limit (a file's trigger is not checked
+    field by field as ingest checks it: `agent.bundle.trigger`)."""
+    v = trig.get(name)
+    return "" if v is None else str(v)[:limit]
+
+
 def _headline(trig: Mapping[str, Any]) -> str:
-    key, kind = str(trig.get("key") or ""), str(trig.get("kind") or "")
-    sev = str(trig.get("severity") or "")
+    key, kind = _text(trig, "key", 100), _text(trig, "kind", 40)
+    sev = _text(trig, "severity", 40)
     parts = [
         f"<h1 id='what'>{esc(fault_words(key, kind))} {sev_badge(sev)}</h1>",
         f"<p class='muted'><span class='mono' id='fault-key'>{esc(key or '-')}</span>"
         f" · {esc(kind or '-')}</p>",
     ]
-    if trig.get("summary"):
-        parts.append(f"<p class='summary' id='summary'>{esc(trig['summary'])}</p>")
-    if trig.get("note"):
-        parts.append(f"<p id='note'><b>The terminal's note:</b> {esc(trig['note'])}</p>")
-    if trig.get("contact"):
-        parts.append(f"<p id='contact'><b>Contact:</b> {esc(trig['contact'])}</p>")
+    if summary := _text(trig, "summary", 2000):
+        parts.append(f"<p class='summary' id='summary'>{esc(summary)}</p>")
+    if note := _text(trig, "note", 10_000):
+        parts.append(f"<p id='note'><b>The terminal's note:</b> {esc(note)}</p>")
+    if contact := _text(trig, "contact", 500):
+        parts.append(f"<p id='contact'><b>Contact:</b> {esc(contact)}</p>")
     return "".join(parts)
 
 
@@ -523,7 +535,7 @@ def _when(m: Mapping[str, Any], trig: Mapping[str, Any], ctx: PageContext) -> st
         rows.append(("Received", esc(short_utc(ctx.received_at))))
     for k, label in (("raised_at", "Raised"), ("cleared_at", "Cleared")):
         if trig.get(k):
-            rows.append((label, esc(str(trig[k])[:40])))
+            rows.append((label, esc(_text(trig, k, 40))))
     if _finite(trig.get("duration_s")):
         rows.append(("Lasted", esc(span_words(float(trig["duration_s"])))))
     notes = clock_notes(m, ctx.received_at)
@@ -608,7 +620,8 @@ def _fault_record(trig: Mapping[str, Any]) -> str:
         "contact",
     ):
         if trig.get(k) not in (None, ""):
-            val = sev_badge(str(trig[k])) if k == "severity" else esc(str(trig[k])[:10_000])
+            text = _text(trig, k, 10_000)
+            val = sev_badge(text) if k == "severity" else esc(text)
             rows.append(f"<tr><th>{esc(k)}</th><td>{val}</td></tr>")
     readings = trig.get("readings")
     if isinstance(readings, list) and readings:

@@ -99,6 +99,8 @@ def test_readings_without_a_time_or_a_name_are_left_out_or_named_safely() -> Non
     assert "2 reading(s) without a valid time left out" in svg
     assert "(not a name)" in svg and ">None<" in svg
     assert timeline_svg([]).startswith("<p>No readings")
+    extreme = timeline_svg([{"ts": 1e308, "source": "a"}, {"ts": -1e308, "source": "a"}])
+    assert extreme.count("<circle") == 2 and "e+303 days" in extreme
 
 
 def test_bounded_json_cuts_length_and_depth() -> None:
@@ -189,3 +191,27 @@ def test_large_entries_are_cut_and_the_rest_only_counted() -> None:
     assert "too large to inline" in page and "base64" not in page
     assert "Store &lt;1&gt;" in page and "<1>" not in page
     assert len(page) < 2_000_000
+
+
+def test_a_files_trigger_of_any_shape_renders_cut() -> None:
+    """`bundle html` reads files ingest never checked: trigger fields of the wrong type or
+    far over the format's limits render as text, cut."""
+    data = seal(
+        device=DeviceInfo(id="T-1"),
+        trigger={
+            "kind": ["fault"],
+            "key": {"a": "<b>"},
+            "severity": 7,
+            "summary": '"' * 200_000,
+            "duration_s": "long",
+            "readings": [{"v": "w" * 100_000}] * 3,
+        },
+        entries=[],
+        key=KEY,
+        redactor=Redactor(),
+    ).data
+    with BundleReader(data) as r:
+        page = render_html(r, True)
+    assert "&#x27;a&#x27;: &#x27;&lt;b&gt;&#x27;" in page and "<b>" not in page
+    assert "<p class='summary' id='summary'>" + "&quot;" * 2000 + "</p>" in page
+    assert len(page) < 300_000

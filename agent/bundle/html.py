@@ -32,9 +32,11 @@ from __future__ import annotations
 import base64
 import heapq
 import json
+import json.scanner
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,21 +225,24 @@ _WS = re.compile(r"[ \t\n\r]*")
 
 
 class TimelineReadings:
-    """The readings of a timeline.json text, parsed one at a time on each iteration.
+    """The readings of a timeline.json text, decoded one at a time.
 
     The agent writes ``{"readings": [...]}``: each reading is decoded from the text and let
-    go, so memory is the text and one reading, whatever the number of readings. Another
-    form is parsed whole when it is at most WHOLE_PARSE_BYTES. `problem` says why reading
-    stopped early (set by the iteration that met it)."""
+    go, so memory is the text, one reading and its position, whatever the number of
+    readings; `at(k)` decodes the k-th reading again. Another form is parsed whole when it
+    is at most WHOLE_PARSE_BYTES. `problem` says why reading stopped early."""
 
     def __init__(self, data: bytes):
         self._text = data.decode("utf-8", "replace")
         self.problem = ""
         head = _HEAD.match(self._text)
         self._start = head.end() if head else -1
-        self._whole: list[Any] = [] if head else self._parse_whole(len(data))
+        self._whole: list[Mapping[str, Any]] = [] if head else self._parse_whole(len(data))
+        self._offsets = array("q")  # where each reading yielded by the last iteration starts
+        # the C scanner itself (raw_decode is a Python wrapper around it); typeshed types it oddly
+        self._scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
-    def _parse_whole(self, size: int) -> list[Any]:
+    def _parse_whole(self, size: int) -> list[Mapping[str, Any]]:
         if size > WHOLE_PARSE_BYTES:
             self.problem = 'timeline.json is not of the form {"readings": [...]}: not charted'
             return []
@@ -253,34 +258,47 @@ class TimelineReadings:
         if not isinstance(readings, list):
             self.problem = "timeline.json holds no list of readings"
             return []
-        return readings
+        return [r for r in readings if isinstance(r, Mapping)]
+
+    def at(self, k: int) -> Mapping[str, Any]:
+        """The k-th reading of the last iteration, decoded again."""
+        if self._start < 0:
+            return self._whole[k]
+        obj: Mapping[str, Any] = self._scan(self._text, self._offsets[k])[0]
+        return obj
 
     def __iter__(self) -> Iterator[Mapping[str, Any]]:
         if self._start < 0:
-            yield from (r for r in self._whole if isinstance(r, Mapping))
+            yield from self._whole
             return
-        text, decode = self._text, json.JSONDecoder().raw_decode
-        i = _WS.match(text, self._start).end()  # type: ignore[union-attr]
+        text, scan, ws, offsets = self._text, self._scan, _WS.match, array("q")
+        self._offsets = offsets
+        i = ws(text, self._start).end()  # type: ignore[union-attr]
         if text.startswith("]", i):
             return
         n = 0
         while True:
             try:
-                obj, i = decode(text, i)
+                obj, end = scan(text, i)
             except RecursionError:
                 self.problem = (
                     f"timeline.json: reading {n + 1} is nested too deep; charted up to it"
                 )
                 return
-            except ValueError:
+            except (StopIteration, ValueError):
                 self.problem = f"timeline.json: reading {n + 1} is not JSON; charted up to it"
                 return
             n += 1
             if isinstance(obj, Mapping):
+                offsets.append(i)
                 yield obj
-            i = _WS.match(text, i).end()  # type: ignore[union-attr]
+            i = end
+            if text[i : i + 1] not in (",", "]"):
+                i = ws(text, i).end()  # type: ignore[union-attr]
             if text.startswith(",", i):
-                i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+                i += 1
+                if text[i : i + 1] in (" ", "\n", "\r", "\t"):
+                    i = ws(text, i).end()  # type: ignore[union-attr]
             elif text.startswith("]", i):
                 return
             else:
@@ -302,81 +320,95 @@ def _bad(r: Mapping[str, Any]) -> bool:
 
 
 def _mark_title(r: Mapping[str, Any], n: int) -> str:
-    try:
-        text = bounded_json(r.get("values"), MARK_TITLE_CHARS, 3, indent=None)
-    except RecursionError:  # pragma: no cover - depth is capped at 3
-        text = "(unreadable values)"
+    text = bounded_json(r.get("values"), MARK_TITLE_CHARS, 3, indent=None)
     return (f"{n} readings; " if n > 1 else "") + text
+
+
+def _fetch(readings: Iterable[Mapping[str, Any]], wanted: set[int]) -> dict[int, Mapping[str, Any]]:
+    """The readings at these positions of an iteration: again by position when the source
+    can (`TimelineReadings.at`, a list), else by iterating once more."""
+    if isinstance(readings, TimelineReadings):
+        return {k: readings.at(k) for k in wanted}
+    if isinstance(readings, Sequence):
+        return {k: readings[k] for k in wanted}
+    return {k: r for k, r in enumerate(readings) if k in wanted}
 
 
 def timeline_svg(readings: Iterable[Mapping[str, Any]], width: int = 1000, row_h: int = 22) -> str:
     """An SVG swim-lane chart: one row per source, a mark per reading (red when not ok),
     followed by notes on what it left out.
 
-    readings is iterated twice (a list, or a `TimelineReadings`); time and memory are
-    linear in the readings plus the marks drawn (at most CHART_SOURCES x CHART_MARKS). A
+    One pass over the readings keeps a source number, time and verdict per reading
+    (arrays: a few bytes each); the marks are made from those, and only the readings
+    shown as marks are fetched again (`_fetch`) for their values. Time and memory are
+    linear in the readings, the output at most CHART_SOURCES x CHART_MARKS marks. A
     reading whose ``ts`` is not a finite number is left out and counted: a timeline is
     the device's word and must never break the page."""
-    stats: dict[str, list[int]] = {}  # source -> [readings, failed readings]
-    t0, t1, skipped, total = math.inf, -math.inf, 0, 0
-    for r in readings:
+    ids: dict[str, int] = {}
+    counts: list[int] = []  # per source id
+    fails: list[int] = []
+    src, times, bad, pos = array("i"), array("d"), bytearray(), array("q")
+    skipped = 0
+    for k, r in enumerate(readings):
         ts = r.get("ts", 0)
         if not _finite(ts):
             skipped += 1
             continue
-        total += 1
-        t0, t1 = min(t0, ts), max(t1, ts)
-        st = stats.setdefault(_source(r.get("source")), [0, 0])
-        st[0] += 1
-        st[1] += _bad(r)
+        sid = ids.setdefault(_source(r.get("source")), len(ids))
+        if sid == len(counts):
+            counts.append(0)
+            fails.append(0)
+        failed = _bad(r)
+        counts[sid] += 1
+        fails[sid] += failed
+        src.append(sid)
+        times.append(float(ts))
+        bad.append(failed)
+        pos.append(k)
     notes = []
     if skipped:
         notes.append(f"{skipped:,} reading(s) without a valid time left out.")
+    total = len(times)
     if not total:
         return "<p>No readings in the timeline.</p>" + "".join(f"<p>{n}</p>" for n in notes)
+    t0, t1 = min(times), max(times)
     half = max(t1 / 2 - t0 / 2, 0.5)  # halves: 1e308 - -1e308 would overflow
-
-    def frac(ts: float) -> float:
-        return (ts / 2 - t0 / 2) / half
-
+    names = list(ids)
     chosen = heapq.nsmallest(
-        CHART_SOURCES, stats.items(), key=lambda kv: (-min(kv[1][1], 1), -kv[1][0], kv[0])
+        CHART_SOURCES, range(len(names)), key=lambda i: (-min(fails[i], 1), -counts[i], names[i])
     )
-    rows = sorted(s for s, _ in chosen)
-    row_of = {s: i for i, s in enumerate(rows)}
-    marks: dict[tuple[int, int], list[Any]] = {}  # (row, bucket) -> [readings, bad, shown]
-    for r in readings:
-        ts = r.get("ts", 0)
-        if not _finite(ts):
-            continue
-        row = row_of.get(_source(r.get("source")))
+    rows = sorted(chosen, key=lambda i: names[i])
+    row_of = {sid: row for row, sid in enumerate(rows)}
+    marks: dict[tuple[int, int], list[int]] = {}  # (row, bucket) -> [readings, bad, j]
+    for j in range(total):
+        row = row_of.get(src[j])
         if row is None:
             continue
-        bucket = min(CHART_MARKS - 1, int(frac(ts) * CHART_MARKS))
-        bad = _bad(r)
-        m = marks.get((row, bucket))
+        key = (row, min(CHART_MARKS - 1, int((times[j] / 2 - t0 / 2) / half * CHART_MARKS)))
+        m = marks.get(key)
         if m is None:
-            marks[(row, bucket)] = [1, bad, r]
+            marks[key] = [1, bad[j], j]
         else:
             m[0] += 1
-            if bad and not m[1]:
-                m[1], m[2] = True, r
+            if bad[j] and not m[1]:
+                m[1], m[2] = 1, j
+    shown = _fetch(readings, {pos[m[2]] for m in marks.values()})
     left = 160
     h = row_h * len(rows) + 30
     axis = span_words(t1 - t0) if math.isfinite(t1 - t0) else f"{half / 43200:.4g} days"
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img">']
-    for i, s in enumerate(rows):
-        y = 20 + i * row_h
+    for i, sid in enumerate(rows):
+        y, s = 20 + i * row_h, names[sid]
         label = s if len(s) <= 24 else s[:23] + "…"
         parts.append(f'<text x="0" y="{y + 4}">{esc(label)}<title>{esc(s)}</title></text>')
         parts.append(f'<line x1="{left}" y1="{y}" x2="{width - 10}" y2="{y}" stroke="#eee"/>')
-    for (row, _), (n, bad, r) in marks.items():
+    for (row, _), (n, red, j) in marks.items():
         y = 20 + row * row_h
-        x = left + frac(float(r.get("ts", 0))) * (width - left - 20)
-        color = "#d33" if bad else "#3a3"
+        x = left + (times[j] / 2 - t0 / 2) / half * (width - left - 20)
+        color = "#d33" if red else "#3a3"
         parts.append(
             f'<circle cx="{x:.1f}" cy="{y}" r="4" fill="{color}">'
-            f"<title>{esc(_mark_title(r, n))}</title></circle>"
+            f"<title>{esc(_mark_title(shown[pos[j]], n))}</title></circle>"
         )
     parts.append(
         f'<text x="{left}" y="{h - 4}">-{esc(axis)}</text>'
@@ -384,11 +416,11 @@ def timeline_svg(readings: Iterable[Mapping[str, Any]], width: int = 1000, row_h
     )
     notes.insert(
         0,
-        f"{total:,} reading(s) from {len(stats):,} source(s); red marks failed or faulty readings.",
+        f"{total:,} reading(s) from {len(names):,} source(s); red marks failed or faulty readings.",
     )
-    if len(stats) > len(rows):
-        hidden = len(stats) - len(rows)
-        hidden_n = total - sum(stats[s][0] for s in rows)
+    if len(names) > len(rows):
+        hidden = len(names) - len(rows)
+        hidden_n = total - sum(counts[sid] for sid in rows)
         notes.append(
             f"And {hidden:,} more sources ({hidden_n:,} readings) not drawn: the chart shows "
             f"{len(rows)} sources, those with failed readings first, then the busiest."

@@ -16,8 +16,7 @@ from agent.bundle.format import BundleReader, SealedBundle
 from agent.bundle.html import TIMELINE_READ_BYTES, TimelineReadings, timeline_svg
 from collector.app import record_from_manifest
 from collector.pages import render_bundle
-from tests.bundle.kit import make_bundle
-from tests.collector.test_pages_bounded import big_entries, long_timeline, many_sources
+from tests.bundle.kit import big_entries, long_timeline, make_bundle, many_sources
 
 
 def _render(b: SealedBundle) -> str:

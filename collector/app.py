@@ -30,7 +30,10 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
    409 other digest.
 
 Whatever passes these checks renders on every page and API answer (the tests
-store hostile manifests and render them all). Slow clients are cut off by the
+store hostile manifests and render them all), in bounded time and memory: the
+heavy part of a per-bundle answer (page, diagnostics, entry, manifest) runs in a
+worker thread, at most MAX_RENDERS at once (`_off_loop`), and the page shows a
+bounded part of what a bundle holds (`agent.bundle.html`). Slow clients are cut off by the
 server (`collector.server.GuardedH11Protocol`: header and body deadlines, idle
 connections per client); redirects carry a relative Location, never the Host
 header.

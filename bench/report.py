@@ -571,6 +571,42 @@ def recorder_rows(res: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def pages_rows(res: dict[str, Any]) -> list[Row]:
+    r = get(res, "pages") or {}
+    before = {
+        "sources_50000": ("a timeline of 50,000 sources", "16.5 s, every request stalled"),
+        "entries_62_x_1mib": ("62 entries of 1 MiB (72 KB upload)", "260 MB page, 825 MB RSS"),
+        "readings_100000": ("100,000 readings (12 MB timeline)", "—"),
+        "realistic": ("a realistic bundle", "—"),
+    }
+    rows = []
+    for key, (what, old) in before.items():
+        f = r.get(key) or {}
+        ok = f.get("page_bytes", 1e12) < 2e6 and f.get("render_s", 99) < 2
+        rows.append(
+            Row(
+                f"bundle page, {what}: render (one core), page size, peak memory",
+                "† < 2 s, < 2 MB (issue 15 item 9)",
+                f"{_num(f.get('render_s'), ' s', 3)}, {f.get('page_bytes', '?')} B, "
+                f"{f.get('peak_mib', '?')} MiB (n={f.get('n', '?')})",
+                "before the bounds (issue 15)",
+                old,
+                "—",
+                verdict(ok if f else None),
+            )
+        )
+    c = r.get("chart_8mib_one_off_sources") or {}
+    rows.append(
+        Row(
+            "timeline chart, worst input it reads (8 MiB of one-off sources)",
+            "† < 2 s",
+            f"{_num(c.get('render_s'), ' s', 3)}, {c.get('peak_mib', '?')} MiB peak",
+            verdict=verdict(c.get("render_s", 99) < 2 if c else None),
+        )
+    )
+    return rows
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("Spool (bench/peers_spool.py)", spool_rows),
     ("Printer status (bench/peers_escpos.py)", escpos_rows),
@@ -580,6 +616,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("Detection (bench/bench_detect.py)", detect_rows),
     ("Daemon (bench/bench_daemon.py)", daemon_rows),
     ("Flight recorder (bench/bench_recorder.py)", recorder_rows),
+    ("Bundle page (bench/bench_pages.py)", pages_rows),
 ]
 
 

@@ -30,7 +30,10 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
    409 other digest.
 
 Whatever passes these checks renders on every page and API answer (the tests
-store hostile manifests and render them all). Slow clients are cut off by the
+store hostile manifests and render them all), in bounded time and memory: the
+heavy part of a per-bundle answer (page, diagnostics, entry, manifest) runs in a
+worker thread, at most MAX_RENDERS at once (`_off_loop`), and the page shows a
+bounded part of what a bundle holds (`agent.bundle.html`). Slow clients are cut off by the
 server (`collector.server.GuardedH11Protocol`: header and body deadlines, idle
 connections per client); redirects carry a relative Location, never the Host
 header.
@@ -46,6 +49,7 @@ PostgreSQL the rate limits are rows shared by every instance, else in memory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -53,13 +57,15 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
 
+import anyio.to_thread
 import structlog
+from anyio import CapacityLimiter
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -114,6 +120,10 @@ from collector.storage.retention import RetentionPolicy, RetentionWorker
 log = structlog.get_logger(__name__)
 
 MAX_LIST_LIMIT = 500
+MAX_RENDERS = 2  # heavy per-bundle answers worked on at once (see _off_loop)
+DIAG_INLINE_BYTES = 64 * 1024  # a diagnostics entry up to this size is served whole
+DIAG_HEAD_BYTES = 16 * 1024  # of a larger one, its first bytes
+DIAG_TOTAL_BYTES = 256 * 1024  # of all entries of one answer together
 MAX_LOGIN_BODY_BYTES = 4096
 RETRY_LATER = {"Retry-After": "60"}
 SECURITY_HEADERS = [
@@ -143,6 +153,7 @@ class Shared:
     limiter: Limiter
     login_limiter: Limiter
     metrics: Metrics
+    renders: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(MAX_RENDERS))
 
     @property
     def max_body_bytes(self) -> int:
@@ -538,13 +549,28 @@ async def _bundle_or_error(request: Request) -> tuple[BundleRecord, bytes] | Res
     return found
 
 
+T = TypeVar("T")
+
+
+async def _off_loop(col: Shared, fn: Callable[..., T], *args: Any) -> T:
+    """Run the heavy part of a per-bundle answer (decrypt, decompress, parse, render, encode)
+    in a worker thread, at most MAX_RENDERS at once: a heavy bundle never stalls the other
+    requests on the event loop, and a burst of heavy views waits its turn instead of
+    multiplying the memory held."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=col.renders)
+
+
+def _manifest_response(col: Shared, data: bytes) -> Response:
+    return JSONResponse(sealed.manifest_json(col, data))
+
+
 @operator_only(html=False)
 async def get_manifest(request: Request) -> Response:
     found = await _bundle_or_error(request)
     if isinstance(found, Response):
         return found
     col: Shared = request.app.state.collector
-    return JSONResponse(sealed.manifest_json(col, found[1]))
+    return await _off_loop(col, _manifest_response, col, found[1])
 
 
 @operator_only(html=False)
@@ -568,7 +594,13 @@ _ENTRY_TYPES = {
 }
 
 
-def _entry_response(data: bytes, record: BundleRecord, name: str) -> Response:
+def _entry_response(col: Shared, data: bytes, record: BundleRecord, name: str) -> Response:
+    """One entry, whole (the link a page's cut entry points to): at most the reader's
+    MAX_ENTRY_BYTES."""
+    try:
+        data = sealed.readable(col, data)
+    except BundleError as e:
+        return _reply(422, "undecryptable", record.bundle_id, str(e))
     with BundleReader(data) as r:
         if name not in r.names:
             return _reply(404, "not_found", record.bundle_id, f"no entry {name[:100]!r}")
@@ -591,13 +623,52 @@ def entry_handler(fixed: str | None) -> Handler:
             return found
         record, data = found
         name = fixed or str(request.path_params.get("name", ""))
-        try:
-            data = sealed.readable(request.app.state.collector, data)
-        except BundleError as e:
-            return _reply(422, "undecryptable", record.bundle_id, str(e))
-        return _entry_response(data, record, name)
+        col: Shared = request.app.state.collector
+        return await _off_loop(col, _entry_response, col, data, record, name)
 
     return handler
+
+
+def diagnostics_json(data: bytes, base: str) -> dict[str, Any]:
+    """The diagnostics entries of a readable bundle by name, bounded: an entry of at most
+    DIAG_INLINE_BYTES whole (a JSON entry as JSON when it is JSON again: no NaN, not too
+    deep), a larger one (or one past DIAG_TOTAL_BYTES for the answer) as
+    ``{"truncated": true, "size", "head": its first bytes as text, "href": the whole entry}``."""
+    out: dict[str, Any] = {}
+    left = DIAG_TOTAL_BYTES
+    with BundleReader(data) as r:
+        for n in r.names:
+            if not n.startswith("diagnostics/"):
+                continue
+            size = r.size(n)
+            if size > min(DIAG_INLINE_BYTES, left):
+                head = r.read_head(n, min(DIAG_HEAD_BYTES, left))
+                left -= len(head)
+                out[n] = {
+                    "truncated": True,
+                    "size": size,
+                    "head": head.decode("utf-8", "replace"),
+                    "href": f"{base}/entries/{quote(n)}",
+                }
+                continue
+            raw = r.read(n)
+            left -= len(raw)
+            text = raw.decode("utf-8", "replace")
+            if n.endswith(".json"):
+                try:  # served as JSON only when it is JSON again (no NaN, not too deep)
+                    obj = json.loads(text)
+                    json.dumps(obj, allow_nan=False)
+                except (ValueError, RecursionError):
+                    pass
+                else:
+                    out[n] = obj
+                    continue
+            out[n] = text
+    return out
+
+
+def _diagnostics_response(col: Shared, data: bytes, base: str) -> Response:
+    return JSONResponse(diagnostics_json(sealed.readable_or_outer(col, data), base))
 
 
 @operator_only(html=False)
@@ -605,22 +676,9 @@ async def diagnostics(request: Request) -> Response:
     found = await _bundle_or_error(request)
     if isinstance(found, Response):
         return found
-    out: dict[str, Any] = {}
-    with BundleReader(sealed.readable_or_outer(request.app.state.collector, found[1])) as r:
-        for n in r.names:
-            if n.startswith("diagnostics/"):
-                raw = r.read(n).decode("utf-8", "replace")
-                if n.endswith(".json"):
-                    try:  # served as JSON only when it is JSON again (no NaN, not too deep)
-                        obj = json.loads(raw)
-                        json.dumps(obj, allow_nan=False)
-                    except (ValueError, RecursionError):
-                        pass
-                    else:
-                        out[n] = obj
-                        continue
-                out[n] = raw
-    return JSONResponse(out)
+    col: Shared = request.app.state.collector
+    base = f"/v1/bundles/{quote(found[0].bundle_id)}"
+    return await _off_loop(col, _diagnostics_response, col, found[1], base)
 
 
 @operator_only(html=True)
@@ -650,6 +708,24 @@ async def index_page(request: Request) -> Response:
     )
 
 
+def _bundle_page(col: Shared, record: BundleRecord, data: bytes, lang: str) -> Response:
+    """The bundle page (in a worker thread: `_off_loop`); bounded by `agent.bundle.html`."""
+    try:
+        data = sealed.readable(col, data)
+    except BundleError as e:
+        body = sealed.undecryptable_page(record.bundle_id, data, str(e))
+        return HTMLResponse(
+            pages.layout("posagent collector", body), headers={"Cache-Control": "no-store"}
+        )
+    remedy = remedy_for(record.fault_key, col.cfg, lang)
+    block = pages.remedy_block(remedy, lang, cleared=record.trigger_kind == "cleared")
+    with BundleReader(data) as r:
+        page = pages.render_bundle(
+            record, r, operator_login=col.operator.enabled, remedy_html=block
+        )
+    return HTMLResponse(page, headers={"Cache-Control": "no-store", "Vary": "Accept-Language"})
+
+
 @operator_only(html=True)
 async def bundle_page(request: Request) -> Response:
     col: Shared = request.app.state.collector
@@ -659,20 +735,8 @@ async def bundle_page(request: Request) -> Response:
         msg = "No such bundle." if code == 404 else "Not a bundle id."
         return HTMLResponse(pages.layout("posagent collector", f"<h1>{msg}</h1>"), status_code=code)
     record, data = found
-    try:
-        data = sealed.readable(col, data)
-    except BundleError as e:
-        body = sealed.undecryptable_page(record.bundle_id, data, str(e))
-        return HTMLResponse(
-            pages.layout("posagent collector", body), headers={"Cache-Control": "no-store"}
-        )
     lang = negotiate(request.headers.get("accept-language"))
-    remedy = remedy_for(record.fault_key, col.cfg, lang)
-    with BundleReader(data) as r:
-        page = pages.render_bundle(
-            record, r, operator_login=col.operator.enabled, remedy=remedy, lang=lang
-        )
-    return HTMLResponse(page, headers={"Cache-Control": "no-store", "Vary": "Accept-Language"})
+    return await _off_loop(col, _bundle_page, col, record, data, lang)
 
 
 def _safe_next(target: str) -> str:

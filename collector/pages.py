@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from urllib.parse import quote, urlencode
 
-from agent.bundle.format import MANIFEST, SIGNATURE, BundleReader
-from agent.bundle.html import timeline_svg
+from agent.bundle.format import BundleReader
+from agent.bundle.html import SEVERITIES as SEVERITIES  # the list's filter, and app's check
+from agent.bundle.html import PageContext, render_body
+from agent.bundle.html import fmt_size as fmt_size
+from agent.bundle.html import sev_badge as sev_badge
 from agent.bundle.remedies import CLEARED_NOTE, Remedy
 from agent.bundle.style import CSS, esc
 from agent.core.timefmt import MAX_EPOCH_S, short_utc
-from collector.i18n import DEFAULT_LANGUAGE, translator
+from collector.i18n import translator
 from collector.storage import BundleRecord
-
-SEVERITIES = ("critical", "error", "warning")
 
 
 def shown_time(ts: float) -> str:
@@ -24,21 +24,6 @@ def shown_time(ts: float) -> str:
 
 def _sane_time(ts: float) -> bool:
     return isinstance(ts, int | float) and 0 <= ts <= MAX_EPOCH_S
-
-
-def fmt_size(n: int) -> str:
-    """Bytes for people."""
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.1f} MiB"
-    if n >= 1024:
-        return f"{n / 1024:.0f} KiB"
-    return f"{n} B"
-
-
-def sev_badge(sev: str) -> str:
-    """A coloured severity label."""
-    cls = sev if sev in SEVERITIES else "info"
-    return f'<span class="sev sev-{cls}">{esc(sev or "-")}</span>'
 
 
 def layout(title: str, body: str, *, operator_login: bool = False) -> str:
@@ -150,14 +135,6 @@ def render_list(
     return layout("posagent collector: bundles", body, operator_login=operator_login)
 
 
-def _site(registered: str, claimed: object) -> str:
-    """The registered site; the manifest's own claim beside it, marked unverified."""
-    shown = esc(registered) if registered else "<span class='muted'>none registered</span>"
-    if isinstance(claimed, str) and claimed and claimed != registered:
-        shown += f" <span class='muted' id='claimed-site'>(the device claims {esc(claimed)}: unverified)</span>"
-    return shown
-
-
 def remedy_block(remedy: Remedy, lang: str, *, cleared: bool = False) -> str:
     """The "What to do" card of a bundle page (issue 15 item 5), in the reader's language."""
     _ = translator(lang).gettext
@@ -177,129 +154,36 @@ def render_bundle(
     reader: BundleReader,
     *,
     operator_login: bool = False,
-    remedy: Remedy | None = None,
-    lang: str = DEFAULT_LANGUAGE,
+    remedy_html: str = "",
 ) -> str:
-    """One bundle: the fault, what to do (`remedy`, in `lang`), screenshot, report, timeline
-    chart, diagnostics, download."""
-    m = reader.manifest()
-    trig = m.get("trigger") or {}
-    dev = m.get("device") or {}
-    names = reader.names
-    bid = quote(record.bundle_id)
-    base = f"/v1/bundles/{bid}"
-    facts = [
-        ("Bundle", f"<span class='mono'>{esc(record.bundle_id)}</span>"),
-        ("Created", esc(m.get("created_at"))),
-        ("Received", esc(shown_time(record.received_at))),
-        (
-            "Terminal",
-            f"{esc(dev.get('id'))} ({esc(dev.get('model') or '-')}, serial {esc(dev.get('serial') or '-')})",
+    """One bundle for people (`agent.bundle.html.render_body`): what happened, where, when,
+    the remedy (remedy_html, made by the caller), the screenshot; the timeline; the rest
+    folded. Bounded whatever the bundle holds; entries link to the per-bundle endpoints."""
+    base = f"/v1/bundles/{quote(record.bundle_id)}"
+
+    def entry_url(name: str) -> str:
+        own = name in ("screenshot.png", "report.txt", "timeline.json")
+        return f"{base}/{name}" if own else f"{base}/entries/{quote(name)}"
+
+    ctx = PageContext(
+        signature_checked=record.signature_checked,
+        entry_url=entry_url,
+        download_url=f"{base}/download",
+        manifest_url=base,
+        received_at=record.received_at if _sane_time(record.received_at) else None,
+        registered_site=record.site,
+        facts=(
+            (
+                "Size",
+                f"{esc(fmt_size(record.size_bytes))} "
+                f"<span class='mono muted'>sha256 {esc(record.sha256)}</span>",
+            ),
         ),
-        ("Site", _site(record.site, dev.get("site"))),
-        ("Platform", f"{esc(dev.get('platform'))} / {esc(dev.get('target'))}"),
-        ("Agent", esc((m.get("agent") or {}).get("version") or "-")),
-        (
-            "Integrity",
-            "entries verified, HMAC verified"
-            if record.signature_checked
-            else "entries verified; HMAC not checked (no device key on the collector)",
-        ),
-        (
-            "Size",
-            f"{esc(fmt_size(record.size_bytes))} <span class='mono muted'>sha256 {esc(record.sha256)}</span>",
-        ),
-    ]
-    fault_rows = []
-    for k in (
-        "kind",
-        "key",
-        "severity",
-        "summary",
-        "raised_at",
-        "cleared_at",
-        "duration_s",
-        "suppressed",
-        "note",
-        "contact",
-    ):
-        if trig.get(k) not in (None, ""):
-            val = sev_badge(str(trig[k])) if k == "severity" else esc(trig[k])
-            fault_rows.append(f"<tr><th>{esc(k)}</th><td>{val}</td></tr>")
-    readings = trig.get("readings") or []
-    if isinstance(readings, list) and readings:
-        fault_rows.append(
-            "<tr><th>readings</th><td><pre>"
-            + esc(json.dumps(readings, indent=1, ensure_ascii=False, default=str))
-            + "</pre></td></tr>"
-        )
-    parts = [
-        f"<h1>{esc(record.fault_key or record.trigger_kind)} {sev_badge(record.severity)}</h1>",
-        f"<p>{esc(record.summary)}</p>" if record.summary else "",
-        f"<p><a class='button' id='download' href='{base}/download'>Download bundle (.zip)</a> "
-        f"<a class='button light' href='{base}'>Manifest (JSON)</a></p>",
-        remedy_block(remedy, lang, cleared=trig.get("kind") == "cleared") if remedy else "",
-        "<div class='card'><table class='facts'>"
-        + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
-        + "</table></div>",
-        "<h2>Fault</h2><div class='card'><table class='facts' id='fault'>"
-        + "".join(fault_rows)
-        + "</table></div>",
-    ]
-    shot_status = (m.get("redaction") or {}).get("screenshot", "")
-    parts.append("<h2>Screenshot</h2><div class='card'>")
-    if "screenshot.png" in names:
-        parts.append(
-            f"<img class='shot' id='screenshot' alt='screenshot' src='{base}/screenshot.png'>"
-        )
-        if shot_status and shot_status != "captured":
-            parts.append(f"<p class='muted'>{esc(shot_status)}</p>")
-    else:
-        parts.append(f"<p class='muted'>No screenshot: {esc(shot_status or 'not captured')}</p>")
-    parts.append("</div>")
-    if "report.txt" in names:
-        report = reader.read("report.txt").decode("utf-8", "replace")
-        parts.append(f"<h2>Report</h2><pre id='report'>{esc(report)}</pre>")
-    if "timeline.json" in names:
-        try:
-            tl = json.loads(reader.read("timeline.json"))
-            tl_readings = tl.get("readings", []) if isinstance(tl, dict) else []
-        except (ValueError, RecursionError):  # not JSON, or nested too deep
-            tl_readings = []
-        if not isinstance(tl_readings, list):
-            tl_readings = []
-        svg = timeline_svg([r for r in tl_readings if isinstance(r, dict)])
-        parts.append(
-            f"<h2>Timeline</h2><div class='card svgwrap' id='timeline'>{svg}"
-            f"<p class='muted'>{len(tl_readings)} reading(s); red marks failed or faulty readings. "
-            f"<a href='{base}/timeline.json'>timeline.json</a></p></div>"
-        )
-    diag = [n for n in names if n.startswith("diagnostics/")]
-    if diag:
-        parts.append("<h2>Diagnostics</h2><div class='card' id='diagnostics'>")
-        for n in diag:
-            text = reader.read(n).decode("utf-8", "replace")
-            parts.append(f"<details><summary>{esc(n)}</summary><pre>{esc(text)}</pre></details>")
-        parts.append("</div>")
-    others = [
-        n
-        for n in names
-        if n not in (MANIFEST, SIGNATURE, "report.txt", "screenshot.png", "timeline.json")
-        and n not in diag
-    ]
-    if others:
-        parts.append(
-            "<h2>Other entries</h2><ul>"
-            + "".join(f"<li><a href='{base}/entries/{quote(n)}'>{esc(n)}</a></li>" for n in others)
-            + "</ul>"
-        )
-    parts.append(
-        "<h2>Manifest</h2><details><summary>manifest.json</summary><pre>"
-        + esc(reader.read(MANIFEST).decode("utf-8", "replace"))
-        + "</pre></details>"
+        remedy_html=remedy_html,
     )
+    body = render_body(reader, ctx)
     title = f"posagent bundle {record.fault_key or record.trigger_kind} {record.bundle_id}"
-    return layout(title, "".join(parts), operator_login=operator_login)
+    return layout(title, body, operator_login=operator_login)
 
 
 def render_login(error: str = "", next_url: str = "/") -> str:

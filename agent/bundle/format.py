@@ -464,6 +464,24 @@ class BundleReader:
             raise BundleUnsafe(f"entry {name!r} larger than declared (bomb)")
         return data
 
+    def size(self, name: str) -> int:
+        """An entry's declared (uncompressed) size; `read` checks it is not a lie."""
+        if name not in self._names:
+            raise BundleCorrupt(f"missing entry {name!r}")
+        return int(self._zf.getinfo(name).file_size)
+
+    def read_head(self, name: str, limit: int) -> bytes:
+        """At most the first `limit` bytes of an entry: only those are decompressed (a page
+        showing the start of a large entry never holds the whole of it)."""
+        if name not in self._names:
+            raise BundleCorrupt(f"missing entry {name!r}")
+        info = self._zf.getinfo(name)
+        try:
+            with self._zf.open(info) as f:
+                return f.read(max(0, min(limit, info.file_size, MAX_ENTRY_BYTES)))
+        except Exception as e:  # BadZipFile, EOFError, zlib.error and friends from damaged data
+            raise BundleCorrupt(f"entry {name!r} unreadable: {e}") from None
+
     def manifest_bytes(self) -> bytes:
         """The exact manifest bytes (what the HMAC covers)."""
         if not self._names or self._names[0] != MANIFEST:

@@ -37,11 +37,16 @@ table.facts th{color:#556;font-weight:500;white-space:nowrap}
 .sev-warning{background:#fff5cc;color:#7a5b00}.sev-info,.sev-{background:#e8ecf3;color:#445}
 .mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85em}
 pre{background:#f6f8fb;border:1px solid #e3e7ee;border-radius:4px;padding:.7rem;overflow:auto;white-space:pre-wrap;margin:0}
-img.shot{max-width:100%;border:1px solid #ccd;border-radius:4px;display:block}
+img.shot{display:block;width:100%;height:auto;border:1px solid #ccd;border-radius:4px}
 .svgwrap{overflow-x:auto}svg text{font-size:11px}
 .muted{color:#778}.pager{margin-top:.6rem;display:flex;gap:.6rem;align-items:center}
 details{margin:.3rem 0}summary{cursor:pointer}
 .error{color:#a4001d}
+.lead{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1.25fr);gap:1.2rem;align-items:start}
+@media (max-width:900px){.lead{grid-template-columns:minmax(0,1fr)}}
+.lead h2{font-size:.95rem;margin:1rem 0 .3rem;color:#556}.summary{font-size:1.05rem}
+.lead-shot a{display:block}h3{font-size:.95rem;margin:.8rem 0 .3rem}
+.cut{color:#7a5b00;font-size:.85rem;margin:.3rem 0}
 
 body.page{margin:2rem;max-width:1100px;background:#fff}
 .ok{color:#080}

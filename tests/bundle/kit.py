@@ -1,7 +1,8 @@
 """Test doubles for bundles: realistic sealed bundles and small ones of a chosen size.
 
 The one place tests and benchmarks get a bundle from (`make_bundle` for the
-collector's pages and API, `small_bundle` for the spool and the uploader).
+collector's pages and API, `small_bundle` for the spool and the uploader, `many_sources`,
+`big_entries` and `long_timeline` for the bounds of the pages).
 """
 
 from __future__ import annotations
@@ -154,3 +155,61 @@ def make_bundle(
         bundle_id=bundle_id or new_bundle_id(int(now * 1000)),
         created_at=now,
     )
+
+
+# --------------------------------------------------------------------------- hostile shapes
+# that ingest accepts (issue 15 item 9: the pages stay bounded whatever a bundle holds)
+
+
+def _hostile(entries: list[Entry], summary: str) -> SealedBundle:
+    return seal(
+        device=DeviceInfo(id="T-0001", site="Store 12", model="TX-100", serial="SN-1"),
+        trigger={
+            "kind": "fault",
+            "key": "printer.paper_end",
+            "severity": "critical",
+            "summary": summary,
+        },
+        entries=entries,
+        key=KEY,
+        redactor=_REDACTOR,
+        screenshot="captured",
+        agent_version="0.1.0",
+    )
+
+
+def many_sources(n: int = 50_000) -> SealedBundle:
+    """A timeline with one reading for each of n sources (about 300 KB, 6 MB of JSON)."""
+    now = time.time()
+    readings = [
+        {
+            "source": f"sensor:{i:05d}",
+            "ts": now - n + i,
+            "ok": i % 7 != 0,
+            "values": {"online": i % 7 != 0},
+        }
+        for i in range(n)
+    ]
+    shot = Entry("screenshot.png", screenshot_png(), "image/png")
+    return _hostile([json_entry("timeline.json", {"readings": readings}), shot], "50,000 sources")
+
+
+def big_entries(n: int = 62) -> SealedBundle:
+    """n diagnostics entries of 1 MiB of '<' each (each escapes to 4 MiB): about 72 KB."""
+    entries = [text_entry(f"diagnostics/big{i:02d}.txt", "<" * (1 << 20)) for i in range(n)]
+    return _hostile([*entries, text_entry("report.txt", "<" * (1 << 20))], "62 entries of 1 MiB")
+
+
+def long_timeline(n: int = 100_000) -> SealedBundle:
+    """n readings of two sources, every 10 ms: about 12 MB of JSON, more than the chart reads."""
+    t0 = time.time() - n / 100
+    readings = [
+        {
+            "source": "printer:receipt" if i % 2 else "network:eth0",
+            "ts": round(t0 + i / 100, 3),
+            "ok": True,
+            "values": {"online": i % 1000 != 0, "paper_end": False},
+        }
+        for i in range(n)
+    ]
+    return _hostile([json_entry("timeline.json", {"readings": readings})], "100,000 readings")

@@ -97,7 +97,23 @@ def test_page_lists_filters_and_shows_a_bundle_with_its_screenshot(
             shot.wait_for()
             page.wait_for_function("document.getElementById('screenshot').complete")
             assert shot.evaluate("img => img.naturalWidth") == 480
+            # for people: what happened, where and when lead; the screenshot beside them at a
+            # readable size (not a thumbnail), a link to its full size; the timeline below
+            assert page.locator("#what").inner_text().startswith("Printer: paper end")
+            assert "Store 12" in page.locator("#where").inner_text()
+            assert "Created" in page.locator("#when").inner_text()
+            box, chart = shot.bounding_box(), page.locator("#timeline").bounding_box()
+            assert box is not None and chart is not None
+            assert box["width"] >= 480 and box["y"] < chart["y"]
+            assert page.locator("#what").bounding_box()["y"] < chart["y"]  # type: ignore[index]
+            assert page.locator("#screenshot-link").get_attribute("href") == (
+                f"/v1/bundles/{ids['paper1']}/screenshot.png"
+            )
             assert page.locator("#timeline svg circle").count() == 120
+            # the raw parts are folded: the report opens on a click
+            assert not page.locator("#report").is_visible()
+            assert not page.locator("#manifest pre").is_visible()
+            page.locator("#report-details summary").click()
             assert "printer.paper_end" in page.locator("#report").inner_text()
             assert page.locator("#download").get_attribute("href") == (
                 f"/v1/bundles/{ids['paper1']}/download"

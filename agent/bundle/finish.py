@@ -3,8 +3,14 @@
 Signing (Ed25519) and encryption (age) need `cryptography` and `pyrage`, about
 10 MB of RSS once imported. The daemon never imports them: when its config is a
 file, each bundle is finished in a short-lived child, `python -m
-agent.bundle.sealed --config CFG --rank N` (the plaintext zip on stdin, the
-signed or sealed bytes on stdout), as the screenshot is taken in one; the
+agent.bundle.sealed --key FILE --to RECIPIENT... --rank N` (the plaintext zip
+on stdin, the signed or sealed bytes on stdout), as the screenshot is taken in
+one. The key file and recipients are those of the config the daemon loaded: a
+new `[bundle] encrypt_to` (a fleet key rotation) takes effect at the daemon's
+reload (SIGHUP, `systemctl reload posagent`) like every other setting, and a
+config edited but not reloaded never changes how bundles are sealed. The
+key file is read for each bundle: `posagent key rotate` takes effect at the
+next one. The
 start-up check of the signing key and recipients runs in a child the same way
 (`--check`, exit 78 with the file named). A config that is not a file (tests,
 benchmarks) is finished in-process.
@@ -31,8 +37,17 @@ class FinishError(Exception):
     """The bundle could not be signed or sealed; it is not enqueued in plaintext instead."""
 
 
-def _worker(cfg: Config, *args: str) -> list[str]:
-    return [sys.executable, "-m", "agent.bundle.sealed", "--config", cfg.source, *args]
+def _worker(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agent.bundle.sealed", *args]
+
+
+def _sign_args(cfg: Config) -> list[str]:
+    """The key file and recipients of the config the caller loaded (not the file's
+    current text: an edited config takes effect at the daemon's reload)."""
+    args = ["--key", str(cfg.bundle.signing_key_path())]
+    for r in cfg.bundle.encrypt_to:
+        args += ["--to", r]
+    return args
 
 
 def in_child(cfg: Config) -> bool:
@@ -51,7 +66,7 @@ def check_keys(cfg: Config) -> None:
         crypto_from_config(cfg, create=True)
         return
     try:
-        r = run_argv(_worker(cfg, "--check"), FINISH_TIMEOUT_S)
+        r = run_argv(_worker("--config", cfg.source, "--check"), FINISH_TIMEOUT_S)
     except ShellError as e:
         raise ConfigError(f"signing key check failed: {e}", file=cfg.source) from None
     if r.returncode != 0:
@@ -65,7 +80,8 @@ def finisher(cfg: Config) -> Finisher:
 
         def child(data: bytes, manifest: dict[str, Any], rank: int) -> bytes:
             try:
-                r = run_argv(_worker(cfg, "--rank", str(rank)), FINISH_TIMEOUT_S, stdin=data)
+                argv = _worker(*_sign_args(cfg), "--rank", str(rank))
+                r = run_argv(argv, FINISH_TIMEOUT_S, stdin=data)
             except ShellError as e:
                 raise FinishError(f"bundle signing worker: {e}") from None
             if r.returncode != 0 or not r.stdout:

@@ -15,6 +15,14 @@ outer zip (stored, not compressed):
 
 Spool, uploader and collector check integrity and origin from the envelope
 without decrypting. `cryptography` and `pyrage` are imported here only.
+
+Keys rotate: a public key file may hold several PEM blocks (`parse_public_keys`,
+`#` comment lines between them) and a `KeyRing` of a device's keys checks a
+signature against any current one, refusing a revoked one (`KeyRevoked`);
+`rotate_signing_key` replaces the terminal's key and records the old public
+key in `<signing_key_file>.retired.pub`; an age identity file may hold several
+identities (`load_identities`). `python -m agent.bundle.sealed --serve` is the
+sealing worker (`serve`, driven by agent.bundle.finish.SealWorker).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import hashlib
 import io
 import json
 import os
+import select
 import stat
 import sys
 import time
@@ -56,6 +65,7 @@ from agent.bundle.format import (
     sign_ed25519,
     verify_ed25519,
 )
+from agent.bundle.framing import REPLY, REPLY_MAGIC, REQUEST, REQUEST_MAGIC
 from agent.bundle.policy import encryption_warning, require_recipient
 from agent.core.config import Config, ConfigError, load_config
 from agent.core.files import fsync_dir
@@ -488,24 +498,95 @@ def finish(
     return seal_envelope(signed, manifest, recipients=recipients, signing_key=key, rank=rank)
 
 
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """n bytes from fd (blocking), or None at end of file before the first byte."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            if buf:
+                raise EOFError(f"request cut after {len(buf)} of {n} bytes")
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _key_stamp(path: str) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def serve(key_path: str, recipients: list[str], idle_s: float, rfd: int = 0, wfd: int = 1) -> int:
+    """The sealing worker's loop (`agent.bundle.finish.SealWorker` is the other end).
+
+    Each request, `REQUEST` (magic, rank, length) then the plaintext zip, gets a
+    `REPLY` (magic, 1 and the finished bytes, or 0 and a one-line reason). The key
+    file is loaded again when it changed (`posagent key rotate`). Returns at end of
+    input (the daemon went) or after idle_s without a request; 78 when the key or
+    a recipient is unusable at start (the reason on stderr), 65 on a bad frame."""
+    try:
+        parse_recipients(recipients)
+        stamp = _key_stamp(key_path)
+        key = load_signing_key(key_path, create=True)
+    except (ValueError, KeyFileError) as e:
+        sys.stderr.write(f"{e}\n")
+        return 78
+    while True:
+        ready, _, _ = select.select([rfd], [], [], idle_s)
+        if not ready:
+            return 0
+        try:
+            head = _read_exact(rfd, REQUEST.size)
+            if head is None:
+                return 0
+            magic, rank, n = REQUEST.unpack(head)
+            if magic != REQUEST_MAGIC:
+                sys.stderr.write("sealing worker: not a request (bad magic)\n")
+                return 65
+            data = _read_exact(rfd, n) or b""
+        except EOFError as e:
+            sys.stderr.write(f"sealing worker: {e}\n")
+            return 65
+        try:
+            now = _key_stamp(key_path)
+            if now != stamp:
+                key, stamp = load_signing_key(key_path), now
+            out = finish(data, BundleReader(data).manifest(), key, recipients, rank)
+            reply = REPLY.pack(REPLY_MAGIC, 1, len(out)) + out
+        except BundleError as e:  # KeyFileError too: the daemon logs the bundle not captured
+            why = f"not sealed: {e}".encode()
+            reply = REPLY.pack(REPLY_MAGIC, 0, len(why)) + why
+        _write_all(wfd, reply)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The child that keeps cryptography and pyrage out of the daemon:
 
     - `--config CFG --check`: load (or make) the signing key and parse the
       recipients of CFG; exit 78 with the file named when either is unusable;
-    - `--key FILE [--to RECIPIENT]... --rank N`: sign (and seal to the recipients)
-      the plaintext bundle on stdin, to stdout. The daemon passes the key file
-      and recipients of the config it runs with, so an edited config takes
-      effect at its reload (SIGHUP), as every other setting; the key file is
-      read per bundle, so `posagent key rotate` takes effect at the next one."""
+    - `--serve --key FILE [--to RECIPIENT]... [--idle-s S]`: the sealing worker
+      (`serve`): bundles in on stdin, signed (and sealed to the recipients) out
+      on stdout. The daemon passes the key file and recipients of the config it
+      runs with, so an edited config takes effect at its reload (SIGHUP), as
+      every other setting; `posagent key rotate` at the next bundle."""
     import argparse  # lazy: only the worker parses arguments
 
     p = argparse.ArgumentParser(prog="agent.bundle.sealed")
     p.add_argument("--config")
     p.add_argument("--check", action="store_true")
+    p.add_argument("--serve", action="store_true")
+    p.add_argument("--idle-s", type=float, default=60.0)
     p.add_argument("--key")
     p.add_argument("--to", action="append", default=[])
-    p.add_argument("--rank", type=int, default=0)
     a = p.parse_args(argv)
     if a.check:
         try:
@@ -515,24 +596,9 @@ def main(argv: list[str] | None = None) -> int:
             return 78
         sys.stdout.write(f"{key_id(key.public_key())} {len(recipients)} recipient(s)\n")
         return 0
-    if not a.key:
-        p.error("--key FILE (or --config CFG --check)")
-    try:
-        parse_recipients(a.to)
-        key = load_signing_key(a.key, create=True)
-    except (ValueError, KeyFileError) as e:
-        sys.stderr.write(f"{e}\n")
-        return 78
-    data = sys.stdin.buffer.read()
-    try:
-        manifest = BundleReader(data).manifest()
-        out = finish(data, manifest, key, a.to, a.rank)
-    except BundleError as e:
-        sys.stderr.write(f"not sealed: {e}\n")
-        return 65
-    sys.stdout.buffer.write(out)
-    sys.stdout.buffer.flush()
-    return 0
+    if not (a.serve and a.key):
+        p.error("--serve --key FILE [--to RECIPIENT]..., or --config CFG --check")
+    return serve(a.key, a.to, a.idle_s)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -186,7 +187,8 @@ def test_daemon_seals_to_a_new_fleet_key_after_sighup_and_signs_with_a_rotated_k
 ) -> None:
     """The terminal picks up a new `[bundle] encrypt_to` at its reload (SIGHUP), as every
     other setting: an edited but not reloaded config changes nothing. `posagent key
-    rotate` takes effect at the next bundle without a reload."""
+    rotate` takes effect at the next bundle without a reload. One sealing worker serves
+    the captures and goes with the daemon."""
     old_id, new_id = x25519.Identity.generate(), x25519.Identity.generate()
     cfg = quick_config(tmp_path, [], "manual_burst = 10\n")  # in [capture]
     text = cfg.read_text()
@@ -215,9 +217,16 @@ def test_daemon_seals_to_a_new_fleet_key_after_sighup_and_signs_with_a_rotated_k
         )
         assert r.returncode == 0, r.stderr
         rotated = _report(cfg, "after the key rotation")
+        workers = [
+            c
+            for c in psutil.Process(proc.pid).children()
+            if "--serve" in c.cmdline() and "agent.bundle.sealed" in c.cmdline()
+        ]
+        assert len(workers) == 1  # one sealing worker served the captures since the reload
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()[-3000:]
+    assert wait_until(lambda: not workers[0].is_running() or workers[0].status() == "zombie", 10)
     old_fp, new_fp = (recipient_fingerprint(str(i.to_public())) for i in (old_id, new_id))
     assert _envelope(first)["recipients"] == [old_fp]
     assert _envelope(edited)["recipients"] == [old_fp]

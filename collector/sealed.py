@@ -253,6 +253,7 @@ def check_upload(
         undecryptable_counter(col.metrics).inc()
         return VerifyResult(_stand_in(env, str(e)), res.signature_checked, sealed=True)
     except BundleError as e:  # the identity file itself is unusable: keep the bundle
+        log.error("age_identity_unusable", bundle_id=env["bundle_id"], error=str(e))
         undecryptable_counter(col.metrics).inc()
         return VerifyResult(_stand_in(env, str(e)), res.signature_checked, sealed=True)
     with BundleReader(inner) as ir:

@@ -18,8 +18,9 @@ and serial 2 s, peripherals 5 s, system 10 s, app 5 s).
      the captures: peak above the idle RSS;
    - after the captures and their uploads: RSS, then a second idle window:
      CPU % and RSS growth over it. The daemon's short-lived children (the
-     screenshot worker per capture, the upload worker while uploads run and
-     a minute after) are not in its RSS: their peak is reported beside it.
+     screenshot worker per capture, the sealing worker from a capture's start
+     to a minute after the last, the upload worker while uploads run and a
+     minute after) are not in its RSS: their peak is reported beside it.
    The issue's RSS figures are "after 10 minutes" and "growth over 30
    minutes": a default run measures what fits in IDLE_S windows; with
    BENCH_LONG=1 the second window lasts 30 minutes and RSS is also read at

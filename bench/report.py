@@ -506,7 +506,7 @@ def daemon_rows(res: dict[str, Any]) -> list[Row]:
         rows.append(
             Row(
                 "peak RSS of the daemon's short-lived children during captures and uploads",
-                "— (screenshot worker per capture, upload worker while uploading)",
+                "— (screenshot worker per capture, sealing worker from a capture to a minute after, upload worker while uploading)",
                 f"{_num(w, ' MiB')} (summed, sampled every 20 ms)",
                 verdict="reported",
             )

@@ -276,7 +276,7 @@ def _reindex_record(col: Shared, bid: str, data: bytes, received_at: float) -> B
             m = r.verify(None).manifest  # a sealed bundle: its signed envelope
             dev = m.get("device")
             device = str(dev.get("id", "")) if isinstance(dev, dict) else ""
-        res = sealed.check_upload(col, device, data, col.device_key(device))
+        res = sealed.check_upload(col, device, data, col.device_key(device), valid_at=received_at)
     except BundleError as e:
         log.error("stored_bundle_unreadable", bundle_id=bid, error=str(e))
         return None
@@ -307,6 +307,11 @@ def reconcile(col: Shared) -> int:
     if added:
         log.warning("reconcile_reindexed", bundles=added)
     return added
+
+
+def reindex_undecryptable(col: Shared) -> sealed.Reindexed:
+    """Bundles indexed as undecryptable, opened and indexed again (`collector reindex`)."""
+    return sealed.reindex_undecryptable(col.store, lambda b, d, t: _reindex_record(col, b, d, t))
 
 
 # --------------------------------------------------------------------------- ingest

@@ -1,4 +1,5 @@
-"""`posagent collector serve|add-device|migrate|hold|retention|migrate-store`, run by agent/commands/collector.py."""
+"""`posagent collector serve|add-device|migrate|hold|retention|migrate-store|revoke-key|reindex`,
+run by agent/commands/collector.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.bundle.sealed import KeyFileError, load_identities
 from agent.core import log as agent_log
 from agent.core.config import load_config
 from agent.core.exits import (
@@ -62,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         return cmd_retention(args)
     if args.collector_cmd == "migrate-store":
         return cmd_migrate_store(args)
+    if args.collector_cmd == "revoke-key":
+        return cmd_revoke_key(args)
+    if args.collector_cmd == "reindex":
+        return cmd_reindex(args)
     return EX_USAGE
 
 
@@ -214,6 +220,80 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    """`collector revoke-key DEVICE KEY_ID`: bundles that key signs are refused from now on.
+
+    Exit 0 when revoked, 66 when the key is not in the device's .pub file (the ids on
+    file are named), 78 when a key file does not parse, 73 when it cannot be written.
+    """
+    ccfg = load_collector_config(args.config)
+    # lazy: collector.sealed needs the collector extra (prometheus-client)
+    from collector.sealed import revoke_key
+
+    try:
+        block = revoke_key(ccfg, args.device_id, args.key_id)
+    except LookupError as e:
+        _err(f"posagent collector revoke-key: {str(e).strip(chr(39))}")
+        return EX_NOINPUT
+    except KeyFileError as e:
+        _err(f"posagent collector revoke-key: {e}")
+        return EX_CONFIG
+    except OSError as e:
+        _err(f"posagent collector revoke-key: cannot write the key files: {e.strerror or e}")
+        return EX_CANTCREAT
+    sys.stdout.write(
+        f"revoked key {block.key_id} of {args.device_id}: bundles it signs are refused (422) "
+        f"from now on; moved to {args.device_id}.revoked in {ccfg.device_pubkeys_dir}\n"
+    )
+    return EX_OK
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """`collector reindex --undecryptable`: bundles indexed as undecryptable, opened with
+    the identities now in age_identity_file and their index rows filled in.
+
+    Exit 0 when every one was looked at (some may stay undecryptable), 1 when some
+    could not be read or verified (logged), 78 for an unusable identity file, 69 when the
+    store is unreachable."""
+    ccfg = load_collector_config(args.config)
+    if not args.undecryptable:
+        _err("posagent collector reindex: say what to index again: --undecryptable")
+        return EX_USAGE
+    bad = _identity_problem(ccfg)
+    if bad:
+        _err(f"posagent collector reindex: {bad}")
+        return EX_CONFIG
+    # lazy: the collector extra (starlette) is needed only by the commands that serve
+    from collector.app import create_app, reindex_undecryptable
+
+    store = _open(ccfg, "reindex")
+    if isinstance(store, int):
+        return store
+    try:
+        done = reindex_undecryptable(create_app(ccfg, store=store).state.collector)
+    except StorageError as e:
+        _err(f"posagent collector reindex: {e}")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()
+    sys.stdout.write(
+        f"opened and indexed {done.opened} bundle(s); {done.still} still undecryptable; "
+        f"{done.failed} unreadable (see the log)\n"
+    )
+    return EX_FAIL if done.failed else EX_OK
+
+
+def _identity_problem(ccfg: CollectorConfig) -> str:
+    """'' when age_identity_file is unset or holds identities, else why not (one line)."""
+    if not ccfg.age_identity_file:
+        return ""
+    try:
+        load_identities(ccfg.age_identity_file)
+    except KeyFileError as e:
+        return f"[collector] age_identity_file: {e}"
+    return ""
+
+
 def cmd_add_device(args: argparse.Namespace) -> int:
     """Print a new token for DEVICE_ID once; tokens_file keeps only its SHA-256."""
     cfg = load_collector_config(args.config)
@@ -285,6 +365,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EX_CONFIG
     except (OSError, ssl.SSLError) as e:
         _err(f"posagent collector serve: TLS certificate or key unusable: {e}")
+        return EX_CONFIG
+    bad = _identity_problem(ccfg)
+    if bad:
+        _err(f"posagent collector serve: {bad}")
         return EX_CONFIG
     try:
         sock = bind(host, port)

@@ -1,25 +1,55 @@
 """Sealed bundles on the collector (issue 17, docs/ARCHITECTURE.md §4).
 
-Ingest checks a bundle's origin with the device's Ed25519 public key on file
-(`[collector] device_pubkeys_dir/<device_id>.pub`, PEM): the envelope
-signature of a sealed bundle (no decryption needed), `manifest.ed25519` of a
-plain one that carries it; an HMAC-only bundle (queued before the upgrade) is
-still checked with `device_keys_dir`. A sealed bundle is then opened with the
-collector's age identity (`[collector] age_identity_file`) to index it. One
-that does not open is stored all the same, indexed from its signed envelope
-with the summary `undecryptable: <reason>`, and counted in /metrics
-(`posagent_collector_undecryptable_bundles_total`); never dropped. Downloads
-serve the stored (encrypted) original.
+Ingest checks a bundle's origin with the device's Ed25519 public keys on file
+in `[collector] device_pubkeys_dir`: the envelope signature of a sealed bundle
+(no decryption needed), `manifest.ed25519` of a plain one that carries it; an
+HMAC-only bundle (queued before the upgrade) is still checked with
+`device_keys_dir`. A sealed bundle is then opened with the collector's age
+identities (`[collector] age_identity_file`) to index it. One that does not
+open is stored all the same, indexed from its signed envelope with the
+summary `undecryptable: <reason>`, and counted in /metrics
+(`posagent_collector_undecryptable_bundles_total`); never dropped.
+`posagent collector reindex --undecryptable` opens them again once the right
+identity is in the file. Downloads serve the stored (encrypted) original.
+
+Keys and their rotation:
+
+- `age_identity_file` holds one or more identities, one `AGE-SECRET-KEY-1...`
+  line each (what `age -d -i` reads; `#` lines are comments): a fleet key
+  rotation adds the new identity beside the old one, and bundles sealed to
+  either open (those queued on terminals before the rotation too). Re-read
+  when the file changes; `collector serve` refuses to start (78) when it is
+  unreadable or holds anything else.
+- `<device_id>.pub` holds one or more PEM public keys (`posagent key
+  show-public --all`), `#` comment lines between them: a bundle signed by any
+  of them is accepted (during a rotation, the old key signed what was queued).
+- `<device_id>.revoked` holds the keys revoked by `posagent collector
+  revoke-key DEVICE KEY_ID` (moved there from the `.pub` file, after a
+  `# key <id> revoked <time>` line): a bundle they signed that arrives
+  afterwards is refused (422, `signed by revoked key ...`); a bundle stored
+  before the revocation still indexes again. A device with a revoked key has
+  its bundles without an Ed25519 signature refused too (its HMAC key may have
+  gone with the terminal).
+- A key file that does not parse is the collector's problem, told in one line
+  (422 `device T-1's public key file on the collector is unusable: ...`, and
+  the log event `device_pubkey_unusable` with the file); the terminal keeps
+  the bundle in failed/ (`posagent spool retry` once fixed).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
+import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
 from prometheus_client import Counter
 
 from agent.bundle.format import (
@@ -28,15 +58,27 @@ from agent.bundle.format import (
     BundleCorrupt,
     BundleError,
     BundleReader,
+    BundleSignatureError,
     VerifyResult,
 )
 from agent.bundle.sealed import (
+    KeyFileError,
+    KeyRing,
+    PemBlock,
     Undecryptable,
     decrypt_payload,
     load_identities,
-    load_public_key,
+    parse_public_keys,
 )
 from agent.bundle.style import esc
+from agent.core.files import atomic_write, fsync_dir
+from agent.core.timefmt import rfc3339
+from collector.auth import valid_device_id
+from collector.storage import BundleRecord, BundleStore
+
+log = structlog.get_logger(__name__)
+
+UNDECRYPTABLE = "undecryptable:"
 
 _lock = threading.Lock()
 _identities: dict[tuple[str, int], list[Any]] = {}
@@ -75,15 +117,85 @@ def identities(cfg: Any) -> list[Any]:
     return found
 
 
-def device_pubkey(cfg: Any, device: str) -> Any:
-    """The device's Ed25519 public key from device_pubkeys_dir, or None when not on file."""
+class DeviceKeyError(BundleError):
+    """A device's public key file on the collector does not parse (the operator fixes it)."""
+
+
+def _key_files(cfg: Any, device: str) -> tuple[Path, Path] | None:
     d = getattr(cfg, "device_pubkeys_dir", "")
-    if not d or not device or "/" in device or device.startswith("."):
+    if not d or not valid_device_id(device):
         return None
-    path = Path(d) / f"{device}.pub"
-    if not path.exists():
+    return Path(d) / f"{device}.pub", Path(d) / f"{device}.revoked"
+
+
+def _revoked_at(block: PemBlock) -> float:
+    """When a key was revoked, from its `# key <id> revoked <RFC 3339>` line (0: always)."""
+    for line in block.comments:
+        m = re.search(r"\brevoked\s+(\d{4}-\d\d-\d\dT\S+)", line)
+        if m:
+            try:
+                return datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                pass
+    return 0.0
+
+
+def device_keyring(cfg: Any, device: str, *, valid_at: float | None = None) -> KeyRing | None:
+    """The device's public keys (current and revoked), or None when it has none on file.
+
+    DeviceKeyError (one line, naming the device and the file without its directory,
+    and logged as `device_pubkey_unusable`) when a file does not parse."""
+    files = _key_files(cfg, device)
+    if files is None:
         return None
-    return load_public_key(path)
+    pub, rev = files
+    if not pub.exists() and not rev.exists():
+        return None
+    try:
+        current = [b.pub for b in parse_public_keys(pub)] if pub.exists() else []
+        revoked = (
+            {b.key_id: (b.pub, _revoked_at(b)) for b in parse_public_keys(rev)}
+            if rev.exists()
+            else {}
+        )
+    except KeyFileError as e:
+        log.error("device_pubkey_unusable", device=device, error=str(e))
+        reason = str(e).replace(str(pub.parent) + os.sep, "")
+        raise DeviceKeyError(
+            f"device {device}'s public key file on the collector is unusable: {reason}"
+        ) from None
+    return KeyRing(device, current, revoked, valid_at)
+
+
+def revoke_key(cfg: Any, device: str, kid: str) -> PemBlock:
+    """Move key `kid` (its 16-hex id) of device from `<device>.pub` to `<device>.revoked`,
+    after a `# key <id> revoked <time>` line. KeyFileError when a file does not parse,
+    OSError when one cannot be written, LookupError (naming the ids on file) when the
+    key is not there.
+
+    The revocation is written (fsynced) before the key leaves the `.pub` file: a crash
+    between the two leaves it in both, and revoked wins."""
+    files = _key_files(cfg, device)
+    if files is None:
+        raise LookupError(f"no device_pubkeys_dir, or {device!r} is not a device id")
+    pub, rev = files
+    blocks = parse_public_keys(pub) if pub.exists() else []
+    found = [b for b in blocks if b.key_id == kid.strip().lower()]
+    if not found:
+        ids = ", ".join(b.key_id for b in blocks) or "none"
+        raise LookupError(f"no key {kid} in {pub} (keys on file: {ids})")
+    block = found[0]
+    entry = f"# key {block.key_id} revoked {rfc3339(time.time())}\n{block.pem}"
+    fd = os.open(rev, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, entry.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(rev.parent)
+    kept = "".join("".join(c + "\n" for c in b.comments) + b.pem for b in blocks if b is not block)
+    atomic_write(pub, kept.encode(), mode=0o644)
+    return block
 
 
 def _stand_in(env: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -107,16 +219,31 @@ def _stand_in(env: dict[str, Any], reason: str) -> dict[str, Any]:
     }
 
 
-def check_upload(col: Any, device: str, source: str | Path | bytes, key: bytes | None) -> Any:
+def check_upload(
+    col: Any,
+    device: str,
+    source: str | Path | bytes,
+    key: bytes | None,
+    *,
+    valid_at: float | None = None,
+) -> Any:
     """Verify a bundle as ingest and reindex do; BundleError (422) with a one-line reason.
 
     Returns a VerifyResult whose manifest is the inner one (plain or decrypted)
     or, for a sealed bundle the collector cannot open, a stand-in from the
-    signed envelope (counted in /metrics)."""
-    pub = device_pubkey(col.cfg, device)
+    signed envelope (counted in /metrics). valid_at: when the bundle was first
+    received (re-indexing a stored one): keys revoked after it still verify it."""
+    pub = device_keyring(col.cfg, device, valid_at=valid_at)
     with BundleReader(source) as r:
         if not r.sealed:
-            return r.verify(key, pub if ED_SIGNATURE in r.names else None)
+            if ED_SIGNATURE in r.names:
+                return r.verify(key, pub)
+            if pub is not None and pub.revoked:
+                raise BundleSignatureError(
+                    f"device {device} has a revoked key: a bundle without an Ed25519 "
+                    "signature is refused"
+                )
+            return r.verify(key, None)
         res = r.verify(None, pub)
         env = res.manifest
         ciphertext = r.read(PAYLOAD)
@@ -126,6 +253,7 @@ def check_upload(col: Any, device: str, source: str | Path | bytes, key: bytes |
         undecryptable_counter(col.metrics).inc()
         return VerifyResult(_stand_in(env, str(e)), res.signature_checked, sealed=True)
     except BundleError as e:  # the identity file itself is unusable: keep the bundle
+        log.error("age_identity_unusable", bundle_id=env["bundle_id"], error=str(e))
         undecryptable_counter(col.metrics).inc()
         return VerifyResult(_stand_in(env, str(e)), res.signature_checked, sealed=True)
     with BundleReader(inner) as ir:
@@ -193,3 +321,48 @@ def undecryptable_page(bundle_id: str, data: bytes, reason: str) -> str:
         "encrypted original: <code>age -d -i IDENTITY</code> on its payload.age, or "
         "<code>posagent bundle decrypt FILE --identity ID -o OUT.zip</code>.</p>"
     )
+
+
+@dataclass
+class Reindexed:
+    """What `reindex_undecryptable` did."""
+
+    opened: int = 0  # decrypted now: the index row has the bundle's own fields
+    still: int = 0  # still undecryptable with the identities on file
+    failed: int = 0  # blob missing or no longer verifying (logged)
+
+
+def reindex_undecryptable(
+    store: BundleStore,
+    make_record: Callable[[str, bytes, float], BundleRecord | None],
+    *,
+    batch: int = 500,
+) -> Reindexed:
+    """Index again every bundle indexed as undecryptable: make_record(id, bytes,
+    received_at) verifies and opens it (None: skip); a row that now opens is updated
+    in place (its site and receipt time kept). Idempotent; any instance may run it."""
+    index: Any = store.index
+    done = Reindexed()
+    after = ""
+    while True:
+        rows: list[BundleRecord] = index.scan(after, batch)
+        if not rows:
+            return done
+        after = rows[-1].bundle_id
+        for rec in rows:
+            if not rec.summary.startswith(UNDECRYPTABLE):
+                continue
+            try:
+                data = store.read(rec)
+            except KeyError:
+                log.error("reindex_blob_missing", bundle_id=rec.bundle_id)
+                done.failed += 1
+                continue
+            new = make_record(rec.bundle_id, data, rec.received_at)
+            if new is None:
+                done.failed += 1
+            elif new.summary.startswith(UNDECRYPTABLE):
+                done.still += 1
+            elif index.update(replace(new, site=rec.site, received_at=rec.received_at)):
+                log.info("bundle_reindexed", bundle_id=rec.bundle_id, was="undecryptable")
+                done.opened += 1

@@ -81,6 +81,10 @@ class BundleSignatureError(BundleError):
     """The manifest's HMAC does not verify with the given key."""
 
 
+class KeyRevoked(BundleSignatureError):
+    """Signed by a device public key the collector's operator revoked."""
+
+
 class BundleSchemaError(BundleError):
     """The manifest is missing, not JSON, or of an unknown schema."""
 
@@ -174,24 +178,54 @@ def sign_ed25519(key: Ed25519PrivateKey, data: bytes) -> bytes:
     return base64.b64encode(key.sign(data)) + b"\n"
 
 
-def verify_ed25519(pub: Ed25519PublicKey, data: bytes, sig_entry: bytes, what: str) -> None:
-    """Raise BundleSignatureError (one line) unless sig_entry signs data with pub."""
-    # lazy: cryptography (about 10 MB RSS) only where a signature is checked
-    from cryptography.exceptions import InvalidSignature
-
+def decode_ed25519(sig_entry: bytes, what: str) -> bytes:
+    """The 64 raw bytes of a signature entry; BundleSignatureError (one line) when malformed."""
     try:
         sig = base64.b64decode(sig_entry.strip(), validate=True)
     except ValueError:
         raise BundleSignatureError(f"{what} signature is not base64") from None
     if len(sig) != 64:
         raise BundleSignatureError(f"{what} signature has {len(sig)} bytes, not 64")
+    return sig
+
+
+def ed25519_verifies(pub: Ed25519PublicKey, data: bytes, sig: bytes) -> bool:
+    """True when the raw signature sig signs data with pub."""
+    # lazy: cryptography (about 10 MB RSS) only where a signature is checked
+    from cryptography.exceptions import InvalidSignature
+
     try:
         pub.verify(sig, data)
     except InvalidSignature:
+        return False
+    return True
+
+
+def verify_ed25519(pub: Ed25519PublicKey, data: bytes, sig_entry: bytes, what: str) -> None:
+    """Raise BundleSignatureError (one line) unless sig_entry signs data with pub."""
+    if not ed25519_verifies(pub, data, decode_ed25519(sig_entry, what)):
         raise BundleSignatureError(
             f"{what} Ed25519 signature does not verify with public key {key_id(pub)} "
             "(signed by another key, or edited)"
-        ) from None
+        )
+
+
+@typing.runtime_checkable
+class SignatureCheck(typing.Protocol):
+    """Several public keys of one device (agent.bundle.sealed.KeyRing): check() raises
+    BundleSignatureError (one line) unless sig_entry signs data with one it accepts."""
+
+    def check(self, data: bytes, sig_entry: bytes, what: str) -> None: ...
+
+
+PublicKeys = typing.Union["Ed25519PublicKey", SignatureCheck]
+
+
+def _check_signature(pub: PublicKeys, data: bytes, sig_entry: bytes, what: str) -> None:
+    if isinstance(pub, SignatureCheck):
+        pub.check(data, sig_entry, what)
+    else:
+        verify_ed25519(pub, data, sig_entry, what)
 
 
 # --------------------------------------------------------------------------- writing
@@ -512,12 +546,13 @@ class BundleReader:
             raise BundleSchemaError(f"manifest {e}") from None
         return m
 
-    def verify(self, key: bytes | None, public_key: Ed25519PublicKey | None = None) -> VerifyResult:
+    def verify(self, key: bytes | None, public_key: PublicKeys | None = None) -> VerifyResult:
         """Check schema, signatures (those whose key is given), and every entry's digest.
 
         key: the device HMAC key (manifest.sig); public_key: the device's
-        Ed25519 public key (manifest.ed25519, or envelope.ed25519 of a sealed
-        bundle, whose origin only the public key can check). A sealed bundle's
+        Ed25519 public key, or a SignatureCheck of several (manifest.ed25519, or
+        envelope.ed25519 of a sealed bundle, whose origin only the public key can
+        check). A sealed bundle's
         `manifest` in the result is its envelope."""
         if self.sealed:
             return self._verify_sealed(public_key)
@@ -526,7 +561,7 @@ class BundleReader:
         if public_key is not None:
             if ED_SIGNATURE not in self._names:
                 raise BundleSignatureError("manifest.ed25519 missing (an HMAC-only bundle)")
-            verify_ed25519(public_key, raw, self.read(ED_SIGNATURE), "manifest")
+            _check_signature(public_key, raw, self.read(ED_SIGNATURE), "manifest")
         if key is not None:
             if SIGNATURE not in self._names:
                 raise BundleSignatureError("manifest.sig missing")
@@ -570,10 +605,10 @@ class BundleReader:
             raise BundleSchemaError("envelope lacks the device")
         return e
 
-    def _verify_sealed(self, public_key: Ed25519PublicKey | None) -> VerifyResult:
+    def _verify_sealed(self, public_key: PublicKeys | None) -> VerifyResult:
         e = self.envelope()
         if public_key is not None:
-            verify_ed25519(public_key, self.read(ENVELOPE), self.read(ENVELOPE_SIG), "envelope")
+            _check_signature(public_key, self.read(ENVELOPE), self.read(ENVELOPE_SIG), "envelope")
         p = e["payload"]
         data = self.read(PAYLOAD)
         if len(data) != p.get("size") or hashlib.sha256(data).hexdigest() != p.get("sha256"):

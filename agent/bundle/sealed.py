@@ -15,6 +15,14 @@ outer zip (stored, not compressed):
 
 Spool, uploader and collector check integrity and origin from the envelope
 without decrypting. `cryptography` and `pyrage` are imported here only.
+
+Keys rotate: a public key file may hold several PEM blocks (`parse_public_keys`,
+`#` comment lines between them) and a `KeyRing` of a device's keys checks a
+signature against any current one, refusing a revoked one (`KeyRevoked`);
+`rotate_signing_key` replaces the terminal's key and records the old public
+key in `<signing_key_file>.retired.pub`; an age identity file may hold several
+identities (`load_identities`). `python -m agent.bundle.sealed --serve` is the
+sealing worker (`serve`, driven by agent.bundle.finish.SealWorker).
 """
 
 from __future__ import annotations
@@ -23,9 +31,12 @@ import hashlib
 import io
 import json
 import os
+import select
 import stat
 import sys
+import time
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +57,18 @@ from agent.bundle.format import (
     BundleCorrupt,
     BundleError,
     BundleReader,
+    BundleSignatureError,
+    KeyRevoked,
+    decode_ed25519,
+    ed25519_verifies,
     key_id,
     sign_ed25519,
     verify_ed25519,
 )
+from agent.bundle.framing import REPLY, REPLY_MAGIC, REQUEST, REQUEST_MAGIC
 from agent.bundle.policy import encryption_warning, require_recipient
 from agent.core.config import Config, ConfigError, load_config
+from agent.core.files import fsync_dir
 from agent.core.timefmt import rfc3339
 
 __all__ = [
@@ -139,27 +156,177 @@ def load_signing_key(path: str | Path, *, create: bool = False) -> Ed25519Privat
     return key
 
 
-def load_public_key(source: str | Path | bytes) -> Ed25519PublicKey:
-    """An Ed25519 public key from a PEM file (or PEM bytes); KeyFileError when not one."""
+PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
+PEM_END = "-----END PUBLIC KEY-----"
 
-    name = "<bytes>"
+
+@dataclass(frozen=True)
+class PemBlock:
+    """One public key of a key file, with the `#` comment lines just before it."""
+
+    line: int  # where its BEGIN line is (1-based)
+    comments: tuple[str, ...]
+    pem: str
+    pub: Ed25519PublicKey
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.pub)
+
+
+def _read_text(source: str | Path | bytes, what: str) -> tuple[str, str]:
     if isinstance(source, bytes):
-        data = source
-    else:
-        name = str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as e:
-            raise KeyFileError(f"cannot read public key {name}: {e.strerror or e}") from None
+        return source.decode("utf-8", "replace"), "<bytes>"
     try:
-        pub = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
+        return Path(source).read_text("utf-8"), str(source)
+    except (OSError, UnicodeDecodeError) as e:
         raise KeyFileError(
-            f"public key {name} is corrupt: {str(e).splitlines()[0][:120]}"
+            f"cannot read {what} {source}: {getattr(e, 'strerror', 0) or e}"
         ) from None
-    if not isinstance(pub, Ed25519PublicKey):
-        raise KeyFileError(f"public key {name} is not an Ed25519 key")
-    return pub
+
+
+def parse_public_keys(source: str | Path | bytes) -> list[PemBlock]:
+    """Every Ed25519 public key of a key file: PEM blocks (SubjectPublicKeyInfo), each
+    optionally after `#` comment lines; blank lines anywhere. KeyFileError naming the
+    file and line when anything else is there, or a block is not an Ed25519 key."""
+
+    text, name = _read_text(source, "public key")
+    blocks: list[PemBlock] = []
+    comments: list[str] = []
+    body: list[str] | None = None
+    start = 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if body is not None:
+            body.append(line)
+            if line == PEM_END:
+                pem = "\n".join(body) + "\n"
+                try:
+                    pub = serialization.load_pem_public_key(pem.encode())
+                except (ValueError, TypeError) as e:
+                    raise KeyFileError(
+                        f"public key {name}:{start} is corrupt: {str(e).splitlines()[0][:80]}"
+                    ) from None
+                if not isinstance(pub, Ed25519PublicKey):
+                    raise KeyFileError(f"public key {name}:{start} is not an Ed25519 key")
+                blocks.append(PemBlock(start, tuple(comments), pem, pub))
+                comments, body = [], None
+            continue
+        if not line:
+            continue
+        if line.startswith("#"):
+            comments.append(line)
+        elif line == PEM_BEGIN:
+            body, start = [line], n
+        else:
+            raise KeyFileError(
+                f"public key {name}:{n} is neither a PEM public key block nor a # comment"
+            )
+    if body is not None:
+        raise KeyFileError(f"public key {name}:{start} is corrupt: no {PEM_END} line")
+    return blocks
+
+
+def load_public_key(source: str | Path | bytes) -> Ed25519PublicKey:
+    """The one Ed25519 public key of a PEM file (or PEM bytes); KeyFileError when not one."""
+
+    blocks = parse_public_keys(source)
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if len(blocks) != 1:
+        raise KeyFileError(f"public key {name} holds {len(blocks)} keys, not one")
+    return blocks[0].pub
+
+
+@dataclass
+class KeyRing:
+    """The Ed25519 public keys a device signs with (a `agent.bundle.format.SignatureCheck`).
+
+    current: the keys accepted (several during a rotation: the old one signed the
+    bundles still queued on the terminal); revoked: key id → (key, when revoked,
+    epoch s). A signature by a revoked key is refused (KeyRevoked) unless
+    `valid_at`, when set, is before its revocation (a bundle stored before it,
+    indexed again)."""
+
+    device: str
+    current: list[Ed25519PublicKey]
+    revoked: dict[str, tuple[Ed25519PublicKey, float]] = field(default_factory=dict)
+    valid_at: float | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> KeyRing:
+        """Every key of one PEM file, none revoked (`posagent bundle verify --public-key`)."""
+        return cls(str(path), [b.pub for b in parse_public_keys(path)])
+
+    def ids(self) -> list[str]:
+        """The current keys' ids, those revoked left out."""
+        return [k for k in (key_id(p) for p in self.current) if k not in self.revoked]
+
+    def check(self, data: bytes, sig_entry: bytes, what: str) -> None:
+        sig = decode_ed25519(sig_entry, what)
+        for pub in self.current:
+            if key_id(pub) not in self.revoked and ed25519_verifies(pub, data, sig):
+                return
+        for kid, (pub, when) in self.revoked.items():
+            if ed25519_verifies(pub, data, sig):
+                if self.valid_at is not None and self.valid_at < when:
+                    return
+                raise KeyRevoked(
+                    f"{what} signed by revoked key {kid} of device {self.device} "
+                    f"(revoked {rfc3339(when)})"
+                )
+        ids = self.ids()
+        if not ids:
+            raise BundleSignatureError(
+                f"device {self.device} has no public key on file that is not revoked"
+            )
+        raise BundleSignatureError(
+            f"{what} Ed25519 signature does not verify with public key {', '.join(ids)} "
+            f"of device {self.device} (signed by another key, or edited)"
+        )
+
+
+def retired_keys_path(signing_key: str | Path) -> Path:
+    """Where `posagent key rotate` records the public keys it retired (PEM blocks)."""
+    p = Path(signing_key)
+    return p.with_name(p.name + ".retired.pub")
+
+
+def rotate_signing_key(path: str | Path) -> tuple[Ed25519PublicKey, Ed25519PrivateKey]:
+    """Replace the signing key at path with a new one (same owner, group and mode);
+    the old public key is appended to retired_keys_path(path) first, with a
+    `# key <id> retired <time>` line. Returns (old public key, new key).
+
+    The new key is written beside the old one and renamed over it: a crash leaves
+    either key whole (the old one possibly recorded as retired twice)."""
+
+    p = Path(path)
+    old = load_signing_key(p)
+    st = os.stat(p)
+    tmp = p.with_name(p.name + ".new")
+    try:
+        tmp.unlink(missing_ok=True)  # left by a rotation that died before its rename
+    except OSError as e:
+        raise KeyFileError(f"cannot replace signing key {p}: {e.strerror or e}") from None
+    new = generate_signing_key(tmp)
+    record = retired_keys_path(p)
+    try:
+        if os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode) & 0o640)
+        old_pub = old.public_key()
+        entry = f"# key {key_id(old_pub)} retired {rfc3339(time.time())}\n{public_pem(old_pub)}"
+        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, entry.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, p)
+        fsync_dir(p.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise KeyFileError(f"cannot replace signing key {p}: {e.strerror or e}") from None
+    return old_pub, new
 
 
 # --------------------------------------------------------------------------- age
@@ -331,35 +498,107 @@ def finish(
     return seal_envelope(signed, manifest, recipients=recipients, signing_key=key, rank=rank)
 
 
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """n bytes from fd (blocking), or None at end of file before the first byte."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            if buf:
+                raise EOFError(f"request cut after {len(buf)} of {n} bytes")
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _key_stamp(path: str) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def serve(key_path: str, recipients: list[str], idle_s: float, rfd: int = 0, wfd: int = 1) -> int:
+    """The sealing worker's loop (`agent.bundle.finish.SealWorker` is the other end).
+
+    Each request, `REQUEST` (magic, rank, length) then the plaintext zip, gets a
+    `REPLY` (magic, 1 and the finished bytes, or 0 and a one-line reason). The key
+    file is loaded again when it changed (`posagent key rotate`). Returns at end of
+    input (the daemon went) or after idle_s without a request; 78 when the key or
+    a recipient is unusable at start (the reason on stderr), 65 on a bad frame."""
+    try:
+        parse_recipients(recipients)
+        stamp = _key_stamp(key_path)
+        key = load_signing_key(key_path, create=True)
+    except (ValueError, KeyFileError) as e:
+        sys.stderr.write(f"{e}\n")
+        return 78
+    while True:
+        ready, _, _ = select.select([rfd], [], [], idle_s)
+        if not ready:
+            return 0
+        try:
+            head = _read_exact(rfd, REQUEST.size)
+            if head is None:
+                return 0
+            magic, rank, n = REQUEST.unpack(head)
+            if magic != REQUEST_MAGIC:
+                sys.stderr.write("sealing worker: not a request (bad magic)\n")
+                return 65
+            data = _read_exact(rfd, n) or b""
+        except EOFError as e:
+            sys.stderr.write(f"sealing worker: {e}\n")
+            return 65
+        try:
+            now = _key_stamp(key_path)
+            if now != stamp:
+                key, stamp = load_signing_key(key_path), now
+            out = finish(data, BundleReader(data).manifest(), key, recipients, rank)
+            reply = REPLY.pack(REPLY_MAGIC, 1, len(out)) + out
+        except BundleError as e:  # KeyFileError too: the daemon logs the bundle not captured
+            why = f"not sealed: {e}".encode()
+            reply = REPLY.pack(REPLY_MAGIC, 0, len(why)) + why
+        _write_all(wfd, reply)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.bundle.sealed --config CFG (--check | --rank N)`: the child that
-    signs and seals a bundle (stdin → stdout) so the daemon never loads these libraries."""
+    """The child that keeps cryptography and pyrage out of the daemon:
+
+    - `--config CFG --check`: load (or make) the signing key and parse the
+      recipients of CFG; exit 78 with the file named when either is unusable;
+    - `--serve --key FILE [--to RECIPIENT]... [--idle-s S]`: the sealing worker
+      (`serve`): bundles in on stdin, signed (and sealed to the recipients) out
+      on stdout. The daemon passes the key file and recipients of the config it
+      runs with, so an edited config takes effect at its reload (SIGHUP), as
+      every other setting; `posagent key rotate` at the next bundle."""
     import argparse  # lazy: only the worker parses arguments
 
     p = argparse.ArgumentParser(prog="agent.bundle.sealed")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config")
     p.add_argument("--check", action="store_true")
-    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--serve", action="store_true")
+    p.add_argument("--idle-s", type=float, default=60.0)
+    p.add_argument("--key")
+    p.add_argument("--to", action="append", default=[])
     a = p.parse_args(argv)
-    try:
-        cfg = load_config(a.config)
-        key, recipients = crypto_from_config(cfg, create=True)
-    except ConfigError as e:
-        sys.stderr.write(f"{e}\n")
-        return 78
     if a.check:
+        try:
+            key, recipients = crypto_from_config(load_config(a.config), create=True)
+        except ConfigError as e:
+            sys.stderr.write(f"{e}\n")
+            return 78
         sys.stdout.write(f"{key_id(key.public_key())} {len(recipients)} recipient(s)\n")
         return 0
-    data = sys.stdin.buffer.read()
-    try:
-        manifest = BundleReader(data).manifest()
-        out = finish(data, manifest, key, recipients, a.rank)
-    except BundleError as e:
-        sys.stderr.write(f"not sealed: {e}\n")
-        return 65
-    sys.stdout.buffer.write(out)
-    sys.stdout.buffer.flush()
-    return 0
+    if not (a.serve and a.key):
+        p.error("--serve --key FILE [--to RECIPIENT]..., or --config CFG --check")
+    return serve(a.key, a.to, a.idle_s)
 
 
 if __name__ == "__main__":

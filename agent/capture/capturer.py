@@ -158,12 +158,15 @@ class Capturer:
         self.screen = screen
         self.timeline = timeline
         self.clock_synced = clock_synced
-        # agent.bundle.finish: Ed25519-signed, then sealed to [bundle] encrypt_to (in a child)
+        # agent.bundle.finish: Ed25519-signed, then sealed to [bundle] encrypt_to (in a child
+        # started as a capture begins); closed with the capturer
         self.finish = finish
         self._pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="collect")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.finish is not None:
+            self.finish.close()
 
     def _run_probes(self, with_screen: bool) -> tuple[dict[str, Any], dict[str, str], ScreenShot]:
         budget = self.cfg.capture.total_budget_s
@@ -206,6 +209,11 @@ class Capturer:
         unclean-shutdown bundle carries the window before the cut)."""
         t0 = time.monotonic()
         now = time.time()
+        if self.finish is not None:
+            try:
+                self.finish.prewarm()  # the sealing worker starts while the probes run
+            except FinishError as e:  # told again, with its reason, when the bundle is due
+                log.warning("seal_worker_not_started", error=str(e))
         results, errors, shot = self._run_probes(with_screen)
         entries: list[Entry] = []
         if shot.png is not None:

@@ -13,7 +13,7 @@ from typing import Any
 from agent.bundle.format import BundleError, BundleReader
 from agent.bundle.html import render_html
 from agent.bundle.remedies import remedy_lines
-from agent.bundle.sealed import load_identities, load_public_key, open_sealed
+from agent.bundle.sealed import KeyFileError, KeyRing, load_identities, open_sealed
 from agent.commands.common import key_for_reading
 from agent.commands.output import emit_json, err, out
 from agent.core.exits import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_OK, EX_USAGE
@@ -63,11 +63,21 @@ def _checked(res: Any) -> str:
     return ", ".join(parts) or "no key: signature not checked"
 
 
+def _public_keys(path: str) -> Any:
+    """The key of a PEM file, or every key of one that holds several (a collector's
+    `<device_id>.pub` during a rotation): a bundle signed by any of them verifies."""
+    ring = KeyRing.from_file(path)
+    if not ring.current:
+        raise KeyFileError(f"public key {path} holds no PEM public key block")
+    ring.device = Path(path).name
+    return ring.current[0] if len(ring.current) == 1 else ring
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one bundle action on a file."""
     try:
         key = key_for_reading(args)
-        pub = load_public_key(args.public_key) if getattr(args, "public_key", None) else None
+        pub = _public_keys(args.public_key) if getattr(args, "public_key", None) else None
         ids = load_identities(args.identity) if getattr(args, "identity", None) else None
     except BundleError as e:
         err(f"{args.file}: {e}")

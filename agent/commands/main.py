@@ -148,10 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keygen", help="make the Ed25519 device signing key (0600) if absent")
     _config_arg(p)
-    p = sub.add_parser("key", help="the device signing key: show-public")
+    p = sub.add_parser("key", help="the device signing key: show-public|rotate")
     ks = p.add_subparsers(dest="key_cmd", metavar="ACTION")
     ks.required = True
     q = ks.add_parser("show-public", help="print the device's Ed25519 public key (PEM)")
+    _config_arg(q)
+    q.add_argument(
+        "--all", action="store_true", help="then the keys `key rotate` retired (a collector .pub)"
+    )
+    q = ks.add_parser(
+        "rotate", help="a new signing key; the old public key is kept on record (.retired.pub)"
+    )
     _config_arg(q)
 
     p = sub.add_parser("flush", help="upload the queue now, with a progress bar")
@@ -188,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "collector",
         help="reference ingest server and web viewer: "
-        "serve|add-device|migrate|hold|retention|migrate-store",
+        "serve|add-device|migrate|hold|retention|migrate-store|revoke-key|reindex",
     )
     cs = p.add_subparsers(dest="collector_cmd", metavar="ACTION")
     cs.required = True
@@ -236,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--s3-endpoint-url", default="", metavar="URL", help="S3-compatible server")
     q.add_argument("--s3-region", default="us-east-1", metavar="REGION")
     q.add_argument("--workers", type=int, default=8, metavar="N", help="parallel copies (8)")
+    q = cs.add_parser("revoke-key", help="refuse from now on the bundles a device public key signs")
+    q.add_argument("device_id", help="the device whose <device_id>.pub holds the key")
+    q.add_argument("key_id", help="the key's id (16 hex: posagent key rotate, bundle verify)")
+    _config_arg(q)
+    q = cs.add_parser(
+        "reindex", help="index again: --undecryptable bundles, once their identity is on file"
+    )
+    _config_arg(q)
+    q.add_argument(
+        "--undecryptable",
+        action="store_true",
+        help="sealed bundles indexed as undecryptable: open them with age_identity_file now",
+    )
 
     p = sub.add_parser(
         "demo", help="simulated terminal + collector + agent: five faults end to end"

@@ -14,7 +14,14 @@
   port. The first identity is kept in <state_dir>/serial_baseline.json so a
   swap during an agent restart is still seen; to accept a replacement, set
   `match` to the new identity (or delete that entry). None while unknown
-  (port absent, no USB identity readable).
+  (port absent, no USB identity readable). The file never holds a device's
+  serial number in clear (a stolen terminal's state dir would show its PIN
+  pad's): an identity with a serial is kept as "vid:pid:~<keyed hash>",
+  HMAC-SHA256 with the device HMAC key (`[bundle] hmac_key_file`), 16 hex;
+  entries written in clear by an older agent are rewritten so at start. Without
+  a readable key the baseline is kept in memory only (logged).
+- expected_identity: that first identity in its stored form ("vid:pid" or
+  "vid:pid:~<hash>").
 
 A peripheral configured with `match` is located by identity among all ports
 (it may come back as ttyUSB1); `device` then only names the port watched for
@@ -29,6 +36,8 @@ Android has no udev: the inventory is simply re-read every interval.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import threading
@@ -68,11 +77,23 @@ _STATE = {
 }
 
 
-class IdentityBaseline:
-    """First identity seen per (peripheral, port), kept in a JSON file (thread-safe)."""
+def stored_identity(identity: str, key: bytes) -> str:
+    """The baseline's form of "vid:pid[:serial]": the serial replaced by ~ and a keyed
+    hash of the whole identity (16 hex), so the file never shows the serial number."""
+    parts = identity.split(":", 2)
+    if len(parts) < 3 or not parts[2] or parts[2].startswith("~"):
+        return identity
+    digest = hmac.new(key, b"posagent serial baseline\0" + identity.encode(), hashlib.sha256)
+    return f"{parts[0]}:{parts[1]}:~{digest.hexdigest()[:16]}"
 
-    def __init__(self, path: Path | None) -> None:
+
+class IdentityBaseline:
+    """First identity seen per (peripheral, port), kept in a JSON file (thread-safe), in
+    its stored form (`stored_identity`: no serial number in clear). path None: in memory."""
+
+    def __init__(self, path: Path | None, key: bytes) -> None:
         self.path = path
+        self.key = key
         self._lock = threading.Lock()
         self._data: dict[str, str] = {}
         if path is not None:
@@ -84,17 +105,28 @@ class IdentityBaseline:
                 pass
             except (OSError, ValueError) as e:
                 log.warning("serial_baseline_unreadable", path=str(path), error=str(e))
+        clear = {k: stored_identity(v, key) for k, v in self._data.items()}
+        if clear != self._data:  # written by an agent that kept serials in clear
+            self._data = clear
+            self._save(dict(clear))
 
     def get_or_set(self, key: str, identity: str) -> str:
-        """The recorded identity for key; the given one is recorded when there is none."""
+        """The recorded identity for key (stored form); the given one is recorded when
+        there is none."""
+        stored = stored_identity(identity, self.key)
         with self._lock:
             known = self._data.get(key)
             if known is not None:
                 return known
-            self._data[key] = identity
+            self._data[key] = stored
             data = dict(self._data)
         self._save(data)
-        return identity
+        return stored
+
+    def changed(self, key: str, identity: str) -> tuple[bool, str]:
+        """(whether identity differs from the first one recorded for key, that one)."""
+        first = self.get_or_set(key, identity)
+        return stored_identity(identity, self.key) != first, first
 
     def _save(self, data: dict[str, str]) -> None:
         if self.path is None:
@@ -113,7 +145,7 @@ class SerialMonitor:
 
     cfg: SerialConfig
     roots: Roots = field(default_factory=Roots)
-    baseline: IdentityBaseline = field(default_factory=lambda: IdentityBaseline(None))
+    baseline: IdentityBaseline = field(default_factory=lambda: IdentityBaseline(None, b""))
     extra_globs: Sequence[str] = ()
 
     @property
@@ -153,8 +185,7 @@ class SerialMonitor:
             identity = at_watched.usb_id if at_watched is not None else ""
             changed = None
             if identity and watched is not None:
-                first = self.baseline.get_or_set(f"{cfg.name}@{watched}", identity)
-                changed = identity != first
+                changed, first = self.baseline.changed(f"{cfg.name}@{watched}", identity)
                 values["expected_identity"] = first
         values["identity"] = identity
         values["identity_changed"] = changed
@@ -237,11 +268,34 @@ class PeripheralsMonitor:
 @register("serial")
 def serial_monitors(cfg: Config, ctx: MonitorContext) -> list[Monitor]:
     """One monitor per [[serial]] peripheral."""
-    baseline = IdentityBaseline(ctx.state_dir / BASELINE_FILE)
+    baseline = _baseline(cfg, ctx)
     return [
         SerialMonitor(s, ctx.roots, baseline, tuple(cfg.peripherals.extra_globs))
         for s in cfg.serial
     ]
+
+
+def _baseline(cfg: Config, ctx: MonitorContext) -> IdentityBaseline:
+    """The baseline in the state dir, its serials hashed with the device HMAC key (the
+    daemon makes it before the monitors); in memory only when the key is unreadable."""
+    if not cfg.serial:
+        return IdentityBaseline(None, b"")
+    try:
+        key = Path(cfg.bundle.hmac_key_file).read_bytes().strip()
+    except OSError as e:
+        key = b""
+        reason = e.strerror or str(e)
+    else:
+        reason = "the key file is empty"
+    if not key:
+        log.warning(
+            "serial_baseline_in_memory",
+            key_file=cfg.bundle.hmac_key_file,
+            error=reason,
+            effect="a peripheral swapped while the agent is stopped is not seen",
+        )
+        return IdentityBaseline(None, b"")
+    return IdentityBaseline(ctx.state_dir / BASELINE_FILE, key)
 
 
 @register("peripherals")

@@ -147,6 +147,21 @@ class PostgresIndex(Timed):
             cur = conn.execute(sql, [getattr(record, c) for c in COLUMNS])
             return cur.rowcount == 1
 
+    @timed("index_update")
+    def update(self, record: BundleRecord) -> bool:
+        """Rewrite the row of record.bundle_id with the same sha256 (a bundle indexed
+        again, `collector reindex`); False when there is no such row."""
+        cols = [c for c in COLUMNS if c not in ("bundle_id", "sha256")]
+        sql = (
+            f"UPDATE bundles SET {', '.join(f'{c} = %s' for c in cols)} "
+            "WHERE bundle_id = %s AND sha256 = %s"
+        )
+        with self._conn() as conn:
+            cur = conn.execute(
+                sql, [*(getattr(record, c) for c in cols), record.bundle_id, record.sha256]
+            )
+            return cur.rowcount == 1
+
     @timed("index_get")
     def get(self, bundle_id: str) -> BundleRecord | None:
         with self._conn() as conn:

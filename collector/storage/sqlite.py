@@ -170,6 +170,27 @@ class SqliteIndex(Timed):
         except sqlite3.Error as e:
             raise StorageError(f"index write failed: {e}") from e
 
+    @timed("index_update")
+    def update(self, record: BundleRecord) -> bool:
+        """Rewrite the row of record.bundle_id with the same sha256 (a bundle indexed
+        again, `collector reindex`); False when there is no such row."""
+        cols = [c for c in COLUMNS if c not in ("bundle_id", "sha256")]
+        values = [
+            int(v) if c == "signature_checked" else v
+            for c, v in ((c, getattr(record, c)) for c in cols)
+        ]
+        sql = (
+            f"UPDATE bundles SET {', '.join(f'{c} = ?' for c in cols)} "
+            "WHERE bundle_id = ? AND sha256 = ?"
+        )
+        try:
+            conn = self._conn()
+            with conn:
+                cur = conn.execute(sql, [*values, record.bundle_id, record.sha256])
+            return cur.rowcount == 1
+        except sqlite3.Error as e:
+            raise StorageError(f"index write failed: {e}") from e
+
     @timed("index_get")
     def get(self, bundle_id: str) -> BundleRecord | None:
         try:

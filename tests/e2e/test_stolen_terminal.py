@@ -1,7 +1,8 @@
 """A stolen terminal (issue 17): a real `posagent run` on the simulated terminal with
 `[bundle] encrypt_to` set captures a manual report with a screenshot; then the whole
 state dir is searched byte-wise for the screenshot, a report line and a diagnostics
-entry: none of it is there (the spool holds ciphertext only). Also: the daemon refuses
+entry: none of it is there (the spool holds ciphertext only), and the PIN pad's serial
+number is not in the serial baseline (a keyed hash is). Also: the daemon refuses
 to start (78) when encryption is required without a recipient, or the signing key is
 corrupt, naming the file."""
 
@@ -24,9 +25,10 @@ from simulator.terminal import SimTerminal
 from tests.conftest import posagent_argv, wait_until
 
 WINDOW = 32
-# the agent's own working state, in plaintext by design and not bundle content: the
-# peripherals' USB identities (vid:pid:serial) it compares against to see a swap; a
-# bundle's diagnostics/serial.json quotes them (issue 17 report: left as is)
+# the agent's own working state, not bundle content: the first USB identity of each
+# peripheral, to see a swap. A bundle's readings quote it as expected_identity, so it
+# is left out of the window search and checked on its own: it holds no serial number,
+# only "vid:pid:~<keyed hash>"
 OWN_STATE = {"serial_baseline.json"}
 
 
@@ -115,6 +117,10 @@ def test_stolen_terminal_state_dir_holds_no_plaintext(term: SimTerminal, tmp_pat
         needles |= _windows(d)
     hits = _found_in(term.state, needles, neutral)
     assert hits == [], f"plaintext of the bundle found in the state dir: {hits}"
+    assert term.pinpad is not None
+    serial = term.pinpad.identity.serial.encode()  # type: ignore[union-attr]
+    baseline = (term.state / "serial_baseline.json").read_bytes()
+    assert b'"0403:6001:~' in baseline and serial not in baseline, baseline
 
 
 def test_require_encryption_without_recipient_refuses_to_start(

@@ -15,11 +15,13 @@ from agent.monitors.serial import (
     IdentityBaseline,
     PeripheralsMonitor,
     SerialMonitor,
+    stored_identity,
 )
 from drivers.roots import Roots
 from simulator.peripherals import SimPeripheral, UsbIdentity, card_reader, pinpad, scanner
 
 PAD_ID = "0403:6001:PP000123"
+HMAC_KEY = b"0123456789abcdef0123456789abcdef"
 OTHER = UsbIdentity(0x067B, 0x2303, "SWAP99", driver="usb-serial")
 
 
@@ -49,7 +51,7 @@ def _mon(w: World, **kw: object) -> SerialMonitor:
         "timeout_s": 0.2,
     }
     cfg = SerialConfig(**(base | kw))  # type: ignore[arg-type]
-    return SerialMonitor(cfg, w.roots, IdentityBaseline(w.tmp / "state" / BASELINE_FILE))
+    return SerialMonitor(cfg, w.roots, IdentityBaseline(w.tmp / "state" / BASELINE_FILE, HMAC_KEY))
 
 
 def _v(mon: SerialMonitor) -> dict[str, object]:
@@ -83,17 +85,35 @@ def test_presence_only_does_not_open_the_port(world: World) -> None:
 
 
 def test_swap_is_identity_changed_and_survives_restart(world: World) -> None:
-    """Another USB identity on the same port: identity_changed, also for a new monitor."""
+    """Another USB identity on the same port: identity_changed, also for a new monitor;
+    the baseline file holds the serial number only as a keyed hash."""
     assert _v(_mon(world))["identity_changed"] is False
     world.pad.swap(OTHER)
     v = _v(_mon(world))  # a fresh monitor: the baseline comes from the state file
     assert v["identity_changed"] is True and v["identity"] == OTHER.usb_id
-    assert v["expected_identity"] == PAD_ID
-    assert json.loads((world.tmp / "state" / BASELINE_FILE).read_text()) == {
-        f"pinpad@{world.roots.dev / 'ttyUSB0'}": PAD_ID
-    }
+    hashed = stored_identity(PAD_ID, HMAC_KEY)
+    assert v["expected_identity"] == hashed and hashed.startswith("0403:6001:~")
+    text = (world.tmp / "state" / BASELINE_FILE).read_text()
+    assert json.loads(text) == {f"pinpad@{world.roots.dev / 'ttyUSB0'}": hashed}
+    assert "PP000123" not in text
     world.pad.swap(UsbIdentity(0x0403, 0x6001, "PP000123"))
     assert _v(_mon(world))["identity_changed"] is False
+    # the same serial behind another vid:pid is another device
+    world.pad.swap(UsbIdentity(0x0403, 0x6015, "PP000123"))
+    assert _v(_mon(world))["identity_changed"] is True
+
+
+def test_baseline_in_clear_from_an_older_agent_is_rewritten_hashed(world: World) -> None:
+    path = world.tmp / "state" / BASELINE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    port_key = f"pinpad@{world.roots.dev / 'ttyUSB0'}"
+    path.write_text(json.dumps({port_key: PAD_ID, "scanner@/dev/ttyACM0": "05e0:1200"}))
+    mon = _mon(world)
+    assert "PP000123" not in path.read_text()  # rewritten at start, before any poll
+    assert json.loads(path.read_text())["scanner@/dev/ttyACM0"] == "05e0:1200"  # no serial
+    assert _v(mon)["identity_changed"] is False
+    world.pad.swap(OTHER)
+    assert _v(mon)["identity_changed"] is True
 
 
 def test_match_follows_the_device_and_flags_a_stranger(world: World) -> None:

@@ -24,7 +24,8 @@ retention beside ingest. Real servers: PostgreSQL (initdb/pg_ctl) and SeaweedFS
    vs. the same instance config on the same data without retention; deletions/s.
    Goal: within 20 %.
 
-Sizes: the issue's by default; BENCH_FLEET_QUICK=1 (or `--quick`) runs small ones.
+Sizes: the issue's by default; BENCH_FLEET_QUICK=1 (or `--quick`) runs small ones;
+BENCH_FLEET_ONLY=list (ingest, retention; comma-separated) runs only those phases.
 Run: python -m bench.bench_fleet [--quick]
 """
 
@@ -58,6 +59,8 @@ from tests.collector.servers import Postgres, Seaweed, postgres_server, seaweed_
 from tests.conftest import posagent_argv
 
 QUICK = os.environ.get("BENCH_FLEET_QUICK") == "1" or "--quick" in sys.argv[1:]
+# BENCH_FLEET_ONLY=list (or ingest, retention; comma-separated) runs those phases only
+ONLY = {p for p in os.environ.get("BENCH_FLEET_ONLY", "").split(",") if p}
 DEVICES = 1000
 SITES = 100
 CONCURRENCY = 64
@@ -681,6 +684,8 @@ def retention(
 
 def _phase(figures: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]]) -> None:
     """One phase's figures, or its error (the other phases still run)."""
+    if ONLY and name not in ONLY:
+        return
     _say(f"-- {name}")
     t0 = time.perf_counter()
     try:
@@ -706,7 +711,8 @@ def main() -> dict[str, Any]:
         tokens = {
             _device(i): add_device(tokens_file, _device(i), site=_site(i)) for i in range(DEVICES)
         }
-        ups = build_uploads(UPLOADS, tokens)
+        uploading = not ONLY or bool(ONLY & {"ingest", "retention"})
+        ups = build_uploads(UPLOADS if uploading else 1, tokens)
         sizes = sorted(len(u.body) for u in ups)
         figures["bundle_kb_median"] = round(statistics.median(sizes) / 1000, 1)
         _say(

@@ -186,6 +186,13 @@ def timed(
     return wrap
 
 
+def untimed(q: Query) -> bool:
+    """True when q has no time window: its counts come from the summary table
+    ``bundle_counts`` (site, device, fault_key, severity -> n; migration 0004), which
+    `where_clause` filters like ``bundles`` (the same column names)."""
+    return q.since is None and q.until is None
+
+
 def where_clause(q: Query, placeholder: str, *, with_fault: bool = True) -> tuple[str, list[Any]]:
     """The WHERE of a read query (with the engine's parameter placeholder) and its values."""
     clauses: list[str] = []

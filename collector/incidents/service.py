@@ -283,23 +283,19 @@ class Incidents:
             raise NotFound(f"no incident {incident_id}")
         return inc
 
-    def detail(self, incident_id: int, who: Principal) -> Detail:
+    def detail(
+        self,
+        incident_id: int,
+        who: Principal,
+        *,
+        bundles: int = queries.MAX_BUNDLES_SHOWN,
+        history: int = queries.MAX_EVENTS_SHOWN,
+    ) -> Detail:
         with self.db.transaction(write=False) as tx:
-            d = queries.detail(tx, incident_id, _sites(who))
+            d = queries.detail(tx, incident_id, _sites(who), bundles=bundles, history=history)
         if d is None:
             raise NotFound(f"no incident {incident_id}")
         return d
-
-    def bundles(
-        self, incident_id: int, who: Principal, limit: int
-    ) -> tuple[Incident, list[Any], int]:
-        """The incident and up to limit of its bundles (newest first), for the export."""
-        with self.db.transaction(write=False) as tx:
-            inc = queries.visible(tx, incident_id, _sites(who))
-            if inc is None:
-                raise NotFound(f"no incident {incident_id}")
-            found, total = queries.grouped_bundles(tx, incident_id, _sites(who), limit)
-        return inc, found, total
 
     def fleet_faults(self, who: Principal, since: float) -> list[FaultLine]:
         with self.db.transaction(write=False) as tx:
@@ -311,7 +307,8 @@ class Incidents:
 
 
 class IncidentWorker:
-    """`collector serve`'s periodic pass: at start, then every interval_s, in a thread."""
+    """`collector serve`'s periodic pass: at start, then every interval_s, in a thread
+    (interval_s 0: at start only)."""
 
     def __init__(self, incidents: Incidents, interval_s: float) -> None:
         self.incidents = incidents
@@ -334,7 +331,7 @@ class IncidentWorker:
                 self.passes += 1
                 if any(done.values()):
                     log.info("incident_pass", **done)
-            if self._stop.wait(self.interval_s):
+            if self.interval_s <= 0 or self._stop.wait(self.interval_s):
                 return
 
     def stop(self, timeout_s: float = 30.0) -> None:

@@ -9,6 +9,10 @@ People (`collector.access.Principal`): an incident out of the principal's reach 
 change, assignment and note is an event (`collector.incidents.events`) with the
 person's name as actor.
 
+The fleet's faults over a window (`fleet_faults`, the home page's charts) are kept
+`FAULTS_TTL_S` per (window, sites): they aggregate every incident of the window, and
+a fleet's faults over a week do not change in half a minute.
+
 The periodic pass (`sweep`, every ``[collector.incidents] interval_s`` on every
 instance; `IncidentWorker`):
 - `catch_up` groups the bundles ingest could not;
@@ -55,6 +59,9 @@ from collector.storage.sql import Database, Tx
 
 log = structlog.get_logger(__name__)
 
+FAULTS_TTL_S = 30.0  # the fleet's faults (home page charts, /v1/fleet/faults) are this fresh
+FAULTS_CACHE_SIZE = 256
+
 _STATUS_EVENT = {
     Status.ACKNOWLEDGED: EventKind.ACKNOWLEDGED,
     Status.RESOLVED: EventKind.RESOLVED,
@@ -75,6 +82,8 @@ class Incidents:
         self.db = db
         self.settings = settings
         self.clock = clock
+        self._cache: dict[tuple[frozenset[str] | None, float], tuple[float, list[FaultLine]]] = {}
+        self._cache_lock = threading.Lock()
 
     # ----------------------------------------------------------------- grouping
 
@@ -298,12 +307,31 @@ class Incidents:
         return d
 
     def fleet_faults(self, who: Principal, since: float) -> list[FaultLine]:
+        """The fleet's faults since `since` (rounded down to the minute), as seen by who;
+        kept FAULTS_TTL_S per (since, sites): the one read that aggregates a window."""
+        return self._faults(_sites(who), since)
+
+    def _faults(self, sites: frozenset[str] | None, since: float) -> list[FaultLine]:
+        key = (sites, float(int(since // 60) * 60))
+        t = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] > t:
+                return hit[1]
         with self.db.transaction(write=False) as tx:
-            return queries.fleet_faults(tx, since, _sites(who))
+            lines = queries.fleet_faults(tx, key[1], sites)
+        with self._cache_lock:
+            if len(self._cache) >= FAULTS_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = (t + FAULTS_TTL_S, lines)
+        return lines
 
     def home(self, who: Principal) -> Home:
+        sites, now = _sites(who), self.clock()
+        week = self._faults(sites, now - 7 * 86400.0)
+        month = self._faults(sites, now - 30 * 86400.0)
         with self.db.transaction(write=False) as tx:
-            return queries.home(tx, self.clock(), _sites(who))
+            return queries.home(tx, now, sites, week, month)
 
 
 class IncidentWorker:

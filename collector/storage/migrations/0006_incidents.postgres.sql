@@ -36,6 +36,9 @@ CREATE INDEX incidents_site ON incidents (site, last_at DESC, id DESC);
 CREATE INDEX incidents_fault ON incidents (fault_key, last_at DESC, id DESC);
 CREATE INDEX incidents_device ON incidents (device, last_at DESC, id DESC);
 CREATE INDEX incidents_assignee ON incidents (assignee, last_at DESC, id DESC);
+-- the fleet's faults over a window (home page, /v1/fleet/faults): a range read of this
+-- index alone
+CREATE INDEX incidents_window ON incidents (last_at, fault_key, device, site, sev_rank, active);
 -- Which incident groups a bundle: the primary key makes grouping idempotent (once each).
 CREATE TABLE incident_bundles (
     bundle_id TEXT PRIMARY KEY,

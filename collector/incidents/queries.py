@@ -235,60 +235,59 @@ def home(
     month: list[FaultLine],
     limit: int = 20,
 ) -> Home:
-    """Unresolved incidents by severity, the sites and terminals that have them, the top
-    fault keys over 7 and 30 days (`fleet_faults`, given: they are kept a while)."""
+    """Unresolved incidents by severity, the sites and terminals that have them (the worst
+    first), the top fault keys over 7 and 30 days (`fleet_faults`, given: they are kept a
+    while). The unresolved incidents are read once and summed here: one pass over the
+    status index instead of one per figure."""
     clauses, params = _sites(sites)
     w = " WHERE " + " AND ".join([UNRESOLVED, *clauses])
     unresolved: dict[str, dict[str, int]] = {}
-    for sev, status, n, raised in tx.all(
-        f"SELECT severity, status, COUNT(*), SUM(active) FROM incidents{w} "
-        "GROUP BY severity, status",
+    by_site: dict[str, dict[str, Any]] = {}
+    by_dev: dict[str, dict[str, Any]] = {}
+    for sev, status, active, site, dev, key, rank, last in tx.all(
+        "SELECT severity, status, active, site, device, fault_key, sev_rank, last_at "
+        f"FROM incidents{w} ORDER BY sev_rank DESC, last_at DESC",
         params,
     ):
         d = unresolved.setdefault(str(sev), {"open": 0, "acknowledged": 0, "raised": 0})
-        d[str(status)] += int(n)
-        d["raised"] += int(raised or 0)
-    site_rows = tx.all(
-        "SELECT site, COUNT(*), SUM(active), COUNT(DISTINCT device), MAX(sev_rank), "
-        f"MAX(last_at) FROM incidents{w} GROUP BY site "
-        "ORDER BY MAX(sev_rank) DESC, SUM(active) DESC, COUNT(*) DESC, site LIMIT ?",
-        [*params, limit],
-    )
-    dev_rows = tx.all(
-        "SELECT device, MAX(site), COUNT(*), SUM(active), MAX(sev_rank), MAX(last_at) "
-        f"FROM incidents{w} GROUP BY device "
-        "ORDER BY MAX(sev_rank) DESC, SUM(active) DESC, MAX(last_at) DESC, device LIMIT ?",
-        [*params, limit],
-    )
-    totals = tx.one(
-        f"SELECT COUNT(DISTINCT site), COUNT(DISTINCT device) FROM incidents{w}", params
-    )
-    faults: dict[str, list[str]] = {}
-    devices = [str(r[0]) for r in dev_rows]
-    if devices:
-        marks = ", ".join("?" for _ in devices)
-        for dev, key in tx.all(
-            f"SELECT device, fault_key FROM incidents{w} AND device IN ({marks}) "
-            "ORDER BY sev_rank DESC, last_at DESC",
-            [*params, *devices],
-        ):
-            keys = faults.setdefault(str(dev), [])
-            if str(key) not in keys and len(keys) < 5:
-                keys.append(str(key))
+        d[str(status)] += 1
+        d["raised"] += int(active)
+        for table, name in ((by_site, str(site)), (by_dev, str(dev))):
+            t = table.get(name)
+            if t is None:  # rows come worst first: the first is the worst and newest
+                t = table[name] = {
+                    "n": 0,
+                    "raised": 0,
+                    "rank": int(rank),
+                    "last": float(last),
+                    "site": str(site),
+                    "devices": set(),
+                    "faults": [],
+                }
+            t["n"] += 1
+            t["raised"] += int(active)
+            t["last"] = max(t["last"], float(last))
+            t["devices"].add(str(dev))
+            if str(key) not in t["faults"] and len(t["faults"]) < 5:
+                t["faults"].append(str(key))
+
+    def worst(table: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        return sorted(
+            table.items(), key=lambda kv: (-kv[1]["rank"], -kv[1]["raised"], -kv[1]["n"], kv[0])
+        )[:limit]
+
     return Home(
         unresolved=unresolved,
         sites=[
-            Trouble(str(s), str(s), int(n), int(a or 0), int(t), _sev(r), float(last))
-            for s, n, a, t, r, last in site_rows
+            Trouble(s, s, t["n"], t["raised"], len(t["devices"]), _sev(t["rank"]), t["last"])
+            for s, t in worst(by_site)
         ],
         terminals=[
-            Trouble(
-                str(d), str(s), int(n), int(a or 0), 1, _sev(r), float(last), faults.get(str(d), [])
-            )
-            for d, s, n, a, r, last in dev_rows
+            Trouble(d, t["site"], t["n"], t["raised"], 1, _sev(t["rank"]), t["last"], t["faults"])
+            for d, t in worst(by_dev)
         ],
-        sites_total=int(totals[0]) if totals else 0,
-        terminals_total=int(totals[1]) if totals else 0,
+        sites_total=len(by_site),
+        terminals_total=len(by_dev),
         week=week[:10],
         month=month[:10],
     )

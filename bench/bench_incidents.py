@@ -9,8 +9,9 @@
    page's figures again with its fault charts' 30-s cache emptied before every run.
 2. Grouping: the time `Incidents.on_stored` takes per bundle on that index (1,000 new
    bundles), against the time of one upload over HTTP (verify + store + index + group) on
-   a fresh collector: grouping's share of ingest (target: within 10 % of the rate without
-   it), and the measured rate with grouping switched off, beside.
+   a fresh collector (the fastest of three runs: on, off, on again): grouping's share of
+   ingest (target: within 10 % of the rate without it). The three wall-clock rates are
+   printed beside; on a shared machine they vary more between runs than grouping costs.
 
 Run: python -m bench.bench_incidents   (POSAGENT_BENCH_INCIDENTS_SCALE=0.1 for a quick run)
 """
@@ -335,7 +336,9 @@ def main() -> dict[str, Any]:
         print(f"   built {counts} in {figures['build_s']} s")
         figures["reads"] = reads(root, counts)
         figures.update(ingest(root))
-    per_upload_ms = 1000.0 / max(figures["ingest_per_s_grouping_off"], 0.001)
+    # against the fastest upload measured (grouping on or off): the conservative share
+    fastest = max(figures[f"ingest_per_s_grouping_{m}"] for m in ("on", "off", "on2"))
+    per_upload_ms = 1000.0 / max(fastest, 0.001)
     share = figures["reads"]["grouping_ms_per_bundle_at_scale"]["mean_ms"] / per_upload_ms
     figures["grouping_share_of_ingest_pct"] = round(100 * share, 1)
     worst = max(

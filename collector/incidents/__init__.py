@@ -9,6 +9,7 @@ into episodes that people follow up until resolved.
 | `queries` | lists, one incident, the fleet's faults, the home page's figures |
 | `service` | `Incidents`: the above in transactions, people's changes, the periodic pass |
 | `api` | the JSON API and the form posts (`/v1/incidents...`, `/v1/fleet/faults`) |
+| `inputs`, `as_json` | what the API reads (checked, bounded) and what it answers |
 | `views`, `render` | the pages: home, incident list, incident, device |
 | `export` | one incident as a zip for a dispute |
 

@@ -607,6 +607,51 @@ def pages_rows(res: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def incidents_rows(res: dict[str, Any]) -> list[Row]:
+    d = get(res, "incidents") or {}
+    if "error" in d or not d:
+        return [Row("incidents (bench_incidents)", "—", f"FAILED: {d.get('error', 'not run')}")]
+    scale = (
+        f"{d.get('bundles')} bundles in {d.get('incidents')} incidents over "
+        f"{int(d.get('incidents', 0)) // 10} terminals (SQLite)"
+    )
+    reads = d.get("reads") or {}
+    rows = []
+    for key, label in (
+        ("incident_list_page", "incident list page /incidents"),
+        ("api_list", "GET /v1/incidents"),
+        ("api_list_unresolved", "GET /v1/incidents?status=unresolved"),
+        ("api_list_site", "GET /v1/incidents?site=..."),
+        ("home_page", "home page / (fault charts kept 30 s)"),
+        ("home_service_uncached", "home page figures, fault charts not cached"),
+        ("incident_page", "one incident's page"),
+    ):
+        v = get(reads, key, "p95_ms")
+        rows.append(
+            Row(
+                f"{label}, p95, {scale}",
+                "≤ 100 ms (issue 15)",
+                f"{_num(v, ' ms', 1)} (p50 {get(reads, key, 'p50_ms')} ms)",
+                verdict=verdict(v <= 100.0 if v is not None else None),
+            )
+        )
+    share = d.get("grouping_share_of_ingest_pct")
+    rows.append(
+        Row(
+            "grouping's time per bundle (at that scale) ÷ one upload's time without it",
+            "≤ 10 % (issue 15)",
+            f"{_num(share, ' %', 1)} ({get(reads, 'grouping_ms_per_bundle_at_scale', 'mean_ms')} ms "
+            "per bundle)",
+            "ingest with grouping off (this run)",
+            f"{_num(d.get('ingest_per_s_grouping_off'), '/s', 1)} vs "
+            f"{_num(d.get('ingest_per_s_grouping_on2'), '/s', 1)} on",
+            ratio(d.get("ingest_per_s_grouping_on2"), d.get("ingest_per_s_grouping_off")),
+            verdict(share <= 10.0 if share is not None else None),
+        )
+    )
+    return rows
+
+
 def fleet_rows(res: dict[str, Any]) -> list[Row]:
     f = get(res, "fleet") or {}
     if "error" in f or not f:
@@ -701,6 +746,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("Daemon (bench/bench_daemon.py)", daemon_rows),
     ("Flight recorder (bench/bench_recorder.py)", recorder_rows),
     ("Bundle page (bench/bench_pages.py)", pages_rows),
+    ("Incidents (bench/bench_incidents.py)", incidents_rows),
 ]
 
 

@@ -52,13 +52,11 @@ import contextlib
 import functools
 import hashlib
 import json
-import math
 import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
@@ -90,7 +88,6 @@ from agent.bundle.format import (
 from agent.bundle.schema import ManifestError, plausible_time
 from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
-from agent.core.timefmt import rfc3339
 from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
 from collector import holds, openapi, pages, sealed
 from collector.access import OPEN, Principal, principal_of
@@ -104,8 +101,14 @@ from collector.auth import (
 )
 from collector.config import CollectorConfig
 from collector.i18n import negotiate
+from collector.incidents import api as incident_api
+from collector.incidents import views as incident_views
+from collector.incidents.grouping import Settings as IncidentSettings
+from collector.incidents.service import Incidents, IncidentWorker
 from collector.metrics import CONTENT_TYPE, Metrics
 from collector.ratelimit import RateLimiter
+from collector.reads import parse_time, record_json
+from collector.reads import query_from as _query_from
 from collector.remedies import remedy_for
 from collector.storage import (
     BundleRecord,
@@ -116,10 +119,10 @@ from collector.storage import (
     open_store,
 )
 from collector.storage.retention import RetentionPolicy, RetentionWorker
+from collector.storage.sql import database
 
 log = structlog.get_logger(__name__)
 
-MAX_LIST_LIMIT = 500
 MAX_RENDERS = 2  # heavy per-bundle answers worked on at once (see _off_loop)
 DIAG_INLINE_BYTES = 64 * 1024  # a diagnostics entry up to this size is served whole
 DIAG_HEAD_BYTES = 16 * 1024  # of a larger one, its first bytes
@@ -153,6 +156,7 @@ class Shared:
     limiter: Limiter
     login_limiter: Limiter
     metrics: Metrics
+    incidents: Incidents
     renders: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(MAX_RENDERS))
 
     @property
@@ -180,29 +184,6 @@ def _reply(
     return JSONResponse(
         {"status": status, "bundle_id": bid, "error": error}, status_code=code, headers=headers
     )
-
-
-def parse_time(text: str) -> float | None:
-    """since/until: epoch seconds, RFC 3339, or a naive ISO time (taken as UTC); '' is None."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(value):
-            raise ValueError(f"not a time: {text!r}")
-        return value
-    iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
-    try:
-        dt = datetime.fromisoformat(iso)
-    except ValueError:
-        raise ValueError(f"not a time (RFC 3339 or epoch seconds): {text[:40]!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 def record_from_manifest(
@@ -252,21 +233,6 @@ def record_from_manifest(
         screenshot=s(red, "screenshot", 100),
         signature_checked=signature_checked,
     )
-
-
-def record_json(r: BundleRecord) -> dict[str, Any]:
-    """A record for the JSON API: times in RFC 3339, links to the bundle's endpoints."""
-    d = r.to_dict()
-    # None for a time no terminal can have made (a row stored before ingest checked it)
-    d["created_at"] = rfc3339(r.created_at) if pages.shown_time(r.created_at) != "-" else None
-    d["received_at"] = rfc3339(r.received_at) if pages.shown_time(r.received_at) != "-" else None
-    base = f"/v1/bundles/{r.bundle_id}"
-    d["links"] = {
-        "manifest": base,
-        "download": f"{base}/download",
-        "page": f"/bundles/{r.bundle_id}",
-    }
-    return d
 
 
 def _reindex_record(col: Shared, bid: str, data: bytes, received_at: float) -> BundleRecord | None:
@@ -378,6 +344,8 @@ def _verify_and_commit(
         log.warning("bundle_rejected", bundle_id=bid, device=device, reason=str(e))
         return _reply(422, "invalid_bundle", bid, str(e))
     result = col.store.commit(record, staged)
+    if result != "conflict":
+        col.incidents.on_stored(record)  # never raises: the catch-up pass retries it
     if result == "created":
         col.metrics.stored_bytes.inc(size)
         log.info("bundle_stored", bundle_id=bid, device=device, size_bytes=size)
@@ -428,7 +396,7 @@ async def put_bundle(request: Request) -> Response:
     limit = col.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             return _reply(400, "bad_request", bid, "invalid Content-Length")
         if int(declared) > limit:
             return _reply(413, "too_large", bid, f"body over {col.cfg.max_body_mib} MiB")
@@ -483,30 +451,6 @@ def operator_only(html: bool) -> Callable[[Handler], Handler]:
         return inner
 
     return wrap
-
-
-def _query_from(params: dict[str, str]) -> Query:
-    def number(name: str, default: int, lo: int, hi: int) -> int:
-        raw = params.get(name, "")
-        if not raw:
-            return default
-        if not raw.isdigit():
-            raise ValueError(f"{name} must be a non-negative integer")
-        return max(lo, min(hi, int(raw)))
-
-    sev = params.get("severity", "")
-    if sev and sev not in pages.SEVERITIES:
-        raise ValueError(f"severity must be one of {', '.join(pages.SEVERITIES)}")
-    return Query(
-        device=params.get("device", "").strip(),
-        site=params.get("site", "").strip(),
-        fault=params.get("fault", "").strip(),
-        severity=sev,
-        since=parse_time(params.get("since", "")),
-        until=parse_time(params.get("until", "")),
-        limit=number("limit", 50, 1, MAX_LIST_LIMIT),
-        offset=number("offset", 0, 0, 10**9),
-    )
 
 
 def _list(col: Shared, q: Query) -> tuple[list[BundleRecord], int, dict[str, int]]:
@@ -940,6 +884,7 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         else RateLimiter(cfg.rate_per_minute),
         login_limiter=limits(10, "login") if limits else RateLimiter(10),
         metrics=Metrics(),
+        incidents=Incidents(database(store), IncidentSettings.of(cfg.incidents)),
     )
     store.set_observer(col.metrics.observe_storage)
     pool_size = getattr(store.index, "connections", None)
@@ -951,14 +896,30 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         worker = threading.Thread(target=reconcile, args=(col,), name="collector-reconcile")
         worker.start()
         retention = start_retention(col)  # issue 14 item 4: retention every interval_s
+        incidents = IncidentWorker(col.incidents, cfg.incidents.interval_s).start()
         yield
+        incidents.stop()
         if retention is not None:
             retention.stop()
         worker.join(timeout=30)
         col.store.close()
 
     routes = [
-        Route("/", index_page, methods=["GET"]),
+        Route("/", operator_only(html=True)(incident_views.home), methods=["GET"]),
+        Route("/bundles", index_page, methods=["GET"]),
+        Route(
+            "/incidents", operator_only(html=True)(incident_views.incident_list), methods=["GET"]
+        ),
+        Route(
+            "/incidents/{incident_id}",
+            operator_only(html=True)(incident_views.incident_page),
+            methods=["GET"],
+        ),
+        Route(
+            "/devices/{device}",
+            operator_only(html=True)(incident_views.device_page),
+            methods=["GET"],
+        ),
         Route("/bundles/{bundle_id}", bundle_page, methods=["GET"]),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["GET", "POST"]),
@@ -986,6 +947,10 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         ),
         Route("/v1/bundles/{bundle_id}/diagnostics", diagnostics, methods=["GET"]),
         Route("/v1/bundles/{bundle_id}/entries/{name:path}", entry_handler(None), methods=["GET"]),
+        *[
+            Route(path, operator_only(html=False)(handler), methods=[method])
+            for method, path, handler in incident_api.ROUTES
+        ],
     ]
     app = Starlette(
         routes=routes,

@@ -47,6 +47,21 @@ class RemedyOverride(RemedyText):
 
 
 @dataclass(frozen=True)
+class IncidentsConfig:
+    """`[collector.incidents]` (`collector.incidents`): how bundles become incidents and
+    when an incident resolves or escalates by itself (seconds; 0 turns the rule off)."""
+
+    # a recurrence of a cleared fault within this reopens its incident (counted)
+    reopen_window_s: float = _f(3600.0, min=0.0, max=366 * 86400.0)
+    # cleared and quiet this long: resolved by the collector (0: only by a person)
+    auto_resolve_after_s: float = _f(86400.0, min=0.0, max=366 * 86400.0)
+    # a critical incident still raised and open (not acknowledged) this long: escalated once
+    escalate_after_s: float = _f(1800.0, min=0.0, max=366 * 86400.0)
+    # how often each `collector serve` groups what ingest could not, resolves, escalates
+    interval_s: float = _f(60.0, min=0.0, max=86400.0)
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     listen: str = "127.0.0.1:8080"
     data_dir: str = "/var/lib/posagent-collector"
@@ -64,6 +79,7 @@ class CollectorConfig:
     s3_endpoint_url: str = _f("", pattern=r"^$|^https?://")
     s3_region: str = _f("us-east-1", pattern=r"^[a-z0-9-]{1,32}$")
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    incidents: IncidentsConfig = field(default_factory=IncidentsConfig)
     # TLS terminated by `collector serve` itself (both or neither; re-read on SIGHUP)
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from agent import __version__
+from collector.incidents.inputs import MAX_ASSIGNEE, MAX_CONTACT, MAX_NOTE
+from collector.incidents.model import STATUS_FILTERS, Channel, Status
 
 Schema = dict[str, Any]
 
@@ -119,6 +121,48 @@ LIST_FILTERS = [
     query("limit", "Page size (1-500, default 50)", {"type": "string", "pattern": "^[0-9]*$"}),
     query("offset", "Rows to skip", {"type": "string", "pattern": "^[0-9]*$"}),
 ]
+
+
+INCIDENT: Schema = {
+    "type": "object",
+    "required": ["id", "device", "site", "fault_key", "severity", "status", "links"],
+    "properties": {
+        "id": {"type": "integer"},
+        "device": {"type": "string"},
+        "site": {"type": "string"},
+        "fault_key": {"type": "string"},
+        "source": {"type": "string"},
+        "severity": {"type": "string"},
+        "summary": {"type": "string"},
+        "status": {"type": "string", "enum": [s.value for s in Status]},
+        "assignee": {"type": "string"},
+        "active": {"type": "boolean"},
+        "raised_at": {"type": ["string", "null"]},
+        "cleared_at": {"type": ["string", "null"]},
+        "last_at": {"type": ["string", "null"]},
+        "duration_s": {"type": "number"},
+        "repeats": {"type": "integer"},
+        "bundles": {"type": "integer"},
+        "opened_at": {"type": ["string", "null"]},
+        "escalated_at": {"type": ["string", "null"]},
+        "resolved_at": {"type": ["string", "null"]},
+        "updated_at": {"type": ["string", "null"]},
+        "links": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+EVENT: Schema = {
+    "type": "object",
+    "required": ["id", "kind"],
+    "properties": {"id": {"type": "integer"}, "kind": {"type": "string"}},
+}
+INCIDENT_ID = {"type": "string", "pattern": "^[1-9][0-9]{0,14}$"}
+INCIDENT_READ = {**READ_ERRORS, "404": reply("No such incident, or one out of reach")}
+INCIDENT_WRITE = {
+    **INCIDENT_READ,
+    "403": reply("A merchant may only read"),
+    "409": reply("Not a change this incident can make"),
+    "413": reply("Body too large"),
+}
 
 
 def _entry(name: str, media: str) -> Schema:
@@ -295,6 +339,133 @@ def document() -> Schema:
                         "200": {"description": "the entry", "content": {"*/*": {"schema": {}}}},
                         **BUNDLE_READ,
                     },
+                }
+            },
+            "/v1/incidents": {
+                "get": {
+                    "summary": "Incidents, newest first, filtered and paged",
+                    "parameters": [
+                        *LIST_FILTERS,
+                        query(
+                            "status",
+                            "open | acknowledged | resolved | unresolved",
+                            {"type": "string", "enum": ["", *STATUS_FILTERS]},
+                        ),
+                        query(
+                            "assignee", "Who took it", {"type": "string", "maxLength": MAX_ASSIGNEE}
+                        ),
+                    ],
+                    "responses": {
+                        "200": reply(
+                            "A page of incidents",
+                            {
+                                "type": "object",
+                                "required": ["incidents", "total", "limit", "offset"],
+                                "properties": {
+                                    "incidents": {"type": "array", "items": INCIDENT},
+                                    "total": {"type": "integer"},
+                                    "limit": {"type": "integer"},
+                                    "offset": {"type": "integer"},
+                                },
+                            },
+                        ),
+                        **READ_ERRORS,
+                    },
+                }
+            },
+            "/v1/incidents/{incident_id}": {
+                "get": {
+                    "summary": "One incident with its bundles, notes and history",
+                    "parameters": [path("incident_id", INCIDENT_ID)],
+                    "responses": {
+                        "200": reply(
+                            "The incident",
+                            {
+                                **INCIDENT,
+                                "properties": {
+                                    **INCIDENT["properties"],
+                                    "bundle_list": {"type": "array"},
+                                    "notes": {"type": "array", "items": EVENT},
+                                    "events": {"type": "array", "items": EVENT},
+                                },
+                            },
+                        ),
+                        **INCIDENT_READ,
+                    },
+                }
+            },
+            "/v1/incidents/{incident_id}/notes": {
+                "post": {
+                    "summary": "Record a contact with the merchant (support and admin)",
+                    "parameters": [path("incident_id", INCIDENT_ID)],
+                    "requestBody": {
+                        "required": True,
+                        **json_body(
+                            {
+                                "type": "object",
+                                "required": ["channel", "text"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "channel": {
+                                        "type": "string",
+                                        "enum": [c.value for c in Channel],
+                                    },
+                                    "text": {
+                                        "type": "string",
+                                        "minLength": 1,
+                                        "maxLength": MAX_NOTE,
+                                    },
+                                    "contact": {"type": "string", "maxLength": MAX_CONTACT},
+                                    "at": {"type": ["string", "number"]},
+                                },
+                            }
+                        ),
+                    },
+                    "responses": {"201": reply("The note", EVENT), **INCIDENT_WRITE},
+                }
+            },
+            "/v1/incidents/{incident_id}/status": {
+                "post": {
+                    "summary": "Acknowledge, resolve, reopen or assign (support and admin)",
+                    "parameters": [path("incident_id", INCIDENT_ID)],
+                    "requestBody": {
+                        "required": True,
+                        **json_body(
+                            {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "status": {"type": "string", "enum": [s.value for s in Status]},
+                                    "assignee": {"type": "string", "maxLength": MAX_ASSIGNEE},
+                                },
+                            }
+                        ),
+                    },
+                    "responses": {"200": reply("The incident after", INCIDENT), **INCIDENT_WRITE},
+                }
+            },
+            "/v1/incidents/{incident_id}/export": {
+                "get": {
+                    "summary": "The dispute export: one zip with the incident's page and bundles",
+                    "parameters": [path("incident_id", INCIDENT_ID)],
+                    "responses": {
+                        "200": {
+                            "description": "zip",
+                            "content": {"application/zip": {"schema": {}}},
+                        },
+                        **INCIDENT_READ,
+                    },
+                }
+            },
+            "/v1/fleet/faults": {
+                "get": {
+                    "summary": "Per fault key over the last days: incidents, terminals and sites",
+                    "parameters": [
+                        query(
+                            "days", "1-366 (default 7)", {"type": "string", "pattern": "^[0-9]*$"}
+                        )
+                    ],
+                    "responses": {"200": reply("Fault keys", {"type": "object"}), **READ_ERRORS},
                 }
             },
             "/v1/holds": {

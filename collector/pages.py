@@ -34,7 +34,8 @@ def layout(title: str, body: str, *, operator_login: bool = False) -> str:
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
         "<header><a class='brand' href='/'>posagent collector</a>"
-        "<a href='/'>Bundles</a><a href='/v1/bundles'>JSON API</a>"
+        "<a href='/incidents'>Incidents</a><a href='/bundles'>Bundles</a>"
+        "<a href='/v1/bundles'>JSON API</a>"
         f"<span class='right'>{right}</span></header>"
         f"<main>{body}</main></body></html>\n"
     )
@@ -43,7 +44,7 @@ def layout(title: str, body: str, *, operator_login: bool = False) -> str:
 def _link(params: dict[str, str], **changes: str) -> str:
     merged = {k: v for k, v in params.items() if k != "offset"}
     merged.update(changes)
-    return "/?" + urlencode({k: v for k, v in merged.items() if v})
+    return "/bundles?" + urlencode({k: v for k, v in merged.items() if v})
 
 
 def render_list(
@@ -77,7 +78,7 @@ def render_list(
         )
 
     form = (
-        "<form class='filters' method='get' action='/'>"
+        "<form class='filters' method='get' action='/bundles'>"
         + field("device", "Device")
         + field("site", "Site")
         + f"<label>Fault<select name='fault' id='f-fault'>{''.join(opts)}</select></label>"
@@ -85,7 +86,7 @@ def render_list(
         + field("since", "Since (UTC)", "datetime-local")
         + field("until", "Until (UTC)", "datetime-local")
         + "<button type='submit' id='apply'>Filter</button>"
-        + "<a class='button light' href='/'>Clear</a></form>"
+        + "<a class='button light' href='/bundles'>Clear</a></form>"
     )
     chips = [
         f"<a class='chip{' on' if not params.get('fault') else ''}' href='{esc(_link(params, fault=''))}'>"

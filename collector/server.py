@@ -41,7 +41,7 @@ from collector.config import CollectorConfig
 def parse_listen(listen: str) -> tuple[str, int]:
     """'host:port' or '[v6]:port' -> (host, port); ValueError when malformed."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise ValueError(f"listen must be host:port, not {listen!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -138,7 +138,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return min(float(text), MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(text)

@@ -454,7 +454,9 @@ class RequestsPutter:
         try:
             text = b""
             length = resp.headers.get("Content-Length", "")
-            small = length.isdigit() and int(length) <= RESPONSE_BODY_LIMIT_BYTES
+            small = (length.isascii() and length.isdigit()) and int(
+                length
+            ) <= RESPONSE_BODY_LIMIT_BYTES
             if small or resp.status_code not in (200, 201):
                 # errors: a snippet for the log; small success bodies: read so the
                 # connection can be reused. A long or endless success body is dropped.

@@ -540,7 +540,7 @@ def test_page_escapes_everything_from_the_bundle(env: Env) -> None:
     evil = "<script>alert(1)</script>"
     b = make_bundle(device=DEV, site='Shop "<b>7</b>', summary=evil, fault="app.log_error")
     assert env.upload(b).status_code == 201
-    for path in ("/", f"/bundles/{b.bundle_id}", "/?site=" + evil):
+    for path in ("/bundles", f"/bundles/{b.bundle_id}", "/?site=" + evil, "/bundles?site=" + evil):
         r = env.http.get(env.url + path, timeout=10)
         assert r.status_code == 200
         assert "<script>" not in r.text and "<b>7</b>" not in r.text

@@ -70,7 +70,7 @@ def test_page_lists_filters_and_shows_a_bundle_with_its_screenshot(
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(url + "/")
+            page.goto(url + "/bundles")
             rows = page.locator("#bundles tbody tr[data-bundle]")
             assert rows.count() == 4
             assert set(rows.evaluate_all("rs => rs.map(r => r.dataset.bundle)")) == set(
@@ -80,14 +80,14 @@ def test_page_lists_filters_and_shows_a_bundle_with_its_screenshot(
 
             page.select_option("#f-fault", "network.link_down")
             page.click("#apply")
-            page.wait_for_url("**/?*fault=network.link_down*")
+            page.wait_for_url("**/bundles?*fault=network.link_down*")
             assert rows.count() == 1
             assert rows.first.get_attribute("data-bundle") == ids["link"]
 
-            page.goto(url + "/")
+            page.goto(url + "/bundles")
             page.fill("#f-device", "T-0001")
             page.click("#apply")
-            page.wait_for_url("**/?device=T-0001*")
+            page.wait_for_url("**/bundles?device=T-0001*")
             assert rows.count() == 2
             assert page.locator("#total").inner_text() == "2 bundle(s)"
 

@@ -106,7 +106,8 @@ HOSTILE_RAW = {
 
 def _every_answer(env: Env, bid: str | None) -> None:
     """Every page and API answer renders (no 5xx), the list and its filters included."""
-    paths = ["/", "/?fault=k", "/?site=Store+12", "/v1/bundles", "/v1/bundles?severity=critical"]
+    paths = ["/", "/bundles", "/?fault=k", "/bundles?site=Store+12", "/v1/bundles"]
+    paths += ["/v1/bundles?severity=critical", "/incidents", "/v1/incidents", "/devices/" + DEV]
     if bid:
         base = f"/v1/bundles/{bid}"
         paths += [f"/bundles/{bid}", base, f"{base}/download", f"{base}/diagnostics"]

@@ -89,3 +89,13 @@ def test_api_without_credentials_is_refused_within_the_document(
     case.validate_response(resp, excluded_checks=LENIENT)
     public = case.operation.path in ("/healthz", "/v1/openapi.json")
     assert resp.status_code < 500 and (public or resp.status_code in (400, 401, 404, 405))
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/fleet/faults?days=%C2%B3", "/v1/incidents/%C2%B3", "/v1/bundles?limit=%C2%B3"],
+)
+def test_non_ascii_digits_are_a_bad_request_not_a_crash(live: Env, path: str) -> None:
+    """'³'.isdigit() is True and int('³') raises: found by schemathesis (500 before)."""
+    got = live.http.get(f"{live.url}{path}", timeout=10)
+    assert got.status_code == 400, got.text

@@ -1,0 +1,434 @@
+"""Grouping: bundles (and fleet-side signals) into incidents, one per episode.
+
+A `Signal` is what one bundle says about its (device, fault key): its trigger kind, its
+severity and summary, when it happened on the terminal (``at``: the bundle's created_at)
+and when the collector received it (``seen_at``). A fleet-side fault the collector raises
+itself (issue 16's ``device.silent``) is a Signal with no bundle and source ``fleet``:
+the same rules apply.
+
+Rules, for the newest incident ``cur`` of the signal's (device, fault key):
+
+- ``fault`` (raised): no ``cur`` → a new incident, raised. ``cur`` raised → grouped into
+  it (a repeat capture of the same episode). ``cur`` cleared and the signal happened
+  before that clear → grouped (a late upload of an earlier moment). ``cur`` cleared no
+  longer than ``reopen_window_s`` before → reopened: raised again, ``repeats`` + 1, a
+  resolved one back to ``open`` (event ``reopened``). Later than the window → a new
+  incident.
+- ``cleared``: ``cur`` raised → cleared at the signal's time, the episode's time added to
+  ``duration_s`` (event ``cleared``); a clear from before the episode began is grouped
+  only. ``cur`` already cleared within the window → grouped (a repeated clear). No
+  ``cur``, or one cleared longer ago (its raise never arrived: suppressed or lost) → a
+  new incident that is already cleared.
+- ``manual`` (a person's report from the terminal, key ``manual.report``) → an episode of
+  its own that starts and ends at once, per device: a new incident, or, within the window
+  of the previous report's incident, that incident reopened (``repeats`` + 1). A manual
+  report is the merchant's complaint, never folded into a fault's incident: support sees
+  it as its own line to follow up.
+- ``startup`` (an unclean shutdown found at start, ``power.unclean_shutdown``) → grouped
+  into the device's newest incident that is raised and not resolved, of any other key
+  (the power cut is evidence of that episode: the terminal died in it); when there is
+  none, an instant episode of its own like ``manual``.
+
+Every incident's severity is the highest of its signals; its summary the newest raise's.
+
+Safety: every writer of a (device, fault key)'s incidents holds the advisory lock
+``incident:<device>:<key>`` (`collector.storage.sql.Tx.lock`) for its transaction, so
+instances racing on the same device and key make one incident; a startup signal takes
+its own key's lock, then the lock of the incident it joins (no writer takes two locks in
+the other order). Idempotent: ``incident_bundles`` has the bundle id as primary key and
+a bundle already there is not grouped again; re-running grouping changes nothing.
+
+When: ingest groups a bundle right after its commit (`group_record`; a failure is logged,
+never the upload's); `catch_up` groups what ingest could not (the index down for a
+moment, an instance killed between the two) from a cursor over (received_at, bundle_id):
+at start and every ``[collector.incidents] interval_s``. The cursor never passes
+``now - SETTLE_S``: a bundle received but committed later than that is still found.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.bundle.trigger import TriggerKind
+from collector.config import IncidentsConfig
+from collector.incidents import events
+from collector.incidents.model import (
+    SELECT_INCIDENT,
+    SYSTEM_ACTOR,
+    EventKind,
+    Incident,
+    Source,
+    Status,
+    lock_name,
+    sev_rank,
+)
+from collector.storage.base import COLUMNS, BundleRecord, StorageError
+from collector.storage.sql import Database, Tx
+
+log = structlog.get_logger(__name__)
+
+CURSOR = "grouping"
+SETTLE_S = 600.0  # a bundle is committed within this of its received_at
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class Settings:
+    """`[collector.incidents]` as the rules use it (seconds; 0 turns a rule off)."""
+
+    reopen_window_s: float = 3600.0
+    auto_resolve_after_s: float = 86400.0
+    escalate_after_s: float = 1800.0
+
+    @classmethod
+    def of(cls, cfg: IncidentsConfig) -> Settings:
+        return cls(cfg.reopen_window_s, cfg.auto_resolve_after_s, cfg.escalate_after_s)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One observation of a (device, fault key)."""
+
+    device: str
+    site: str
+    key: str
+    kind: TriggerKind
+    severity: str
+    summary: str
+    at: float  # on the terminal's clock (a bundle's created_at)
+    seen_at: float  # on the collector's clock (a bundle's received_at)
+    bundle_id: str = ""  # "" for a fleet-side signal
+    source: Source = Source.BUNDLE
+
+    @classmethod
+    def of_record(cls, r: BundleRecord) -> Signal:
+        try:
+            kind = TriggerKind(r.trigger_kind)
+        except ValueError:
+            kind = TriggerKind.FAULT
+        at = r.created_at if math.isfinite(r.created_at) else r.received_at
+        return cls(
+            device=r.device,
+            site=r.site,
+            key=r.fault_key or kind.value,
+            kind=kind,
+            severity=r.severity,
+            summary=r.summary,
+            at=at,
+            seen_at=r.received_at,
+            bundle_id=r.bundle_id,
+        )
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def apply(tx: Tx, sig: Signal, settings: Settings, now: float) -> int:
+    """Group one signal in tx (under its lock); the id of the incident it went to."""
+    tx.lock(lock_name(sig.device, sig.key))
+    if sig.bundle_id:
+        row = tx.one(
+            "SELECT incident_id FROM incident_bundles WHERE bundle_id = ?", (sig.bundle_id,)
+        )
+        if row is not None:
+            return int(row[0])  # grouped before: nothing changes
+    if sig.kind is TriggerKind.STARTUP:
+        joined = _join_raised(tx, sig, now)
+        if joined is not None:
+            return joined
+    cur = _newest(tx, sig.device, sig.key)
+    window = settings.reopen_window_s
+    if sig.kind is TriggerKind.FAULT:
+        if cur is None:
+            return _open(tx, sig, now, raised=True)
+        if cur.active or sig.at < _cleared(cur):
+            return _touch(tx, cur, sig, now)
+        if sig.at - _cleared(cur) <= window:
+            return _reopen(tx, cur, sig, now, raised=True)
+        return _open(tx, sig, now, raised=True)
+    if sig.kind is TriggerKind.CLEARED:
+        if cur is not None and cur.active:
+            if sig.at < cur.episode_at:
+                return _touch(tx, cur, sig, now)
+            return _clear(tx, cur, sig, now)
+        if cur is not None and sig.at - _cleared(cur) <= window:
+            return _touch(tx, cur, sig, now)
+        return _open(tx, sig, now, raised=False)  # its raise never arrived
+    # manual, startup: an episode that begins and ends at once
+    if cur is None:
+        return _open(tx, sig, now, raised=False)
+    if cur.active or sig.at <= _cleared(cur):
+        return _touch(tx, cur, sig, now)
+    if sig.at - _cleared(cur) <= window:
+        return _reopen(tx, cur, sig, now, raised=False)
+    return _open(tx, sig, now, raised=False)
+
+
+def _cleared(inc: Incident) -> float:
+    return inc.cleared_at if inc.cleared_at is not None else inc.last_at
+
+
+def _newest(tx: Tx, device: str, key: str) -> Incident | None:
+    row = tx.one(
+        f"{SELECT_INCIDENT} WHERE device = ? AND fault_key = ? ORDER BY id DESC LIMIT 1",
+        (device, key),
+    )
+    return Incident.from_row(row) if row else None
+
+
+def get(tx: Tx, incident_id: int) -> Incident | None:
+    """One incident by id (no scoping: callers check the principal)."""
+    row = tx.one(f"{SELECT_INCIDENT} WHERE id = ?", (incident_id,))
+    return Incident.from_row(row) if row else None
+
+
+def _join_raised(tx: Tx, sig: Signal, now: float) -> int | None:
+    """A startup signal into the device's newest raised, unresolved incident of another key."""
+    row = tx.one(
+        "SELECT id, fault_key FROM incidents WHERE device = ? AND active = 1 "
+        "AND status <> 'resolved' AND fault_key <> ? AND source = 'bundle' "
+        "ORDER BY last_at DESC, id DESC LIMIT 1",
+        (sig.device, sig.key),
+    )
+    if row is None:
+        return None
+    tx.lock(lock_name(sig.device, str(row[1])))
+    target = get(tx, int(row[0]))  # again, under its lock
+    if target is None or not target.active or target.status is Status.RESOLVED:
+        return None
+    return _touch(tx, target, sig, now)
+
+
+def _ref(sig: Signal) -> dict[str, Any]:
+    """What an event says about the signal behind it."""
+    out: dict[str, Any] = {"trigger_kind": sig.kind.value, "at": sig.at}
+    if sig.bundle_id:
+        out["bundle_id"] = sig.bundle_id
+    return out
+
+
+def _link(tx: Tx, incident_id: int, sig: Signal, now: float) -> None:
+    """Record the signal's bundle in the incident (row + ``bundle`` event)."""
+    if not sig.bundle_id:
+        return
+    tx.execute(
+        "INSERT INTO incident_bundles (bundle_id, incident_id, trigger_kind, at) "
+        "VALUES (?, ?, ?, ?)",
+        (sig.bundle_id, incident_id, sig.kind.value, sig.at),
+    )
+    events.append(
+        tx,
+        incident_id,
+        EventKind.BUNDLE,
+        SYSTEM_ACTOR,
+        {**_ref(sig), "fault_key": sig.key, "severity": sig.severity, "summary": sig.summary},
+        at=now,
+    )
+
+
+def _open(tx: Tx, sig: Signal, now: float, *, raised: bool) -> int:
+    row = tx.one(
+        "INSERT INTO incidents (device, site, fault_key, source, severity, sev_rank, summary, "
+        "status, assignee, active, raised_at, episode_at, cleared_at, last_at, duration_s, "
+        "repeats, bundles, open_since, touched_at, escalated_at, resolved_at, created_at, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', '', ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, "
+        "NULL, NULL, ?, ?) RETURNING id",
+        (
+            sig.device,
+            sig.site,
+            sig.key,
+            sig.source.value,
+            sig.severity,
+            sev_rank(sig.severity),
+            sig.summary,
+            1 if raised else 0,
+            sig.at,
+            sig.at,
+            None if raised else sig.at,
+            sig.at,
+            1 if sig.bundle_id else 0,
+            sig.seen_at,
+            sig.seen_at,
+            now,
+            now,
+        ),
+    )
+    if row is None:
+        raise StorageError("incident id not returned")
+    inc = int(row[0])
+    detail = {
+        "device": sig.device,
+        "site": sig.site,
+        "fault_key": sig.key,
+        "severity": sig.severity,
+        "summary": sig.summary,
+        "source": sig.source.value,
+        **_ref(sig),
+    }
+    events.append(tx, inc, EventKind.OPENED, SYSTEM_ACTOR, detail, at=now)
+    if sig.kind is TriggerKind.CLEARED:
+        events.append(
+            tx, inc, EventKind.CLEARED, SYSTEM_ACTOR, {"duration_s": 0.0, **_ref(sig)}, at=now
+        )
+    _link(tx, inc, sig, now)
+    return inc
+
+
+def _update(tx: Tx, inc: Incident, now: float, **cols: Any) -> None:
+    sets = ", ".join(f"{k} = ?" for k in cols)
+    tx.execute(
+        f"UPDATE incidents SET {sets}, updated_at = ? WHERE id = ?", [*cols.values(), now, inc.id]
+    )
+
+
+def _seen(inc: Incident, sig: Signal) -> dict[str, Any]:
+    """The columns every grouped signal moves: newest times, count, severity, summary."""
+    cols: dict[str, Any] = {
+        "last_at": max(inc.last_at, sig.at),
+        "touched_at": max(inc.touched_at, sig.seen_at),
+        "bundles": inc.bundles + (1 if sig.bundle_id else 0),
+    }
+    if sev_rank(sig.severity) > sev_rank(inc.severity):
+        cols["severity"], cols["sev_rank"] = sig.severity, sev_rank(sig.severity)
+    if sig.kind is not TriggerKind.CLEARED and sig.summary and sig.at >= inc.last_at:
+        cols["summary"] = sig.summary
+    return cols
+
+
+def _touch(tx: Tx, inc: Incident, sig: Signal, now: float) -> int:
+    _update(tx, inc, now, **_seen(inc, sig))
+    _link(tx, inc.id, sig, now)
+    return inc.id
+
+
+def _reopen(tx: Tx, inc: Incident, sig: Signal, now: float, *, raised: bool) -> int:
+    cols = _seen(inc, sig)
+    cols.update(
+        active=1 if raised else 0,
+        episode_at=sig.at,
+        cleared_at=None if raised else sig.at,
+        repeats=inc.repeats + 1,
+        open_since=sig.seen_at,
+    )
+    if inc.status is Status.RESOLVED:
+        cols.update(status=Status.OPEN.value, resolved_at=None)
+    _update(tx, inc, now, **cols)
+    events.append(
+        tx,
+        inc.id,
+        EventKind.REOPENED,
+        SYSTEM_ACTOR,
+        {"repeats": inc.repeats + 1, "was": inc.status.value, **_ref(sig)},
+        at=now,
+    )
+    _link(tx, inc.id, sig, now)
+    return inc.id
+
+
+def _clear(tx: Tx, inc: Incident, sig: Signal, now: float) -> int:
+    episode_s = max(0.0, sig.at - inc.episode_at)
+    cols = _seen(inc, sig)
+    cols.update(active=0, cleared_at=sig.at, duration_s=inc.duration_s + episode_s)
+    _update(tx, inc, now, **cols)
+    events.append(
+        tx,
+        inc.id,
+        EventKind.CLEARED,
+        SYSTEM_ACTOR,
+        {"duration_s": round(episode_s, 3), **_ref(sig)},
+        at=now,
+    )
+    _link(tx, inc.id, sig, now)
+    return inc.id
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def observe(db: Database, sig: Signal, settings: Settings, now: float) -> int:
+    """Group one signal in its own transaction; the incident's id."""
+    with db.transaction() as tx:
+        return apply(tx, sig, settings, now)
+
+
+def group_record(
+    db: Database, record: BundleRecord, settings: Settings, clock: Callable[[], float] = time.time
+) -> int | None:
+    """Ingest's call after a commit: group the bundle; None (logged) when that failed.
+
+    Never raises: the bundle is stored, and `catch_up` groups it later."""
+    try:
+        return observe(db, Signal.of_record(record), settings, clock())
+    except Exception as e:  # the upload must not fail for it (catch-up retries)
+        log.error("incident_grouping_failed", bundle_id=record.bundle_id, error=str(e)[:300])
+        return None
+
+
+def _record(row: tuple[Any, ...]) -> BundleRecord:
+    d = dict(zip(COLUMNS, row, strict=True))
+    d["signature_checked"] = bool(d["signature_checked"])
+    return BundleRecord(**d)
+
+
+def catch_up(
+    db: Database,
+    settings: Settings,
+    *,
+    now: float,
+    batch: int = BATCH,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Group every bundle after the cursor that no incident groups yet; how many it grouped.
+
+    A bundle whose grouping fails is logged and passed over; the cursor stays before it
+    (tried again next pass), and never moves past ``now - SETTLE_S``."""
+    with db.transaction(write=False) as tx:
+        row = tx.one("SELECT received_at, bundle_id FROM incident_cursor WHERE name = ?", (CURSOR,))
+    start: tuple[float, str] = (float(row[0]), str(row[1])) if row else (-1.0, "")
+    pos, safe, horizon = start, start, (now - SETTLE_S, "")
+    done, failed, complete = 0, False, False
+    cols = ", ".join(f"b.{c}" for c in COLUMNS)
+    while not stop():
+        with db.transaction(write=False) as tx:
+            rows = tx.all(
+                f"SELECT {cols} FROM bundles b WHERE (b.received_at > ? OR "
+                "(b.received_at = ? AND b.bundle_id > ?)) AND NOT EXISTS "
+                "(SELECT 1 FROM incident_bundles ib WHERE ib.bundle_id = b.bundle_id) "
+                "ORDER BY b.received_at, b.bundle_id LIMIT ?",
+                (pos[0], pos[0], pos[1], batch),
+            )
+        for r in rows:
+            rec = _record(r)
+            try:
+                observe(db, Signal.of_record(rec), settings, now)
+            except Exception as e:  # one bundle must not stop the others
+                log.error("incident_catch_up_failed", bundle_id=rec.bundle_id, error=str(e)[:300])
+                failed = True
+            else:
+                done += 1
+            pos = (rec.received_at, rec.bundle_id)
+            if not failed:
+                safe = pos
+        if len(rows) < batch:
+            complete = True
+            break
+    if complete and not failed:
+        safe = max(safe, horizon)  # nothing before the horizon is left ungrouped
+    cursor = min(safe, horizon)
+    if cursor > start:
+        with db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO incident_cursor (name, received_at, bundle_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET received_at = excluded.received_at, "
+                "bundle_id = excluded.bundle_id",
+                (CURSOR, cursor[0], cursor[1]),
+            )
+    if done:
+        log.info("incident_catch_up", grouped=done)
+    return done

@@ -1,0 +1,135 @@
+"""The incident pages' handlers (`collector.app` routes them behind its gate, html=True):
+
+- ``GET /``: the home page, the fleet at a glance (a ``/`` with the bundle list's filters,
+  an old bookmark, is redirected to ``/bundles`` with them);
+- ``GET /incidents``: the list with filters (those of ``GET /v1/incidents``);
+- ``GET /incidents/{id}``: one incident, its notes form and status buttons (for a
+  principal who writes);
+- ``GET /devices/{device}``: one terminal's incidents and bundles.
+
+Each reads with the request's principal and renders in the thread pool.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from agent.bundle.style import esc
+from collector.access import Principal, principal_of
+from collector.auth import valid_device_id
+from collector.incidents import render
+from collector.incidents.inputs import list_filter
+from collector.incidents.model import BadInput, IncidentFilter, NotFound
+from collector.incidents.service import Incidents
+from collector.pages import layout
+from collector.storage import Query
+
+BUNDLE_FILTERS = ("device", "site", "fault", "severity", "since", "until", "limit", "offset")
+NO_STORE = {"Cache-Control": "no-store"}
+DEVICE_INCIDENTS = 100
+DEVICE_BUNDLES = 50
+
+
+def _service(request: Request) -> Incidents:
+    incidents: Incidents = request.app.state.collector.incidents
+    return incidents
+
+
+def _login(request: Request) -> bool:
+    return bool(request.app.state.collector.operator.enabled)
+
+
+def _not_found(text: str, code: int = 404) -> HTMLResponse:
+    return HTMLResponse(
+        layout("posagent collector", f"<h1>{esc(text)}</h1>"), status_code=code, headers=NO_STORE
+    )
+
+
+async def home(request: Request) -> Response:
+    params = {k: v for k, v in request.query_params.items() if v}
+    if any(k in params for k in BUNDLE_FILTERS):  # the bundle list's old address
+        return RedirectResponse("/bundles?" + urlencode(params), status_code=303)
+    inc, who, login = _service(request), principal_of(request), _login(request)
+
+    def go() -> str:
+        return render.home(inc.home(who), inc.clock(), operator_login=login)
+
+    return HTMLResponse(await run_in_threadpool(go), headers=NO_STORE)
+
+
+async def incident_list(request: Request) -> Response:
+    params = {k: v for k, v in request.query_params.items() if v}
+    inc, who, login = _service(request), principal_of(request), _login(request)
+    error = ""
+    try:
+        f = list_filter(params)
+    except BadInput as e:
+        error, f = str(e), IncidentFilter()
+
+    def go() -> str:
+        items, total = inc.page(f, who)
+        return render.incident_list(
+            items,
+            total,
+            params,
+            f.query.limit,
+            f.query.offset,
+            inc.clock(),
+            error=error,
+            operator_login=login,
+        )
+
+    return HTMLResponse(
+        await run_in_threadpool(go), status_code=400 if error else 200, headers=NO_STORE
+    )
+
+
+def _incident_html(inc: Incidents, iid: int, who: Principal, error: str, login: bool) -> str | None:
+    try:
+        d = inc.detail(iid, who)
+    except NotFound:
+        return None
+    return render.incident(d, inc.clock(), can_write=who.writes, error=error, operator_login=login)
+
+
+async def incident_page_with(request: Request, iid: int, error: str, code: int) -> Response:
+    """The incident page, with a form's error when there is one (answered with code)."""
+    inc, who, login = _service(request), principal_of(request), _login(request)
+    page = await run_in_threadpool(_incident_html, inc, iid, who, error, login)
+    if page is None:
+        return _not_found("No such incident.")
+    return HTMLResponse(page, status_code=code, headers=NO_STORE)
+
+
+async def incident_page(request: Request) -> Response:
+    raw = str(request.path_params["incident_id"])
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15 or int(raw) < 1:
+        return _not_found("Not an incident id.", 400)
+    return await incident_page_with(request, int(raw), "", 200)
+
+
+async def device_page(request: Request) -> Response:
+    name = str(request.path_params["device"])
+    if not valid_device_id(name):
+        return _not_found("Not a terminal id.", 400)
+    inc, who, login = _service(request), principal_of(request), _login(request)
+    index = request.app.state.collector.store.index
+
+    def go() -> str:
+        items, total = inc.page(IncidentFilter(Query(device=name, limit=DEVICE_INCIDENTS)), who)
+        q = who.restrict(Query(device=name, limit=DEVICE_BUNDLES))
+        return render.device(
+            name,
+            items,
+            total,
+            index.query(q),
+            index.count(q),
+            inc.clock(),
+            operator_login=login,
+        )
+
+    return HTMLResponse(await run_in_threadpool(go), headers=NO_STORE)

@@ -1,0 +1,77 @@
+"""What the read side's handlers share: the time and filter parameters of a list, and a
+bundle's index row as JSON (`collector.app` for bundles, `collector.incidents` for
+incidents)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.core.timefmt import rfc3339
+from collector import pages
+from collector.storage import BundleRecord, Query
+
+MAX_LIST_LIMIT = 500
+
+
+def parse_time(text: str) -> float | None:
+    """since/until: epoch seconds, RFC 3339, or a naive ISO time (taken as UTC); '' is None."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"not a time: {text!r}")
+        return value
+    iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    try:
+        dt = datetime.fromisoformat(iso)
+    except ValueError:
+        raise ValueError(f"not a time (RFC 3339 or epoch seconds): {text[:40]!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def record_json(r: BundleRecord) -> dict[str, Any]:
+    """A record for the JSON API: times in RFC 3339, links to the bundle's endpoints."""
+    d = r.to_dict()
+    # None for a time no terminal can have made (a row stored before ingest checked it)
+    d["created_at"] = rfc3339(r.created_at) if pages.shown_time(r.created_at) != "-" else None
+    d["received_at"] = rfc3339(r.received_at) if pages.shown_time(r.received_at) != "-" else None
+    base = f"/v1/bundles/{r.bundle_id}"
+    d["links"] = {
+        "manifest": base,
+        "download": f"{base}/download",
+        "page": f"/bundles/{r.bundle_id}",
+    }
+    return d
+
+
+def query_from(params: dict[str, str]) -> Query:
+    def number(name: str, default: int, lo: int, hi: int) -> int:
+        raw = params.get(name, "")
+        if not raw:
+            return default
+        if not (raw.isascii() and raw.isdigit()):
+            raise ValueError(f"{name} must be a non-negative integer")
+        return max(lo, min(hi, int(raw)))
+
+    sev = params.get("severity", "")
+    if sev and sev not in pages.SEVERITIES:
+        raise ValueError(f"severity must be one of {', '.join(pages.SEVERITIES)}")
+    return Query(
+        device=params.get("device", "").strip(),
+        site=params.get("site", "").strip(),
+        fault=params.get("fault", "").strip(),
+        severity=sev,
+        since=parse_time(params.get("since", "")),
+        until=parse_time(params.get("until", "")),
+        limit=number("limit", 50, 1, MAX_LIST_LIMIT),
+        offset=number("offset", 0, 0, 10**9),
+    )

@@ -1,0 +1,364 @@
+"""Incidents from bundles (`collector.incidents.grouping`, `service`) on both index engines
+(SQLite and a real PostgreSQL): episodes, reopening within the window, manual and startup
+bundles, idempotent and concurrent grouping, the catch-up pass, auto-resolve and
+escalation driven by a clock, and status changes by people."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.bundle.format import new_bundle_id
+from agent.bundle.trigger import TriggerKind
+from collector.access import Principal, Role
+from collector.config import CollectorConfig
+from collector.incidents.grouping import SETTLE_S, Settings, Signal
+from collector.incidents.model import (
+    Channel,
+    EventKind,
+    Forbidden,
+    IncidentFilter,
+    InvalidTransition,
+    NotFound,
+    Source,
+    Status,
+)
+from collector.incidents.service import Incidents
+from collector.storage import BundleRecord, BundleStore, Query, open_store
+from collector.storage.sql import database
+
+DEV = "T-0001"
+T0 = 1_767_000_000.0  # the terminal's and the collector's clock at the start of a test
+ADMIN = Principal("ana", Role.ADMIN)
+SUPPORT = Principal("sam", Role.SUPPORT, frozenset({"Store 12"}))
+MERCHANT = Principal("mia", Role.MERCHANT, frozenset({"Store 12"}))
+OTHER = Principal("oscar", Role.SUPPORT, frozenset({"Store 99"}))
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_engine(kind: str, tmp: Path, request: pytest.FixtureRequest) -> BundleStore:
+    over = {}
+    if kind == "postgres":
+        from collector.storage.postgres import migrate
+
+        url = request.getfixturevalue("pg_url")
+        migrate(url)
+        over["index_url"] = url
+    return open_store(CollectorConfig(data_dir=str(tmp / "data"), **over))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield request.param
+
+
+@pytest.fixture
+def store(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BundleStore]:
+    s = open_engine(engine, tmp_path, request)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def inc(store: BundleStore, clock: Clock) -> Incidents:
+    return Incidents(database(store), Settings(3600.0, 86400.0, 1800.0), clock)
+
+
+def rec(
+    kind: str,
+    at: float,
+    *,
+    key: str = "printer.paper_end",
+    device: str = DEV,
+    site: str = "Store 12",
+    severity: str = "error",
+    received: float | None = None,
+    summary: str = "",
+) -> BundleRecord:
+    return BundleRecord(
+        bundle_id=new_bundle_id(int(at * 1000)),
+        device=device,
+        site=site,
+        fault_key=key,
+        severity=severity,
+        trigger_kind=kind,
+        summary=summary or f"{key} {kind}",
+        created_at=at,
+        received_at=at + 5 if received is None else received,
+        size_bytes=100,
+        sha256="0" * 64,
+        screenshot="captured",
+        signature_checked=True,
+    )
+
+
+def ingest(store: BundleStore, inc: Incidents, r: BundleRecord) -> int:
+    """What ingest does: the index row, then grouping."""
+    assert store.index.add(r)
+    found = inc.on_stored(r)
+    assert found is not None
+    return found
+
+
+def kinds(inc: Incidents, incident_id: int) -> list[str]:
+    return [e.kind.value for e in inc.detail(incident_id, ADMIN).events]
+
+
+def test_raise_then_clear_is_one_episode_with_its_duration(
+    store: BundleStore, inc: Incidents
+) -> None:
+    a = ingest(store, inc, rec("fault", T0, severity="critical"))
+    b = ingest(store, inc, rec("fault", T0 + 10))  # a repeat capture of the same episode
+    c = ingest(store, inc, rec("cleared", T0 + 95))
+    assert a == b == c
+    got = inc.get(a, ADMIN)
+    assert not got.active and got.cleared_at == T0 + 95
+    assert got.duration_s == pytest.approx(95.0)
+    assert got.severity == "critical"  # the highest of its bundles
+    assert got.bundles == 3 and got.repeats == 0 and got.status is Status.OPEN
+    assert kinds(inc, a) == ["opened", "bundle", "bundle", "cleared", "bundle"]
+    d = inc.detail(a, ADMIN)
+    assert [b.trigger_kind for b in d.bundles] == ["cleared", "fault", "fault"]  # newest first
+    assert all(b.record is not None for b in d.bundles)
+
+
+def test_recurrence_within_the_window_reopens_after_it_a_new_incident(
+    store: BundleStore, inc: Incidents
+) -> None:
+    first = ingest(store, inc, rec("fault", T0))
+    ingest(store, inc, rec("cleared", T0 + 60))
+    inc.set_status(first, ADMIN, Status.RESOLVED)
+    again = ingest(store, inc, rec("fault", T0 + 60 + 3000))  # within the 3600 s window
+    assert again == first
+    got = inc.get(first, ADMIN)
+    assert got.active and got.repeats == 1 and got.status is Status.OPEN  # reopened
+    assert got.resolved_at is None
+    ingest(store, inc, rec("cleared", T0 + 3060 + 40))
+    assert inc.get(first, ADMIN).duration_s == pytest.approx(100.0)  # 60 + 40
+    assert kinds(inc, first).count("reopened") == 1
+    later = ingest(store, inc, rec("fault", T0 + 3100 + 3601))  # past the window
+    assert later != first
+    assert inc.get(later, ADMIN).repeats == 0
+    items, total = inc.page(IncidentFilter(Query(device=DEV)), ADMIN)
+    assert total == 2 and [i.id for i in items] == [later, first]
+
+
+def test_clear_without_raise_late_bundles_and_other_keys(
+    store: BundleStore, inc: Incidents
+) -> None:
+    orphan = ingest(store, inc, rec("cleared", T0, key="network.link_down"))
+    got = inc.get(orphan, ADMIN)
+    assert not got.active and got.cleared_at == T0 and got.duration_s == 0
+    assert kinds(inc, orphan) == ["opened", "cleared", "bundle"]
+    a = ingest(store, inc, rec("fault", T0 + 100))
+    ingest(store, inc, rec("cleared", T0 + 200))
+    late = ingest(store, inc, rec("fault", T0 + 150))  # uploaded late: still the same episode
+    assert late == a
+    got = inc.get(a, ADMIN)
+    assert not got.active and got.repeats == 0 and got.duration_s == pytest.approx(100.0)
+    other = ingest(store, inc, rec("fault", T0 + 120, device="T-0002"))
+    assert other not in (a, orphan)
+
+
+def test_manual_reports_and_startup_bundles(store: BundleStore, inc: Incidents) -> None:
+    fault = ingest(store, inc, rec("fault", T0, key="power.ac_lost", severity="critical"))
+    m1 = ingest(store, inc, rec("manual", T0 + 30, key="manual.report"))
+    assert m1 != fault  # a merchant's report is its own line
+    m2 = ingest(store, inc, rec("manual", T0 + 600, key="manual.report"))
+    assert m2 == m1 and inc.get(m1, ADMIN).repeats == 1  # within the window
+    # the terminal died during the power fault: the unclean shutdown joins that incident
+    s1 = ingest(store, inc, rec("startup", T0 + 900, key="power.unclean_shutdown"))
+    assert s1 == fault
+    assert inc.get(fault, ADMIN).bundles == 2
+    ingest(store, inc, rec("cleared", T0 + 1000, key="power.ac_lost"))
+    s2 = ingest(store, inc, rec("startup", T0 + 2000, key="power.unclean_shutdown"))
+    assert s2 not in (fault, m1)  # nothing raised any more: its own incident
+    got = inc.get(s2, ADMIN)
+    assert got.fault_key == "power.unclean_shutdown" and not got.active
+    m3 = ingest(store, inc, rec("manual", T0 + 600 + 3601, key="manual.report"))
+    assert m3 not in (m1, s2)
+
+
+def test_grouping_is_idempotent_and_catch_up_groups_what_ingest_missed(
+    store: BundleStore, inc: Incidents, clock: Clock
+) -> None:
+    r1 = rec("fault", T0)
+    a = ingest(store, inc, r1)
+    assert inc.on_stored(r1) == a  # again: nothing changes
+    got = inc.get(a, ADMIN)
+    assert got.bundles == 1 and kinds(inc, a) == ["opened", "bundle"]
+    # stored but never grouped (an instance killed between the two)
+    missed = [rec("cleared", T0 + 50), rec("fault", T0 + 20, key="cover.open")]
+    for r in missed:
+        assert store.index.add(r)
+    clock.now = T0 + 100
+    assert inc.catch_up() == 2
+    assert inc.catch_up() == 0  # nothing left; nothing done twice
+    assert inc.get(a, ADMIN).bundles == 2 and not inc.get(a, ADMIN).active
+    items, total = inc.page(IncidentFilter(), ADMIN)
+    assert total == 2 and sum(i.bundles for i in items) == 3
+    # a bundle received before the cursor's position but committed late is still found
+    clock.now = T0 + 2 * SETTLE_S
+    late = rec("fault", T0 + 60, key="drawer.open", received=T0 + 2 * SETTLE_S - 30)
+    inc.catch_up()
+    assert store.index.add(late)
+    assert inc.catch_up() == 1
+    assert inc.page(IncidentFilter(Query(fault="drawer.open")), ADMIN)[1] == 1
+
+
+def test_instances_racing_on_one_device_and_key_make_one_incident(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two instances (each its own connections to the same index) group 40 bundles of one
+    device and key at once, raise and clear interleaved: one incident, every bundle once."""
+    stores = [open_engine(engine, tmp_path, request) for _ in range(2)]
+    try:
+        instances = [Incidents(database(s), Settings(), Clock()) for s in stores]
+        records = [rec("fault" if i % 2 == 0 else "cleared", T0 + i) for i in range(40)]
+        for r in records:
+            assert stores[0].index.add(r)
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def run(n: int) -> None:
+            try:
+                barrier.wait()
+                mine = records if n == 0 else list(reversed(records))
+                for r in mine:
+                    assert instances[n].on_stored(r) is not None
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors
+        items, total = instances[0].page(IncidentFilter(), ADMIN)
+        assert total == 1
+        assert items[0].bundles == 40
+        d = instances[1].detail(items[0].id, ADMIN)
+        assert d.bundle_total == 40
+        assert sum(1 for e in d.events if e.kind is EventKind.BUNDLE) == 40
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_auto_resolve_and_escalation_follow_the_clock(
+    store: BundleStore, inc: Incidents, clock: Clock
+) -> None:
+    crit = ingest(store, inc, rec("fault", T0, severity="critical", received=T0))
+    warn = ingest(
+        store, inc, rec("fault", T0, key="paper.near_end", severity="warning", received=T0)
+    )
+    acked = ingest(store, inc, rec("fault", T0, key="cover.open", severity="critical", received=T0))
+    inc.set_status(acked, SUPPORT, Status.ACKNOWLEDGED)
+    clock.now = T0 + 1799
+    assert inc.escalate() == []
+    clock.now = T0 + 1801
+    assert inc.escalate() == [crit]  # critical, raised, nobody acknowledged it
+    assert inc.escalate() == []  # once
+    assert kinds(inc, crit).count("escalated") == 1
+    assert inc.get(crit, ADMIN).escalated_at == T0 + 1801
+    # cleared, then quiet: resolved by the collector after auto_resolve_after_s
+    ingest(
+        store,
+        inc,
+        rec("cleared", T0 + 2000, key="paper.near_end", severity="warning", received=T0 + 2000),
+    )
+    clock.now = T0 + 2000 + 86399
+    assert inc.auto_resolve() == []
+    clock.now = T0 + 2000 + 86401
+    assert inc.auto_resolve() == [warn]  # the raised ones stay
+    got = inc.get(warn, ADMIN)
+    assert got.status is Status.RESOLVED and got.resolved_at == clock.now
+    ev = inc.detail(warn, ADMIN).events[-1]
+    assert ev.kind is EventKind.RESOLVED and ev.actor == "system" and ev.detail["auto"] is True
+    assert inc.sweep() == {"grouped": 0, "resolved": 0, "escalated": 0}
+
+
+def test_status_changes_assignee_and_notes(
+    store: BundleStore, inc: Incidents, clock: Clock
+) -> None:
+    a = ingest(store, inc, rec("fault", T0))
+    with pytest.raises(InvalidTransition):
+        inc.set_status(a, SUPPORT, Status.OPEN)  # already open
+    after, evs = inc.set_status(a, SUPPORT, Status.ACKNOWLEDGED, assignee="sam")
+    assert after.status is Status.ACKNOWLEDGED and after.assignee == "sam"
+    assert [e.kind for e in evs] == [EventKind.ACKNOWLEDGED, EventKind.ASSIGNED]
+    assert all(e.actor == "sam" for e in evs)
+    with pytest.raises(InvalidTransition):
+        inc.set_status(a, SUPPORT, Status.OPEN)  # acknowledged -> open is not a transition
+    clock.now = T0 + 500
+    note = inc.add_note(a, SUPPORT, Channel.PHONE, "will load a new roll", contact="Li (manager)")
+    assert note.detail == {
+        "channel": "phone",
+        "contact": "Li (manager)",
+        "text": "will load a new roll",
+        "contact_at": T0 + 500,
+    }
+    inc.set_status(a, ADMIN, Status.RESOLVED)
+    reopened, _ = inc.set_status(a, ADMIN, Status.OPEN)
+    assert reopened.status is Status.OPEN and reopened.resolved_at is None
+    d = inc.detail(a, ADMIN)
+    assert [n.detail["text"] for n in d.notes] == ["will load a new roll"]
+    assert [e.kind.value for e in d.events][-5:] == [
+        "acknowledged",
+        "assigned",
+        "note",
+        "resolved",
+        "reopened",
+    ]
+    # merchants read only; people of another tenant do not see it at all
+    with pytest.raises(Forbidden):
+        inc.add_note(a, MERCHANT, Channel.EMAIL, "x")
+    with pytest.raises(NotFound):
+        inc.set_status(a, OTHER, Status.RESOLVED)
+    with pytest.raises(NotFound):
+        inc.get(a, OTHER)
+    assert inc.get(a, MERCHANT).id == a
+
+
+def test_a_fleet_side_fault_without_bundle_is_an_incident(
+    store: BundleStore, inc: Incidents
+) -> None:
+    """Issue 16's device.silent: raised and cleared by the collector, no bundle."""
+
+    def silent(kind: TriggerKind, at: float) -> Signal:
+        return Signal(
+            DEV,
+            "Store 12",
+            "device.silent",
+            kind,
+            "critical",
+            "no check-in",
+            at,
+            at,
+            source=Source.FLEET,
+        )
+
+    a = inc.observe(silent(TriggerKind.FAULT, T0))
+    assert inc.observe(silent(TriggerKind.CLEARED, T0 + 900)) == a
+    got = inc.get(a, ADMIN)
+    assert got.source == "fleet" and got.bundles == 0 and got.duration_s == 900
+    assert kinds(inc, a) == ["opened", "cleared"]
+    # the unclean-shutdown bundle the terminal uploads when it is back joins nothing cleared
+    s = ingest(store, inc, rec("startup", T0 + 910, key="power.unclean_shutdown"))
+    assert s != a

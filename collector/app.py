@@ -86,7 +86,7 @@ from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
 from agent.core.timefmt import rfc3339
 from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
-from collector import holds, pages, sealed
+from collector import holds, notify, pages, sealed
 from collector.access import OPEN, Principal, principal_of
 from collector.auth import (
     SESSION_COOKIE,
@@ -98,6 +98,8 @@ from collector.auth import (
 )
 from collector.config import CollectorConfig
 from collector.metrics import CONTENT_TYPE, Metrics
+from collector.notify import api as notify_api
+from collector.notify.worker import start_delivery
 from collector.ratelimit import RateLimiter
 from collector.storage import (
     BundleRecord,
@@ -836,6 +838,8 @@ def start_retention(col: Shared) -> RetentionWorker | None:
 def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Starlette:
     """The collector application for cfg; store defaults to the engines cfg names
     (`collector.storage.open_store`: files + SQLite under data_dir unless configured)."""
+    notifier = notify.Notifier(notify.load_channels(cfg))  # ConfigError (78): a bad secret
+    notify.install(notifier)
     store = store or open_store(cfg)
     limits = store.limits
     col = Shared(
@@ -859,7 +863,10 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         worker = threading.Thread(target=reconcile, args=(col,), name="collector-reconcile")
         worker.start()
         retention = start_retention(col)  # issue 14 item 4: retention every interval_s
+        delivery = start_delivery(col.store, notifier.channels, cfg.notify)  # issue 15 item 6
         yield
+        if delivery is not None:
+            delivery.stop()
         if retention is not None:
             retention.stop()
         worker.join(timeout=30)
@@ -875,6 +882,11 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         Route("/v1/holds", operator_only(html=False)(holds.list_holds), methods=["GET"]),
         Route("/v1/holds", operator_only(html=False)(holds.add_hold), methods=["POST"]),
         Route("/v1/holds", operator_only(html=False)(holds.remove_hold), methods=["DELETE"]),
+        Route(
+            "/v1/webhooks/deliveries",
+            operator_only(html=False)(notify_api.list_deliveries),
+            methods=["GET"],
+        ),
         Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
         Route("/v1/bundles/{bundle_id}", counted(col, put_bundle), methods=["PUT"]),
@@ -903,5 +915,6 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         lifespan=lifespan,
     )
     app.state.collector = col
+    app.state.notifier = notifier
     app.add_middleware(SecurityHeaders)
     return app

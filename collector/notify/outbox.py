@@ -173,23 +173,32 @@ _DUE = "status = 'pending' AND next_at <= ? AND lease_until <= ?"
 
 
 def _claim_sql(dialect: Dialect) -> str:
-    """The claim statement; PostgreSQL also skips rows another claim has locked."""
+    """The claim statement; PostgreSQL also skips rows another claim has locked.
+
+    The candidates are a MATERIALIZED CTE: PostgreSQL may run a ``WHERE id IN (SELECT ...
+    LIMIT n FOR UPDATE SKIP LOCKED)`` subquery more than once and so lease more than n
+    rows; a materialized CTE is run once."""
     skip = " FOR UPDATE SKIP LOCKED" if dialect == "postgres" else ""
     return (
-        "UPDATE notify_outbox SET lease_until = ?, claimed_by = ? WHERE id IN ("
-        f"SELECT id FROM notify_outbox WHERE channel = ? AND target = ? AND {_DUE} "
-        f"ORDER BY next_at, id LIMIT ?{skip}) AND {_DUE} "
+        "WITH due AS MATERIALIZED (SELECT id FROM notify_outbox WHERE channel = ? AND "
+        f"target = ? AND {_DUE} ORDER BY next_at, id LIMIT ?{skip}) "
+        "UPDATE notify_outbox SET lease_until = ?, claimed_by = ? "
+        f"WHERE id IN (SELECT id FROM due) AND {_DUE} "
         "RETURNING id, delivery_id, channel, target, event, body, attempts, created_at"
     )
 
 
-def due_targets(db: Database, now: float) -> list[tuple[str, str]]:
-    """The (channel, target) pairs with a row due at now and not leased."""
+def due_targets(db: Database, targets: list[tuple[str, str]], now: float) -> list[tuple[str, str]]:
+    """Those of targets with a row due at now and not leased (one indexed probe each)."""
     with db.transaction(write=False) as tx:
-        rows = tx.all(
-            f"SELECT DISTINCT channel, target FROM notify_outbox WHERE {_DUE}", (now, now)
-        )
-    return sorted((str(c), str(t)) for c, t in rows)
+        return [
+            (channel, target)
+            for channel, target in targets
+            if tx.one(
+                f"SELECT 1 FROM notify_outbox WHERE channel = ? AND target = ? AND {_DUE} LIMIT 1",
+                (channel, target, now, now),
+            )
+        ]
 
 
 def claim(
@@ -206,7 +215,7 @@ def claim(
     with db.transaction() as tx:
         rows = tx.all(
             _claim_sql(tx.dialect),
-            (now + lease_s, worker, channel, target, now, now, limit, now, now),
+            (channel, target, now, now, limit, now + lease_s, worker, now, now),
         )
     out = [
         Claimed(

@@ -71,12 +71,12 @@ class DeliveryWorker:
         self.clock = clock
         self.rng = rng or random.Random()
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._known = set(channels.targets())
+        self._targets = channels.targets()
         self._stop = threading.Event()
         self._busy: set[tuple[str, str]] = set()
         self._busy_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
-            max_workers=max(1, min(threads, len(self._known) or 1)),
+            max_workers=max(1, min(threads, len(self._targets))),
             thread_name_prefix="collector-notify-send",
         )
         self._thread = threading.Thread(target=self._loop, name="collector-notify", daemon=True)
@@ -167,6 +167,8 @@ class DeliveryWorker:
                     break
         except StorageError as e:
             log.error("notify_storage_failed", target=name, error=str(e))
+        except Exception as e:  # never silent in a pool thread; the leases expire
+            log.error("notify_serve_crashed", target=name, error=repr(e))
         finally:
             with self._busy_lock:
                 self._busy.discard(target)
@@ -174,11 +176,10 @@ class DeliveryWorker:
         return done
 
     def _dispatch(self, now: Callable[[], float]) -> list[Future[int]]:
-        """Hand every due, known, idle target to the pool."""
+        """Hand every configured target with rows due, not already being served, to the
+        pool (rows of a target this config does not name wait for an instance that does)."""
         futures = []
-        for target in outbox.due_targets(self.db, now()):
-            if target not in self._known:
-                continue  # a target of another instance's config (or one removed): not ours
+        for target in outbox.due_targets(self.db, self._targets, now()):
             with self._busy_lock:
                 if target in self._busy:
                     continue

@@ -175,6 +175,29 @@ def test_enqueue_writes_in_the_callers_transaction(engine: Engine) -> None:
         assert Notifier(Channels()).enqueue(tx, "incident.opened", incident(9), at=T0) == 0
 
 
+def test_claims_are_bounded_disjoint_and_leased(engine: Engine) -> None:
+    """A claim leases at most its limit, oldest first; another worker's claim gets other
+    rows; a lease expires (its rows claimable again), a release frees them at once."""
+    db1, db2 = engine.db(), engine.db()
+    channels = Channels((hook("h", Receiver(SECRET_A)),))
+    for i in range(10):
+        put(db1, channels, "incident.opened", incident(i), T0 + i)
+    first = outbox.claim(db1, "webhook", "h", now=T0 + 20, worker="w1", limit=3, lease_s=60)
+    second = outbox.claim(db2, "webhook", "h", now=T0 + 20, worker="w2", limit=3, lease_s=60)
+    assert len(first) == len(second) == 3
+    assert [json.loads(c.body)["incident"]["id"] for c in first] == [0, 1, 2]
+    assert not {c.id for c in first} & {c.id for c in second}
+    rest = outbox.claim(db2, "webhook", "h", now=T0 + 21, worker="w2", limit=50, lease_s=60)
+    assert len(rest) == 4
+    assert outbox.claim(db1, "webhook", "h", now=T0 + 79, worker="w3", limit=50, lease_s=60) == []
+    again = outbox.claim(db1, "webhook", "h", now=T0 + 80, worker="w3", limit=50, lease_s=60)
+    assert {c.id for c in again} == {c.id for c in first + second}  # expired leases
+    assert outbox.release(db1, "w2") == 4  # rest (w3 holds the others now)
+    assert (
+        len(outbox.claim(db2, "webhook", "h", now=T0 + 81, worker="w4", limit=50, lease_s=9)) == 4
+    )
+
+
 def test_retry_policy_waits_grow_with_jitter_up_to_the_cap() -> None:
     """Equal jitter: the wait after attempt n is in [d/2, d], d = base * 2^(n-1) capped."""
     p = RetryPolicy(base_s=10, max_s=300, max_attempts=5, max_age_s=3600)
@@ -251,6 +274,8 @@ def test_backoff_grows_until_the_cap_then_the_delivery_fails(engine: Engine) -> 
         db = engine.db()
         put(db, channels, "incident.escalated", incident(3), T0)
         cfg = NotifyConfig(backoff_base_s=10, backoff_max_s=160, max_attempts=8, max_age_s=1e6)
+        other = Channels((hook("another", r),))  # an instance without this hook leaves it be
+        assert DeliveryWorker(db, other, cfg).run_once(T0) == 0 and r.log == []
         w = DeliveryWorker(db, channels, cfg, rng=random.Random(7))
         t, waits = T0, []
         for n in range(1, 9):
@@ -338,7 +363,7 @@ def test_two_workers_on_one_database_never_send_a_row_twice(engine: Engine) -> N
     racing over 120 rows of three hooks: every row sent exactly once, both did work."""
     receivers = [Receiver(s).up() for s in (SECRET_A, SECRET_B, SECRET_A)]
     for r in receivers:
-        r.delay_s = 0.005
+        r.delay_s = 0.05  # sends overlap: each worker finds rows the other has not leased
     channels = Channels(tuple(hook(f"h{i}", r) for i, r in enumerate(receivers)))
     db1, db2 = engine.db(), engine.db()
     with db1.transaction() as tx:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import email.policy
 import ipaddress
 import json
 import socket
@@ -129,7 +130,11 @@ class SmtpSink:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(
-            (envelope.mail_from, list(envelope.rcpt_tos), message_from_bytes(envelope.content))
+            (
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                message_from_bytes(envelope.original_content, policy=email.policy.default),
+            )
         )
         return "250 Message accepted for delivery"
 

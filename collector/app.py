@@ -89,7 +89,7 @@ from agent.bundle.schema import ManifestError, plausible_time
 from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
 from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
-from collector import holds, openapi, pages, sealed
+from collector import holds, notify, openapi, pages, sealed
 from collector.access import OPEN, Principal, principal_of
 from collector.auth import (
     SESSION_COOKIE,
@@ -106,6 +106,8 @@ from collector.incidents import views as incident_views
 from collector.incidents.grouping import Settings as IncidentSettings
 from collector.incidents.service import Incidents, IncidentWorker
 from collector.metrics import CONTENT_TYPE, Metrics
+from collector.notify import api as notify_api
+from collector.notify.worker import start_delivery
 from collector.ratelimit import RateLimiter
 from collector.reads import parse_time, record_json
 from collector.reads import query_from as _query_from
@@ -841,6 +843,12 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def default_public_url(cfg: CollectorConfig) -> str:
+    """The collector's address for links sent to people when public_url is not set."""
+    scheme = "https" if cfg.tls_cert_file else "http"
+    return f"{scheme}://{cfg.listen}"
+
+
 def by_method(path: str, **handlers: Handler) -> Route:
     """One route for a path served by several handlers, one per method: Starlette answers
     405 from the first route of a path alone, so its Allow header would name only that
@@ -872,6 +880,10 @@ def start_retention(col: Shared) -> RetentionWorker | None:
 def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Starlette:
     """The collector application for cfg; store defaults to the engines cfg names
     (`collector.storage.open_store`: files + SQLite under data_dir unless configured)."""
+    notifier = notify.Notifier(  # ConfigError (78): a bad secret
+        notify.load_channels(cfg), base_url=cfg.public_url or default_public_url(cfg)
+    )
+    notify.install(notifier)
     store = store or open_store(cfg)
     limits = store.limits
     col = Shared(
@@ -897,7 +909,10 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         worker.start()
         retention = start_retention(col)  # issue 14 item 4: retention every interval_s
         incidents = IncidentWorker(col.incidents, cfg.incidents.interval_s).start()
+        delivery = start_delivery(col.store, notifier.channels, cfg.notify)  # issue 15 item 6
         yield
+        if delivery is not None:
+            delivery.stop()
         incidents.stop()
         if retention is not None:
             retention.stop()
@@ -931,6 +946,11 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
             POST=operator_only(html=False)(holds.add_hold),
             DELETE=operator_only(html=False)(holds.remove_hold),
         ),
+        Route(
+            "/v1/webhooks/deliveries",
+            operator_only(html=False)(notify_api.list_deliveries),
+            methods=["GET"],
+        ),
         Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/v1/openapi.json", openapi_document, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
@@ -963,5 +983,6 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         lifespan=lifespan,
     )
     app.state.collector = col
+    app.state.notifier = notifier
     app.add_middleware(SecurityHeaders)
     return app

@@ -7,6 +7,7 @@ of range are errors located by file, key and line, exit 78.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from agent.bundle.remedies import REMEDIES
@@ -16,6 +17,9 @@ from agent.core.model import Severity
 from collector.i18n import DEFAULT_LANGUAGE, LANGUAGES
 
 MAX_DAYS = 36500
+# the incident events a webhook or the email channel can be subscribed to (collector.notify)
+NOTIFY_EVENTS = ("incident.opened", "incident.reopened", "incident.escalated", "incident.resolved")
+HOOK_NAME = r"^[A-Za-z0-9._-]{1,64}$"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,47 @@ class IncidentsConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    """`[[collector.webhooks]]`: one receiver of incident events (`collector.notify`)."""
+
+    name: str = _f("", pattern=HOOK_NAME)
+    url: str = _f("", pattern=r"^https?://[^\s]+$")
+    secret_file: str = ""  # the HMAC-SHA256 key: 0600, at least 32 characters
+    events: list[str] = _f(list(NOTIFY_EVENTS))
+    timeout_s: float = _f(10.0, min=0.5, max=120.0)
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    """`[collector.email]`: incident events by mail through an SMTP server (off while
+    smtp_host is empty)."""
+
+    smtp_host: str = ""
+    smtp_port: int = _f(25, min=1, max=65535)
+    starttls: bool = False
+    ca_file: str = ""  # PEM certificates trusted for STARTTLS; empty: the system's
+    username: str = ""
+    password_file: str = ""
+    mail_from: str = ""
+    to: list[str] = _f([])
+    events: list[str] = _f(list(NOTIFY_EVENTS))
+    timeout_s: float = _f(30.0, min=1.0, max=300.0)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """`[collector.notify]`: the delivery worker of the notifications outbox."""
+
+    interval_s: float = _f(2.0, min=0.0, max=3600.0)  # 0: serve runs no delivery worker
+    backoff_base_s: float = _f(10.0, min=0.01, max=3600.0)
+    backoff_max_s: float = _f(3600.0, min=0.01, max=86400.0)
+    max_attempts: int = _f(20, min=1, max=1000)
+    max_age_s: float = _f(86400.0, min=1.0, max=30 * 86400.0)
+    batch_size: int = _f(20, min=1, max=1000)
+    log_days: int = _f(30, min=1, max=MAX_DAYS)
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     listen: str = "127.0.0.1:8080"
     data_dir: str = "/var/lib/posagent-collector"
@@ -73,6 +118,8 @@ class CollectorConfig:
     max_body_mib: int = _f(32, min=1, max=4096)
     rate_per_minute: int = _f(120, min=1, max=1_000_000)
     operator_token_file: str = ""
+    # the collector's address as people reach it (links in notifications); "": <listen>
+    public_url: str = _f("", pattern=r"^$|^https?://[^\s/]+(/[^\s]*)?$")
     # the fleet engines (collector.storage); empty: the embedded files + SQLite in data_dir
     index_url: str = _f("", pattern=r"^$|^postgres(ql)?://")
     blob_url: str = _f("", pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
@@ -89,6 +136,10 @@ class CollectorConfig:
     max_idle_per_client: int = _f(32, min=0, max=1_000_000)
     # issue 15: a fleet's own "what to do" per fault key (collector.remedies.remedy_for)
     remedies: dict[str, RemedyOverride] = _f({})
+    # issue 15 item 6: notifications of incident events (collector.notify)
+    webhooks: list[WebhookConfig] = field(default_factory=list)
+    email: EmailConfig = field(default_factory=EmailConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
 
 def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig:
@@ -106,6 +157,7 @@ def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig
             if not 0 <= value <= MAX_DAYS:
                 raise ConfigError(f"days must be 0 (forever) to {MAX_DAYS}", file=file, key=key)
     _check_remedies(cfg.remedies, file)
+    _check_notify(cfg, file)
     return cfg
 
 
@@ -147,6 +199,64 @@ def _check_remedies(remedies: dict[str, RemedyOverride], file: str) -> None:
                         file=file,
                         key=f"{where}.{name}",
                     )
+
+
+def _check_notify(cfg: CollectorConfig, file: str) -> None:
+    """Cross-checks of the notification channels (the secrets are read by collector.notify)."""
+    names: set[str] = set()
+    for i, hook in enumerate(cfg.webhooks):
+        key = f"collector.webhooks[{i}]"
+        for name, value in (
+            ("name", hook.name),
+            ("url", hook.url),
+            ("secret_file", hook.secret_file),
+        ):
+            if not value:
+                raise ConfigError("required", file=file, key=f"{key}.{name}")
+        if hook.name in names:
+            raise ConfigError(
+                f"webhook name {hook.name!r} used twice", file=file, key=f"{key}.name"
+            )
+        names.add(hook.name)
+        _check_events(hook.events, file, f"{key}.events")
+    e = cfg.email
+    if e.smtp_host:
+        if not re.match(r"^[^@\s<>]+@[^@\s<>]+$", e.mail_from):
+            raise ConfigError(
+                "an address (name@host) is required", file=file, key="collector.email.mail_from"
+            )
+        if not e.to:
+            raise ConfigError(
+                "at least one recipient is required", file=file, key="collector.email.to"
+            )
+        for addr in e.to:
+            if not re.match(r"^[^@\s<>,]+@[^@\s<>,]+$", addr):
+                raise ConfigError(
+                    f"{addr[:80]!r} is not an address (name@host)",
+                    file=file,
+                    key="collector.email.to",
+                )
+        if len(set(e.to)) != len(e.to):
+            raise ConfigError("a recipient is listed twice", file=file, key="collector.email.to")
+        if e.username and not e.password_file:
+            raise ConfigError(
+                "username needs password_file", file=file, key="collector.email.password_file"
+            )
+        _check_events(e.events, file, "collector.email.events")
+    if cfg.notify.backoff_max_s < cfg.notify.backoff_base_s:
+        raise ConfigError(
+            "must not be below backoff_base_s", file=file, key="collector.notify.backoff_max_s"
+        )
+
+
+def _check_events(events: list[str], file: str, key: str) -> None:
+    for name in events:
+        if name not in NOTIFY_EVENTS:
+            raise ConfigError(
+                f"unknown event {name[:60]!r} (known: {', '.join(NOTIFY_EVENTS)})",
+                file=file,
+                key=key,
+            )
 
 
 def load_collector_config(path: str | None = None) -> CollectorConfig:

@@ -468,6 +468,22 @@ def document() -> Schema:
                     "responses": {"200": reply("Fault keys", {"type": "object"}), **READ_ERRORS},
                 }
             },
+            "/v1/webhooks/deliveries": {
+                "get": {
+                    "summary": "The delivery log of one webhook or email recipient (admins)",
+                    "parameters": [
+                        query("hook", "A webhook's name"),
+                        query("email", "An email recipient"),
+                        query("status", "pending | delivered | failed"),
+                        query("limit", "Rows (1-500)"),
+                    ],
+                    "responses": {
+                        "200": reply("Deliveries and their attempts", {"type": "object"}),
+                        "403": reply("Not an admin"),
+                        **READ_ERRORS,
+                    },
+                }
+            },
             "/v1/holds": {
                 "get": {
                     "summary": "Legal holds, oldest first",

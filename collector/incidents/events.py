@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from agent.core.timefmt import rfc3339
+from collector import notify
 from collector.incidents.model import Event, EventKind
 from collector.storage.base import StorageError
 from collector.storage.sql import Tx
@@ -48,7 +50,44 @@ def append(
     )
     if row is None:
         raise StorageError("incident event not returned")
+    if kind in NOTIFIED:  # the notifications outbox, in this same transaction
+        notify.enqueue(tx, NOTIFIED[kind], _payload(tx, incident_id), at=at)
     return Event(int(row[0]), incident_id, kind, at, actor[:200], detail)
+
+
+# The events people are told of (`collector.notify`: webhooks, email).
+NOTIFIED = {
+    EventKind.OPENED: "incident.opened",
+    EventKind.REOPENED: "incident.reopened",
+    EventKind.ESCALATED: "incident.escalated",
+    EventKind.RESOLVED: "incident.resolved",
+}
+
+
+def _payload(tx: Tx, incident_id: int) -> dict[str, Any]:
+    """The incident as a notification's `IncidentPayload` (url relative: the notifier
+    puts the collector's public address before it)."""
+    row = tx.one(
+        "SELECT device, site, fault_key, severity, status, raised_at, cleared_at, repeats, "
+        "summary FROM incidents WHERE id = ?",
+        (incident_id,),
+    )
+    if row is None:
+        raise StorageError(f"incident {incident_id} not found for its notification")
+    device, site, fault_key, severity, status, raised_at, cleared_at, repeats, summary = row
+    return {
+        "id": incident_id,
+        "device": str(device),
+        "site": str(site),
+        "fault_key": str(fault_key),
+        "severity": str(severity),
+        "status": str(status),
+        "opened_at": rfc3339(float(raised_at)),
+        "cleared_at": None if cleared_at is None else rfc3339(float(cleared_at)),
+        "repeats": int(repeats),
+        "summary": str(summary),
+        "url": f"/incidents/{incident_id}",
+    }
 
 
 def of_incident(

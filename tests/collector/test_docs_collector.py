@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import typing
 from typing import Any
 
 from collector.config import CollectorConfig
@@ -13,11 +14,19 @@ from tests.conftest import ROOT
 
 
 def _keys(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Every key with its default; a list of tables (`[[collector.webhooks]]`) is a row of
+    its own and its element's keys are rows `name[].key`."""
     out: dict[str, Any] = {}
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
+        args = typing.get_args(hints[f.name])
+        inner = args[0] if len(args) == 1 else None
         if dataclasses.is_dataclass(v):
             out.update(_keys(v, f"{prefix}{f.name}."))
+        elif typing.get_origin(hints[f.name]) is list and dataclasses.is_dataclass(inner):
+            out[prefix + f.name] = v
+            out.update(_keys(inner(), f"{prefix}{f.name}[]."))
         else:
             out[prefix + f.name] = v
     return out
@@ -27,6 +36,8 @@ def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
         return json.dumps(value)
     if isinstance(value, dict):
         return "{}" if not value else repr(value)

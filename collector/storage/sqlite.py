@@ -89,9 +89,21 @@ def apply_migrations(conn: sqlite3.Connection) -> tuple[int, int]:
 
 
 def _statements(sql: str) -> list[str]:
-    """The statements of a migration file (no semicolons inside statements there)."""
+    """The statements of a migration file: split at semicolons, except inside a
+    ``CREATE TRIGGER ... BEGIN ...; END`` body (no other semicolons inside statements)."""
     lines = [ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    out: list[str] = []
+    pending = ""
+    for part in "\n".join(lines).split(";"):
+        pending = f"{pending};{part}" if pending else part
+        stmt = pending.strip()
+        upper = stmt.upper()
+        if upper.startswith("CREATE TRIGGER") and not upper.endswith("END"):
+            continue
+        if stmt:
+            out.append(stmt)
+        pending = ""
+    return out
 
 
 class SqliteIndex(Timed):

@@ -52,13 +52,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -106,6 +104,7 @@ from collector.storage import (
 )
 from collector.storage.retention import RetentionPolicy, RetentionWorker
 from collector.storage.sql import database
+from collector.timeparse import parse_time
 
 log = structlog.get_logger(__name__)
 
@@ -163,29 +162,6 @@ def _reply(
     return JSONResponse(
         {"status": status, "bundle_id": bid, "error": error}, status_code=code, headers=headers
     )
-
-
-def parse_time(text: str) -> float | None:
-    """since/until: epoch seconds, RFC 3339, or a naive ISO time (taken as UTC); '' is None."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(value):
-            raise ValueError(f"not a time: {text!r}")
-        return value
-    iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
-    try:
-        dt = datetime.fromisoformat(iso)
-    except ValueError:
-        raise ValueError(f"not a time (RFC 3339 or epoch seconds): {text[:40]!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 def record_from_manifest(

@@ -50,6 +50,7 @@ from collector.config import CollectorConfig
 from collector.pages import render_login
 from collector.storage import BundleStore
 from collector.storage.sql import Database, database
+from collector.timeparse import parse_time
 
 log = structlog.get_logger(__name__)
 
@@ -434,6 +435,7 @@ async def password(request: Request) -> Response:
 
 def _admin_state(col: Collector) -> dict[str, Any]:
     db = _db(col)
+    col.tokens.reload()  # a device added here, on another instance or by the CLI
     return {
         "users": users.list_users(db),
         "tokens": [t for t in tokens.list_tokens(db) if t.revoked_at is None],
@@ -540,9 +542,6 @@ async def list_users(request: Request) -> Response:
 
 
 def _audit_params(request: Request, default_limit: int) -> dict[str, Any]:
-    # lazy: collector.app imports this module; its time parser is the one the API uses
-    from collector.app import parse_time
-
     q = request.query_params
     raw = q.get("limit", "")
     if raw and not raw.isdigit():

@@ -45,7 +45,7 @@ from collector.accounts.devices import place_device
 from collector.accounts.errors import AccountError
 from collector.accounts.sessions import SessionPolicy
 from collector.accounts.throttle import Throttle
-from collector.auth import TokenStore
+from collector.auth import TokenFileError, TokenStore
 from collector.config import CollectorConfig
 from collector.pages import render_login
 from collector.storage import BundleStore
@@ -522,8 +522,10 @@ async def admin_post(request: Request) -> Response:
     code, notice, error = 200, "", ""
     try:
         notice = await run_in_threadpool(_admin_action, col, action, form, who, addr)
-    except (AccountError, ValueError, FileExistsError) as e:
+    except (AccountError, ValueError, FileExistsError, TokenFileError) as e:
         code, error = 400, str(e)
+    except OSError as e:
+        code, error = 500, f"cannot write the tokens file: {e.strerror or e}"
     state = await run_in_threadpool(_admin_state, col)
     return HTMLResponse(
         account_pages.render_admin(notice=notice, error=error, **state),

@@ -237,7 +237,12 @@ def _set_session_cookie(resp: Response, request: Request, cookie: str, col: Coll
 
 def safe_next(target: str) -> str:
     """A local path to go back to after login (never another host)."""
-    ok = target.startswith("/") and not target.startswith("//") and "\\" not in target
+    ok = (
+        target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and target.isprintable()
+    )
     return target if ok else "/"
 
 

@@ -590,3 +590,12 @@ def test_dev_is_still_the_test_app_device(fleet: Fleet) -> None:
     acme.headers.update(bearer(fleet.token_of("acme")))
     assert acme.get(f"{fleet.url}/v1/bundles", timeout=10).json()["total"] == 0
     assert fleet.http.get(f"{fleet.url}/v1/bundles", timeout=10).json()["total"] == 1
+
+
+def test_login_goes_back_only_to_a_local_path() -> None:
+    """next= after a login is a path on this collector, never another host."""
+    from collector.accounts.web import safe_next
+
+    for bad in ("//evil.example/", "https://evil.example/", "/\\evil.example", "/\t/evil", ""):
+        assert safe_next(bad) == "/", bad
+    assert safe_next("/bundles/x?fault=a") == "/bundles/x?fault=a"

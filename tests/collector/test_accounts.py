@@ -20,6 +20,7 @@ import requests
 from collector.access import Role
 from collector.accounts import tokens, users
 from collector.accounts.devices import place_device
+from collector.accounts.web import safe_next
 from collector.config import CollectorConfig
 from collector.server import CollectorThread
 from collector.storage import StorageError, open_store
@@ -594,8 +595,6 @@ def test_dev_is_still_the_test_app_device(fleet: Fleet) -> None:
 
 def test_login_goes_back_only_to_a_local_path() -> None:
     """next= after a login is a path on this collector, never another host."""
-    from collector.accounts.web import safe_next
-
     for bad in ("//evil.example/", "https://evil.example/", "/\\evil.example", "/\t/evil", ""):
         assert safe_next(bad) == "/", bad
     assert safe_next("/bundles/x?fault=a") == "/bundles/x?fault=a"

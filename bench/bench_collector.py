@@ -26,8 +26,9 @@ import psutil
 import requests
 
 from collector.auth import add_device
+from collector.config import CollectorConfig
 from tests.bundle.kit import make_bundle
-from tests.collector.kit import upload_headers
+from tests.collector.kit import admin_token, bearer, upload_headers
 
 DEVICE = "T-BENCH"
 N_SEQ = 300
@@ -80,6 +81,7 @@ def main() -> dict[str, float]:
             f'tokens_file = "{tokens}"\nrate_per_minute = 1000000\n'
         )
         token = add_device(tokens, DEVICE)
+        admin = bearer(admin_token(CollectorConfig(data_dir=str(root / "data"))))
         seq = _bundles(N_SEQ, 0)
         conc = _bundles(N_CONC, 10_000)
         sizes = [len(d) for _, d in seq + conc]
@@ -164,6 +166,7 @@ def main() -> dict[str, float]:
             figures[f"ingest_per_s_{CLIENTS}_clients"] = round(N_CONC / dt, 1)
 
             with requests.Session() as s:
+                s.headers.update(admin)  # the read side is closed
                 q = []
                 for _ in range(20):
                     t1 = time.perf_counter()

@@ -37,8 +37,8 @@ class Principal:
     name: str
     role: Role
     sites: frozenset[str] | None = None  # None: every site (and bundles under no site)
-    user_id: int | None = None  # the account's id; None for the open collector
-    via: str = "open"  # how they proved it: "open", "session", "token"
+    user_id: int | None = None  # the account's id (None: not an account, e.g. a test)
+    via: str = "open"  # how they proved it: "session", "token" ("open": no credentials)
 
     def restrict(self, q: Query) -> Query:
         """q limited to this principal's sites (intersected with any restriction q had)."""
@@ -59,10 +59,6 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
-
-
-# The read side with no account system configured (the embedded demo, tests): every site.
-OPEN = Principal("anonymous", Role.ADMIN)
 
 
 def principal_of(request: Any) -> Principal:

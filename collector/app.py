@@ -38,9 +38,13 @@ server (`collector.server.GuardedH11Protocol`: header and body deadlines, idle
 connections per client); redirects carry a relative Location, never the Host
 header.
 
-Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
-per-bundle endpoints, the HTML page at ``/``, ``GET /metrics`` (Prometheus text,
-`collector.metrics`), and ``GET /healthz``.
+Read side, closed: every handler behind `operator_only` needs a user's session or
+personal API token (`collector.accounts.web`) and narrows what it reads to the user's
+tenants (`collector.access`): ``GET /v1/bundles`` and the per-bundle endpoints (each
+view or download is an audit entry, `collector.audit`), the HTML page at ``/``, ``GET
+/metrics`` (Prometheus text, `collector.metrics`; admin and support). Admins also have
+``/admin``, ``/audit``, ``GET /v1/audit`` (JSON lines), ``GET /v1/users`` and the holds.
+``/login``, ``/logout``, ``/password`` and ``GET /healthz`` complete it.
 
 Storage is the engine pair the config names (`collector.storage.open_store`); on
 PostgreSQL the rate limits are rows shared by every instance, else in memory.
@@ -59,7 +63,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 import anyio.to_thread
 import structlog
@@ -71,7 +75,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     HTMLResponse,
     JSONResponse,
-    PlainTextResponse,
     RedirectResponse,
     Response,
 )
@@ -89,16 +92,10 @@ from agent.bundle.schema import ManifestError, plausible_time
 from agent.bundle.style import esc
 from agent.bundle.trigger import Trigger, TriggerError
 from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
-from collector import holds, notify, openapi, pages, sealed
-from collector.access import OPEN, Principal, principal_of
-from collector.auth import (
-    SESSION_COOKIE,
-    OperatorAuth,
-    TokenFileError,
-    TokenStore,
-    load_operator_auth,
-    valid_device_id,
-)
+from collector import audit, holds, notify, openapi, pages, sealed
+from collector.access import Principal, Role, principal_of
+from collector.accounts import web
+from collector.auth import TokenFileError, TokenStore, valid_device_id
 from collector.config import CollectorConfig
 from collector.i18n import negotiate
 from collector.incidents import api as incident_api
@@ -154,11 +151,10 @@ class Shared:
     cfg: CollectorConfig
     store: BundleStore
     tokens: TokenStore
-    operator: OperatorAuth
     limiter: Limiter
-    login_limiter: Limiter
     metrics: Metrics
     incidents: Incidents
+    proxies: tuple[web.Network, ...] = ()
     renders: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(MAX_RENDERS))
 
     @property
@@ -428,31 +424,58 @@ async def put_bundle(request: Request) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def operator_only(html: bool) -> Callable[[Handler], Handler]:
-    """Gate a read handler behind the operator token (no-op when none is configured)."""
+def operator_only(
+    html: bool, *, admin: bool = False, roles: frozenset[Role] | None = None
+) -> Callable[[Handler], Handler]:
+    """Gate a read-side handler: a session or an API token (`collector.accounts.web`);
+    admin=True for admins only, roles to name the roles allowed. A cookie-authenticated
+    POST/PUT/DELETE must carry the session's CSRF token. The handler finds the caller in
+    `principal_of(request)`; HTML pages name them in the header (`pages.VIEWER`)."""
 
     def wrap(fn: Handler) -> Handler:
         async def inner(request: Request) -> Response:
-            col: Shared = request.app.state.collector
-            if col.operator.allows(
-                request.headers.get("authorization", ""), request.cookies.get(SESSION_COOKIE, "")
-            ):
-                request.state.principal = OPEN
+            who = await web.authenticate(request)
+            if isinstance(who, web.Refused):
+                if html and who.code == 401:
+                    target = request.url.path + (
+                        f"?{request.url.query}" if request.url.query else ""
+                    )
+                    return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+                status = "rate_limited" if who.code == 429 else "unauthorized"
+                return _reply(who.code, status, None, who.reason, headers=who.headers)
+            p = who.principal
+            if (admin and not p.is_admin) or (roles is not None and p.role not in roles):
+                return _forbidden(html, "not allowed for your role")
+            unsafe = request.method not in ("GET", "HEAD")
+            if who.csrf and unsafe and not await web.csrf_ok(request, who.csrf):
+                return _forbidden(html, "CSRF token missing or wrong: reload the page")
+            if who.must_change and request.url.path not in ("/password", "/logout"):
+                if html:
+                    return RedirectResponse("/password", status_code=303)
+                return _forbidden(False, "change your one-time password first (/password)")
+            request.state.principal = p
+            viewer = pages.VIEWER.set(pages.Viewer(p.name, p.role.value, who.csrf))
+            try:
                 return await fn(request)
-            if html:
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
-            return _reply(
-                401,
-                "unauthorized",
-                None,
-                "operator token required",
-                headers={"WWW-Authenticate": 'Bearer realm="posagent-operator"'},
-            )
+            finally:
+                pages.VIEWER.reset(viewer)
 
         return inner
 
     return wrap
+
+
+def _forbidden(html: bool, reason: str) -> Response:
+    if html:
+        return HTMLResponse(
+            pages.layout("posagent collector", f"<h1>403: {esc(reason)}</h1>"), status_code=403
+        )
+    return _reply(403, "forbidden", None, reason)
+
+
+def _audit_read(col: Shared, who: Principal, action: str, bid: str, address: str) -> None:
+    """One view or download of a bundle in the audit log."""
+    audit.record(database(col.store), who, action, bid, address)
 
 
 def _list(col: Shared, q: Query) -> tuple[list[BundleRecord], int, dict[str, int]]:
@@ -478,23 +501,39 @@ async def list_bundles(request: Request) -> Response:
     )
 
 
-def _load(col: Shared, bid: str, who: Principal) -> tuple[BundleRecord, bytes] | None:
+def _load(
+    col: Shared, bid: str, who: Principal, action: str, address: str, detail: dict[str, str]
+) -> tuple[BundleRecord, bytes] | None:
+    """The bundle (None when missing or out of who's reach); the read is audited."""
     record = col.store.index.get(bid)
-    if record is None or not who.sees(record.site):
+    if record is None:
+        return None
+    db = database(col.store)
+    if not who.sees(record.site):
+        audit.record(db, who, "bundle.denied", bid, address, {"asked": action, **detail})
         return None
     try:
-        return record, col.store.read(record)
+        data = col.store.read(record)
     except KeyError:
         log.error("bundle_blob_missing", bundle_id=bid)
         return None
+    audit.record(db, who, action, bid, address, detail or None)
+    return record, data
 
 
-async def _bundle_or_error(request: Request) -> tuple[BundleRecord, bytes] | Response:
+async def _bundle_or_error(
+    request: Request, action: str, detail: dict[str, str] | None = None
+) -> tuple[BundleRecord, bytes] | Response:
+    """The path's bundle for a per-bundle endpoint (action: its audit action), or the
+    error answer (400, or 404 for a missing bundle and one out of the caller's reach)."""
     col: Shared = request.app.state.collector
     bid = str(request.path_params["bundle_id"])
     if not is_bundle_id(bid):
         return _reply(400, "bad_request", None, "bundle id must be a canonical lower-case UUID")
-    found = await run_in_threadpool(_load, col, bid, principal_of(request))
+    address = web.client_address(request, col.proxies)
+    found = await run_in_threadpool(
+        _load, col, bid, principal_of(request), action, address, detail or {}
+    )
     if found is None:
         return _reply(404, "not_found", bid, "no such bundle")
     return found
@@ -517,7 +556,7 @@ def _manifest_response(col: Shared, data: bytes) -> Response:
 
 @operator_only(html=False)
 async def get_manifest(request: Request) -> Response:
-    found = await _bundle_or_error(request)
+    found = await _bundle_or_error(request, "bundle.manifest")
     if isinstance(found, Response):
         return found
     col: Shared = request.app.state.collector
@@ -526,7 +565,7 @@ async def get_manifest(request: Request) -> Response:
 
 @operator_only(html=False)
 async def download(request: Request) -> Response:
-    found = await _bundle_or_error(request)
+    found = await _bundle_or_error(request, "bundle.download")
     if isinstance(found, Response):
         return found
     record, data = found
@@ -569,7 +608,9 @@ def entry_handler(fixed: str | None) -> Handler:
 
     @operator_only(html=False)
     async def handler(request: Request) -> Response:
-        found = await _bundle_or_error(request)
+        name = fixed or str(request.path_params.get("name", ""))
+        action = "bundle.screenshot" if name == "screenshot.png" else "bundle.entry"
+        found = await _bundle_or_error(request, action, {"entry": name[:200]})
         if isinstance(found, Response):
             return found
         record, data = found
@@ -624,7 +665,7 @@ def _diagnostics_response(col: Shared, data: bytes, base: str) -> Response:
 
 @operator_only(html=False)
 async def diagnostics(request: Request) -> Response:
-    found = await _bundle_or_error(request)
+    found = await _bundle_or_error(request, "bundle.diagnostics")
     if isinstance(found, Response):
         return found
     col: Shared = request.app.state.collector
@@ -652,7 +693,7 @@ async def index_page(request: Request) -> Response:
             q.limit,
             q.offset,
             error=error,
-            operator_login=col.operator.enabled,
+            operator_login=True,
         ),
         status_code=400 if error else 200,
         headers={"Cache-Control": "no-store"},
@@ -666,77 +707,30 @@ def _bundle_page(col: Shared, record: BundleRecord, data: bytes, lang: str) -> R
     except BundleError as e:
         body = sealed.undecryptable_page(record.bundle_id, data, str(e))
         return HTMLResponse(
-            pages.layout("posagent collector", body), headers={"Cache-Control": "no-store"}
+            pages.layout("posagent collector", body, operator_login=True),
+            headers={"Cache-Control": "no-store"},
         )
     remedy = remedy_for(record.fault_key, col.cfg, lang)
     block = pages.remedy_block(remedy, lang, cleared=record.trigger_kind == "cleared")
     with BundleReader(data) as r:
-        page = pages.render_bundle(
-            record, r, operator_login=col.operator.enabled, remedy_html=block
-        )
+        page = pages.render_bundle(record, r, operator_login=True, remedy_html=block)
     return HTMLResponse(page, headers={"Cache-Control": "no-store", "Vary": "Accept-Language"})
 
 
 @operator_only(html=True)
 async def bundle_page(request: Request) -> Response:
     col: Shared = request.app.state.collector
-    found = await _bundle_or_error(request)
+    found = await _bundle_or_error(request, "bundle.view")
     if isinstance(found, Response):
         code = found.status_code
         msg = "No such bundle." if code == 404 else "Not a bundle id."
-        return HTMLResponse(pages.layout("posagent collector", f"<h1>{msg}</h1>"), status_code=code)
+        return HTMLResponse(
+            pages.layout("posagent collector", f"<h1>{msg}</h1>", operator_login=True),
+            status_code=code,
+        )
     record, data = found
     lang = negotiate(request.headers.get("accept-language"))
     return await _off_loop(col, _bundle_page, col, record, data, lang)
-
-
-def _safe_next(target: str) -> str:
-    return target if target.startswith("/") and not target.startswith("//") else "/"
-
-
-async def login(request: Request) -> Response:
-    col: Shared = request.app.state.collector
-    if not col.operator.enabled:
-        return RedirectResponse("/", status_code=303)
-    if request.method == "GET":
-        return HTMLResponse(
-            pages.render_login(next_url=_safe_next(request.query_params.get("next", "/")))
-        )
-    client = request.client.host if request.client else "?"
-    wait_s = col.login_limiter.take(client)
-    if wait_s > 0:
-        return HTMLResponse(
-            pages.render_login("Too many attempts; wait and retry."),
-            status_code=429,
-            headers={"Retry-After": str(int(wait_s))},
-        )
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_LOGIN_BODY_BYTES:
-            return PlainTextResponse("too large", status_code=413)
-    form = parse_qs(body.decode("utf-8", "replace"))
-    token = (form.get("token") or [""])[0].strip()
-    target = _safe_next((form.get("next") or ["/"])[0])
-    if not col.operator.check_token(token):
-        log.warning("operator_login_failed", client=client)
-        return HTMLResponse(pages.render_login("Wrong token.", target), status_code=401)
-    resp = RedirectResponse(target, status_code=303)
-    resp.set_cookie(
-        SESSION_COOKIE,
-        col.operator.session_value(),
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
-    return resp
-
-
-async def logout(request: Request) -> Response:
-    resp = RedirectResponse("/login", status_code=303)
-    resp.delete_cookie(SESSION_COOKIE, path="/")
-    return resp
 
 
 def counted(col: Shared, handler: Handler) -> Handler:
@@ -757,7 +751,7 @@ def counted(col: Shared, handler: Handler) -> Handler:
     return inner
 
 
-@operator_only(html=False)
+@operator_only(html=False, roles=frozenset({Role.ADMIN, Role.SUPPORT}))
 async def metrics(request: Request) -> Response:
     col: Shared = request.app.state.collector
     return Response(col.metrics.render(), media_type=CONTENT_TYPE)
@@ -890,13 +884,12 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         cfg=cfg,
         store=store,
         tokens=TokenStore(cfg.tokens_file),
-        operator=load_operator_auth(cfg.operator_token_file),
         limiter=limits(cfg.rate_per_minute, "ingest")
         if limits
         else RateLimiter(cfg.rate_per_minute),
-        login_limiter=limits(10, "login") if limits else RateLimiter(10),
         metrics=Metrics(),
         incidents=Incidents(database(store), IncidentSettings.of(cfg.incidents)),
+        proxies=web.proxy_networks(cfg),
     )
     store.set_observer(col.metrics.observe_storage)
     pool_size = getattr(store.index, "connections", None)
@@ -936,15 +929,27 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
             methods=["GET"],
         ),
         Route("/bundles/{bundle_id}", bundle_page, methods=["GET"]),
-        Route("/login", login, methods=["GET", "POST"]),
-        Route("/logout", logout, methods=["GET", "POST"]),
+        Route("/login", web.login, methods=["GET", "POST"]),
+        Route("/logout", operator_only(html=True)(web.logout), methods=["GET", "POST"]),
+        Route("/password", operator_only(html=True)(web.password), methods=["GET", "POST"]),
+        Route("/admin", operator_only(html=True, admin=True)(web.admin_page), methods=["GET"]),
+        Route(
+            "/admin/{group}/{verb}",
+            operator_only(html=True, admin=True)(web.admin_post),
+            methods=["POST"],
+        ),
+        Route("/audit", operator_only(html=True, admin=True)(web.audit_page), methods=["GET"]),
+        Route(
+            "/v1/audit", operator_only(html=False, admin=True)(web.audit_export), methods=["GET"]
+        ),
+        Route("/v1/users", operator_only(html=False, admin=True)(web.list_users), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         by_method(
             "/v1/holds",
-            GET=operator_only(html=False)(holds.list_holds),
-            POST=operator_only(html=False)(holds.add_hold),
-            DELETE=operator_only(html=False)(holds.remove_hold),
+            GET=operator_only(html=False, admin=True)(holds.list_holds),
+            POST=operator_only(html=False, admin=True)(holds.add_hold),
+            DELETE=operator_only(html=False, admin=True)(holds.remove_hold),
         ),
         Route(
             "/v1/webhooks/deliveries",

@@ -1,4 +1,4 @@
-"""Device tokens (ingest) and the optional operator token (read side).
+"""Device tokens (ingest). People on the read side are `collector.accounts`.
 
 tokens_file holds one line per device, ``<device_id> <sha256 hex of the token> [site]``;
 ``#`` starts a comment. The site (the rest of the line, `add-device --site`) is the
@@ -7,10 +7,6 @@ never under the site a manifest claims. Only hashes are stored: `add_device` pri
 once. A presented token is hashed, looked up by that hash (an attacker cannot
 steer SHA-256 prefixes) and confirmed with `hmac.compare_digest`. The file is
 re-read when it changes, so `add-device` works while the collector runs.
-
-Operator access: when ``operator_token_file`` is set, the read API and the web
-page require ``Authorization: Bearer <operator token>`` or the session cookie
-set by the login form (an HMAC of the token, never the token itself).
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ import secrets
 import stat
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.core.files import atomic_write, fsync_dir
@@ -33,7 +28,6 @@ from agent.core.files import atomic_write, fsync_dir
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SITE_RE = re.compile(r"^[^\x00-\x1f\x7f#]{1,200}$")
-SESSION_COOKIE = "posagent_operator"
 
 
 class TokenFileError(Exception):
@@ -230,51 +224,3 @@ def _replace_keeping_group(path: Path, data: bytes) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
-
-
-# --------------------------------------------------------------------------- operator access
-
-
-@dataclass(frozen=True)
-class OperatorAuth:
-    """The read side's gate: open when token is empty, else Bearer or session cookie."""
-
-    token: str = ""
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.token)
-
-    def session_value(self) -> str:
-        """The cookie value: an HMAC of the operator token (the token never leaves the login)."""
-        return hmac.new(
-            self.token.encode("utf-8"), b"posagent-operator-session/1", hashlib.sha256
-        ).hexdigest()
-
-    def check_token(self, presented: str) -> bool:
-        """Constant-time comparison of a presented operator token."""
-        return self.enabled and hmac.compare_digest(
-            presented.encode("utf-8"), self.token.encode("utf-8")
-        )
-
-    def allows(self, authorization: str, cookie: str) -> bool:
-        """True when access is open, or the Bearer header or the cookie is right."""
-        if not self.enabled:
-            return True
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and self.check_token(value.strip()):
-            return True
-        return bool(cookie) and hmac.compare_digest(cookie, self.session_value())
-
-
-def load_operator_auth(path: str) -> OperatorAuth:
-    """OperatorAuth from operator_token_file; empty path = open. Fails closed on a bad file."""
-    if not path:
-        return OperatorAuth("")
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TokenFileError(f"operator_token_file {path}: {e}") from e
-    if len(token) < 8:
-        raise TokenFileError(f"operator_token_file {path}: token shorter than 8 characters")
-    return OperatorAuth(token)

@@ -1,5 +1,9 @@
-"""`posagent collector serve|add-device|migrate|hold|retention|migrate-store|revoke-key|reindex`,
-run by agent/commands/collector.py."""
+"""`posagent collector serve|add-device|user|token|migrate|hold|retention|migrate-store|
+revoke-key|reindex`, run by agent/commands/collector.py.
+
+Exit codes (agent.core.exits): 0 done; 64 a refused name, role, tenant or weak password;
+65 a malformed tokens file; 66 no such user or token; 69 the store unreachable; 73 the
+user or device exists, or tokens_file cannot be written; 78 the config or schema."""
 
 from __future__ import annotations
 
@@ -28,7 +32,15 @@ from agent.core.exits import (
 )
 from agent.core.redact import Redactor
 from agent.core.timefmt import rfc3339
-from collector.auth import TokenFileError, add_device
+from collector import audit
+from collector.accounts import passwords, tokens, users
+from collector.accounts.devices import place_device
+from collector.accounts.errors import (
+    AccountError,
+    AccountExists,
+    NoSuchAccount,
+)
+from collector.auth import TokenFileError
 from collector.config import CollectorConfig, load_collector_config
 from collector.storage import (
     BundleStore,
@@ -44,6 +56,7 @@ from collector.storage.retention import (
     retention_index,
     run_retention,
 )
+from collector.storage.sql import database
 
 
 def _err(text: str) -> None:
@@ -56,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         return cmd_serve(args)
     if args.collector_cmd == "add-device":
         return cmd_add_device(args)
+    if args.collector_cmd == "user":
+        return cmd_user(args)
+    if args.collector_cmd == "token":
+        return cmd_token(args)
     if args.collector_cmd == "migrate":
         return cmd_migrate(args)
     if args.collector_cmd == "hold":
@@ -294,11 +311,35 @@ def _identity_problem(ccfg: CollectorConfig) -> str:
     return ""
 
 
+def _account_exit(what: str, e: AccountError) -> int:
+    _err(f"posagent collector {what}: {e}")
+    if isinstance(e, AccountExists):
+        return EX_CANTCREAT
+    if isinstance(e, NoSuchAccount):
+        return EX_NOINPUT
+    return EX_USAGE
+
+
 def cmd_add_device(args: argparse.Namespace) -> int:
-    """Print a new token for DEVICE_ID once; tokens_file keeps only its SHA-256."""
+    """Print a new token for DEVICE_ID once; tokens_file keeps only its SHA-256; with
+    --tenant, the device's site belongs to that tenant (a database row)."""
     cfg = load_collector_config(args.config)
+    store = _open(cfg, "add-device")
+    if isinstance(store, int):
+        return store
     try:
-        token = add_device(cfg.tokens_file, args.device_id, rotate=args.rotate, site=args.site)
+        token = place_device(
+            database(store),
+            cfg.tokens_file,
+            args.device_id,
+            site=args.site,
+            tenant=args.tenant or "",
+            rotate=args.rotate,
+            actor=audit.cli_actor(),
+            address="local",
+        )
+    except AccountError as e:
+        return _account_exit("add-device", e)
     except ValueError as e:
         _err(f"posagent collector add-device: {e}")
         return EX_USAGE
@@ -308,14 +349,130 @@ def cmd_add_device(args: argparse.Namespace) -> int:
     except TokenFileError as e:
         _err(f"posagent collector add-device: {e}")
         return EX_DATAERR
+    except StorageError as e:
+        _err(f"posagent collector add-device: {e}")
+        return EX_UNAVAILABLE
     except OSError as e:
         _err(f"posagent collector add-device: cannot write {cfg.tokens_file}: {e.strerror or e}")
         return EX_CANTCREAT
+    finally:
+        store.close()
     sys.stdout.write(token + "\n")
     _err(
         f"device {args.device_id} registered in {cfg.tokens_file}; "
         "the token above is shown once: put it in the terminal's [upload] token_file"
     )
+    return EX_OK
+
+
+def _password_from_stdin() -> str:
+    """The first line of stdin, without its line end."""
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    """`collector user add|list|disable|enable|passwd`: people on the read side."""
+    cfg = load_collector_config(args.config)
+    what = f"user {args.user_cmd}"
+    generated = ""
+    password = ""
+    if args.user_cmd in ("add", "passwd"):
+        if args.password_stdin:
+            password = _password_from_stdin()
+        else:
+            password = generated = passwords.generate()
+        try:
+            passwords.check_strength(password)
+        except AccountError as e:
+            return _account_exit(what, e)
+    store = _open(cfg, what)
+    if isinstance(store, int):
+        return store
+    db = database(store)
+    actor = audit.cli_actor()
+    try:
+        if args.user_cmd == "list":
+            found = users.list_users(db)
+            if args.json:
+                sys.stdout.write(json.dumps([u.to_dict() for u in found], indent=2) + "\n")
+            for u in [] if args.json else found:
+                scope = "*" if u.all_tenants else ",".join(u.tenants) or "-"
+                state = "disabled" if u.disabled else "active"
+                sys.stdout.write(f"{u.name}\t{u.role.value}\t{scope}\t{state}\n")
+            return EX_OK
+        if args.user_cmd == "add":
+            role = users.parse_role(args.role)
+            users.add_user(
+                db,
+                args.name,
+                role,
+                password=password,
+                tenants_=args.tenant or [],
+                all_tenants=args.all_tenants,
+                must_change=bool(generated),
+                actor=actor,
+                address="local",
+            )
+            done = f"user {args.name} ({role.value}) added"
+        elif args.user_cmd in ("disable", "enable"):
+            users.set_disabled(
+                db, args.name, args.user_cmd == "disable", actor=actor, address="local"
+            )
+            done = f"user {args.name} {args.user_cmd}d"
+        else:
+            users.set_password(
+                db, args.name, password, must_change=bool(generated), actor=actor, address="local"
+            )
+            done = f"user {args.name}: password replaced, sessions ended"
+    except AccountError as e:
+        return _account_exit(what, e)
+    except StorageError as e:
+        _err(f"posagent collector {what}: {e}")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()
+    if generated:
+        sys.stdout.write(generated + "\n")
+        _err(f"{done}; the one-time password above is shown once (changed at first login)")
+    else:
+        _err(done)
+    return EX_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """`collector token create|list|revoke`: personal API tokens (Bearer) for scripts."""
+    cfg = load_collector_config(args.config)
+    what = f"token {args.token_cmd}"
+    store = _open(cfg, what)
+    if isinstance(store, int):
+        return store
+    db = database(store)
+    actor = audit.cli_actor()
+    try:
+        if args.token_cmd == "create":
+            token_id, token = tokens.create(db, args.user, args.name, actor=actor, address="local")
+            sys.stdout.write(token + "\n")
+            _err(
+                f"token {token_id} ({args.name}) of {args.user}: shown once; send it as "
+                "'Authorization: Bearer <token>'"
+            )
+        elif args.token_cmd == "revoke":
+            owner = tokens.revoke(db, args.id, actor=actor, address="local")
+            _err(f"token {args.id} of {owner} revoked")
+        else:
+            found = tokens.list_tokens(db, args.user or "")
+            if args.json:
+                sys.stdout.write(json.dumps([t.to_dict() for t in found], indent=2) + "\n")
+            for t in [] if args.json else found:
+                state = "revoked" if t.revoked_at else "live"
+                sys.stdout.write(f"{t.id}\t{t.user}\t{t.name}\t{rfc3339(t.created_at)}\t{state}\n")
+    except AccountError as e:
+        return _account_exit(what, e)
+    except StorageError as e:
+        _err(f"posagent collector {what}: {e}")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()
     return EX_OK
 
 
@@ -382,7 +539,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listen=f"{host}:{sock.getsockname()[1]}",
         tls=bool(tls),
         data_dir=ccfg.data_dir,
-        operator_token=bool(ccfg.operator_token_file),
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the previous
     # handler in place: make that handler a no-op so a requested stop exits 0.

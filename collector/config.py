@@ -7,6 +7,7 @@ of range are errors located by file, key and line, exit 78.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -117,9 +118,18 @@ class CollectorConfig:
     age_identity_file: str = ""
     max_body_mib: int = _f(32, min=1, max=4096)
     rate_per_minute: int = _f(120, min=1, max=1_000_000)
+    # gone (issue 15): the read side has user accounts; a value set is refused with the way out
     operator_token_file: str = ""
     # the collector's address as people reach it (links in notifications); "": <listen>
     public_url: str = _f("", pattern=r"^$|^https?://[^\s/]+(/[^\s]*)?$")
+    # people (issue 15): sessions, login throttling (counted in the index's database)
+    session_lifetime_s: int = _f(43200, min=300, max=30 * 86400)
+    session_idle_s: int = _f(3600, min=60, max=30 * 86400)
+    login_failures_per_account: int = _f(5, min=1, max=1000)
+    login_failures_per_address: int = _f(20, min=1, max=100_000)
+    login_window_s: int = _f(900, min=10, max=86400)
+    # reverse proxies (addresses or CIDR networks) whose X-Forwarded-For / -Proto are believed
+    trusted_proxies: list[str] = _f([])
     # the fleet engines (collector.storage); empty: the embedded files + SQLite in data_dir
     index_url: str = _f("", pattern=r"^$|^postgres(ql)?://")
     blob_url: str = _f("", pattern=r"^$|^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
@@ -145,6 +155,23 @@ class CollectorConfig:
 def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig:
     """The `[collector]` table of TOML text; raises ConfigError."""
     cfg = parse_section(text, file, "collector", CollectorConfig)
+    if cfg.operator_token_file:
+        raise ConfigError(
+            "no longer read: the read side has user accounts "
+            "(posagent collector user add NAME --role admin; token create NAME for scripts); "
+            "remove this key",
+            file=file,
+            key="collector.operator_token_file",
+        )
+    for n, net in enumerate(cfg.trusted_proxies):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"not an address or network: {net[:60]!r}",
+                file=file,
+                key=f"collector.trusted_proxies[{n}]",
+            ) from None
     r = cfg.retention
     for table, known, days in (
         ("kind_days", [k.value for k in TriggerKind], r.kind_days),

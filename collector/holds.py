@@ -1,5 +1,5 @@
-"""Legal holds over HTTP (issue 14 item 4), behind the operator auth of the read API
-(`collector.app` wraps these handlers with `operator_only`):
+"""Legal holds over HTTP (issue 14 item 4), for admins (`collector.app` wraps these
+handlers with `operator_only(admin=True)`); placing and releasing one is audited:
 
 - ``GET /v1/holds``: ``{"holds": [{scope, value, reason, created_at}]}``, oldest first;
 - ``POST /v1/holds`` with ``{"bundle" | "device" | "site": VALUE, "reason": TEXT}``: 201
@@ -18,8 +18,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from collector import audit
+from collector.access import principal_of
+from collector.accounts.web import client_address
 from collector.storage import BundleStore
 from collector.storage.retention import parse_hold_target, retention_index
+from collector.storage.sql import database
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +38,10 @@ def _error(code: int, status: str, text: str) -> JSONResponse:
 def _store(request: Request) -> BundleStore:
     store: BundleStore = request.app.state.collector.store
     return store
+
+
+def _address(request: Request) -> str:
+    return client_address(request, request.app.state.collector.proxies)
 
 
 async def list_holds(request: Request) -> Response:
@@ -60,7 +68,17 @@ async def add_hold(request: Request) -> Response:
         return _error(400, "bad_request", str(e)[:300])
     idx = retention_index(_store(request))
     placed = await run_in_threadpool(idx.add_hold, scope, value, reason.strip())
-    client = request.client.host if request.client else "?"
+    client = _address(request)
+    action = "hold.place" if placed else "hold.update"
+    await run_in_threadpool(
+        audit.record,
+        database(_store(request)),
+        principal_of(request),
+        action,
+        f"{scope}:{value}",
+        client,
+        {"reason": reason.strip()},
+    )
     log.info("hold_placed" if placed else "hold_updated", scope=scope, value=value, client=client)
     return JSONResponse(
         {"status": "placed" if placed else "updated", "scope": scope, "value": value},
@@ -77,6 +95,14 @@ async def remove_hold(request: Request) -> Response:
     removed = await run_in_threadpool(idx.remove_hold, scope, value)
     if not removed:
         return _error(404, "not_found", f"no hold on {scope} {value[:80]!r}")
-    client = request.client.host if request.client else "?"
+    client = _address(request)
+    await run_in_threadpool(
+        audit.record,
+        database(_store(request)),
+        principal_of(request),
+        "hold.release",
+        f"{scope}:{value}",
+        client,
+    )
     log.info("hold_released", scope=scope, value=value, client=client)
     return JSONResponse({"status": "released", "scope": scope, "value": value})

@@ -484,6 +484,49 @@ def document() -> Schema:
                     },
                 }
             },
+            "/v1/audit": {
+                "get": {
+                    "summary": "The audit log as JSON lines, oldest first (admins)",
+                    "parameters": [
+                        query("since", "At or after (RFC 3339 or epoch seconds)"),
+                        query("until", "At or before (RFC 3339 or epoch seconds)"),
+                        query(
+                            "limit",
+                            "Entries (default and most 10,000)",
+                            {"type": "string", "pattern": "^[0-9]*$"},
+                        ),
+                        query("actor", "Who"),
+                        query("action", "What, e.g. bundle.download"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "One JSON object a line: at, actor, action, target, address, detail",
+                            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                        },
+                        "403": reply("Not an admin"),
+                        **READ_ERRORS,
+                    },
+                }
+            },
+            "/v1/users": {
+                "get": {
+                    "summary": "Every account with its role and tenants (admins)",
+                    "responses": {
+                        "200": reply(
+                            "Users",
+                            {
+                                "type": "object",
+                                "required": ["users"],
+                                "properties": {
+                                    "users": {"type": "array", "items": {"type": "object"}}
+                                },
+                            },
+                        ),
+                        "403": reply("Not an admin"),
+                        **READ_ERRORS,
+                    },
+                }
+            },
             "/v1/holds": {
                 "get": {
                     "summary": "Legal holds, oldest first",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from agent.bundle.format import BundleReader
@@ -26,19 +28,69 @@ def _sane_time(ts: float) -> bool:
     return isinstance(ts, int | float) and 0 <= ts <= MAX_EPOCH_S
 
 
+@dataclass(frozen=True)
+class Viewer:
+    """Who the page is for: set by the read-side gate (`VIEWER`) for the request."""
+
+    name: str
+    role: str
+    csrf: str = ""  # the session's CSRF token ("" for a Bearer token: no forms)
+
+
+VIEWER: ContextVar[Viewer | None] = ContextVar("posagent_viewer", default=None)
+
+
+def csrf_field() -> str:
+    """The hidden CSRF input every POST form of a logged-in page carries."""
+    viewer = VIEWER.get()
+    token = viewer.csrf if viewer else ""
+    return f"<input type='hidden' name='csrf' value='{esc(token)}'>"
+
+
+def _account_bar() -> str:
+    viewer = VIEWER.get()
+    if viewer is None:
+        return ""
+    admin = (
+        "<a href='/admin' id='nav-admin'>Admin</a> <a href='/audit' id='nav-audit'>Audit</a> "
+        if viewer.role == "admin"
+        else ""
+    )
+    out = (
+        f"{admin}<span id='whoami'>{esc(viewer.name)} ({esc(viewer.role)})</span> "
+        "<a href='/password'>password</a> "
+    )
+    if viewer.csrf:
+        out += (
+            "<form method='post' action='/logout' class='inline' id='logout-form'>"
+            f"{csrf_field()}<button type='submit' class='light' id='logout'>log out</button>"
+            "</form>"
+        )
+    return out
+
+
 def layout(title: str, body: str, *, operator_login: bool = False) -> str:
-    """The page frame: header, inline CSS, no scripts, no external assets."""
-    right = '<a href="/logout">log out</a>' if operator_login else ""
+    """The page frame: header, inline CSS, no scripts, no external assets.
+
+    operator_login: the page is behind the login: the header names who is logged in
+    (`VIEWER`) and carries the log-out form."""
+    right = _account_bar() if operator_login else ""
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+        f"<title>{esc(title)}</title><style>{CSS}{_EXTRA_CSS}</style></head><body>"
         "<header><a class='brand' href='/'>posagent collector</a>"
         "<a href='/incidents'>Incidents</a><a href='/bundles'>Bundles</a>"
         "<a href='/v1/bundles'>JSON API</a>"
         f"<span class='right'>{right}</span></header>"
         f"<main>{body}</main></body></html>\n"
     )
+
+
+_EXTRA_CSS = (
+    "form.inline{display:inline;margin:0}header form.inline button{padding:.1rem .5rem}"
+    ".secret{font-family:monospace;font-size:1.1rem;background:#fff7d6;padding:.3rem .6rem}"
+)
 
 
 def _link(params: dict[str, str], **changes: str) -> str:
@@ -187,15 +239,19 @@ def render_bundle(
     return layout(title, body, operator_login=operator_login)
 
 
-def render_login(error: str = "", next_url: str = "/") -> str:
-    """The operator login form (only when operator_token_file is set)."""
-    err_html = f"<p class='error'>{esc(error)}</p>" if error else ""
+def render_login(error: str = "", next_url: str = "/", *, csrf: str = "", name: str = "") -> str:
+    """The login form: user name and password (csrf: the login form's own token)."""
+    err_html = f"<p class='error' id='login-error'>{esc(error)}</p>" if error else ""
     body = (
-        "<h1>Operator login</h1><div class='card'>"
-        "<form method='post' action='/login' class='filters'>"
+        "<h1>Log in</h1><div class='card'>"
+        "<form method='post' action='/login' class='filters' id='login-form'>"
         f"<input type='hidden' name='next' value='{esc(next_url)}'>"
-        "<label>Operator token<input type='password' name='token' id='token' autocomplete='current-password'></label>"
-        "<button type='submit'>Log in</button></form>"
+        f"<input type='hidden' name='csrf' value='{esc(csrf)}'>"
+        f"<label>User<input type='text' name='name' id='name' value='{esc(name)}' "
+        "autocomplete='username' required></label>"
+        "<label>Password<input type='password' name='password' id='password' "
+        "autocomplete='current-password' required></label>"
+        "<button type='submit' id='login'>Log in</button></form>"
         f"{err_html}</div>"
     )
     return layout("posagent collector: login", body)

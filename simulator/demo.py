@@ -308,6 +308,11 @@ def _where(stack: Stack, workdir: Path, demo: Demo) -> None:
         _out(
             f"  collector page     {stack.collector_url}/   (API: {stack.collector_url}/v1/bundles)"
         )
+        name, password = stack.operator_login
+        if name:
+            _out(
+                f"  collector login    user {name}, password {password}   (an admin made for the demo)"
+            )
     _out(
         f"  agent spool        {stack.term.state / 'spool'}   (uploaded bundles are kept in sent/)"
     )

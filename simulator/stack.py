@@ -4,8 +4,10 @@
 1. starts the SimTerminal (twins in this process: ptys, sockets, Xvfb/Tk);
 2. writes the collector config, registers the device (`posagent collector
    add-device`, the token goes to the agent's token_file), shares the device
-   HMAC key with the collector (device_keys_dir), starts `posagent collector
-   serve` and waits for /healthz;
+   HMAC key with the collector (device_keys_dir), makes an admin with a generated
+   password and a personal API token for its own reads (`collector user add`,
+   `token create`: the read side is closed; `operator_login` is the name and
+   password for the page), starts `posagent collector serve` and waits for /healthz;
 3. puts a NetCut proxy in front of the collector (the agent's upload endpoint);
 4. writes the agent config and starts `posagent run`, reading its JSON log
    lines on a thread (fault_raised / fault_cleared events, with times).
@@ -200,6 +202,7 @@ class Stack:
         self.agent_config_path = self.workdir / "agent.toml"
         self.token_path = self.workdir / "token"
         self.current_token = ""
+        self.operator_login: tuple[str, str] = ("", "")
         self.collector_config_path = self.workdir / "collector.toml"
         self._reader: threading.Thread | None = None
         self._http = requests.Session()
@@ -314,6 +317,7 @@ class Stack:
         self.collector_config_path.write_text(render_toml(cfg))
         self._add_device(rotate=False)
         self.provision_token()
+        self._add_operator()
         self.collector_log = (self.workdir / "collector.log").open("wb")
         self.collector_proc = subprocess.Popen(
             [*posagent_argv(), "collector", "serve", "--config", str(self.collector_config_path)],
@@ -356,6 +360,30 @@ class Stack:
         if r.returncode != 0 or not r.stdout.strip():
             raise StackError(f"collector add-device failed ({r.returncode}): {r.stderr.strip()}")
         self.current_token = r.stdout.strip()
+
+    def _collector_cli(self, *args: str, stdin: str | None = None) -> str:
+        """Run `posagent collector ARGS --config ...`; its stdout (StackError on failure)."""
+        r = subprocess.run(
+            [*posagent_argv(), "collector", *args, "--config", str(self.collector_config_path)],
+            capture_output=True,
+            text=True,
+            input=stdin,
+            timeout=60,
+            env=self.env,
+        )
+        if r.returncode != 0:
+            raise StackError(f"collector {args[0]} {args[1]} failed ({r.returncode}): {r.stderr}")
+        return r.stdout.strip()
+
+    def _add_operator(self) -> None:
+        """An admin with a generated password (for the page) and an API token (our reads)."""
+        name, password = "operator", secrets.token_urlsafe(12)
+        self._collector_cli(
+            "user", "add", name, "--role", "admin", "--password-stdin", stdin=password + "\n"
+        )
+        token = self._collector_cli("token", "create", name, "--name", "simulator")
+        self._http.headers["Authorization"] = f"Bearer {token}"
+        self.operator_login = (name, password)
 
     def revoke_token(self) -> None:
         """Rotate the device's token on the collector: the agent's copy stops being valid."""

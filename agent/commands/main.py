@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "collector",
         help="reference ingest server and web viewer: "
-        "serve|add-device|migrate|hold|retention|migrate-store|revoke-key|reindex",
+        "serve|add-device|user|token|migrate|hold|retention|migrate-store|revoke-key|reindex",
     )
     cs = p.add_subparsers(dest="collector_cmd", metavar="ACTION")
     cs.required = True
@@ -210,6 +210,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--site",
         help="the device's store: its bundles are filed under it, not under the manifest's claim",
     )
+    q.add_argument("--tenant", metavar="T", help="the merchant owning --site (created if new)")
+    q = cs.add_parser("user", help="people on the read side: add|list|disable|enable|passwd")
+    us = q.add_subparsers(dest="user_cmd", metavar="add|list|disable|enable|passwd")
+    us.required = True
+    u = us.add_parser("add", help="a new user; prints a one-time password")
+    u.add_argument("name")
+    u.add_argument("--role", required=True, choices=["admin", "support", "merchant"])
+    u.add_argument("--tenant", action="append", metavar="T", help="a tenant served (repeatable)")
+    u.add_argument("--all-tenants", action="store_true", help="support: every tenant")
+    u.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin instead"
+    )
+    _config_arg(u)
+    u = us.add_parser("list", help="every user with role, tenants and state")
+    u.add_argument("--json", action="store_true")
+    _config_arg(u)
+    for name, text in (
+        ("disable", "refuse the user's logins and tokens, end their sessions"),
+        ("enable", "let a disabled user in again"),
+        ("passwd", "a new one-time password (or --password-stdin); ends their sessions"),
+    ):
+        u = us.add_parser(name, help=text)
+        u.add_argument("name")
+        if name == "passwd":
+            u.add_argument("--password-stdin", action="store_true")
+        _config_arg(u)
+    q = cs.add_parser("token", help="personal API tokens for scripts: create|list|revoke")
+    ts = q.add_subparsers(dest="token_cmd", metavar="create|list|revoke")
+    ts.required = True
+    t = ts.add_parser("create", help="a new token for USER, printed once")
+    t.add_argument("user")
+    t.add_argument("--name", default="api", help="what it is for (default: api)")
+    _config_arg(t)
+    t = ts.add_parser("list", help="tokens (of USER) with their state")
+    t.add_argument("user", nargs="?", default="")
+    t.add_argument("--json", action="store_true")
+    _config_arg(t)
+    t = ts.add_parser("revoke", help="stop a token working (every instance, at once)")
+    t.add_argument("id", type=int, help="the token's id (token list)")
+    _config_arg(t)
     q = cs.add_parser("migrate", help="bring the index's schema to this collector's version")
     _config_arg(q)
     q = cs.add_parser("hold", help="legal holds: keep a bundle, device or site from retention")

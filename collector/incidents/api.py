@@ -35,7 +35,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
+from collector import audit
 from collector.access import principal_of
+from collector.accounts.web import client_address
 from collector.incidents import export, views
 from collector.incidents.as_json import (
     detail_json,
@@ -61,6 +63,7 @@ from collector.incidents.model import (
     NotFound,
 )
 from collector.incidents.service import Incidents
+from collector.storage.sql import database
 
 MAX_DAYS = 366
 
@@ -136,6 +139,13 @@ async def _post(
     return JSONResponse(out, status_code=code)
 
 
+def _audit(request: Request, action: str, iid: int, detail: dict[str, Any]) -> None:
+    """A change of an incident in the audit log (who, from where)."""
+    col = request.app.state.collector
+    address = client_address(request, col.proxies)
+    audit.record(database(col.store), principal_of(request), action, str(iid), address, detail)
+
+
 async def add_note(request: Request) -> Response:
     who = principal_of(request)
 
@@ -144,7 +154,9 @@ async def add_note(request: Request) -> Response:
             inc.get(iid, who)
             raise Forbidden(f"a {who.role.value} may only read incidents")
         n = note_input(data, form, time.time())
-        return event_json(inc.add_note(iid, who, **n))
+        out = event_json(inc.add_note(iid, who, **n))
+        _audit(request, "incident.note", iid, {"channel": str(n.get("channel", ""))})
+        return out
 
     return await _post(request, act, 201)
 
@@ -158,6 +170,8 @@ async def set_status(request: Request) -> Response:
             raise Forbidden(f"a {who.role.value} may only read incidents")
         status, assignee = status_input(data, form)
         after, _ = inc.set_status(iid, who, status, assignee)
+        detail = {"status": status.value if status else None, "assignee": assignee}
+        _audit(request, "incident.status", iid, detail)
         return incident_json(after, inc.clock())
 
     return await _post(request, act, 200)

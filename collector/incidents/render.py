@@ -24,7 +24,7 @@ from collector.incidents.model import (
     Status,
 )
 from collector.incidents.queries import Detail, FaultLine, Home, Trouble
-from collector.pages import SEVERITIES, fmt_size, layout, sev_badge, shown_time
+from collector.pages import SEVERITIES, csrf_field, fmt_size, layout, sev_badge, shown_time
 from collector.storage import BundleRecord
 
 EXTRA_CSS = (
@@ -338,13 +338,13 @@ def _actions(inc: Incident) -> str:
         Status.RESOLVED: (("open", "Reopen"),),
     }[inc.status]
     forms = [
-        f"<form class='inline' method='post' action='{base}'>"
+        f"<form class='inline' method='post' action='{base}'>{csrf_field()}"
         f"<input type='hidden' name='status' value='{to}'>"
         f"<button type='submit' id='to-{to}'>{label}</button></form>"
         for to, label in buttons
     ]
     forms.append(
-        f"<form class='inline' method='post' action='{base}'>"
+        f"<form class='inline' method='post' action='{base}'>{csrf_field()}"
         f"<input type='text' name='assignee' id='assignee' maxlength='100' "
         f"value='{esc(inc.assignee)}' placeholder='assignee'>"
         "<button type='submit' class='light button' id='assign'>Assign</button></form>"
@@ -356,6 +356,7 @@ def _note_form(inc: Incident) -> str:
     opts = "".join(f"<option value='{c.value}'>{c.value}</option>" for c in Channel)
     return (
         f"<form class='note' method='post' action='/v1/incidents/{inc.id}/notes' id='note-form'>"
+        f"{csrf_field()}"
         f"<label>Channel <select name='channel' id='note-channel'>{opts}</select></label>"
         "<label>Who at the merchant <input type='text' name='contact' id='note-contact' "
         "maxlength='200'></label>"

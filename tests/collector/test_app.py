@@ -39,7 +39,15 @@ from collector.storage import (
     open_default,
 )
 from tests.bundle.kit import KEY, make_bundle
-from tests.collector.kit import upload_headers
+from tests.collector.kit import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    admin_token,
+    bearer,
+    form_csrf,
+    login,
+    upload_headers,
+)
 from tests.conftest import posagent_argv, write_config
 
 DEV = "T-0001"
@@ -62,9 +70,11 @@ class Env:
             **overrides,  # type: ignore[arg-type]
         )
         self.token = add_device(self.cfg.tokens_file, DEV)
+        self.admin_token = admin_token(self.cfg)
         self.server = CollectorThread(self.cfg).start()
         self.url = self.server.url
-        self.http = requests.Session()
+        self.http = requests.Session()  # reads as the admin (the read side is closed)
+        self.http.headers.update(bearer(self.admin_token))
 
     def put(self, data: bytes, bundle_id: str, token: str | None = None, **headers: str):
         """PUT a body with v1 headers (overridable)."""
@@ -353,7 +363,7 @@ def test_traversal_ids_in_the_path_are_refused(env: Env) -> None:
     ):
         status, _ = env.raw("PUT", path, headers, b.data)
         assert status in allowed, path
-        status, _ = env.raw("GET", path, {})
+        status, _ = env.raw("GET", path, bearer(env.admin_token))
         assert status in allowed, path
     assert env.tree() == before
     assert env.count() == 0
@@ -553,53 +563,42 @@ def test_page_escapes_everything_from_the_bundle(env: Env) -> None:
     assert "diagnostics/printer.json" in page
 
 
-# --------------------------------------------------------------------------- operator token
+# --------------------------------------------------------------------------- closed read side
 
 
-def test_operator_token_guards_the_read_side(tmp_path: Path) -> None:
-    """With operator_token_file set, reads need the Bearer token or the login cookie; ingest does not."""
-    op = tmp_path / "operator-token"
-    op.write_text("operator-secret-123\n")
-    e = Env(tmp_path, operator_token_file=str(op))
-    try:
-        b = make_bundle(device=DEV)
-        assert e.upload(b).status_code == 201
-        s = requests.Session()
-        r = s.get(f"{e.url}/v1/bundles", timeout=10)
-        assert r.status_code == 401 and "Bearer" in r.headers["www-authenticate"]
-        assert s.get(f"{e.url}/v1/bundles/{b.bundle_id}/download", timeout=10).status_code == 401
-        auth = {"Authorization": "Bearer operator-secret-123"}
-        assert s.get(f"{e.url}/v1/bundles", headers=auth, timeout=10).json()["total"] == 1
-        assert (
-            s.get(
-                f"{e.url}/v1/bundles", headers={"Authorization": "Bearer nope"}, timeout=10
-            ).status_code
-            == 401
-        )
-        page = s.get(f"{e.url}/bundles/{b.bundle_id}", allow_redirects=False, timeout=10)
-        assert page.status_code == 303
-        assert page.headers["location"] == f"/login?next=/bundles/{b.bundle_id}"
-        bad = s.post(f"{e.url}/login", data={"token": "guess", "next": "/"}, timeout=10)
-        assert bad.status_code == 401 and "Wrong token" in bad.text
-        ok = s.post(
-            f"{e.url}/login",
-            data={"token": "operator-secret-123", "next": "//evil.example/"},
-            allow_redirects=False,
-            timeout=10,
-        )
-        assert ok.status_code == 303 and ok.headers["location"] == "/"
-        cookie = ok.headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
-        assert "operator-secret-123" not in cookie
-        assert s.get(f"{e.url}/bundles/{b.bundle_id}", timeout=10).status_code == 200
-        assert (
-            s.get(f"{e.url}/v1/bundles/{b.bundle_id}/screenshot.png", timeout=10).status_code == 200
-        )
-        s.get(f"{e.url}/logout", timeout=10)
-        assert s.get(f"{e.url}/v1/bundles", timeout=10).status_code == 401
-        assert requests.get(f"{e.url}/healthz", timeout=10).status_code == 200
-    finally:
-        e.close()
+def test_the_read_side_is_closed_by_default(env: Env) -> None:
+    """Without credentials every read answers 401 (API) or goes to the login (pages); ingest
+    and /healthz need none; a login with the admin's password opens the pages and the log
+    out closes them (tests/collector/test_accounts.py covers the rest)."""
+    b = make_bundle(device=DEV)
+    assert env.upload(b).status_code == 201
+    s = requests.Session()
+    for path in (
+        "/v1/bundles",
+        f"/v1/bundles/{b.bundle_id}",
+        f"/v1/bundles/{b.bundle_id}/download",
+        f"/v1/bundles/{b.bundle_id}/screenshot.png",
+        f"/v1/bundles/{b.bundle_id}/diagnostics",
+        "/v1/holds",
+        "/v1/audit",
+        "/v1/users",
+        "/metrics",
+    ):
+        r = s.get(env.url + path, timeout=10)
+        assert r.status_code == 401 and "Bearer" in r.headers["www-authenticate"], path
+    for path in ("/", f"/bundles/{b.bundle_id}", "/admin", "/audit"):
+        page = s.get(env.url + path, allow_redirects=False, timeout=10)
+        assert page.status_code == 303, path
+        assert page.headers["location"] == f"/login?next={path}"
+    bad = s.get(f"{env.url}/v1/bundles", headers=bearer("pat_guess"), timeout=10)
+    assert bad.status_code == 401
+    ok = login(s, env.url, ADMIN, ADMIN_PASSWORD, "//evil.example/")
+    assert ok.status_code == 303 and ok.headers["location"] == "/"
+    assert s.get(f"{env.url}/bundles/{b.bundle_id}", timeout=10).status_code == 200
+    assert s.get(f"{env.url}/v1/bundles", timeout=10).json()["total"] == 1
+    s.post(f"{env.url}/logout", data={"csrf": form_csrf(s.get(env.url + "/", timeout=10).text)})
+    assert s.get(f"{env.url}/v1/bundles", timeout=10).status_code == 401
+    assert requests.get(f"{env.url}/healthz", timeout=10).status_code == 200
 
 
 # --------------------------------------------------------------------------- units

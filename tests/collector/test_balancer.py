@@ -21,7 +21,9 @@ from agent.core.config import load_config
 from agent.spool.maildir import Limits, Spool
 from agent.upload.uploader import Uploader
 from collector.auth import add_device
+from collector.config import CollectorConfig
 from tests.bundle.kit import small_bundle
+from tests.collector.kit import admin_token, bearer
 from tests.collector.servers import Seaweed
 from tests.collector.test_fleet import _free_port, _healthy, _serve
 from tests.collector.test_tls import make_cert
@@ -76,6 +78,7 @@ def test_agents_upload_through_haproxy_and_survive_a_killed_instance(
 ) -> None:
     tokens = tmp_path / "tokens"
     device_tokens = {d: add_device(tokens, d, site="Store LB") for d in AGENTS}
+    admin = bearer(admin_token(CollectorConfig(data_dir=str(tmp_path / "admin"), **fleet)))
     procs = [_serve(tmp_path, f"c{i}", fleet, tokens) for i in range(2)]
     lb: subprocess.Popen[bytes] | None = None
     uploaders: list[Uploader] = []
@@ -156,7 +159,11 @@ def test_agents_upload_through_haproxy_and_survive_a_killed_instance(
             assert not list(s.items("failed"))
         # stored exactly once: one index row and one S3 object per bundle, the agent's bytes
         listing = requests.get(
-            f"{lb_url}/v1/bundles", params={"limit": 500}, verify=str(cert), timeout=10
+            f"{lb_url}/v1/bundles",
+            params={"limit": 500},
+            headers=admin,
+            verify=str(cert),
+            timeout=10,
         ).json()
         assert listing["total"] == total
         assert sorted(b["bundle_id"] for b in listing["bundles"]) == sorted(sent)
@@ -166,7 +173,9 @@ def test_agents_upload_through_haproxy_and_survive_a_killed_instance(
         assert len(keys) == total
         assert sorted(k.split("/")[-2] for k in keys) == sorted(sent)
         for bid in list(sent)[:: PER_AGENT // 3]:
-            r = requests.get(f"{lb_url}/v1/bundles/{bid}/download", verify=str(cert), timeout=10)
+            r = requests.get(
+                f"{lb_url}/v1/bundles/{bid}/download", headers=admin, verify=str(cert), timeout=10
+            )
             assert r.content == sent[bid]
     finally:
         for up in uploaders:

@@ -1,18 +1,27 @@
-"""Collector web page in a real headless Chromium (Playwright) against a real uvicorn."""
+"""Collector web page in a real headless Chromium (Playwright) against a real uvicorn: the
+login, the list and its filters, a bundle page, the log out, and a merchant denied another
+tenant's bundle by URL."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-from collector.auth import add_device
+from collector.access import Role
+from collector.accounts import users
+from collector.accounts.devices import place_device
 from collector.config import CollectorConfig
 from collector.server import CollectorThread
+from collector.storage import open_store
+from collector.storage.sql import database
 from tests.bundle.kit import make_bundle
-from tests.collector.kit import upload_headers
+from tests.collector.kit import ADMIN, ADMIN_PASSWORD, admin_token, upload_headers
+
+MERCHANT, MERCHANT_PASSWORD = "acme-owner", "acme owner password"
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,11 +40,26 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium
 
 @pytest.fixture
 def seeded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A collector with four uploaded bundles from two terminals; yields (url, ids by label)."""
+    """A collector with four uploaded bundles from two terminals of two tenants (T-0001 at
+    Store 12 of Acme, T-0002 at Store 7 of Beta), an admin and Acme's merchant user;
+    yields (url, ids by label)."""
     cfg = CollectorConfig(
         data_dir=str(tmp_path / "store"), tokens_file=str(tmp_path / "tokens"), max_body_mib=4
     )
-    tokens = {d: add_device(cfg.tokens_file, d) for d in ("T-0001", "T-0002")}
+    admin_token(cfg)  # makes the admin (ADMIN, ADMIN_PASSWORD)
+    store = open_store(cfg)
+    db = database(store)
+    tokens = {
+        d: place_device(
+            db, cfg.tokens_file, d, site=site, tenant=tenant, actor="test", address="local"
+        )
+        for d, site, tenant in (("T-0001", "Store 12", "Acme"), ("T-0002", "Store 7", "Beta"))
+    }
+    users.add_user(
+        db, MERCHANT, Role.MERCHANT, password=MERCHANT_PASSWORD, tenants_=["Acme"],
+        actor="test", address="local",
+    )  # fmt: skip
+    store.close()
     specs = {
         "paper1": ("T-0001", "Store 12", "printer.paper_end", "critical", True),
         "paper2": ("T-0001", "Store 12", "printer.paper_end", "critical", True),
@@ -70,6 +94,14 @@ def test_page_lists_filters_and_shows_a_bundle_with_its_screenshot(
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(url + "/")
+            page.wait_for_url("**/login?next=/")
+            _log_in(page, ADMIN, "not the password")
+            assert "Wrong user name or password" in page.locator("#login-error").inner_text()
+            errors.clear()  # the console reports that answer's 401
+            _log_in(page, ADMIN, ADMIN_PASSWORD)
+            page.wait_for_url(url + "/")
+            assert page.locator("#whoami").inner_text() == f"{ADMIN} (admin)"
             page.goto(url + "/bundles")
             rows = page.locator("#bundles tbody tr[data-bundle]")
             assert rows.count() == 4
@@ -127,6 +159,55 @@ def test_page_lists_filters_and_shows_a_bundle_with_its_screenshot(
             page.goto(f"{url}/bundles/{ids['battery']}")
             assert page.locator("#screenshot").count() == 0
             assert "No screenshot" in page.content()
+
+            page.goto(url + "/audit")
+            assert page.locator("#audit td", has_text="bundle.screenshot").count() >= 1
+            page.click("#logout")
+            page.wait_for_url("**/login")
+            page.goto(f"{url}/bundles/{ids['paper1']}")
+            page.wait_for_url(f"**/login?next=/bundles/{ids['paper1']}")
             assert errors == []
+        finally:
+            browser.close()
+
+
+def _log_in(page: Any, name: str, password: str) -> None:
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("#login")
+    page.wait_for_load_state()
+
+
+def test_a_merchant_is_denied_another_tenants_bundle_by_url(
+    seeded: tuple[str, dict[str, str]],
+) -> None:
+    """Acme's merchant sees Acme's two bundles; Beta's bundle page and screenshot by URL
+    answer 404 as if it did not exist; there is no admin page for them."""
+    from playwright.sync_api import sync_playwright
+
+    url, ids = seeded
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/bundles/{ids['link']}")
+            _log_in(page, MERCHANT, MERCHANT_PASSWORD)
+            page.wait_for_url(f"**/bundles/{ids['link']}")
+            assert "No such bundle." in page.locator("h1").inner_text()
+            shot = page.goto(f"{url}/v1/bundles/{ids['link']}/screenshot.png")
+            assert shot is not None and shot.status == 404
+            page.goto(url + "/bundles")
+            rows = page.locator("#bundles tbody tr[data-bundle]")
+            assert set(rows.evaluate_all("rs => rs.map(r => r.dataset.bundle)")) == {
+                ids["paper1"],
+                ids["paper2"],
+            }
+            assert page.locator("#nav-admin").count() == 0
+            denied = page.goto(url + "/admin")
+            assert denied is not None and denied.status == 403
+            page.goto(f"{url}/bundles/{ids['paper1']}")
+            assert page.locator("#screenshot").count() == 1
         finally:
             browser.close()

@@ -17,9 +17,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.auth import add_device
+from collector.config import CollectorConfig
 from collector.server import CollectorThread
 from tests.bundle.kit import make_bundle
-from tests.collector.kit import upload_headers
+from tests.collector.kit import admin_token, bearer, upload_headers
 from tests.collector.servers import Seaweed
 from tests.collector.test_app import (  # run again below with the fleet `env`
     DEV,
@@ -114,6 +115,7 @@ def test_two_serve_processes_racing_on_one_bundle_id(
     object left), the same body gives 201 and 200."""
     tokens = tmp_path / "tokens"
     token = add_device(tokens, DEV)
+    admin = bearer(admin_token(CollectorConfig(data_dir=str(tmp_path / "admin"), **fleet)))
     procs = [_serve(tmp_path, f"c{i}", fleet, tokens) for i in range(2)]
     try:
         for proc, url, _ in procs:
@@ -150,13 +152,15 @@ def test_two_serve_processes_racing_on_one_bundle_id(
             assert sorted(codes.values()) == want, (round_, codes)
             winner = bodies[0] if same else bodies[next(i for i, c in codes.items() if c == 201)]
             for _, url, _ in procs:
-                dl = requests.get(f"{url}/v1/bundles/{first.bundle_id}/download", timeout=10)
+                dl = requests.get(
+                    f"{url}/v1/bundles/{first.bundle_id}/download", headers=admin, timeout=10
+                )
                 assert dl.content == winner.data
             sha = hashlib.sha256(winner.data).hexdigest()
             assert seaweed.keys(f"{prefix}/{first.bundle_id}/") == [
                 f"{prefix}/{first.bundle_id}/{sha}.zip"
             ]
-        listed = requests.get(f"{procs[0][1]}/v1/bundles", timeout=10).json()
+        listed = requests.get(f"{procs[0][1]}/v1/bundles", headers=admin, timeout=10).json()
         assert listed["total"] == 10
     finally:
         for proc, _, _ in procs:
@@ -245,8 +249,8 @@ def test_migrate_command_and_serve_refusing_other_schemas(tmp_path: Path, pg_url
 # --------------------------------------------------------------------------- metrics
 
 
-def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    r = requests.get(url + "/metrics", timeout=10)
+def _metrics(e: Env) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = e.http.get(e.url + "/metrics", timeout=10)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     out = {}
@@ -274,7 +278,7 @@ def test_metrics_in_prometheus_text(
         assert e.upload(make_bundle(device=DEV, seed=5), token="wrong").status_code == 401
         bad = make_bundle(device=DEV, seed=6)
         assert e.put(b"not a zip", bad.bundle_id).status_code == 422
-        m = _metrics(e.url)
+        m = _metrics(e)
         ingest = {
             r: m[("posagent_collector_ingest_total", (("result", r),))]
             for r in ("created", "already_stored", "conflict", "rejected")

@@ -34,7 +34,7 @@ from collector.incidents import api, views
 from collector.incidents.api import Handler
 from collector.server import CollectorThread, bind
 from tests.bundle.kit import KEY, make_bundle
-from tests.collector.kit import upload_headers
+from tests.collector.kit import ADMIN, admin_token, bearer, upload_headers
 from tests.conftest import wait_until
 
 DEVICES = {"T-0001": "Store 12", "T-0002": "Store 12", "T-0003": "Store 99"}
@@ -62,7 +62,8 @@ class Fleet:
             (tmp / "keys" / f"{dev}.key").write_bytes(KEY)
         self.server = CollectorThread(self.cfg).start()
         self.url = self.server.url
-        self.http = requests.Session()
+        self.http = requests.Session()  # reads and writes as the admin (personal token)
+        self.http.headers.update(bearer(admin_token(self.cfg)))
         self.uploaded: dict[str, bytes] = {}
 
     @property
@@ -168,7 +169,7 @@ def test_one_incident_notes_and_status_in_json(fleet: Fleet) -> None:
         json={"channel": "phone", "text": "Merchant will load a new roll", "contact": "Li"},
     )
     assert r.status_code == 201, r.text
-    assert r.json()["detail"]["channel"] == "phone" and r.json()["actor"] == "anonymous"
+    assert r.json()["detail"]["channel"] == "phone" and r.json()["actor"] == ADMIN
     r = fleet.post(
         f"/v1/incidents/{iid}/status", json={"status": "acknowledged", "assignee": "sam"}
     )
@@ -369,6 +370,7 @@ def test_ingest_never_fails_for_grouping_and_catch_up_groups_later(tmp_path: Pat
         f.close()
     g = Fleet.__new__(Fleet)
     g.cfg, g.http, g.uploaded = f.cfg, requests.Session(), {}
+    g.http.headers.update(bearer(admin_token(f.cfg)))
     g.server = CollectorThread(f.cfg).start()
     g.url = g.server.url
     try:

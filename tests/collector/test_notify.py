@@ -44,6 +44,7 @@ from collector.server import CollectorThread
 from collector.storage import BundleStore, open_store
 from collector.storage.sql import Database, database
 from tests.collector.hookserver import Receiver, SmtpSink, free_port, self_signed, smtp_server
+from tests.collector.kit import admin_token, bearer
 from tests.conftest import posagent_argv, wait_until, write_config
 
 T0 = 1_750_000_000.0
@@ -544,6 +545,7 @@ def test_collector_delivers_across_its_restart_and_serves_the_log(
         webhooks=[WebhookConfig(name="ops", url=r.url, secret_file=str(secret), timeout_s=5)],
         notify=NotifyConfig(interval_s=0.05, backoff_base_s=0.1, backoff_max_s=0.5),
     )
+    auth = bearer(admin_token(cfg))
     c = CollectorThread(cfg).start()
     try:
         db = database(c.server.config.app.state.collector.store)
@@ -553,7 +555,9 @@ def test_collector_delivers_across_its_restart_and_serves_the_log(
             assert notify.enqueue(tx, "incident.escalated", incident(1), at=now + 0.001) == 1
 
         def tried() -> bool:
-            got = requests.get(f"{c.url}/v1/webhooks/deliveries?hook=ops", timeout=10).json()
+            got = requests.get(
+                f"{c.url}/v1/webhooks/deliveries?hook=ops", timeout=10, headers=auth
+            ).json()
             return len(got["deliveries"]) == 2 and all(d["attempts"] for d in got["deliveries"])
 
         assert wait_until(tried, timeout_s=30, step_s=0.1)
@@ -565,7 +569,7 @@ def test_collector_delivers_across_its_restart_and_serves_the_log(
         assert wait_until(lambda: len(r.ids()) == 2, timeout_s=30)
 
         def delivered() -> list[dict[str, Any]]:
-            got = requests.get(f"{c.url}/v1/webhooks/deliveries?hook=ops", timeout=10)
+            got = requests.get(f"{c.url}/v1/webhooks/deliveries?hook=ops", timeout=10, headers=auth)
             assert got.status_code == 200
             log: list[dict[str, Any]] = got.json()["deliveries"]
             return log if {d["status"] for d in log} == {"delivered"} else []
@@ -576,9 +580,9 @@ def test_collector_delivers_across_its_restart_and_serves_the_log(
         for d in log:
             assert d["log"][0]["status_code"] is None and d["log"][-1]["status_code"] == 200
         for query in ("", "?hook=no%20spaces", "?hook=ops&email=a@b", "?hook=ops&limit=0"):
-            bad = requests.get(f"{c.url}/v1/webhooks/deliveries{query}", timeout=10)
+            bad = requests.get(f"{c.url}/v1/webhooks/deliveries{query}", timeout=10, headers=auth)
             assert bad.status_code == 400, query
-        other = requests.get(f"{c.url}/v1/webhooks/deliveries?hook=other", timeout=10)
+        other = requests.get(f"{c.url}/v1/webhooks/deliveries?hook=other", timeout=10, headers=auth)
         assert other.json()["deliveries"] == []
     finally:
         c.stop()

@@ -25,8 +25,9 @@ import requests
 from agent.bundle.format import BundleReader, SealedBundle
 from agent.bundle.html import render_html
 from collector.auth import add_device
+from collector.config import load_collector_config
 from tests.bundle.kit import KEY, big_entries, long_timeline, many_sources
-from tests.collector.kit import upload_headers
+from tests.collector.kit import admin_token, bearer, upload_headers
 from tests.collector.test_app import DEV, _free_port
 from tests.conftest import posagent_argv, wait_until, write_config
 
@@ -34,6 +35,9 @@ MAX_OTHER_S = 2.0  # any /healthz or list answer while a heavy page renders
 MAX_PAGE_BYTES = 2_000_000
 MAX_RSS_GROWTH = 200 * 2**20
 VIEWERS = 2  # heavy views at once
+
+
+AUTH: dict[str, str] = {}  # the admin's Authorization header, set by `served`
 
 
 @dataclass
@@ -59,6 +63,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         f'data_dir = "{tmp / "c"}"\ndevice_keys_dir = "{keys}"\n',
     )
     token = add_device(tokens, DEV)
+    # the read side is closed: an admin's personal token, made before serve opens the store
+    AUTH.update(bearer(admin_token(load_collector_config(str(cfg)))))
     bundles = {"sources": many_sources(), "entries": big_entries(), "long": long_timeline()}
     proc = subprocess.Popen(
         posagent_argv("collector", "serve", "--config", str(cfg)),
@@ -109,7 +115,7 @@ class Background:
                 for path in ("/healthz", "/v1/bundles?limit=5", "/"):
                     t0 = time.monotonic()
                     try:
-                        r = http.get(self.url + path, timeout=30)
+                        r = http.get(self.url + path, timeout=30, headers=AUTH)
                         if r.status_code != 200:
                             self.failures.append(f"{path}: {r.status_code}")
                     except requests.RequestException as e:
@@ -129,7 +135,7 @@ def _view(served: Served, path: str) -> dict[str, float]:
 
     def one() -> None:
         t0 = time.monotonic()
-        r = requests.get(served.url + path, timeout=120)
+        r = requests.get(served.url + path, timeout=120, headers=AUTH)
         results.append((r.status_code, len(r.content), time.monotonic() - t0))
 
     n0 = len(bg.times)
@@ -184,7 +190,10 @@ def test_heavy_answers_leave_the_others_prompt(served: Served, which: str, endpo
 def test_the_pages_say_what_they_left_out(served: Served) -> None:
     """The chart names the sources it did not draw; a long entry is cut with a link to the
     whole of it; a timeline longer than the chart reads says so."""
-    get = requests.get
+
+    def get(url: str, timeout: float) -> requests.Response:
+        return requests.get(url, timeout=timeout, headers=AUTH)
+
     page = get(f"{served.url}/bundles/{served.ids['sources']}", timeout=60).text
     assert "49,980 more sources" in page
     assert page.count("<circle") <= 20 * 100

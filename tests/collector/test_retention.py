@@ -33,6 +33,7 @@ from collector.storage.retention import (
     run_retention,
 )
 from tests.bundle.kit import make_bundle
+from tests.collector.kit import admin_token, bearer
 from tests.collector.servers import Seaweed
 from tests.collector.test_app import DEV, Env
 from tests.conftest import posagent_argv, wait_until, write_config
@@ -334,17 +335,11 @@ def _metric(url: str, name: str, headers: dict[str, str]) -> float:
 
 
 def test_holds_by_api_and_cli_and_serve_runs_retention(tmp_path: Path) -> None:
-    """POST/GET/DELETE /v1/holds behind the operator token; `collector hold add|list|remove`
+    """POST/GET/DELETE /v1/holds for admins; `collector hold add|list|remove`
     on the same store; serve's periodic run deletes the expired bundle that no hold covers
     and counts it in /metrics; `collector retention run` prints its counts."""
-    op = tmp_path / "operator"
-    op.write_text("operator-token-123\n")
-    e = Env(
-        tmp_path,
-        operator_token_file=str(op),
-        retention=RetentionConfig(default_days=2, interval_s=0.2),
-    )
-    auth = {"Authorization": "Bearer operator-token-123"}
+    e = Env(tmp_path, retention=RetentionConfig(default_days=2, interval_s=0.2))
+    auth = bearer(e.admin_token)
     try:
         old = make_bundle(device=DEV, seed=1, created_at=time.time() - 5 * DAY_S)
         held = make_bundle(device=DEV, seed=2, created_at=time.time() - 5 * DAY_S)
@@ -461,12 +456,16 @@ def test_migrate_store_interrupted_then_resumed(
     assert r.returncode == 0 and "copied 0, skipped 50" in r.stdout, r.stdout + r.stderr
 
     cfg = replace(src.cfg, index_url=pg_url, blob_url=s3_url, s3_endpoint_url=seaweed.endpoint)
-    with CollectorThread(replace(cfg, data_dir=str(tmp_path / "new"))) as c:
-        listed = requests.get(f"{c.url}/v1/bundles?limit=100", timeout=10).json()
+    cfg = replace(cfg, data_dir=str(tmp_path / "new"))
+    admin = bearer(admin_token(cfg))
+    with CollectorThread(cfg) as c:
+        listed = requests.get(f"{c.url}/v1/bundles?limit=100", headers=admin, timeout=10).json()
         assert listed["total"] == 50
         assert {b["bundle_id"] for b in listed["bundles"]} == {b.bundle_id for b in bundles}
         for b in bundles[::7]:
-            dl = requests.get(f"{c.url}/v1/bundles/{b.bundle_id}/download", timeout=10)
+            dl = requests.get(
+                f"{c.url}/v1/bundles/{b.bundle_id}/download", headers=admin, timeout=10
+            )
             assert dl.content == b.data
-        holds = requests.get(f"{c.url}/v1/holds", timeout=10).json()["holds"]
+        holds = requests.get(f"{c.url}/v1/holds", headers=admin, timeout=10).json()["holds"]
         assert [(h["scope"], h["value"]) for h in holds] == [("device", DEV)]

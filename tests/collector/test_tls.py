@@ -18,8 +18,9 @@ import requests
 
 from agent.core.exits import EX_CONFIG
 from collector.auth import add_device
+from collector.config import CollectorConfig
 from tests.bundle.kit import make_bundle
-from tests.collector.kit import upload_headers
+from tests.collector.kit import admin_token, bearer, upload_headers
 from tests.conftest import posagent_argv, wait_until, write_config
 
 DEV = "T-0001"
@@ -72,6 +73,7 @@ def test_serve_https_and_reload_the_certificate_on_sighup(tmp_path: Path) -> Non
     both.write_bytes(c1.read_bytes() + c2.read_bytes())
     tokens = tmp_path / "tokens"
     token = add_device(tokens, DEV)
+    admin = bearer(admin_token(CollectorConfig(data_dir=str(tmp_path / "d"))))
     port = _port()
     conf = write_config(
         tmp_path,
@@ -120,7 +122,7 @@ def test_serve_https_and_reload_the_certificate_on_sighup(tmp_path: Path) -> Non
         before.request("GET", "/healthz")
         assert before.getresponse().status == 200
         before.close()
-        r = requests.get(f"{url}/v1/bundles", verify=str(c2), timeout=10)
+        r = requests.get(f"{url}/v1/bundles", headers=admin, verify=str(c2), timeout=10)
         assert r.json()["total"] == 1
     finally:
         proc.terminate()

@@ -129,21 +129,27 @@ class Collector:
     process: subprocess.Popen[bytes]
     keys_dir: Path
     log: Path
+    auth: dict[str, str]  # an admin's personal API token (the read side is closed)
 
     def bundles(self) -> list[dict[str, Any]]:
         r = requests.get(
-            f"{self.url}/v1/bundles", params={"device": DEVICE, "limit": "500"}, timeout=10
+            f"{self.url}/v1/bundles",
+            params={"device": DEVICE, "limit": "500"},
+            headers=self.auth,
+            timeout=10,
         )
         r.raise_for_status()
         return list(r.json()["bundles"])
 
     def manifest(self, bundle_id: str) -> dict[str, Any]:
-        r = requests.get(f"{self.url}/v1/bundles/{bundle_id}", timeout=10)
+        r = requests.get(f"{self.url}/v1/bundles/{bundle_id}", headers=self.auth, timeout=10)
         r.raise_for_status()
         return dict(r.json())
 
     def diagnostics(self, bundle_id: str) -> dict[str, Any]:
-        r = requests.get(f"{self.url}/v1/bundles/{bundle_id}/diagnostics", timeout=10)
+        r = requests.get(
+            f"{self.url}/v1/bundles/{bundle_id}/diagnostics", headers=self.auth, timeout=10
+        )
         r.raise_for_status()
         return dict(r.json())
 
@@ -222,6 +228,16 @@ device_keys_dir = "{keys}"
         check=True,
     )
     token = r.stdout.strip()
+    subprocess.run(
+        [posagent, "collector", "user", "add", "field-admin", "--role", "admin",
+         "--password-stdin", "--config", str(cfg)],
+        input="field admin password\n", capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    made = subprocess.run(
+        [posagent, "collector", "token", "create", "field-admin", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    auth = {"Authorization": f"Bearer {made.stdout.strip()}"}
     log = work / "collector.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
@@ -240,7 +256,7 @@ device_keys_dir = "{keys}"
             proc.wait(timeout=10)
 
     stack.callback(stop)
-    col = Collector(f"http://127.0.0.1:{port}", proc, keys, log)
+    col = Collector(f"http://127.0.0.1:{port}", proc, keys, log, auth)
 
     def healthy() -> bool:
         assert proc.poll() is None, log.read_text()

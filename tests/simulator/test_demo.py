@@ -46,6 +46,8 @@ def _check_demo_output(r: subprocess.CompletedProcess[str], tmp_path: Path) -> N
     assert len(ids) == 4, out
     assert "redaction.screenshot = 'skipped:" in out
     assert "all 5 steps passed" in out
+    # the read side is closed: the demo made an admin and says how to log in
+    assert re.search(r"collector login\s+user operator, password \S{12,}", out), out[-2000:]
     html = re.search(r"posagent bundle html (\S+) --config (\S+)", out)
     assert html is not None
     page = tmp_path / "bundle.html"

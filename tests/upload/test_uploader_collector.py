@@ -17,6 +17,7 @@ from agent.spool.maildir import Limits, Spool
 from agent.upload.uploader import AUTH_CONDITION, Uploader
 from collector.config import CollectorConfig
 from tests.bundle.kit import KEY, small_bundle
+from tests.collector.kit import admin_token, bearer
 from tests.conftest import write_config
 
 collector_server = pytest.importorskip("collector.server", reason="collector extra not installed")
@@ -42,17 +43,20 @@ class Collector:
             **overrides,  # type: ignore[arg-type]
         )
         self.token = collector_auth.add_device(self.cfg.tokens_file, DEV)
+        self.admin = bearer(admin_token(self.cfg))  # the read side is closed
         self.thread = collector_server.CollectorThread(self.cfg).start()
         self.url: str = self.thread.url
 
     def listing(self) -> dict[str, Any]:
-        r = requests.get(f"{self.url}/v1/bundles", params={"device": DEV}, timeout=10)
+        r = requests.get(
+            f"{self.url}/v1/bundles", params={"device": DEV}, headers=self.admin, timeout=10
+        )
         r.raise_for_status()
         doc: dict[str, Any] = r.json()
         return doc
 
     def download(self, bid: str) -> bytes:
-        r = requests.get(f"{self.url}/v1/bundles/{bid}/download", timeout=10)
+        r = requests.get(f"{self.url}/v1/bundles/{bid}/download", headers=self.admin, timeout=10)
         r.raise_for_status()
         return r.content
 

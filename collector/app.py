@@ -104,7 +104,9 @@ from collector.storage import (
     Limiter,
     Query,
     StorageError,
+    StorageFull,
     open_store,
+    os_error,
 )
 from collector.storage.retention import RetentionPolicy, RetentionWorker
 
@@ -391,7 +393,7 @@ async def put_bundle(request: Request) -> Response:
     claimed = request.headers.get("x-posagent-device", "")
     if claimed != device:
         return _reply(403, "forbidden", bid, "X-Posagent-Device does not match the token's device")
-    wait_s = col.limiter.take(device)
+    wait_s = await run_in_threadpool(col.limiter.take, device)  # a query on PostgreSQL
     if wait_s > 0:
         return _reply(
             429,
@@ -425,6 +427,8 @@ async def put_bundle(request: Request) -> Response:
             return _reply(413, "too_large", bid, f"body over {col.cfg.max_body_mib} MiB")
         except ClientDisconnect:
             return _reply(400, "bad_request", bid, "client disconnected")
+        except OSError as e:  # data_dir/incoming full or unwritable: 503, like the store
+            raise os_error(f"cannot receive {bid} into {col.store.staging_dir}", e) from e
         if not secrets.compare_digest(digest, expected):
             return _reply(400, "bad_request", bid, "Content-Digest does not match the body")
         return await run_in_threadpool(
@@ -770,7 +774,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _storage_error(request: Request, exc: Exception) -> Response:
     log.error("storage_error", path=request.url.path, error=str(exc))
-    return _reply(503, "unavailable", None, "storage unavailable, retry later", headers=RETRY_LATER)
+    col: Shared = request.app.state.collector
+    what = "storage full" if isinstance(exc, StorageFull) else "storage unavailable"
+    return _reply(
+        503,
+        "unavailable",
+        None,
+        f"{what}, retry later",
+        headers={"Retry-After": str(col.cfg.unavailable_retry_after_s)},
+    )
 
 
 async def _bundle_error(request: Request, exc: Exception) -> Response:

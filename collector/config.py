@@ -53,6 +53,8 @@ class CollectorConfig:
     header_timeout_s: int = _f(10, min=1, max=3600)
     body_timeout_s: int = _f(120, min=1, max=86400)
     max_idle_per_client: int = _f(32, min=0, max=1_000_000)
+    # Retry-After of the 503 answered while the store is unavailable or full
+    unavailable_retry_after_s: int = _f(60, min=1, max=3600)
 
 
 def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig:

@@ -18,6 +18,7 @@ from collector.storage.base import (
     BundleRecord,
     Query,
     StorageError,
+    StorageFull,
     Timed,
     timed,
     where_clause,
@@ -28,6 +29,12 @@ _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
 )
+
+
+def write_error(e: sqlite3.Error) -> StorageError:
+    """The StorageError of a failed write (StorageFull when the disk is full)."""
+    full = getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return (StorageFull if full else StorageError)(f"index write failed: {e}")
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -166,7 +173,7 @@ class SqliteIndex(Timed):
                 cur = conn.execute(sql, values)
             return cur.rowcount == 1
         except sqlite3.Error as e:
-            raise StorageError(f"index write failed: {e}") from e
+            raise write_error(e) from e
 
     @timed("index_get")
     def get(self, bundle_id: str) -> BundleRecord | None:
@@ -255,7 +262,7 @@ class SqliteIndex(Timed):
             conn.execute("COMMIT")
             return out
         except sqlite3.Error as e:
-            raise StorageError(f"index write failed: {e}") from e
+            raise write_error(e) from e
 
     def add_hold(self, scope: str, value: str, reason: str) -> bool:
         check_scope(scope, value)

@@ -6,7 +6,8 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
 1. the id in the path is a canonical UUID (400);
 2. ``Authorization: Bearer <device token>`` names a registered device (401);
 3. ``X-Posagent-Device`` is that device (403);
-4. the device's token bucket has a token (429 + Retry-After);
+4. the device's token bucket has a token (429 + Retry-After; on PostgreSQL the bucket
+   is a row every instance shares);
 5. ``Idempotency-Key`` (when sent) equals the id; Content-Type is application/zip
    (400 / 415); a declared Content-Length over max_body_mib (413, before reading);
 6. the body streams into ``data_dir/incoming`` with the limit enforced per
@@ -29,11 +30,18 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
    its bundles under no site): 201 created, 200 same digest already stored,
    409 other digest.
 
+A store that cannot take the upload at any step (PostgreSQL, S3 or a disk down, slower
+than their timeouts, or full; `StorageError`) answers 503 with Retry-After
+(``unavailable_retry_after_s``) and "storage full" or "storage unavailable": the blob is
+written before the index row, so nothing is half-written (at most a blob no row names,
+which the next upload of that bundle or `reconcile` takes up), and the agent sends it
+again.
+
 Whatever passes these checks renders on every page and API answer (the tests
 store hostile manifests and render them all). Slow clients are cut off by the
-server (`collector.server.GuardedH11Protocol`: header and body deadlines, idle
-connections per client); redirects carry a relative Location, never the Host
-header.
+server (`collector.server.GuardedH11Protocol`: header and body deadlines, a body
+past its deadline answered 408, idle connections per client); redirects carry a
+relative Location, never the Host header.
 
 Read side (open, or behind the operator token): ``GET /v1/bundles`` and the
 per-bundle endpoints, the HTML page at ``/``, ``GET /metrics`` (Prometheus text,

@@ -231,9 +231,10 @@ class Seaweed:
         return True
 
     def start(self, data_dir: Path | None = None) -> None:
-        """Start `weed mini` (on data_dir, else top/data); returns once S3 answers."""
+        """Start `weed mini` on data_dir (default: where it ran last, first top/data);
+        returns once S3 answers."""
         assert self.top is not None and self.proc is None
-        self.data_dir = data_dir or self.top / "data"
+        self.data_dir = data_dir or self.data_dir or self.top / "data"
         if not wait_until(lambda: not _port_open(S3_PORT), timeout_s=60, step_s=0.2):
             raise Unavailable(f"port {S3_PORT} stays busy: another S3 server is running")
         with (self.top / "weed.log").open("ab") as log:

@@ -14,11 +14,8 @@ bytes, nothing left in incoming/.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
 import hashlib
 import json
-import os
 import select
 import socket
 from collections.abc import Iterator
@@ -29,67 +26,19 @@ import pytest
 import requests
 
 from agent.bundle.format import new_bundle_id
-from agent.core.config import load_config
-from agent.spool.maildir import Limits, Spool
-from agent.upload.uploader import Uploader
-from bench.faults import tmpfs
+from bench.faults import fill, tmpfs
 from collector.auth import add_device
 from collector.storage.postgres import PostgresIndex, migrate
 from tests.bundle.kit import small_bundle
+from tests.collector.agents import AGENT_READ_TIMEOUT_S, Agent
 from tests.collector.kit import upload_headers
 from tests.collector.proxy import TcpProxy
 from tests.collector.servers import S3_PORT, Postgres, Seaweed
 from tests.collector.test_app import DEV, Env
-from tests.conftest import is_root, wait_until, write_config
+from tests.conftest import is_root, wait_until
 
 RETRY_S = 1  # unavailable_retry_after_s of these collectors: the agents come back soon
-AGENT_READ_TIMEOUT_S = 60.0  # the agent's default: a 503 must come before it
 Bundle = tuple[str, bytes]
-
-
-class Agent:
-    """One terminal: its spool filled with bundles and the real uploader, started later."""
-
-    def __init__(self, tmp: Path, device: str, token: str, endpoint: str, n: int, size: int):
-        adir = tmp / device
-        cfg = load_config(write_config(adir))
-        (adir / "token").write_text(token + "\n")
-        cfg = dataclasses.replace(
-            cfg,
-            agent=dataclasses.replace(cfg.agent, device_id=device),
-            upload=dataclasses.replace(
-                cfg.upload,
-                endpoint=endpoint,
-                backoff_base_s=0.05,
-                backoff_cap_s=0.5,
-                read_timeout_s=AGENT_READ_TIMEOUT_S,
-            ),
-        )
-        self.spool = Spool(cfg.agent.state_dir, Limits(reserve_bytes=0)).open()
-        self.sent: dict[str, bytes] = {}
-        for i in range(n):
-            b = small_bundle(f"{device} #{i}", size_bytes=size, device=device)
-            self.spool.enqueue(b.bundle_id, b.data, 1)
-            self.sent[b.bundle_id] = b.data
-        self.uploader = Uploader(cfg, self.spool)
-
-    def acked(self) -> set[str]:
-        """Bundles the collector acknowledged (201/200): moved to sent/."""
-        return {i.bundle_id for i in self.spool.items("sent")}
-
-    def saw(self, status: int) -> bool:
-        """True when the last failed attempt was answered `status`."""
-        reason = self.uploader.status()["last_failure_reason"] or ""
-        return str(reason).startswith(f"HTTP {status}")
-
-    def done(self) -> bool:
-        return len(self.acked()) == len(self.sent)
-
-    def check_spool(self) -> None:
-        """Everything acknowledged, nothing left queued or refused."""
-        assert self.acked() == set(self.sent), self.uploader.status()
-        for state in ("new", "cur", "failed"):
-            assert not list(self.spool.items(state)), state
 
 
 @pytest.fixture
@@ -170,8 +119,9 @@ def _start_agents(
     agents: list[Agent], tmp: Path, env: Env, names: list[str], n: int, size: int = 40_000
 ) -> None:
     for name in names:
-        token = add_device(env.cfg.tokens_file, name)
-        agents.append(Agent(tmp, name, token, env.url, n, size))
+        a = Agent(tmp, name, add_device(env.cfg.tokens_file, name), env.url)
+        a.add(n, size)
+        agents.append(a)
     for a in agents:
         a.uploader.start()
 
@@ -337,25 +287,6 @@ def test_s3_slow_stalled_and_its_acknowledgements_lost(
 # --------------------------------------------------------------------------- disks full
 
 
-def _fill(filler: Path, leave_bytes: int = 0) -> None:
-    """Grow filler until its filesystem is full, then give back leave_bytes."""
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (1 << 20, 4096, 1):
-            block = b"\0" * chunk
-            while True:
-                try:
-                    os.write(fd, block)
-                except OSError as e:
-                    if e.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
-    size = filler.stat().st_size
-    os.truncate(filler, max(0, size - leave_bytes))
-
-
 needs_root = pytest.mark.skipif(not is_root(), reason="mounting a tmpfs needs root")
 
 
@@ -379,7 +310,7 @@ def test_disk_full_under_the_embedded_store(tmp_path: Path, agents: list[Agent])
             direct[first[0]] = first[1]
             for pages in range(17):
                 filler.unlink(missing_ok=True)
-                _fill(filler, pages * 4096)
+                fill(filler, pages * 4096)
                 bid, data = _bundle(f"free {pages} pages", 30_000)
                 r = _put(env, bid, data)
                 statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
@@ -394,7 +325,7 @@ def test_disk_full_under_the_embedded_store(tmp_path: Path, agents: list[Agent])
             assert statuses.get(503, 0) >= 1, statuses
 
             filler.unlink()
-            _fill(filler)
+            fill(filler)
             _start_agents(agents, tmp_path, env, ["T-FULL-1"], 8, 30_000)
             assert wait_until(lambda: agents[0].saw(503), 60, 0.05), agents[0].uploader.status()
             assert not agents[0].acked()
@@ -428,7 +359,7 @@ def test_disk_full_under_the_s3_server(
                 first = _bundle("before")
                 assert _put(env, *first).status_code == 201
                 direct[first[0]] = first[1]
-                _fill(filler)
+                fill(filler)
                 bid, data = _bundle("while full")
                 _assert_unavailable(_put(env, bid, data), full=False)  # S3 says InternalError
                 direct[bid] = data
@@ -451,7 +382,8 @@ def test_disk_full_under_the_s3_server(
                 env.close()
                 seaweed.stop()
     finally:
-        seaweed.start()  # the session's server, on its own data dir
+        assert seaweed.top is not None
+        seaweed.start(data_dir=seaweed.top / "data")  # the session's server, on its own data
 
 
 # --------------------------------------------------------------------------- body deadline

@@ -1,4 +1,4 @@
-"""A loopback TCP proxy that slows, stalls or cuts the way to a real server (S3 here).
+"""A loopback TCP proxy that slows or stalls the way to a real server (S3 here).
 
 The collector is pointed at the proxy (``s3_endpoint_url``); `mode` decides what happens
 to the bytes of every connection, open or new, from the next chunk on:
@@ -7,8 +7,7 @@ to the bytes of every connection, open or new, from the next chunk on:
 - ``delay``: each chunk held `delay_s` before it is forwarded (a slow link or server);
 - ``stall``: nothing forwarded either way (a server that stopped answering);
 - ``stall_replies``: requests reach the server, its replies are held (it stored the
-  object, the acknowledgement never comes back);
-- ``reset``: every connection is cut with a reset, new ones too (the server unreachable).
+  object, the acknowledgement never comes back).
 
 Held bytes are forwarded when the mode changes back. Threads, one per direction of a
 connection; `close` ends them all.
@@ -24,7 +23,7 @@ import threading
 import time
 from typing import Literal
 
-Mode = Literal["pass", "delay", "stall", "stall_replies", "reset"]
+Mode = Literal["pass", "delay", "stall", "stall_replies"]
 
 
 def _reset(s: socket.socket) -> None:
@@ -46,7 +45,6 @@ class TcpProxy:
         self.listener.settimeout(0.2)  # the accept loop sees `close`
         self.port = int(self.listener.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        self.connections = 0  # accepted so far
         self._closing = False
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
@@ -58,11 +56,6 @@ class TcpProxy:
         if delay_s is not None:
             self.delay_s = delay_s
         self.mode = mode
-        if mode == "reset":
-            with self._lock:
-                socks, self._socks = self._socks, []
-            for s in socks:
-                _reset(s)
 
     def _accept(self) -> None:
         while not self._closing:
@@ -73,10 +66,6 @@ class TcpProxy:
             except OSError:
                 return
             client.settimeout(None)
-            self.connections += 1
-            if self.mode == "reset":
-                _reset(client)
-                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:

@@ -55,7 +55,9 @@ from collector.auth import add_device
 from collector.storage.base import COLUMNS
 from tests.bundle.kit import _REDACTOR, KEY, screenshot_png
 from tests.collector.kit import upload_headers
-from tests.collector.servers import Postgres, Seaweed, postgres_server, seaweed_server
+from tests.collector.servers import Postgres, Seaweed
+from tests.collector.servers import run_postgres as postgres_server
+from tests.collector.servers import run_seaweed as seaweed_server
 from tests.conftest import posagent_argv
 
 QUICK = os.environ.get("BENCH_FLEET_QUICK") == "1" or "--quick" in sys.argv[1:]

@@ -52,6 +52,7 @@ FAMILIES: list[tuple[str, str]] = [
     ("hostile_spool", "bench.faults.hostile:spool_and_queue"),
     ("hostile_manifests", "bench.faults.ingest:manifests"),
     ("slow_clients", "bench.faults.ingest:slow_clients"),
+    ("fleet_outages", "bench.faults.fleet:fleet_outages"),
 ]
 
 

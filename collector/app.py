@@ -6,7 +6,8 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
 1. the id in the path is a canonical UUID (400);
 2. ``Authorization: Bearer <device token>`` names a registered device (401);
 3. ``X-Posagent-Device`` is that device (403);
-4. the device's token bucket has a token (429 + Retry-After);
+4. the device's token bucket has a token (429 + Retry-After; on PostgreSQL the bucket
+   is a row every instance shares);
 5. ``Idempotency-Key`` (when sent) equals the id; Content-Type is application/zip
    (400 / 415); a declared Content-Length over max_body_mib (413, before reading);
 6. the body streams into ``data_dir/incoming`` with the limit enforced per
@@ -29,14 +30,21 @@ Ingest, ``PUT /v1/bundles/{bundle_id}``, checks in this order and answers with
    its bundles under no site): 201 created, 200 same digest already stored,
    409 other digest.
 
+A store that cannot take the upload at any step (PostgreSQL, S3 or a disk down, slower
+than their timeouts, or full; `StorageError`) answers 503 with Retry-After
+(``unavailable_retry_after_s``) and "storage full" or "storage unavailable": the blob is
+written before the index row, so nothing is half-written (at most a blob no row names,
+which the next upload of that bundle or `reconcile` takes up), and the agent sends it
+again.
+
 Whatever passes these checks renders on every page and API answer (the tests
 store hostile manifests and render them all), in bounded time and memory: the
 heavy part of a per-bundle answer (page, diagnostics, entry, manifest) runs in a
 worker thread, at most MAX_RENDERS at once (`_off_loop`), and the page shows a
 bounded part of what a bundle holds (`agent.bundle.html`). Slow clients are cut off by the
-server (`collector.server.GuardedH11Protocol`: header and body deadlines, idle
-connections per client); redirects carry a relative Location, never the Host
-header.
+server (`collector.server.GuardedH11Protocol`: header and body deadlines, a body
+past its deadline answered 408, idle connections per client); redirects carry a
+relative Location, never the Host header.
 
 Read side, closed: every handler behind `operator_only` needs a user's session or
 personal API token (`collector.accounts.web`) and narrows what it reads to the user's
@@ -115,7 +123,9 @@ from collector.storage import (
     Limiter,
     Query,
     StorageError,
+    StorageFull,
     open_store,
+    os_error,
 )
 from collector.storage.retention import RetentionPolicy, RetentionWorker
 from collector.storage.sql import database
@@ -376,7 +386,7 @@ async def put_bundle(request: Request) -> Response:
     claimed = request.headers.get("x-posagent-device", "")
     if claimed != device:
         return _reply(403, "forbidden", bid, "X-Posagent-Device does not match the token's device")
-    wait_s = col.limiter.take(device)
+    wait_s = await run_in_threadpool(col.limiter.take, device)  # a query on PostgreSQL
     if wait_s > 0:
         return _reply(
             429,
@@ -410,6 +420,8 @@ async def put_bundle(request: Request) -> Response:
             return _reply(413, "too_large", bid, f"body over {col.cfg.max_body_mib} MiB")
         except ClientDisconnect:
             return _reply(400, "bad_request", bid, "client disconnected")
+        except OSError as e:  # data_dir/incoming full or unwritable: 503, like the store
+            raise os_error(f"cannot receive {bid} into {col.store.staging_dir}", e) from e
         if not secrets.compare_digest(digest, expected):
             return _reply(400, "bad_request", bid, "Content-Digest does not match the body")
         return await run_in_threadpool(
@@ -792,7 +804,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _storage_error(request: Request, exc: Exception) -> Response:
     log.error("storage_error", path=request.url.path, error=str(exc))
-    return _reply(503, "unavailable", None, "storage unavailable, retry later", headers=RETRY_LATER)
+    col: Shared = request.app.state.collector
+    what = "storage full" if isinstance(exc, StorageFull) else "storage unavailable"
+    return _reply(
+        503,
+        "unavailable",
+        None,
+        f"{what}, retry later",
+        headers={"Retry-After": str(col.cfg.unavailable_retry_after_s)},
+    )
 
 
 async def _bundle_error(request: Request, exc: Exception) -> Response:

@@ -150,6 +150,8 @@ class CollectorConfig:
     webhooks: list[WebhookConfig] = field(default_factory=list)
     email: EmailConfig = field(default_factory=EmailConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    # Retry-After of the 503 answered while the store is unavailable or full
+    unavailable_retry_after_s: int = _f(60, min=1, max=3600)
 
 
 def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig:

@@ -8,7 +8,8 @@ uvicorn closes a connection only between requests (``timeout_keep_alive``);
   (a socket that sends nothing, or never finishes a body the server already
   answered, is closed too; keep-alive is thus at most that long);
 - a body deadline: the body must be complete within ``body_timeout_s`` of the
-  headers; the handler then sees a disconnect and nothing is stored;
+  headers; past it the request is answered ``408`` (when no answer was started),
+  the connection is closed, the handler sees a disconnect and nothing is stored;
 - a cap per client address on idle connections (waiting for a request, or
   holding half-sent headers): past ``max_idle_per_client`` the oldest is closed,
   so one client cannot hold the ``limit_concurrency`` slots of everyone.
@@ -21,6 +22,7 @@ certificate, open ones and the listening socket are untouched.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import ssl
@@ -71,6 +73,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 log = structlog.get_logger(__name__)
+LINGER_S = 2.0  # after a 408, how long the client has to read it before the connection is cut
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -143,8 +146,45 @@ class GuardedH11Protocol(H11Protocol):
 
     def _body_expired(self) -> None:
         self._body_timer = None
-        if self._busy() and self.cycle.more_body:
+        if not (self._busy() and self.cycle.more_body):
+            return
+        if self.cycle.response_started or self.conn.our_state is not h11.SEND_RESPONSE:
             self._close("body_timeout")
+            return
+        log.info("connection_closed", reason="body_timeout", client=self._host())
+        body = json.dumps(
+            {
+                "status": "timeout",
+                "bundle_id": None,
+                "error": f"request body not complete within {self.body_timeout_s:g} s",
+            }
+        ).encode()
+        try:
+            out = self.conn.send(
+                h11.Response(
+                    status_code=408,
+                    reason=b"Request Timeout",
+                    headers=[
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                    ],
+                )
+            )
+            out = (out or b"") + (self.conn.send(h11.Data(data=body)) or b"")
+            out += self.conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            self._abort()
+            return
+        # the handler's receive() now returns http.disconnect; its own answer is dropped
+        self.cycle.disconnected = True
+        self.cycle.message_event.set()
+        self.transport.write(out)
+        # half-close after the answer, then cut: closing with the client's unread bytes
+        # in our buffer would send a reset that can overtake the 408 on its way
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.abort)
 
     def _after_events(self) -> None:
         if self.transport.is_closing():

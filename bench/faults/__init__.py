@@ -12,7 +12,9 @@ is a component that hangs instead of failing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,6 +109,24 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill(filler: Path, leave_bytes: int = 0) -> None:
+    """Grow filler until its filesystem is full (ENOSPC), then give back leave_bytes."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (1 << 20, 4096, 1):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    os.write(fd, block)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
 
 
 def remount(path: Path, mode: str) -> None:

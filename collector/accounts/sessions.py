@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from collector.accounts.users import USER_COLUMNS, User, _user
-from collector.storage.sql import Database, Tx
+from collector.storage.sql import Database, Tx, bookkeeping
 
 TOUCH_S = 30.0
 
@@ -77,12 +77,15 @@ def resolve(db: Database, cookie: str, policy: SessionPolicy) -> Session | None:
         user = _user(tx, row[3:])
     csrf, last_seen, expires_at = str(row[0]), float(row[1]), float(row[2])
     if now >= expires_at or now - last_seen > policy.idle_s or user.disabled:
-        with db.transaction() as wtx:
-            wtx.execute("DELETE FROM sessions WHERE id_hash = ?", (key,))
+        bookkeeping(db, "DELETE FROM sessions WHERE id_hash = ?", (key,), what="session_end")
         return None
     if now - last_seen >= TOUCH_S:
-        with db.transaction() as wtx:
-            wtx.execute("UPDATE sessions SET last_seen = ? WHERE id_hash = ?", (now, key))
+        bookkeeping(
+            db,
+            "UPDATE sessions SET last_seen = ? WHERE id_hash = ?",
+            (now, key),
+            what="session_touch",
+        )
     return Session(user, csrf, expires_at)
 
 

@@ -19,7 +19,7 @@ from collector import audit
 from collector.access import Principal
 from collector.accounts.errors import InvalidAccount, NoSuchAccount
 from collector.accounts.users import USER_COLUMNS, User, _user
-from collector.storage.sql import Database
+from collector.storage.sql import Database, bookkeeping
 
 PREFIX = "pat_"
 TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
@@ -92,8 +92,12 @@ def resolve(db: Database, token: str) -> User | None:
     if user.disabled:
         return None
     if row[1] is None or now - float(row[1]) >= TOUCH_S:
-        with db.transaction() as wtx:
-            wtx.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now, row[0]))
+        bookkeeping(
+            db,
+            "UPDATE api_tokens SET last_used_at = ? WHERE id = ?",
+            (now, row[0]),
+            what="token_touch",
+        )
     return user
 
 

@@ -28,6 +28,8 @@ from collector.storage.base import (
     Query,
     SchemaError,
     StorageError,
+    StorageFull,
+    os_error,
 )
 from collector.storage.files import FsBlobStore
 from collector.storage.schema import LATEST
@@ -47,9 +49,11 @@ __all__ = [
     "SchemaError",
     "SqliteIndex",
     "StorageError",
+    "StorageFull",
     "migrate_store",
     "open_default",
     "open_store",
+    "os_error",
 ]
 
 FLEET_HINT = "install the fleet extra (pip install 'posagent[fleet]')"

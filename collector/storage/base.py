@@ -24,6 +24,7 @@ the upload is acknowledged.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import threading
@@ -38,7 +39,24 @@ Observer = Callable[[str, str, float], None]  # (engine, operation, seconds)
 
 
 class StorageError(Exception):
-    """The store could not read or write (disk full, permissions, server down, corrupt index)."""
+    """The store could not read or write (disk full, permissions, server down, corrupt index).
+
+    Ingest answers it with 503 and Retry-After (`collector.app`): the upload is retried,
+    and the store is left as if it had not been attempted, or with a blob no row names.
+    """
+
+
+class StorageFull(StorageError):
+    """The store is out of space (ENOSPC, EDQUOT, SQLite's 'database or disk is full')."""
+
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def os_error(what: str, e: OSError) -> StorageError:
+    """The StorageError for an OSError while doing `what` (StorageFull for no space left)."""
+    cls = StorageFull if e.errno in FULL_ERRNOS else StorageError
+    return cls(f"{what}: {e.strerror or e}")
 
 
 class SchemaError(StorageError):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.bundle.format import is_bundle_id
 from agent.core.files import fsync_dir
-from collector.storage.base import StorageError, Timed, timed
+from collector.storage.base import StorageError, Timed, os_error, timed
 
 
 class FsBlobStore(Timed):
@@ -51,7 +51,7 @@ class FsBlobStore(Timed):
             os.replace(src, dest)
             fsync_dir(dest.parent)
         except OSError as e:
-            raise StorageError(f"cannot store {bundle_id}: {e.strerror or e}") from e
+            raise os_error(f"cannot store {bundle_id}", e) from e
 
     @timed("blob_get")
     def get(self, bundle_id: str, sha256: str | None = None) -> bytes:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg_pool import ConnectionPool
 
 from collector.storage import schema
@@ -35,6 +36,7 @@ from collector.storage.base import (
 from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
 from collector.storage.sql import BaseTx, Conflict, Dialect, to_pyformat
 
+log = structlog.get_logger(__name__)
 MIGRATE_LOCK = 0x706F7361  # pg_advisory_xact_lock key of `collector migrate` ("posa")
 RETENTION_LOCK = 0x706F7372  # session lock of a retention run, one at a time ("posr")
 HOLDS_LOCK = 0x706F7368  # xact lock: adding a hold waits for a retention batch ("posh")
@@ -97,18 +99,29 @@ def migrate(url: str, *, connect_timeout_s: int = 10) -> tuple[int, int]:
 
 
 class PostgresIndex(Timed):
-    """The index in PostgreSQL; a pool of autocommit connections (one per running query)."""
+    """The index in PostgreSQL; a pool of autocommit connections (one per running query).
+
+    Every connection is checked as it leaves the pool (one empty round trip). A broken
+    one (the server restarted, or cut its sessions) is replaced, and every idle connection
+    of the pool is checked at once in the background, so the next queries after a restart
+    get fresh connections instead of failing one stale connection each. While the server is
+    down a query waits up to connect_timeout_s for a connection, then raises StorageError
+    (ingest answers 503 with Retry-After).
+    """
 
     engine = "postgres"
 
     def __init__(self, url: str, *, pool_max: int = 16, connect_timeout_s: int = 10):
         self.where = redact_url(url)
+        self._purging = False
+        self._purge_lock = threading.Lock()
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_max,
             kwargs={"autocommit": True, "connect_timeout": connect_timeout_s},
             timeout=connect_timeout_s,
+            check=self._check,
             open=False,
             name="posagent-index",
         )
@@ -125,6 +138,31 @@ class PostgresIndex(Timed):
         if version != schema.LATEST:
             self.pool.close()
             schema.check(version, self.where)
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it hands out (raising: it is replaced)."""
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            self._check_all_soon()
+            raise
+
+    def _check_all_soon(self) -> None:
+        with self._purge_lock:
+            if self._purging:
+                return
+            self._purging = True
+        threading.Thread(target=self._check_all, daemon=True, name="posagent-index-check").start()
+
+    def _check_all(self) -> None:
+        """Check every idle connection, replacing the broken ones (psycopg_pool's check)."""
+        try:
+            self.pool.check()
+        except Exception as e:  # the pool closed meanwhile: nothing to check
+            log.debug("index_pool_check_failed", error=str(e))
+        finally:
+            with self._purge_lock:
+                self._purging = False
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:

@@ -5,6 +5,11 @@ instances storing two bodies under one id never overwrite each other, so the ind
 primary key alone decides which was first (`collector.storage.base.BundleStore`). Every
 read is checked against the digest in its key.
 
+Timeouts (`CONNECT_TIMEOUT_S`, `READ_TIMEOUT_S`, `ATTEMPTS`): an unreachable or stalled
+server is given up within about ATTEMPTS x READ_TIMEOUT_S plus boto3's backoff (~35 s), well
+inside the agent's read timeout (60 s by default), so the upload is answered 503 with
+Retry-After instead of timing out at the agent; every failure is a `StorageError`.
+
 Credentials come only from the standard AWS sources (environment variables, shared
 credentials and config files, instance roles), never from the posagent config. Needs the
 fleet extra (``pip install 'posagent[fleet]'``).
@@ -28,6 +33,9 @@ from collector.storage.base import StorageError, Timed, timed
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+CONNECT_TIMEOUT_S = 3.0
+READ_TIMEOUT_S = 10.0  # per socket operation; a PUT's reply comes well within it
+ATTEMPTS = 3  # in all (boto3's standard retry mode: 5xx, throttling, connection errors)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -71,9 +79,9 @@ class S3BlobStore(Timed):
             endpoint_url=endpoint_url or None,
             region_name=region,
             config=BotoConfig(
-                connect_timeout=5,
-                read_timeout=30,
-                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+                retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
                 max_pool_connections=max_connections,
                 s3={"addressing_style": "path"} if endpoint_url else {},
             ),

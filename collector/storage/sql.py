@@ -24,7 +24,11 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import structlog
+
 from collector.storage.base import StorageError
+
+log = structlog.get_logger(__name__)
 
 Dialect = Literal["sqlite", "postgres"]
 Row = tuple[Any, ...]
@@ -92,6 +96,19 @@ class BaseTx:
 def to_pyformat(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+def bookkeeping(db: Database, sql: str, params: Sequence[Any], *, what: str) -> bool:
+    """One write that only keeps books (a last-used time, an expired row's removal) in its
+    own transaction: a failure (a full disk, the server gone) is logged and the request
+    it belongs to goes on; False then."""
+    try:
+        with db.transaction() as tx:
+            tx.execute(sql, params)
+    except StorageError as e:
+        log.warning("bookkeeping_write_failed", what=what, error=str(e)[:300])
+        return False
+    return True
 
 
 def database(store: object) -> Database:

@@ -19,6 +19,7 @@ from collector.storage.base import (
     BundleRecord,
     Query,
     StorageError,
+    StorageFull,
     Timed,
     timed,
     untimed,
@@ -31,6 +32,12 @@ _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
 )
+
+
+def write_error(e: sqlite3.Error) -> StorageError:
+    """The StorageError of a failed write (StorageFull when the disk is full)."""
+    full = getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return (StorageFull if full else StorageError)(f"index write failed: {e}")
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -180,7 +187,7 @@ class SqliteIndex(Timed):
                 cur = conn.execute(sql, values)
             return cur.rowcount == 1
         except sqlite3.Error as e:
-            raise StorageError(f"index write failed: {e}") from e
+            raise write_error(e) from e
 
     @timed("index_update")
     def update(self, record: BundleRecord) -> bool:
@@ -300,7 +307,7 @@ class SqliteIndex(Timed):
             conn.execute("COMMIT")
             return out
         except sqlite3.Error as e:
-            raise StorageError(f"index write failed: {e}") from e
+            raise write_error(e) from e
 
     def add_hold(self, scope: str, value: str, reason: str) -> bool:
         check_scope(scope, value)
@@ -451,7 +458,7 @@ class SqliteIndex(Timed):
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as e:
-            raise StorageError(f"index {self.path}: {e}") from e
+            raise write_error(e) from e
         try:
             yield SqliteTx(conn)
         except BaseException:
@@ -463,7 +470,7 @@ class SqliteIndex(Timed):
         except sqlite3.Error as e:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            raise StorageError(f"index {self.path}: commit failed: {e}") from e
+            raise write_error(e) from e
 
     def close(self) -> None:
         with self._lock:
@@ -487,7 +494,7 @@ class SqliteTx(BaseTx):
         except sqlite3.IntegrityError as e:
             raise Conflict(str(e)) from e
         except sqlite3.Error as e:
-            raise StorageError(f"index: {e}") from e
+            raise write_error(e) from e
 
     def lock(self, name: str) -> None:
         """Nothing to do: BEGIN IMMEDIATE already excludes every other writer."""

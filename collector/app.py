@@ -96,12 +96,18 @@ from collector import holds, openapi, pages, sealed
 from collector.access import OPEN, Principal, principal_of
 from collector.auth import (
     SESSION_COOKIE,
+    DeviceTokens,
     OperatorAuth,
     TokenFileError,
     TokenStore,
     load_operator_auth,
     valid_device_id,
 )
+from collector.channel import api as channel_api
+from collector.channel import devices as channel_devices
+from collector.channel import views as channel_views
+from collector.channel.signing import Signer
+from collector.channel.waiters import Waiters
 from collector.config import CollectorConfig
 from collector.i18n import negotiate
 from collector.metrics import CONTENT_TYPE, Metrics
@@ -116,6 +122,7 @@ from collector.storage import (
     open_store,
 )
 from collector.storage.retention import RetentionPolicy, RetentionWorker
+from collector.storage.sql import database
 
 log = structlog.get_logger(__name__)
 
@@ -148,12 +155,19 @@ class Shared:
 
     cfg: CollectorConfig
     store: BundleStore
-    tokens: TokenStore
+    tokens: DeviceTokens
     operator: OperatorAuth
     limiter: Limiter
     login_limiter: Limiter
     metrics: Metrics
     renders: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(MAX_RENDERS))
+    channel: channel_api.Channel | None = None  # issue 16 (collector.channel)
+
+    def enrolled_pem(self, device: str) -> str | None:
+        """The public keys an enrolled device gave (collector.sealed's key lookup)."""
+        if not valid_device_id(device):
+            return None
+        return channel_devices.pem_of(database(self.store), device)
 
     @property
     def max_body_bytes(self) -> int:
@@ -925,15 +939,33 @@ def start_retention(col: Shared) -> RetentionWorker | None:
     ).start()
 
 
+def _fleet_recipients(cfg: CollectorConfig) -> list[str]:
+    """The age recipients given to terminals at enrollment: [collector] encrypt_to, else the
+    recipient of the newest identity of age_identity_file, else none."""
+    if cfg.encrypt_to:
+        return list(cfg.encrypt_to)
+    try:
+        found = sealed.identities(cfg)
+    except BundleError as e:
+        log.error("age_identity_unusable", error=str(e))
+        return []
+    return [str(found[-1].to_public())] if found else []
+
+
 def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Starlette:
     """The collector application for cfg; store defaults to the engines cfg names
     (`collector.storage.open_store`: files + SQLite under data_dir unless configured)."""
     store = store or open_store(cfg)
     limits = store.limits
+    db = database(store)
     col = Shared(
         cfg=cfg,
         store=store,
-        tokens=TokenStore(cfg.tokens_file),
+        tokens=DeviceTokens(
+            TokenStore(cfg.tokens_file),
+            enrolled=lambda token: channel_devices.resolve_token(db, token),
+            enrolled_site=lambda device: channel_devices.site_of(db, device),
+        ),
         operator=load_operator_auth(cfg.operator_token_file),
         limiter=limits(cfg.rate_per_minute, "ingest")
         if limits
@@ -941,17 +973,37 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         login_limiter=limits(10, "login") if limits else RateLimiter(10),
         metrics=Metrics(),
     )
+    col.channel = channel_api.Channel(
+        db=db,
+        signer=Signer(cfg.signing_key_file),
+        waiters=Waiters(db),
+        enroll_limiter=limits(cfg.enroll_per_minute, "enroll")
+        if limits
+        else RateLimiter(cfg.enroll_per_minute),
+        checkin_limiter=limits(cfg.rate_per_minute, "checkin")
+        if limits
+        else RateLimiter(cfg.rate_per_minute),
+        silent_after=cfg.silent_after_checkins,
+        encrypt_to=_fleet_recipients(cfg),
+        silent_check_s=cfg.silent_check_interval_s,
+    )
     store.set_observer(col.metrics.observe_storage)
     pool_size = getattr(store.index, "connections", None)
     if callable(pool_size):
         col.metrics.track_index_connections(pool_size)
+
+    channel = col.channel
+    ch = channel_api
+    dev = "/v1/devices/{device_id}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         worker = threading.Thread(target=reconcile, args=(col,), name="collector-reconcile")
         worker.start()
         retention = start_retention(col)  # issue 14 item 4: retention every interval_s
+        channel.start()  # issue 16: the silent sweep
         yield
+        await channel.stop()
         if retention is not None:
             retention.stop()
         worker.join(timeout=30)
@@ -971,6 +1023,27 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
             DELETE=operator_only(html=False)(holds.remove_hold),
         ),
         Route("/favicon.ico", favicon, methods=["GET"]),
+        Route("/v1/enroll", ch.post_enroll, methods=["POST"]),
+        Route("/v1/checkins", ch.post_checkin, methods=["POST"]),
+        Route("/v1/devices/self/token", ch.post_self_token, methods=["POST"]),
+        Route("/v1/devices", operator_only(html=False)(ch.list_devices), methods=["GET"]),
+        Route(dev, operator_only(html=False)(ch.get_device), methods=["GET"]),
+        by_method(
+            f"{dev}/commands",
+            GET=operator_only(html=False)(ch.get_commands),
+            POST=operator_only(html=False)(ch.post_command),
+        ),
+        Route("/devices", operator_only(html=True)(channel_views.devices_page), methods=["GET"]),
+        Route(
+            "/devices/{device_id}",
+            operator_only(html=True)(channel_views.device_page),
+            methods=["GET"],
+        ),
+        Route(
+            "/devices/{device_id}/commands",
+            operator_only(html=True)(channel_views.device_command_form),
+            methods=["POST"],
+        ),
         Route("/v1/openapi.json", openapi_document, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
         by_method("/v1/bundles/{bundle_id}", PUT=counted(col, put_bundle), GET=get_manifest),

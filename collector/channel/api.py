@@ -369,14 +369,14 @@ def queue_command(
     expires = commands.expires_in(data.get("expires_in_s"))
     if not valid_device_id(device_id):
         raise NotFound("no such device")
-    try:
-        ch.signer.key()
-    except NoSigningKey as e:
-        raise ChannelError(503, "unavailable", str(e)) from None
     with ch.db.transaction() as tx:
         d = devices.get(tx, device_id)
         if d is None or not who.sees(d.site):
             raise NotFound("no such device")
+        try:
+            ch.signer.key()
+        except NoSigningKey as e:
+            raise ChannelError(503, "unavailable", str(e)) from None
         return commands.queue(
             tx,
             ch.signer,

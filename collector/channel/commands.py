@@ -28,6 +28,7 @@ from agent.core.timefmt import parse_rfc3339, rfc3339
 from collector.channel.errors import BadRequest
 from collector.channel.hooks import _audit
 from collector.channel.remote_config import (
+    CAPTURE_LIMITS,
     MAX_INTERVAL_S,
     MIN_INTERVAL_S,
     RemoteConfigError,
@@ -46,13 +47,6 @@ MAX_DETAIL = 300
 MAX_NOTE = 500
 MAX_RESULTS = 100
 _LOG_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_CAPTURE_LIMITS = (
-    "cooldown_s",
-    "bundles_per_hour",
-    "burst",
-    "manual_per_hour",
-    "manual_burst",
-)
 COLUMNS = (
     "id, device, kind, args, issued_at, expires_at, issued_by, envelope, signature, status, "
     "deliveries, delivered_at, result_at, detail"
@@ -90,9 +84,9 @@ def _set_level(args: Mapping[str, Any], now: float) -> dict[str, Any]:
             for field, value in fields.items():
                 check(f"faults.{key}.{field}", value)
         for field, value in capture.items():
-            if field not in _CAPTURE_LIMITS:
+            if field not in CAPTURE_LIMITS:
                 raise BadRequest(
-                    f"set-level: capture.{field[:40]} (known: {', '.join(_CAPTURE_LIMITS)})"
+                    f"set-level: capture.{field[:40]} (known: {', '.join(CAPTURE_LIMITS)})"
                 )
             check(f"capture.{field}", value)
     except RemoteConfigError as e:

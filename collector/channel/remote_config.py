@@ -7,7 +7,8 @@ carries them only when that digest differs from the one the terminal sent.
 
 The safe keys (`SAFE_KEYS`, plus ``faults.<catalog key>.<field>``) are those a fleet may
 set without reaching into a terminal: intervals, capture limits, per-fault overrides and
-extra privacy patterns. A value is checked as the terminal will check it: by the agent's
+privacy rules that only add to the terminal's own (sensitive-window patterns and mask
+regions, which the terminal appends to its lists; the PIN flag file). A value is checked as the terminal will check it: by the agent's
 own config parser (`agent.core.config.parse_config`: types, ranges, choices, regexes).
 """
 
@@ -28,14 +29,22 @@ from collector.storage.sql import Database, Tx
 
 CHECKIN_INTERVAL = "upload.checkin_interval_s"
 MIN_INTERVAL_S, MAX_INTERVAL_S = 30, 86400
+CAPTURE_LIMITS = (
+    "cooldown_s",
+    "bundles_per_hour",
+    "burst",
+    "critical_reserve",
+    "manual_per_hour",
+    "manual_burst",
+)
+# privacy lists only ever add to the terminal's own (the terminal appends them)
+ADDITIVE_KEYS = ("screen.sensitive_windows", "screen.mask_regions")
 SAFE_KEYS = (
     CHECKIN_INTERVAL,
-    "capture.cooldown_s",
-    "capture.bundles_per_hour",
-    "capture.burst",
-    "capture.manual_per_hour",
-    "capture.manual_burst",
-    "screen.sensitive_windows",
+    *(f"capture.{k}" for k in CAPTURE_LIMITS),
+    *ADDITIVE_KEYS,
+    "screen.pin_flag_file",
+    "screen.pin_flag_max_age_s",
 )
 FAULT_FIELDS = ("enabled", "raise_after", "clear_after", "severity")
 MAX_PATTERNS = 50
@@ -68,7 +77,7 @@ def check(key: str, value: Any) -> Any:
         text = f'[faults."{fault}"]\n{field} = {_toml(value)}\n'
     elif key in SAFE_KEYS:
         section, _, field = key.partition(".")
-        if key == "screen.sensitive_windows" and (
+        if key in ADDITIVE_KEYS and (
             not isinstance(value, list) or not value or len(value) > MAX_PATTERNS
         ):
             raise RemoteConfigError(f"{key}: a list of 1-{MAX_PATTERNS} patterns")

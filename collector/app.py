@@ -888,9 +888,16 @@ def _relative(location: bytes) -> bytes:
     return b"/" + path.lstrip(b"/")
 
 
+# The terminals' JSON routes (issue 16): no browser renders them, and a check-in on a
+# metered link pays for every byte, so they carry nosniff alone.
+TERMINAL_PATHS = frozenset({"/v1/checkins", "/v1/enroll", "/v1/devices/self/token"})
+TERMINAL_HEADERS = SECURITY_HEADERS[:1]
+
+
 class SecurityHeaders:
-    """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response, and
-    making every redirect's Location relative (never the request's Host header)."""
+    """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response (nosniff
+    alone on TERMINAL_PATHS), and making every redirect's Location relative (never the
+    request's Host header)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -899,13 +906,14 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        extra = TERMINAL_HEADERS if scope.get("path") in TERMINAL_PATHS else SECURITY_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [
                     (k, _relative(v) if k.lower() == b"location" else v)
                     for k, v in message.get("headers", [])
-                ] + SECURITY_HEADERS
+                ] + extra
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -980,9 +988,8 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         enroll_limiter=limits(cfg.enroll_per_minute, "enroll")
         if limits
         else RateLimiter(cfg.enroll_per_minute),
-        checkin_limiter=limits(cfg.rate_per_minute, "checkin")
-        if limits
-        else RateLimiter(cfg.rate_per_minute),
+        # per instance, in memory: a check-in costs no shared write for its rate limit
+        checkin_limiter=RateLimiter(cfg.rate_per_minute),
         silent_after=cfg.silent_after_checkins,
         encrypt_to=_fleet_recipients(cfg),
         silent_check_s=cfg.silent_check_interval_s,

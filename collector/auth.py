@@ -199,6 +199,13 @@ class DeviceTokens:
         found = self._enrolled(token) if token else None
         return None if found is None else found[0]
 
+    def resolve_with_site(self, token: str) -> tuple[str, str] | None:
+        """(device, site) of a token in one lookup (the check-in's path), or None."""
+        device = self.file.resolve(token)
+        if device is not None:
+            return device, self.file.registered_site(device) or ""
+        return self._enrolled(token) if token else None
+
     def site_for(self, device: str) -> str:
         """The device's site: the file's when it names the device, else its enrollment's."""
         site = self.file.registered_site(device)

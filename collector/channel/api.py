@@ -164,20 +164,20 @@ def _values(db: Database, site: str) -> dict[str, Any]:
         return remote_config.values_for(tx, site)
 
 
-def _device_of(request: Request) -> str:
-    """The device the bearer token names and the request claims; ChannelError otherwise."""
+def _device_of(request: Request) -> tuple[str, str]:
+    """(device, site) of the bearer token, which the request must claim; ChannelError."""
     col = _col(request)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     try:
-        device = col.tokens.resolve(token.strip()) if scheme.lower() == "bearer" else None
+        found = col.tokens.resolve_with_site(token.strip()) if scheme.lower() == "bearer" else None
     except TokenFileError as e:
         log.error("tokens_file_unreadable", error=str(e))
         raise ChannelError(503, "unavailable", "device tokens unavailable") from None
-    if device is None:
+    if found is None:
         raise ChannelError(401, "unauthorized", "missing or unknown device token")
-    if request.headers.get("x-posagent-device", "") != device:
+    if request.headers.get("x-posagent-device", "") != found[0]:
         raise ChannelError(403, "forbidden", "X-Posagent-Device does not match the token's device")
-    return str(device)
+    return str(found[0]), str(found[1])
 
 
 def _wait_param(request: Request) -> int:
@@ -193,7 +193,7 @@ async def post_checkin(request: Request) -> Response:
     col = _col(request)
     ch: Channel = col.channel
     try:
-        device = await run_in_threadpool(_device_of, request)
+        device, site = await run_in_threadpool(_device_of, request)
         wait_s = ch.checkin_limiter.take(device)
         if wait_s > 0:
             return error(
@@ -203,7 +203,6 @@ async def post_checkin(request: Request) -> Response:
         wait = _wait_param(request)
         ci = checkin.parse(await read_json(request, checkin.MAX_BODY), device)
         address = _client(request)
-        site = await run_in_threadpool(col.tokens.site_for, device)
         reply = await run_in_threadpool(
             lambda: checkin.process(
                 ch.db,
@@ -238,7 +237,7 @@ async def post_self_token(request: Request) -> Response:
     col = _col(request)
     ch: Channel = col.channel
     try:
-        device = await run_in_threadpool(_device_of, request)
+        device, _ = await run_in_threadpool(_device_of, request)
         address = _client(request)
 
         def rotate() -> str:

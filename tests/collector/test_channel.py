@@ -265,6 +265,9 @@ def test_checkin_stores_state_and_delivers_signed_commands_until_answered(fleet:
         "commands": [],
         "next_checkin_s": 60,
     }
+    # a metered link pays every byte: nosniff, none of the browser headers of the pages
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in r.headers
     d = fleet.http.get(f"{fleet.url}/v1/devices/T-0001", timeout=10).json()
     assert d["state"] == "ok" and d["summary"]["battery_pct"] == 4 and d["last_seen"]
     assert d["summary"]["active_faults"] == ["power.ac_lost"] and d["interval_s"] == 60
@@ -630,6 +633,7 @@ def test_device_pages_show_state_and_queue_a_capture(fleet: Fleet) -> None:
     )
     lst = fleet.http.get(f"{fleet.url}/devices", timeout=10)
     assert lst.status_code == 200 and "T-0001" in lst.text
+    assert "default-src 'none'" in lst.headers["content-security-policy"]
     r = fleet.http.post(
         f"{fleet.url}/devices/T-0001/commands",
         data={"kind": "capture", "note": "from the page"},

@@ -103,7 +103,13 @@ from agent.upload.protocol import BUNDLE_REFUSED_DEVICE, parse_content_digest
 from collector import audit, holds, notify, openapi, pages, sealed
 from collector.access import Principal, Role, principal_of
 from collector.accounts import web
-from collector.auth import TokenFileError, TokenStore, valid_device_id
+from collector.auth import DeviceTokens, TokenFileError, TokenStore, valid_device_id
+from collector.channel import api as channel_api
+from collector.channel import devices as channel_devices
+from collector.channel import hooks as channel_hooks
+from collector.channel import views as channel_views
+from collector.channel.signing import Signer
+from collector.channel.waiters import Waiters
 from collector.config import CollectorConfig
 from collector.i18n import negotiate
 from collector.incidents import api as incident_api
@@ -160,12 +166,19 @@ class Shared:
 
     cfg: CollectorConfig
     store: BundleStore
-    tokens: TokenStore
+    tokens: DeviceTokens
     limiter: Limiter
     metrics: Metrics
     incidents: Incidents
     proxies: tuple[web.Network, ...] = ()
     renders: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(MAX_RENDERS))
+    channel: channel_api.Channel | None = None  # issue 16 (collector.channel)
+
+    def enrolled_pem(self, device: str) -> str | None:
+        """The public keys an enrolled device gave (collector.sealed's key lookup)."""
+        if not valid_device_id(device):
+            return None
+        return channel_devices.pem_of(database(self.store), device)
 
     @property
     def max_body_bytes(self) -> int:
@@ -834,9 +847,16 @@ def _relative(location: bytes) -> bytes:
     return b"/" + path.lstrip(b"/")
 
 
+# The terminals' JSON routes (issue 16): no browser renders them, and a check-in on a
+# metered link pays for every byte, so they carry nosniff alone.
+TERMINAL_PATHS = frozenset({"/v1/checkins", "/v1/enroll", "/v1/devices/self/token"})
+TERMINAL_HEADERS = SECURITY_HEADERS[:1]
+
+
 class SecurityHeaders:
-    """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response, and
-    making every redirect's Location relative (never the request's Host header)."""
+    """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response (nosniff
+    alone on TERMINAL_PATHS), and making every redirect's Location relative (never the
+    request's Host header)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -845,13 +865,14 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        extra = TERMINAL_HEADERS if scope.get("path") in TERMINAL_PATHS else SECURITY_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [
                     (k, _relative(v) if k.lower() == b"location" else v)
                     for k, v in message.get("headers", [])
-                ] + SECURITY_HEADERS
+                ] + extra
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -891,6 +912,19 @@ def start_retention(col: Shared) -> RetentionWorker | None:
     ).start()
 
 
+def _fleet_recipients(cfg: CollectorConfig) -> list[str]:
+    """The age recipients given to terminals at enrollment: [collector] encrypt_to, else the
+    recipient of the newest identity of age_identity_file, else none."""
+    if cfg.encrypt_to:
+        return list(cfg.encrypt_to)
+    try:
+        found = sealed.identities(cfg)
+    except BundleError as e:
+        log.error("age_identity_unusable", error=str(e))
+        return []
+    return [str(found[-1].to_public())] if found else []
+
+
 def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Starlette:
     """The collector application for cfg; store defaults to the engines cfg names
     (`collector.storage.open_store`: files + SQLite under data_dir unless configured)."""
@@ -900,10 +934,16 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
     notify.install(notifier)
     store = store or open_store(cfg)
     limits = store.limits
+    db = database(store)
+    channel_hooks.configure(IncidentSettings.of(cfg.incidents))  # device.silent's incidents
     col = Shared(
         cfg=cfg,
         store=store,
-        tokens=TokenStore(cfg.tokens_file),
+        tokens=DeviceTokens(
+            TokenStore(cfg.tokens_file),
+            enrolled=lambda token: channel_devices.resolve_token(db, token),
+            enrolled_site=lambda device: channel_devices.site_of(db, device),
+        ),
         limiter=limits(cfg.rate_per_minute, "ingest")
         if limits
         else RateLimiter(cfg.rate_per_minute),
@@ -911,10 +951,27 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         incidents=Incidents(database(store), IncidentSettings.of(cfg.incidents)),
         proxies=web.proxy_networks(cfg),
     )
+    col.channel = channel_api.Channel(
+        db=db,
+        signer=Signer(cfg.signing_key_file),
+        waiters=Waiters(db),
+        enroll_limiter=limits(cfg.enroll_per_minute, "enroll")
+        if limits
+        else RateLimiter(cfg.enroll_per_minute),
+        # per instance, in memory: a check-in costs no shared write for its rate limit
+        checkin_limiter=RateLimiter(cfg.rate_per_minute),
+        silent_after=cfg.silent_after_checkins,
+        encrypt_to=_fleet_recipients(cfg),
+        silent_check_s=cfg.silent_check_interval_s,
+    )
     store.set_observer(col.metrics.observe_storage)
     pool_size = getattr(store.index, "connections", None)
     if callable(pool_size):
         col.metrics.track_index_connections(pool_size)
+
+    channel = col.channel
+    ch = channel_api
+    dev = "/v1/devices/{device_id}"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -923,7 +980,9 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         retention = start_retention(col)  # issue 14 item 4: retention every interval_s
         incidents = IncidentWorker(col.incidents, cfg.incidents.interval_s).start()
         delivery = start_delivery(col.store, notifier.channels, cfg.notify)  # issue 15 item 6
+        channel.start()  # issue 16: the silent sweep
         yield
+        await channel.stop()
         if delivery is not None:
             delivery.stop()
         incidents.stop()
@@ -977,6 +1036,27 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
             methods=["GET"],
         ),
         Route("/favicon.ico", favicon, methods=["GET"]),
+        Route("/v1/enroll", ch.post_enroll, methods=["POST"]),
+        Route("/v1/checkins", ch.post_checkin, methods=["POST"]),
+        Route("/v1/devices/self/token", ch.post_self_token, methods=["POST"]),
+        Route("/v1/devices", operator_only(html=False)(ch.list_devices), methods=["GET"]),
+        Route(dev, operator_only(html=False)(ch.get_device), methods=["GET"]),
+        by_method(
+            f"{dev}/commands",
+            GET=operator_only(html=False)(ch.get_commands),
+            POST=operator_only(html=False)(ch.post_command),
+        ),
+        Route("/devices", operator_only(html=True)(channel_views.devices_page), methods=["GET"]),
+        Route(
+            "/devices/{device_id}",
+            operator_only(html=True)(channel_views.device_page),
+            methods=["GET"],
+        ),
+        Route(
+            "/devices/{device_id}/commands",
+            operator_only(html=True)(channel_views.device_command_form),
+            methods=["POST"],
+        ),
         Route("/v1/openapi.json", openapi_document, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
         by_method("/v1/bundles/{bundle_id}", PUT=counted(col, put_bundle), GET=get_manifest),

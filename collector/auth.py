@@ -21,6 +21,7 @@ import secrets
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.core.files import atomic_write, fsync_dir
@@ -123,6 +124,14 @@ class TokenStore:
         with self._lock:
             return self._sites.get(device, "")
 
+    def registered_site(self, device: str) -> str | None:
+        """The device's site in the file ('' when registered without one), None when the
+        file does not name it."""
+        with self._lock:
+            if device not in self._by_device:
+                return None
+            return self._sites.get(device, "")
+
     def resolve(self, token: str, *, recheck_s: float = 1.0) -> str | None:
         """device_for with the file re-checked at most every recheck_s, and on every miss.
 
@@ -156,6 +165,55 @@ class TokenStore:
         if device is None or not hmac.compare_digest(stored, digest):
             return None
         return device
+
+
+class DeviceTokens:
+    """Every device token: the tokens file's (`add-device`, checked first) and the enrolled
+    devices' (issue 16, `collector.channel.devices`, through the two lookups given).
+
+    The same interface as `TokenStore` for ingest and the channel: `resolve` a bearer
+    token to its device, `site_for` a device. A device both in the file and enrolled is
+    filed under the file's site (enrollment refuses another one)."""
+
+    def __init__(
+        self,
+        file: TokenStore,
+        enrolled: Callable[[str], tuple[str, str] | None],
+        enrolled_site: Callable[[str], str | None],
+    ):
+        self.file = file
+        self._enrolled = enrolled
+        self._enrolled_site = enrolled_site
+
+    def resolve(self, token: str) -> str | None:
+        """The token's device, or None (TokenFileError, StorageError: cannot tell now)."""
+        device = self.file.resolve(token)
+        if device is not None:
+            return device
+        found = self._enrolled(token) if token else None
+        return None if found is None else found[0]
+
+    def resolve_with_site(self, token: str) -> tuple[str, str] | None:
+        """(device, site) of a token in one lookup (the check-in's path), or None."""
+        device = self.file.resolve(token)
+        if device is not None:
+            return device, self.file.registered_site(device) or ""
+        return self._enrolled(token) if token else None
+
+    def site_for(self, device: str) -> str:
+        """The device's site: the file's when it names the device, else its enrollment's."""
+        site = self.file.registered_site(device)
+        if site is not None:
+            return site
+        return self._enrolled_site(device) or ""
+
+    def registered_site(self, device: str) -> str | None:
+        """The device's site in the tokens file, None when the file does not name it."""
+        return self.file.registered_site(device)
+
+    def devices(self) -> list[str]:
+        """The devices of the tokens file."""
+        return self.file.devices()
 
 
 def add_device(

@@ -1,5 +1,5 @@
 """`posagent collector serve|add-device|user|token|migrate|hold|retention|migrate-store|
-revoke-key|reindex`, run by agent/commands/collector.py.
+revoke-key|reindex|keygen|enroll-token|remote-config`, run by agent/commands/collector.py.
 
 Exit codes (agent.core.exits): 0 done; 64 a refused name, role, tenant or weak password;
 65 a malformed tokens file; 66 no such user or token; 69 the store unreachable; 73 the
@@ -12,6 +12,7 @@ import json
 import signal
 import ssl
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,6 +42,10 @@ from collector.accounts.errors import (
     NoSuchAccount,
 )
 from collector.auth import TokenFileError
+from collector.channel import enroll
+from collector.channel import remote_config as rc
+from collector.channel.hooks import cli_actor
+from collector.channel.signing import keygen
 from collector.config import CollectorConfig, load_collector_config
 from collector.storage import (
     BundleStore,
@@ -85,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
         return cmd_revoke_key(args)
     if args.collector_cmd == "reindex":
         return cmd_reindex(args)
+    if args.collector_cmd == "keygen":
+        return cmd_keygen(args)
+    if args.collector_cmd == "enroll-token":
+        return cmd_enroll_token(args)
+    if args.collector_cmd == "remote-config":
+        return cmd_remote_config(args)
     return EX_USAGE
 
 
@@ -557,3 +568,152 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return EX_OK
+
+
+# --------------------------------------------------------------------------- the channel (issue 16)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """`collector keygen`: the command key at [collector] signing_key_file (never overwritten).
+
+    Exit 0 with the public key printed, 78 when signing_key_file is not set, 73 when a key
+    is there already or the file cannot be made."""
+    ccfg = load_collector_config(args.config)
+    if not ccfg.signing_key_file:
+        _err("posagent collector keygen: set [collector] signing_key_file first")
+        return EX_CONFIG
+    try:
+        pem = keygen(ccfg.signing_key_file)
+    except FileExistsError:
+        _err(
+            f"posagent collector keygen: {ccfg.signing_key_file} exists: "
+            "the key terminals trust is kept (remove it by hand to replace it)"
+        )
+        return EX_CANTCREAT
+    except KeyFileError as e:
+        _err(f"posagent collector keygen: {e}")
+        return EX_CANTCREAT
+    sys.stdout.write(pem)
+    _err(f"command signing key written to {ccfg.signing_key_file} (0600)")
+    return EX_OK
+
+
+def cmd_enroll_token(args: argparse.Namespace) -> int:
+    """`collector enroll-token create|list|revoke`: create prints the token once."""
+    ccfg = load_collector_config(args.config)
+    store = _open(ccfg, "enroll-token")
+    if isinstance(store, int):
+        return store
+    now = time.time()
+    try:
+        db = database(store)
+        if args.token_cmd == "create":
+            try:
+                expires_s = enroll.parse_duration(args.expires)
+                token, row = enroll.create_token(
+                    db,
+                    site=args.site,
+                    tenant=args.tenant or "",
+                    uses=args.uses,
+                    expires_s=expires_s,
+                    by=cli_actor(),
+                    now=now,
+                )
+            except ValueError as e:
+                _err(f"posagent collector enroll-token create: {e}")
+                return EX_USAGE
+            sys.stdout.write(token + "\n")
+            uses = "no limit" if not row.uses_max else f"{row.uses_max} use(s)"
+            _err(
+                f"enrollment token {row.id} for site {row.site!r}: {uses}, expires "
+                f"{rfc3339(row.expires_at)}; shown once: write it to the terminal's "
+                "[upload] enrollment_token_file (0600)"
+            )
+            return EX_OK
+        if args.token_cmd == "list":
+            rows = enroll.list_tokens(db)
+            if args.json:
+                sys.stdout.write(json.dumps([r.to_json(now) for r in rows], indent=2) + "\n")
+                return EX_OK
+            for r in rows:
+                used = f"{r.uses}/{r.uses_max or '-'}"
+                sys.stdout.write(
+                    f"{r.id}\t{r.site}\t{r.tenant or '-'}\t{used}\t"
+                    f"{rfc3339(r.expires_at)}\t{r.state(now)}\n"
+                )
+            _err(f"{len(rows)} enrollment token(s)")
+            return EX_OK
+        try:
+            row = enroll.revoke_token(db, args.token_id, by=cli_actor(), now=now)
+        except LookupError as e:
+            _err(f"posagent collector enroll-token revoke: {str(e).strip(chr(39))}")
+            return EX_NOINPUT
+        sys.stdout.write(f"enrollment token {row.id} revoked (site {row.site})\n")
+        return EX_OK
+    except StorageError as e:
+        _err(f"posagent collector enroll-token: {e}")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()
+
+
+def cmd_remote_config(args: argparse.Namespace) -> int:
+    """`collector remote-config set|unset|show`: fleet-wide (or --site) values of the safe
+    keys delivered at check-in. Exit 64 for a key or value refused (the reason said)."""
+    ccfg = load_collector_config(args.config)
+    store = _open(ccfg, "remote-config")
+    if isinstance(store, int):
+        return store
+    site = args.site or ""
+    try:
+        db = database(store)
+        if args.rc_cmd == "set":
+            try:
+                value = rc.parse_value(args.value)
+                rc.set_value(db, site, args.key, value, by=cli_actor(), now=time.time())
+            except rc.RemoteConfigError as bad:
+                _err(f"posagent collector remote-config set: {bad}")
+                return EX_USAGE
+            sys.stdout.write(f"{site or '(fleet)'}\t{args.key} = {json.dumps(value)}\n")
+            return EX_OK
+        if args.rc_cmd == "unset":
+            if not rc.unset_value(db, site, args.key, by=cli_actor()):
+                _err(
+                    f"posagent collector remote-config unset: {args.key} is not set for "
+                    f"{site or 'the fleet'}"
+                )
+                return EX_FAIL
+            sys.stdout.write(f"{site or '(fleet)'}\t{args.key} unset\n")
+            return EX_OK
+        with db.transaction(write=False) as tx:
+            rows = rc.entries(tx, None if args.site is None else site)
+            merged = rc.values_for(tx, site)
+        if args.json:
+            out: dict[str, object] = {
+                "entries": [
+                    {
+                        "site": e.site,
+                        "key": e.key,
+                        "value": e.value,
+                        "updated_by": e.updated_by,
+                        "updated_at": rfc3339(e.updated_at),
+                    }
+                    for e in rows
+                ]
+            }
+            out["values"] = merged
+            out["digest"] = rc.digest(merged)
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
+            return EX_OK
+        for entry in rows:
+            where = entry.site or "(fleet)"
+            sys.stdout.write(f"{where}\t{entry.key} = {json.dumps(entry.value)}\n")
+        sys.stdout.write(
+            f"# {site or '(fleet)'} gets {len(merged)} value(s), digest {rc.digest(merged) or '-'}\n"
+        )
+        return EX_OK
+    except StorageError as e:
+        _err(f"posagent collector remote-config: {e}")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()

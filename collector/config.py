@@ -152,6 +152,13 @@ class CollectorConfig:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     # Retry-After of the 503 answered while the store is unavailable or full
     unavailable_retry_after_s: int = _f(60, min=1, max=3600)
+    # issue 16, the two-way channel (docs/CHANNEL.md): the command key (collector keygen),
+    # silent terminals, the recipients given at enrollment, enrollment throttle per address
+    signing_key_file: str = ""
+    silent_after_checkins: int = _f(3, min=1, max=1000)
+    silent_check_interval_s: float = _f(10.0, min=0.5, max=3600)
+    encrypt_to: list[str] = _f([])
+    enroll_per_minute: int = _f(10, min=1, max=100_000)
 
 
 def parse_collector_config(text: str, file: str = "<string>") -> CollectorConfig:

@@ -64,6 +64,154 @@ HOLD_TARGET: Schema = {
 }
 
 
+# The two-way channel (issue 16, docs/CHANNEL.md).
+NULLABLE_TEXT = {"type": ["string", "null"]}
+ENROLL: Schema = {
+    "type": "object",
+    "required": ["enrollment_token", "device_id", "ed25519_public_key"],
+    "properties": {
+        "enrollment_token": {"type": "string", "maxLength": 200},
+        "device_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+        "ed25519_public_key": {"type": "string", "maxLength": 4096},
+        "agent_version": {"type": "string", "maxLength": 64},
+        "boot_id": {"type": "string", "maxLength": 64},
+    },
+}
+ENROLLED: Schema = {
+    "type": "object",
+    "required": [
+        "status",
+        "device_id",
+        "device_token",
+        "site",
+        "tenant",
+        "encrypt_to",
+        "collector_public_key",
+        "checkin_interval_s",
+    ],
+    "properties": {
+        "status": {"const": "enrolled"},
+        "device_id": {"type": "string"},
+        "device_token": {"type": "string"},
+        "site": {"type": "string"},
+        "tenant": {"type": "string"},
+        "encrypt_to": {"type": "array", "items": {"type": "string"}},
+        "collector_public_key": {"type": "string"},
+        "checkin_interval_s": {"type": "integer"},
+    },
+}
+CHECKIN: Schema = {
+    "type": "object",
+    "properties": {
+        "device_id": {"type": "string"},
+        "sent_at": {"type": "string"},
+        "boot_id": {"type": "string", "maxLength": 64},
+        "agent_version": {"type": "string", "maxLength": 64},
+        "config_digest": {"type": "string", "maxLength": 80},
+        "interval_s": {"type": "integer", "minimum": 30, "maximum": 86400},
+        "summary": {"type": "object"},
+        "results": {
+            "type": "array",
+            "maxItems": 100,
+            "items": {
+                "type": "object",
+                "required": ["command_id", "status"],
+                "properties": {
+                    "command_id": {"type": "string", "maxLength": 64},
+                    "status": {"enum": ["done", "refused", "failed"]},
+                    "detail": {"type": "string"},
+                    "at": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+SIGNED_COMMAND: Schema = {
+    "type": "object",
+    "required": ["envelope", "signature"],
+    "properties": {"envelope": {"type": "string"}, "signature": {"type": "string"}},
+}
+CHECKIN_REPLY: Schema = {
+    "type": "object",
+    "required": ["status", "commands", "next_checkin_s"],
+    "properties": {
+        "status": {"const": "ok"},
+        "commands": {"type": "array", "items": SIGNED_COMMAND},
+        "config": {
+            "type": "object",
+            "required": ["digest", "values"],
+            "properties": {"digest": {"type": "string"}, "values": {"type": "object"}},
+        },
+        "next_checkin_s": {"type": "integer"},
+    },
+}
+COMMAND: Schema = {
+    "type": "object",
+    "required": ["command_id", "device_id", "kind", "args", "status", "expires_at"],
+    "properties": {
+        "command_id": {"type": "string"},
+        "device_id": {"type": "string"},
+        "kind": {"type": "string"},
+        "args": {"type": "object"},
+        "issued_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "issued_by": {"type": "string"},
+        "status": {"enum": ["queued", "delivered", "done", "refused", "failed", "expired"]},
+        "deliveries": {"type": "integer"},
+        "delivered_at": {"type": ["string", "null"]},
+        "result_at": {"type": ["string", "null"]},
+        "detail": {"type": "string"},
+    },
+}
+COMMAND_REQUEST: Schema = {
+    "type": "object",
+    "required": ["kind"],
+    "properties": {
+        "kind": {
+            "enum": ["capture", "selftest", "logs", "set-level", "checkin-interval", "rotate-token"]
+        },
+        "args": {"type": "object"},
+        "expires_in_s": {"type": "integer", "minimum": 30, "maximum": 86400},
+    },
+}
+DEVICE: Schema = {
+    "type": "object",
+    "required": ["device_id", "site", "tenant", "state", "enrolled_at", "last_seen"],
+    "properties": {
+        "device_id": {"type": "string"},
+        "site": {"type": "string"},
+        "tenant": {"type": "string"},
+        "state": {"enum": ["never", "ok", "late", "silent"]},
+        "enrolled_at": {"type": "string", "format": "date-time"},
+        "enrollments": {"type": "integer"},
+        "last_seen": NULLABLE_TEXT,
+        "interval_s": {"type": "integer"},
+        "silent_since": NULLABLE_TEXT,
+        "agent_version": {"type": "string"},
+        "boot_id": {"type": "string"},
+        "config_digest": {"type": "string"},
+        "summary": {"type": ["object", "null"]},
+        "key_ids": {"type": "array", "items": {"type": "string"}},
+    },
+}
+DEVICE_DETAIL: Schema = {
+    **DEVICE,
+    "required": [*DEVICE["required"], "commands", "outages"],
+    "properties": {
+        **DEVICE["properties"],
+        "commands": {"type": "array", "items": COMMAND},
+        "outages": {"type": "array", "items": {"type": "object"}},
+    },
+}
+DEVICE_ID = {"type": "string", "minLength": 1}
+DEVICE_HEADER = {
+    "name": "X-Posagent-Device",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+
 def json_body(schema: Schema) -> Schema:
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -175,6 +323,156 @@ def _entry(name: str, media: str) -> Schema:
                 **BUNDLE_READ,
             },
         }
+    }
+
+
+def _channel_paths() -> dict[str, Schema]:
+    """The two-way channel's routes (docs/CHANNEL.md; `collector.channel.api`)."""
+    terminal = {
+        "401": reply("Unknown device token", headers={"WWW-Authenticate": "Bearer"}),
+        "403": reply("The token is another device's"),
+        "503": reply("Unavailable: retry later", headers={"Retry-After": "seconds"}),
+    }
+    dev = [path("device_id", DEVICE_ID)]
+    device_404 = reply("No such device, or one out of the caller's reach")
+    return {
+        "/v1/enroll": {
+            "post": {
+                "summary": "Enroll a terminal with an enrollment token (no credentials)",
+                "security": [],
+                "requestBody": {"required": True, **json_body(ENROLL)},
+                "responses": {
+                    "201": reply("Enrolled: the device token, given once", ENROLLED),
+                    "400": reply("Malformed body"),
+                    "401": reply("Unknown or revoked enrollment token (bad_token)"),
+                    "409": reply("The device is enrolled at another site (device_elsewhere)"),
+                    "410": reply("Enrollment token expired or used up"),
+                    "413": reply("Body over 64 KiB"),
+                    "429": reply("Too many enrollments", headers={"Retry-After": "seconds"}),
+                    "503": reply("No command key yet", headers={"Retry-After": "seconds"}),
+                },
+            }
+        },
+        "/v1/checkins": {
+            "post": {
+                "summary": "A terminal's check-in: state in, commands and config out",
+                "parameters": [
+                    DEVICE_HEADER,
+                    query(
+                        "wait",
+                        "Long-poll: hold the answer up to this many seconds (0-55)",
+                        {"type": "string", "pattern": "^[0-9]{0,2}$"},
+                    ),
+                ],
+                "requestBody": {"required": True, **json_body(CHECKIN)},
+                "responses": {
+                    "200": reply("Commands to run and remote config", CHECKIN_REPLY),
+                    "400": reply("Malformed body or wait"),
+                    "413": reply("Body over 64 KiB"),
+                    "429": reply("Rate limited", headers={"Retry-After": "seconds"}),
+                    **terminal,
+                },
+            }
+        },
+        "/v1/devices/self/token": {
+            "post": {
+                "summary": "A new device token for the caller (rotate-token)",
+                "parameters": [DEVICE_HEADER],
+                "responses": {
+                    "200": reply(
+                        "The new token; the old one works until the new one is first used",
+                        {
+                            "type": "object",
+                            "required": ["status", "device_id", "device_token"],
+                            "properties": {
+                                "status": {"const": "ok"},
+                                "device_id": {"type": "string"},
+                                "device_token": {"type": "string"},
+                            },
+                        },
+                    ),
+                    "409": reply("Not enrolled: its token is in the tokens file"),
+                    **terminal,
+                },
+            }
+        },
+        "/v1/devices": {
+            "get": {
+                "summary": "Devices within the caller's reach, by id",
+                "parameters": [
+                    query("site", "Site"),
+                    query("limit", "Page size (1-500)", {"type": "string", "pattern": "^[0-9]*$"}),
+                    query("offset", "Rows to skip", {"type": "string", "pattern": "^[0-9]*$"}),
+                ],
+                "responses": {
+                    "200": reply(
+                        "A page of devices",
+                        {
+                            "type": "object",
+                            "required": ["devices", "total", "limit", "offset"],
+                            "properties": {
+                                "devices": {"type": "array", "items": DEVICE},
+                                "total": {"type": "integer"},
+                                "limit": {"type": "integer"},
+                                "offset": {"type": "integer"},
+                            },
+                        },
+                    ),
+                    **READ_ERRORS,
+                },
+            }
+        },
+        "/v1/devices/{device_id}": {
+            "get": {
+                "summary": "A device: state, last summary, recent commands and silences",
+                "parameters": dev,
+                "responses": {
+                    "200": reply("The device", DEVICE_DETAIL),
+                    "404": device_404,
+                    **READ_ERRORS,
+                },
+            }
+        },
+        "/v1/devices/{device_id}/commands": {
+            "get": {
+                "summary": "The device's commands, newest first",
+                "parameters": dev,
+                "responses": {
+                    "200": reply(
+                        "Commands",
+                        {
+                            "type": "object",
+                            "required": ["commands"],
+                            "properties": {"commands": {"type": "array", "items": COMMAND}},
+                        },
+                    ),
+                    "404": device_404,
+                    **READ_ERRORS,
+                },
+            },
+            "post": {
+                "summary": "Queue a signed command for the device (support and admin)",
+                "parameters": dev,
+                "requestBody": {"required": True, **json_body(COMMAND_REQUEST)},
+                "responses": {
+                    "201": reply(
+                        "Queued",
+                        {
+                            "type": "object",
+                            "required": ["status", "command"],
+                            "properties": {"status": {"const": "queued"}, "command": COMMAND},
+                        },
+                    ),
+                    "403": reply("Merchants do not queue commands"),
+                    "404": device_404,
+                    "413": reply("Body too large"),
+                    **READ_ERRORS,
+                    "503": reply(
+                        "No command key, or storage unavailable", headers={"Retry-After": "seconds"}
+                    ),
+                },
+            },
+        },
     }
 
 
@@ -527,6 +825,7 @@ def document() -> Schema:
                     },
                 }
             },
+            **_channel_paths(),
             "/v1/holds": {
                 "get": {
                     "summary": "Legal holds, oldest first",

@@ -12,7 +12,9 @@ summary `undecryptable: <reason>`, and counted in /metrics
 `posagent collector reindex --undecryptable` opens them again once the right
 identity is in the file. Downloads serve the stored (encrypted) original.
 
-Keys and their rotation:
+Keys and their rotation (a device enrolled through the channel, issue 16, also has the
+keys it enrolled with in the ``devices`` table: `device_keyring` takes them with those on
+file, `check_upload` asks `col.enrolled_pem(device)` for them):
 
 - `age_identity_file` holds one or more identities, one `AGE-SECRET-KEY-1...`
   line each (what `age -d -i` reads; `#` lines are comments): a fleet key
@@ -60,6 +62,7 @@ from agent.bundle.format import (
     BundleReader,
     BundleSignatureError,
     VerifyResult,
+    key_id,
 )
 from agent.bundle.sealed import (
     KeyFileError,
@@ -140,17 +143,20 @@ def _revoked_at(block: PemBlock) -> float:
     return 0.0
 
 
-def device_keyring(cfg: Any, device: str, *, valid_at: float | None = None) -> KeyRing | None:
+def device_keyring(
+    cfg: Any, device: str, *, valid_at: float | None = None, enrolled: str | None = None
+) -> KeyRing | None:
     """The device's public keys (current and revoked), or None when it has none on file.
 
+    enrolled: the PEM keys the device enrolled with (issue 16, table ``devices``), which
+    join those of device_pubkeys_dir (a key revoked there stays revoked).
     DeviceKeyError (one line, naming the device and the file without its directory,
     and logged as `device_pubkey_unusable`) when a file does not parse."""
+    from_enrollment = _enrolled_keys(device, enrolled)
     files = _key_files(cfg, device)
-    if files is None:
-        return None
+    if files is None or (not files[0].exists() and not files[1].exists()):
+        return KeyRing(device, from_enrollment, {}, valid_at) if from_enrollment else None
     pub, rev = files
-    if not pub.exists() and not rev.exists():
-        return None
     try:
         current = [b.pub for b in parse_public_keys(pub)] if pub.exists() else []
         revoked = (
@@ -164,7 +170,21 @@ def device_keyring(cfg: Any, device: str, *, valid_at: float | None = None) -> K
         raise DeviceKeyError(
             f"device {device}'s public key file on the collector is unusable: {reason}"
         ) from None
+    ids = {key_id(k) for k in current}
+    current += [k for k in from_enrollment if key_id(k) not in ids]
     return KeyRing(device, current, revoked, valid_at)
+
+
+def _enrolled_keys(device: str, pem: str | None) -> list[Any]:
+    if not pem or not pem.strip():
+        return []
+    try:
+        return [b.pub for b in parse_public_keys(pem.encode())]
+    except KeyFileError as e:
+        log.error("device_pubkey_unusable", device=device, error=str(e), where="devices table")
+        raise DeviceKeyError(
+            f"device {device}'s enrolled public key on the collector is unusable"
+        ) from None
 
 
 def revoke_key(cfg: Any, device: str, kid: str) -> PemBlock:
@@ -233,7 +253,9 @@ def check_upload(
     or, for a sealed bundle the collector cannot open, a stand-in from the
     signed envelope (counted in /metrics). valid_at: when the bundle was first
     received (re-indexing a stored one): keys revoked after it still verify it."""
-    pub = device_keyring(col.cfg, device, valid_at=valid_at)
+    lookup = getattr(col, "enrolled_pem", None)
+    enrolled = lookup(device) if callable(lookup) else None
+    pub = device_keyring(col.cfg, device, valid_at=valid_at, enrolled=enrolled)
     with BundleReader(source) as r:
         if not r.sealed:
             if ED_SIGNATURE in r.names:

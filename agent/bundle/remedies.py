@@ -38,8 +38,8 @@ class Remedy:
 
 
 # Keys raised on the fleet side, not by an agent's catalog (an incident from missed
-# check-ins, say): each has a row in REMEDIES too. None yet.
-FLEET_KEYS: frozenset[str] = frozenset()
+# check-ins): each has a row in REMEDIES too.
+FLEET_KEYS: frozenset[str] = frozenset({"device.silent"})
 
 GENERIC = Remedy(
     N_("Call support and tell them the terminal's name and when the problem happened."),
@@ -425,6 +425,16 @@ REMEDIES: dict[str, Remedy] = {
         ),
     ),
     # the agent itself -----------------------------------------------------------------
+    "device.silent": Remedy(
+        N_(
+            "Check that the terminal is switched on, charged and connected to the shop's "
+            "network; restart it if its screen is frozen."
+        ),
+        N_(
+            "The terminal stopped checking in: read its last summary (battery, power, "
+            "link), call the shop, and look for its unclean-shutdown bundle once it is back."
+        ),
+    ),
     "upload.auth_failed": Remedy(
         N_("Call support: the terminal cannot send its reports."),
         N_(

@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "collector",
         help="reference ingest server and web viewer: "
-        "serve|add-device|user|token|migrate|hold|retention|migrate-store|revoke-key|reindex",
+        "serve|add-device|user|token|migrate|hold|retention|migrate-store|revoke-key|reindex|"
+        "keygen|enroll-token|remote-config",
     )
     cs = p.add_subparsers(dest="collector_cmd", metavar="ACTION")
     cs.required = True
@@ -296,6 +297,43 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="sealed bundles indexed as undecryptable: open them with age_identity_file now",
     )
+
+    q = cs.add_parser("keygen", help="make the command signing key ([collector] signing_key_file)")
+    _config_arg(q)
+    q = cs.add_parser("enroll-token", help="enrollment tokens for terminals: create|list|revoke")
+    es = q.add_subparsers(dest="token_cmd", metavar="create|list|revoke")
+    es.required = True
+    e = es.add_parser("create", help="a new enrollment token for a site, printed once")
+    _config_arg(e)
+    e.add_argument("--site", required=True, help="the site enrolled terminals are filed under")
+    e.add_argument("--tenant", default="", help="the tenant (default: none)")
+    e.add_argument(
+        "--uses", type=int, default=1, metavar="N", help="terminals it enrolls (1; 0: no limit)"
+    )
+    e.add_argument(
+        "--expires", default="7d", metavar="DURATION", help="lifetime: 7d, 12h, 30m (7d)"
+    )
+    e = es.add_parser("list", help="enrollment tokens (never the tokens themselves)")
+    _config_arg(e)
+    e.add_argument("--json", action="store_true")
+    e = es.add_parser("revoke", help="refuse an enrollment token from now on")
+    _config_arg(e)
+    e.add_argument("token_id", help="its id (enroll-token list) or the token itself")
+    q = cs.add_parser(
+        "remote-config", help="fleet-wide and per-site config for terminals: set|unset|show"
+    )
+    rcs = q.add_subparsers(dest="rc_cmd", metavar="set|unset|show")
+    rcs.required = True
+    for name in ("set", "unset", "show"):
+        e = rcs.add_parser(name, help=f"{name} remote config values")
+        _config_arg(e)
+        e.add_argument("--site", default=None, help="one site (default: the whole fleet)")
+        if name in ("set", "unset"):
+            e.add_argument("key", help="a safe key, e.g. capture.cooldown_s")
+        if name == "set":
+            e.add_argument("value", help="the value (JSON, or plain text for a string)")
+        if name == "show":
+            e.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
         "demo", help="simulated terminal + collector + agent: five faults end to end"

@@ -5,16 +5,21 @@ no 5xx and no response outside the document, with credentials and without."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 from starlette.routing import Route
 
+from agent.bundle.sealed import public_pem
 from collector.app import create_app
+from collector.channel.enroll import create_token
+from collector.channel.signing import keygen
 from collector.config import CollectorConfig
 from collector.openapi import document
 from tests.bundle.kit import make_bundle
@@ -47,11 +52,25 @@ def test_document_is_served(live: Env) -> None:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("openapi")
+    keygen(tmp / "command.key")
     # reads as the admin (a personal token); schemathesis sends wrong credentials by the
     # hundred from one address: the throttle (tests/collector/test_accounts.py) is set aside
-    env = Env(tmp_path_factory.mktemp("openapi"), login_failures_per_address=100_000)
+    env = Env(tmp, login_failures_per_address=100_000, signing_key_file=str(tmp / "command.key"))
     for _ in range(3):
         assert env.upload(make_bundle(device=DEV)).status_code == 201
+    # an enrolled device that checked in, with a command (issue 16)
+    db = env.server.server.config.app.state.collector.channel.db
+    token_text, _ = create_token(db, site="Store 1", by="test", now=time.time())
+    pem = public_pem(Ed25519PrivateKey.generate().public_key())
+    body = {"enrollment_token": token_text, "device_id": "T-ENR", "ed25519_public_key": pem}
+    enrolled = env.http.post(f"{env.url}/v1/enroll", json=body, timeout=10).json()
+    h = {"Authorization": f"Bearer {enrolled['device_token']}", "X-Posagent-Device": "T-ENR"}
+    assert env.http.post(f"{env.url}/v1/checkins", json={}, headers=h, timeout=10).ok
+    cmd = env.http.post(
+        f"{env.url}/v1/devices/T-ENR/commands", json={"kind": "selftest"}, timeout=10
+    )
+    assert cmd.status_code == 201
     yield env
     env.close()
 
@@ -83,7 +102,7 @@ def test_api_without_credentials_is_refused_within_the_document(
 ) -> None:
     resp = case.call(base_url=live.url, timeout=30)
     case.validate_response(resp, excluded_checks=LENIENT)
-    public = case.operation.path in ("/healthz", "/v1/openapi.json")
+    public = case.operation.path in ("/healthz", "/v1/openapi.json", "/v1/enroll")
     assert resp.status_code < 500 and (public or resp.status_code in (400, 401, 404, 405))
 
 

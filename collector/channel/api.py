@@ -1,0 +1,407 @@
+"""The channel over HTTP (docs/CHANNEL.md): the terminals' routes and the operators'.
+
+Terminals (no operator credentials):
+
+- ``POST /v1/enroll``: throttled per client address (``[collector] enroll_per_minute``,
+  429 + Retry-After), then `collector.channel.enroll`; 503 + Retry-After while the
+  collector has no command key (the terminal could not trust a command from it);
+- ``POST /v1/checkins[?wait=S]``: the checks of ingest (401 unknown token, 403 another
+  device's id, 429 + Retry-After per device), then `collector.channel.checkin`; with
+  ``wait`` (0-55) and nothing to deliver, the long-poll (`collector.channel.waiters`);
+- ``POST /v1/devices/self/token``: a rotated device token (`devices.rotate_token`).
+
+Operators (behind the read side's gate, `collector.app.operator_only`, narrowed by the
+principal's sites: a device out of reach is 404, as one that does not exist):
+
+- ``GET /v1/devices`` (``site``, ``limit``, ``offset``), ``GET /v1/devices/{id}`` (state,
+  last summary, recent commands and outages);
+- ``POST /v1/devices/{id}/commands`` (support and admin: `Principal.writes`, else 403):
+  ``{"kind", "args", "expires_in_s"}`` checked by `commands.validate`, signed, queued
+  (201), a waiting long-poll woken; ``GET /v1/devices/{id}/commands``.
+
+Every answer is JSON; an error is ``{"status": <word>, "error": <one line>}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from collector.access import principal_of
+from collector.auth import TokenFileError, valid_device_id
+from collector.channel import checkin, commands, devices, enroll, remote_config
+from collector.channel.errors import BadRequest, ChannelError, NotFound
+from collector.channel.hooks import _audit
+from collector.channel.signing import NoSigningKey, Signer
+from collector.channel.silent import SilentWorker, outages
+from collector.channel.waiters import Waiters
+from collector.storage import Limiter
+from collector.storage.sql import Database
+
+log = structlog.get_logger(__name__)
+
+RETRY = {"Retry-After": "60"}
+MAX_OPERATOR_BODY = 16 * 1024
+
+
+@dataclass
+class Channel:
+    """What the channel's handlers share (``col.channel``)."""
+
+    db: Database
+    signer: Signer
+    waiters: Waiters
+    enroll_limiter: Limiter
+    checkin_limiter: Limiter
+    silent_after: int
+    encrypt_to: list[str] = field(default_factory=list)
+    silent_check_s: float = 10.0
+    worker: SilentWorker | None = None
+
+    def start(self) -> None:
+        """The silent sweep of this instance (`collector serve`'s lifespan)."""
+        self.worker = SilentWorker(self.db, self.silent_check_s).start()
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        await self.waiters.close()
+
+
+def error(e: ChannelError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": e.status, "error": str(e)[:300]}, e.code, headers=headers)
+
+
+def _col(request: Request) -> Any:
+    return request.app.state.collector
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON; BadRequest (413 as ChannelError) when too large or malformed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ChannelError(413, "too_large", f"body over {limit} bytes")
+    body = b""
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ChannelError(413, "too_large", f"body over {limit} bytes")
+    except ClientDisconnect:
+        raise BadRequest("client disconnected") from None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("body is not JSON") from None
+
+
+# --------------------------------------------------------------------------- terminals
+
+
+async def post_enroll(request: Request) -> Response:
+    col = _col(request)
+    ch: Channel = col.channel
+    address = _client(request)
+    wait_s = ch.enroll_limiter.take(address)
+    if wait_s > 0:
+        return error(
+            ChannelError(429, "rate_limited", "too many enrollments from this address"),
+            {"Retry-After": str(int(wait_s))},
+        )
+    try:
+        req = enroll.parse_request(await read_json(request, checkin.MAX_BODY))
+        try:
+            collector_key = ch.signer.public_pem()
+        except NoSigningKey as e:
+            log.error("enroll_without_signing_key", error=str(e))
+            raise ChannelError(503, "unavailable", "the collector has no command key yet") from None
+        done = await run_in_threadpool(
+            lambda: enroll.enroll(
+                ch.db,
+                req,
+                address=address,
+                now=time.time(),
+                file_site=col.tokens.registered_site,
+                interval_s=300,
+            )
+        )
+    except ChannelError as e:
+        log.warning("enroll_refused", address=address, status=e.status, error=str(e))
+        return error(e, RETRY if e.code == 503 else None)
+    except TokenFileError as e:
+        log.error("tokens_file_unreadable", error=str(e))
+        return error(ChannelError(503, "unavailable", "device tokens unavailable"), RETRY)
+    values = await run_in_threadpool(_values, ch.db, done.site)
+    log.info("device_enrolled", device=done.device_id, site=done.site, reenrolled=done.reenrolled)
+    return JSONResponse(
+        {
+            "status": "enrolled",
+            "device_id": done.device_id,
+            "device_token": done.device_token,
+            "site": done.site,
+            "tenant": done.tenant,
+            "encrypt_to": ch.encrypt_to,
+            "collector_public_key": collector_key,
+            "checkin_interval_s": int(values.get(remote_config.CHECKIN_INTERVAL, 300)),
+        },
+        status_code=201,
+    )
+
+
+def _values(db: Database, site: str) -> dict[str, Any]:
+    with db.transaction(write=False) as tx:
+        return remote_config.values_for(tx, site)
+
+
+def _device_of(request: Request) -> tuple[str, str]:
+    """(device, site) of the bearer token, which the request must claim; ChannelError."""
+    col = _col(request)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        found = col.tokens.resolve_with_site(token.strip()) if scheme.lower() == "bearer" else None
+    except TokenFileError as e:
+        log.error("tokens_file_unreadable", error=str(e))
+        raise ChannelError(503, "unavailable", "device tokens unavailable") from None
+    if found is None:
+        raise ChannelError(401, "unauthorized", "missing or unknown device token")
+    if request.headers.get("x-posagent-device", "") != found[0]:
+        raise ChannelError(403, "forbidden", "X-Posagent-Device does not match the token's device")
+    return str(found[0]), str(found[1])
+
+
+def _wait_param(request: Request) -> int:
+    raw = request.query_params.get("wait", "")
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > checkin.MAX_WAIT_S:
+        raise BadRequest(f"wait must be 0-{checkin.MAX_WAIT_S} seconds")
+    return int(raw)
+
+
+async def post_checkin(request: Request) -> Response:
+    col = _col(request)
+    ch: Channel = col.channel
+    try:
+        device, site = await run_in_threadpool(_device_of, request)
+        wait_s = ch.checkin_limiter.take(device)
+        if wait_s > 0:
+            return error(
+                ChannelError(429, "rate_limited", "too many check-ins"),
+                {"Retry-After": str(int(wait_s))},
+            )
+        wait = _wait_param(request)
+        ci = checkin.parse(await read_json(request, checkin.MAX_BODY), device)
+        address = _client(request)
+        reply = await run_in_threadpool(
+            lambda: checkin.process(
+                ch.db,
+                ci,
+                site=site,
+                address=address,
+                now=time.time(),
+                silent_after=ch.silent_after,
+                wait_s=wait,
+            )
+        )
+    except ChannelError as e:
+        if e.code >= 500:
+            return error(e, RETRY)
+        headers = {"WWW-Authenticate": 'Bearer realm="posagent"'} if e.code == 401 else None
+        return error(e, headers)
+    if reply.came_back:
+        log.info("device_checked_in_after_silence", device=device)
+    if reply.commands or not wait:
+        return JSONResponse(reply.to_json())
+    found: list[commands.Command] = []
+
+    async def check() -> bool:
+        found.extend(await run_in_threadpool(checkin.deliver, ch.db, device, time.time()))
+        return bool(found)
+
+    await ch.waiters.wait(device, wait, check)
+    return JSONResponse(checkin.Reply(found, reply.config, reply.next_checkin_s).to_json())
+
+
+async def post_self_token(request: Request) -> Response:
+    col = _col(request)
+    ch: Channel = col.channel
+    try:
+        device, _ = await run_in_threadpool(_device_of, request)
+        address = _client(request)
+
+        def rotate() -> str:
+            with ch.db.transaction() as tx:
+                if devices.get(tx, device) is None or tx.one(
+                    "SELECT 1 FROM devices WHERE id = ? AND enroll_token_id = 'tokens_file'",
+                    (device,),
+                ):
+                    raise ChannelError(
+                        409,
+                        "not_enrolled",
+                        "this device's token is in the tokens file: add-device --rotate",
+                    )
+                token = devices.rotate_token(tx, device)
+                _audit(tx, f"device:{device}", "device.token_rotate", device, address)
+                return token
+
+        token = await run_in_threadpool(rotate)
+    except ChannelError as e:
+        return error(e, RETRY if e.code >= 500 else None)
+    return JSONResponse({"status": "ok", "device_id": device, "device_token": token})
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def _number(params: Any, name: str, default: int, lo: int, hi: int) -> int:
+    raw = params.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise BadRequest(f"{name} must be a non-negative integer")
+    return max(lo, min(hi, int(raw)))
+
+
+async def list_devices(request: Request) -> Response:
+    ch: Channel = _col(request).channel
+    who = principal_of(request)
+    try:
+        limit = _number(request.query_params, "limit", 100, 1, devices.MAX_LIST)
+        offset = _number(request.query_params, "offset", 0, 0, 10**9)
+    except ChannelError as e:
+        return error(e)
+    site = request.query_params.get("site", "").strip()
+
+    def read() -> tuple[list[devices.Device], int]:
+        with ch.db.transaction(write=False) as tx:
+            return devices.listing(tx, who.sites, site=site, limit=limit, offset=offset)
+
+    found, total = await run_in_threadpool(read)
+    now = time.time()
+    return JSONResponse(
+        {
+            "devices": [d.to_json(now) for d in found],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    device: devices.Device
+    commands: list[commands.Command]
+    outages: list[Any]
+
+
+def device_view(db: Database, device_id: str, sites: frozenset[str] | None) -> DeviceView:
+    """A device with its recent commands and outages; NotFound when absent or out of reach."""
+    if not valid_device_id(device_id):
+        raise NotFound("no such device")
+    with db.transaction(write=False) as tx:
+        d = devices.get(tx, device_id)
+        if d is None or (sites is not None and d.site not in sites):
+            raise NotFound("no such device")
+        return DeviceView(d, commands.recent(tx, device_id, 50), outages(tx, device_id, 20))
+
+
+async def get_device(request: Request) -> Response:
+    ch: Channel = _col(request).channel
+    who = principal_of(request)
+    try:
+        v = await run_in_threadpool(
+            device_view, ch.db, str(request.path_params["device_id"]), who.sites
+        )
+    except ChannelError as e:
+        return error(e)
+    now = time.time()
+    out = v.device.to_json(now)
+    out["commands"] = [c.to_json(now) for c in v.commands]
+    out["outages"] = [o.to_json() for o in v.outages]
+    return JSONResponse(out)
+
+
+async def get_commands(request: Request) -> Response:
+    ch: Channel = _col(request).channel
+    who = principal_of(request)
+    try:
+        v = await run_in_threadpool(
+            device_view, ch.db, str(request.path_params["device_id"]), who.sites
+        )
+    except ChannelError as e:
+        return error(e)
+    now = time.time()
+    return JSONResponse({"commands": [c.to_json(now) for c in v.commands]})
+
+
+def queue_command(
+    ch: Channel,
+    device_id: str,
+    data: Any,
+    *,
+    who: Any,
+    address: str,
+    now: float,
+) -> commands.Command:
+    """Check, sign and queue a command for a device within who's reach (the JSON API and
+    the device page's form); ChannelError with the refusal."""
+    if not who.writes:
+        raise ChannelError(403, "forbidden", "queueing commands is for support and admins")
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    extra = sorted(set(data) - {"kind", "args", "expires_in_s"})
+    if extra:
+        raise BadRequest(f"unknown fields: {', '.join(extra)[:100]} (kind, args, expires_in_s)")
+    args = commands.validate(data.get("kind"), data.get("args"), now)
+    expires = commands.expires_in(data.get("expires_in_s"))
+    if not valid_device_id(device_id):
+        raise NotFound("no such device")
+    with ch.db.transaction() as tx:
+        d = devices.get(tx, device_id)
+        if d is None or not who.sees(d.site):
+            raise NotFound("no such device")
+        try:
+            ch.signer.key()
+        except NoSigningKey as e:
+            raise ChannelError(503, "unavailable", str(e)) from None
+        return commands.queue(
+            tx,
+            ch.signer,
+            device_id,
+            str(data["kind"]),
+            args,
+            expires_in_s=expires,
+            by=who.name,
+            address=address,
+            now=now,
+        )
+
+
+async def post_command(request: Request) -> Response:
+    ch: Channel = _col(request).channel
+    who = principal_of(request)
+    device_id = str(request.path_params["device_id"])
+    try:
+        data = await read_json(request, MAX_OPERATOR_BODY)
+        cmd = await run_in_threadpool(
+            lambda: queue_command(
+                ch, device_id, data, who=who, address=_client(request), now=time.time()
+            )
+        )
+    except ChannelError as e:
+        return error(e, RETRY if e.code >= 500 else None)
+    ch.waiters.notify(device_id)
+    log.info("command_queued", device=device_id, command=cmd.id, kind=cmd.kind, by=who.name)
+    return JSONResponse({"status": "queued", "command": cmd.to_json(time.time())}, status_code=201)

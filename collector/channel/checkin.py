@@ -1,0 +1,222 @@
+"""``POST /v1/checkins`` (docs/CHANNEL.md §2): one transaction per check-in.
+
+`parse` checks the body (64 KiB at most, read by the handler): the summary's known
+fields by type (unknown scalar fields are kept, for newer agents), at most
+`MAX_SUMMARY_KEYS`; the results (`collector.channel.commands.parse_results`).
+
+`process` then, in one transaction: stores the device's state (last_seen, summary, boot
+id, agent version, config digest, interval, address; a device registered in the tokens
+file rather than enrolled gets its registry row on its first check-in), sets when it
+will be silent (``silent_deadline``: now + silent_after_checkins × interval + the
+long-poll's wait) and, when it was silent, closes its outage (`collector.channel.silent`);
+records the results; picks the commands to deliver (`commands.deliverable`, counted as
+delivered) and the remote config for its site, sent only when its digest differs from
+the one the terminal holds.
+
+A long-poll (``?wait=``, `collector.channel.waiters`) that found nothing to deliver asks
+again with `deliver` when woken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.channel import commands, remote_config, silent
+from collector.channel.errors import BadRequest
+from collector.channel.remote_config import MAX_INTERVAL_S, MIN_INTERVAL_S
+from collector.storage.sql import Database
+
+MAX_BODY = 64 * 1024
+MAX_WAIT_S = 55
+MAX_SUMMARY_KEYS = 32
+MAX_FAULTS = 100
+MAX_TEXT = 200
+_NUMBERS = ("battery_pct", "payment_latency_ms", "queue_depth", "queue_oldest_age_s")
+_TEXTS = ("link", "printer")
+
+
+@dataclass(frozen=True)
+class CheckIn:
+    device_id: str
+    boot_id: str
+    agent_version: str
+    config_digest: str
+    interval_s: int
+    summary: dict[str, Any]
+    results: list[commands.Result] = field(default_factory=list)
+
+
+def _scalar(key: str, value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise BadRequest(f"summary.{key[:40]} is not a finite number")
+        return value
+    if isinstance(value, str):
+        return value[:MAX_TEXT]
+    raise BadRequest(f"summary.{key[:40]} must be a number, a string, a boolean or null")
+
+
+def _summary(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_SUMMARY_KEYS:
+        raise BadRequest(f"summary must be an object of at most {MAX_SUMMARY_KEYS} fields")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if len(key) > 64:
+            raise BadRequest("summary field names are at most 64 characters")
+        if key == "active_faults":
+            if value is None:
+                out[key] = None
+                continue
+            if not isinstance(value, list) or len(value) > MAX_FAULTS:
+                raise BadRequest(f"summary.active_faults must be a list of at most {MAX_FAULTS}")
+            if not all(isinstance(f, str) for f in value):
+                raise BadRequest("summary.active_faults must hold fault keys (strings)")
+            out[key] = [f[:MAX_TEXT] for f in value]
+            continue
+        v = _scalar(key, value)
+        if (
+            key in _NUMBERS
+            and v is not None
+            and (isinstance(v, bool) or not isinstance(v, int | float))
+        ):
+            raise BadRequest(f"summary.{key} must be a number or null")
+        if key in _TEXTS and v is not None and not isinstance(v, str):
+            raise BadRequest(f"summary.{key} must be a string or null")
+        if key == "ac_online" and v is not None and not isinstance(v, bool):
+            raise BadRequest("summary.ac_online must be a boolean or null")
+        out[key] = v
+    return out
+
+
+def _text(body: Mapping[str, Any], name: str, limit: int) -> str:
+    value = body.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadRequest(f"{name} must be a string of at most {limit} characters")
+    return value
+
+
+def parse(body: Any, device: str, default_interval_s: int = 300) -> CheckIn:
+    """The check-in of device (the token's); BadRequest (one line) when malformed."""
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    claimed = body.get("device_id", device)
+    if claimed != device:
+        raise BadRequest("device_id differs from X-Posagent-Device")
+    interval = body.get("interval_s", default_interval_s)
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, int)
+        or not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S
+    ):
+        raise BadRequest(f"interval_s must be an integer {MIN_INTERVAL_S}-{MAX_INTERVAL_S}")
+    return CheckIn(
+        device_id=device,
+        boot_id=_text(body, "boot_id", 64),
+        agent_version=_text(body, "agent_version", 64),
+        config_digest=_text(body, "config_digest", 80),
+        interval_s=interval,
+        summary=_summary(body.get("summary")),
+        results=commands.parse_results(body.get("results")),
+    )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a check-in is answered with."""
+
+    commands: list[commands.Command]
+    config: dict[str, Any] | None  # {"digest", "values"} when the terminal's differs
+    next_checkin_s: int
+    came_back: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": "ok",
+            "commands": [c.wire() for c in self.commands],
+            "next_checkin_s": self.next_checkin_s,
+        }
+        if self.config is not None:
+            out["config"] = self.config
+        return out
+
+
+def process(
+    db: Database,
+    ci: CheckIn,
+    *,
+    site: str,
+    address: str,
+    now: float,
+    silent_after: int,
+    wait_s: int = 0,
+) -> Reply:
+    """Store the check-in and build its reply (see the module docstring)."""
+    deadline = now + silent_after * ci.interval_s + wait_s
+    summary = json.dumps(ci.summary, ensure_ascii=False, allow_nan=False)
+    with db.transaction() as tx:
+        row = tx.one(
+            "SELECT site, tenant, boot_id, silent_since FROM devices WHERE id = ?", (ci.device_id,)
+        )
+        if row is None:  # registered in the tokens file, checking in for the first time
+            tx.execute(
+                "INSERT INTO devices (id, site, tenant, token_hash, pubkeys, enrolled_at, "
+                "enroll_token_id) VALUES (?, ?, '', ?, '', ?, 'tokens_file') "
+                "ON CONFLICT (id) DO NOTHING",
+                (ci.device_id, site, f"file:{ci.device_id}", now),
+            )
+            row = (site, "", "", None)
+        dev_site, tenant, old_boot, silent_since = str(row[0]), str(row[1]), str(row[2]), row[3]
+        tx.execute(
+            "UPDATE devices SET last_seen = ?, interval_s = ?, summary = ?, agent_version = ?, "
+            "boot_id = ?, config_digest = ?, address = ?, silent_deadline = ?, "
+            "silent_since = NULL WHERE id = ?",
+            (
+                now,
+                ci.interval_s,
+                summary,
+                ci.agent_version,
+                ci.boot_id,
+                ci.config_digest,
+                address[:100],
+                deadline,
+                ci.device_id,
+            ),
+        )
+        if silent_since is not None:
+            silent.came_back(
+                tx,
+                ci.device_id,
+                site=dev_site,
+                tenant=tenant,
+                now=now,
+                rebooted=bool(ci.boot_id and old_boot and ci.boot_id != old_boot),
+            )
+        if ci.results:
+            commands.acknowledge(tx, ci.device_id, ci.results, address=address, now=now)
+        cmds = commands.deliverable(tx, ci.device_id, now)
+        commands.mark_delivered(tx, [c.id for c in cmds], now)
+        values = remote_config.values_for(tx, dev_site)
+    digest = remote_config.digest(values)
+    config = None if digest == ci.config_digest else {"digest": digest, "values": values}
+    return Reply(cmds, config, ci.interval_s, came_back=silent_since is not None)
+
+
+def deliver(db: Database, device: str, now: float) -> list[commands.Command]:
+    """The commands to deliver now (a long-poll woken), counted as delivered."""
+    with db.transaction(write=False) as tx:
+        if not commands.deliverable(tx, device, now, limit=1):
+            return []
+    with db.transaction() as tx:
+        cmds = commands.deliverable(tx, device, now)
+        commands.mark_delivered(tx, [c.id for c in cmds], now)
+    return cmds

@@ -304,7 +304,9 @@ class Config:
     faults: dict[str, FaultOverride] = field(default_factory=dict)
     source: str = field(default="", metadata={"internal": True})
     # agent/core/layers.py: where each value the layers set came from, and what was not applied
-    layered: dict[str, str] = field(default_factory=dict, compare=False, metadata={"internal": True})
+    layered: dict[str, str] = field(
+        default_factory=dict, compare=False, metadata={"internal": True}
+    )
     layer_warnings: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": True})
 
     def fs_roots(self) -> Roots:

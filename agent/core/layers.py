@@ -249,7 +249,7 @@ def apply_layers(
             continue
         present, mine = _get(local, path)
         if dotted in ADDITIVE_KEYS:
-            base_present, base = (present, mine) if present else _get(defaults, path)
+            base = mine if present else _get(defaults, path)[1]
             if not isinstance(value, list) or not isinstance(base, list):
                 ignored.append(dotted)
                 continue

@@ -681,9 +681,11 @@ def to_dict(obj: Any, *, hide_secrets: bool = True) -> Any:
     return obj
 
 
-def dump_toml(data: dict[str, Any]) -> str:
-    """Render the effective config as TOML (the subset this config uses)."""
+def dump_toml(data: dict[str, Any], notes: typing.Mapping[str, str] | None = None) -> str:
+    """Render the effective config as TOML (the subset this config uses); `notes` maps
+    dotted keys to a trailing comment (where the value came from)."""
     out: list[str] = []
+    notes = notes or {}
 
     def scalar(v: Any) -> str:
         if isinstance(v, bool):
@@ -694,17 +696,20 @@ def dump_toml(data: dict[str, Any]) -> str:
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         return json.dumps(v)
 
-    def table(name: str, d: dict[str, Any], array: bool = False) -> None:
+    def table(name: str, d: dict[str, Any], array: bool = False, dotted: str = "") -> None:
         out.append(f"[[{name}]]" if array else f"[{name}]")
+        dotted = dotted or name
         nested = []
         for k, v in d.items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and v:
                 nested.append((k, v))
             else:
-                out.append(f"{k} = {scalar(v)}")
+                note = notes.get(f"{dotted}.{k}")
+                text = "{}" if isinstance(v, dict) else scalar(v)
+                out.append(f"{k} = {text}" + (f"  # {note}" if note else ""))
         out.append("")
         for k, v in nested:
-            table(f"{name}.{k}", v)
+            table(f"{name}.{k}", v, dotted=f"{dotted}.{k}")
 
     for name, v in data.items():
         if isinstance(v, list):
@@ -713,7 +718,7 @@ def dump_toml(data: dict[str, Any]) -> str:
         elif isinstance(v, dict):
             if name == "faults":
                 for k, sub in v.items():
-                    table(f'faults."{k}"', sub)
+                    table(f'faults."{k}"', sub, dotted=f"faults.{k}")
             else:
                 table(name, v)
     return "\n".join(out)

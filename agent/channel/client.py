@@ -496,7 +496,7 @@ class Channel:
             text, file = self._local_text()
             layered_config(text, file, overrides=new, now=now, strict=True)
         except ConfigError as e:
-            return "refused", f"args: {e.message if e.key else e}"
+            return "refused", f"args: {e.key}: {e.message}" if e.key else f"args: {e}"
         write_overrides(self.state_dir, new)
         self._layers_changed(f"set-level {cmd.id}")
         return "done", f"{len(cmd.values)} value(s) until {rfc3339(cmd.until)}"

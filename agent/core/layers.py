@@ -57,8 +57,7 @@ _REMOTE_KEYS = frozenset(
         "upload.checkin_interval_s",
         *(f"capture.{k}" for k in CAPTURE_KEYS),
         *ADDITIVE_KEYS,
-        "screen.pin_flag_file",
-        "screen.pin_flag_max_age_s",
+        "screen.pin_flag_file",  # only where the local file names none: it can only add
     }
 )
 _FAULT_KEY = re.compile(r"^faults\.([a-z0-9_]+\.[a-z0-9_]+)\.([a-z_]+)$")

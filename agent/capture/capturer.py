@@ -202,11 +202,14 @@ class Capturer:
         keep: bool = False,
         with_screen: bool = True,
         timeline: list[dict[str, Any]] | None = None,
+        extra_entries: Sequence[Entry] = (),
     ) -> CaptureResult:
         """Collect, redact, seal and enqueue; raises SpoolError when not captured.
 
         `timeline` replaces the configured timeline source for this bundle (the
-        unclean-shutdown bundle carries the window before the cut)."""
+        unclean-shutdown bundle carries the window before the cut); `extra_entries`
+        join the diagnostics (a collector command's selftest output or log file),
+        each capped like a probe's output and redacted like every entry."""
         t0 = time.monotonic()
         now = time.time()
         if self.finish is not None:
@@ -224,6 +227,9 @@ class Capturer:
                 entries.append(text_entry(f"diagnostics/{name}.txt", self._cap(text)))
             else:
                 entries.append(self._cap_json(f"diagnostics/{name}.json", value))
+        for added in extra_entries:
+            text = added.data.decode("utf-8", "replace")
+            entries.append(text_entry(added.name, self._cap(text)))
         if errors:
             entries.append(json_entry("diagnostics/errors.json", errors))
         if timeline is None and self.timeline is not None:

@@ -23,6 +23,16 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from agent.core.files import read_regular
+from agent.core.layers import (
+    DEFAULT,
+    LOCAL,
+    Override,
+    RemoteState,
+    apply_layers,
+    dotted_leaves,
+    read_overrides,
+    read_remote,
+)
 from agent.core.sensitive import DEFAULT_SENSITIVE_WINDOWS
 from drivers.roots import Roots
 
@@ -134,6 +144,17 @@ class UploadConfig:
     backoff_base_s: float = _f(5.0, min=0.01, max=3600)
     backoff_cap_s: float = _f(900.0, min=0.01, max=86400)
     bandwidth_bytes_per_s: int = _f(0, min=0)
+    # the two-way channel (docs/CHANNEL.md): enrollment, check-ins, commands, remote config
+    enrollment_token_file: str = ""
+    checkin_interval_s: int = _f(300, min=30, max=86400)
+    longpoll: bool = False
+    collector_public_key_file: str = ""  # "": <state_dir>/collector.pub (written at enrollment)
+    command_logs: dict[str, str] = _f({})  # name → absolute path: what the `logs` command may send
+
+    def collector_key_path(self, state_dir: str) -> str:
+        """The collector's command-signing public key: collector_public_key_file, else
+        <state_dir>/collector.pub."""
+        return self.collector_public_key_file or str(Path(state_dir) / "collector.pub")
 
 
 @dataclass(frozen=True)
@@ -282,6 +303,11 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     faults: dict[str, FaultOverride] = field(default_factory=dict)
     source: str = field(default="", metadata={"internal": True})
+    # agent/core/layers.py: where each value the layers set came from, and what was not applied
+    layered: dict[str, str] = field(
+        default_factory=dict, compare=False, metadata={"internal": True}
+    )
+    layer_warnings: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": True})
 
     def fs_roots(self) -> Roots:
         """The one Roots object every driver path starts from."""
@@ -299,7 +325,11 @@ class Config:
         out: list[str] = []
         if self.upload.token:
             out.append(self.upload.token)
-        for path in (self.upload.token_file, self.bundle.hmac_key_file):
+        for path in (
+            self.upload.token_file,
+            self.bundle.hmac_key_file,
+            self.upload.enrollment_token_file,
+        ):
             value = read_secret_file(path)
             if value:
                 out.append(value.decode("utf-8", "replace").strip())
@@ -486,13 +516,80 @@ def _parse_toml(text: str, file: str) -> dict[str, Any]:
 
 
 def parse_config(text: str, file: str = "<string>") -> Config:
-    """Parse TOML text into a validated Config; raises ConfigError."""
+    """Parse TOML text into a validated Config (the local file alone); raises ConfigError."""
     data = _parse_toml(text, file)
     ctx = _Ctx(file, _key_lines(text))
     own = {k: v for k, v in data.items() if k not in FOREIGN_SECTIONS}
     cfg = _build(Config, own, "", ctx)
     _cross_check(cfg, ctx)
     return dataclasses.replace(cfg, source=file)
+
+
+def layered_config(
+    text: str,
+    file: str,
+    remote: RemoteState | None = None,
+    overrides: list[Override] | None = None,
+    *,
+    now: float | None = None,
+    strict: bool = False,
+) -> Config:
+    """The local file with the layers of agent/core/layers.py merged in.
+
+    `remote`/`overrides` None: read from the config's state_dir. The local
+    file's own errors raise ConfigError; a layer that does not fit (a value of
+    the wrong type, out of range) raises too with `strict` (the channel
+    checking what the collector sent), else it is left out and said in
+    `layer_warnings`: what the collector sent never stops the daemon.
+    """
+    local = parse_config(text, file)
+    own = {k: v for k, v in _parse_toml(text, file).items() if k not in FOREIGN_SECTIONS}
+    warnings: list[str] = []
+    state = local.agent.state_dir
+    if remote is None:
+        try:
+            remote = read_remote(state)
+        except (OSError, ValueError) as e:
+            warnings.append(f"{state}/remote.json not used: {e}")
+            remote = RemoteState()
+    if overrides is None:
+        try:
+            overrides = read_overrides(state)
+        except (OSError, ValueError) as e:
+            warnings.append(f"{state}/overrides.json not used: {e}")
+            overrides = []
+    merged = apply_layers(own, remote, overrides, to_dict(Config(), hide_secrets=False), now)
+    if merged.ignored:
+        warnings.append("not a remote-settable key, ignored: " + ", ".join(merged.ignored)[:300])
+    if not merged.origins:
+        return dataclasses.replace(local, layer_warnings=tuple(warnings))
+    ctx = _Ctx(f"{state}/remote.json (under {file})", {})
+    try:
+        cfg = _build(Config, merged.data, "", ctx)
+        _cross_check(cfg, ctx)
+    except ConfigError as e:
+        if strict:
+            raise
+        warnings.append(f"remote config not applied: {e}")
+        return dataclasses.replace(local, layer_warnings=tuple(warnings))
+    return dataclasses.replace(
+        cfg, source=file, layered=merged.origins, layer_warnings=tuple(warnings)
+    )
+
+
+def origins(cfg: Config) -> dict[str, str]:
+    """Where every value of cfg came from: "default", "local file", or a layer's word."""
+    local: set[str] = set()
+    if cfg.source and Path(cfg.source).is_file():
+        try:
+            data = _parse_toml(Path(cfg.source).read_text(encoding="utf-8"), cfg.source)
+            local = set(dotted_leaves({k: v for k, v in data.items() if k not in FOREIGN_SECTIONS}))
+        except (OSError, UnicodeDecodeError, ConfigError):
+            pass
+    out: dict[str, str] = {}
+    for key in dotted_leaves(to_dict(cfg, hide_secrets=True)):
+        out[key] = cfg.layered.get(key) or (LOCAL if key in local else DEFAULT)
+    return out
 
 
 def parse_section(text: str, file: str, name: str, cls: type[T]) -> T:
@@ -539,6 +636,11 @@ def _cross_check(cfg: Config, ctx: _Ctx) -> None:
     for i, reg in enumerate(cfg.screen.mask_regions):
         if not re.fullmatch(r"\d+,\d+,\d+,\d+", reg.replace(" ", "")):
             raise ctx.error("screen.mask_regions", f"region {i} must be 'x,y,width,height'")
+    for name, path in cfg.upload.command_logs.items():
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+            raise ctx.error(f"upload.command_logs.{name}", "names are 1-64 of A-Z a-z 0-9 . _ -")
+        if not os.path.isabs(path):
+            raise ctx.error(f"upload.command_logs.{name}", f"{path!r} is not an absolute path")
     for i, hp in enumerate(cfg.network.payment_hosts):
         if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}", hp):
             raise ctx.error("network.payment_hosts", f"entry {i} {hp!r} must be host:port")
@@ -553,9 +655,10 @@ def config_path(explicit: str | None = None) -> Path:
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """Read and validate the config file; raises ConfigError."""
+    """Read and validate the config file, with the channel's layers (agent/core/layers.py)
+    merged around it; raises ConfigError for the file's own errors."""
     text, file = read_config_text(path)
-    return parse_config(text, file)
+    return layered_config(text, file)
 
 
 def to_dict(obj: Any, *, hide_secrets: bool = True) -> Any:
@@ -578,9 +681,11 @@ def to_dict(obj: Any, *, hide_secrets: bool = True) -> Any:
     return obj
 
 
-def dump_toml(data: dict[str, Any]) -> str:
-    """Render the effective config as TOML (the subset this config uses)."""
+def dump_toml(data: dict[str, Any], notes: typing.Mapping[str, str] | None = None) -> str:
+    """Render the effective config as TOML (the subset this config uses); `notes` maps
+    dotted keys to a trailing comment (where the value came from)."""
     out: list[str] = []
+    notes = notes or {}
 
     def scalar(v: Any) -> str:
         if isinstance(v, bool):
@@ -591,17 +696,20 @@ def dump_toml(data: dict[str, Any]) -> str:
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         return json.dumps(v)
 
-    def table(name: str, d: dict[str, Any], array: bool = False) -> None:
+    def table(name: str, d: dict[str, Any], array: bool = False, dotted: str = "") -> None:
         out.append(f"[[{name}]]" if array else f"[{name}]")
+        dotted = dotted or name
         nested = []
         for k, v in d.items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and v:
                 nested.append((k, v))
             else:
-                out.append(f"{k} = {scalar(v)}")
+                note = notes.get(f"{dotted}.{k}")
+                text = "{}" if isinstance(v, dict) else scalar(v)
+                out.append(f"{k} = {text}" + (f"  # {note}" if note else ""))
         out.append("")
         for k, v in nested:
-            table(f"{name}.{k}", v)
+            table(f"{name}.{k}", v, dotted=f"{dotted}.{k}")
 
     for name, v in data.items():
         if isinstance(v, list):
@@ -610,7 +718,7 @@ def dump_toml(data: dict[str, Any]) -> str:
         elif isinstance(v, dict):
             if name == "faults":
                 for k, sub in v.items():
-                    table(f'faults."{k}"', sub)
+                    table(f'faults."{k}"', sub, dotted=f"faults.{k}")
             else:
                 table(name, v)
     return "\n".join(out)

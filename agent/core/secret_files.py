@@ -2,7 +2,8 @@
 
 The device token (`upload.token_file`), the bundle HMAC key
 (`bundle.hmac_key_file`), the Ed25519 signing key (`bundle.signing_key_file`)
-and the TLS client key (`upload.client_key_file`) are
+the TLS client key (`upload.client_key_file`) and the enrollment token
+(`upload.enrollment_token_file`) are
 read from files. One check, used by `posagent check-config`, `posagent
 selftest` and the daemon at start:
 
@@ -46,6 +47,7 @@ def secret_paths(cfg: Config) -> list[tuple[str, str]]:
         ("bundle.hmac_key_file", cfg.bundle.hmac_key_file),
         ("bundle.signing_key_file", cfg.bundle.signing_key_path()),
         ("upload.client_key_file", cfg.upload.client_key_file),
+        ("upload.enrollment_token_file", cfg.upload.enrollment_token_file),
     ]
     return [(k, p) for k, p in pairs if p]
 

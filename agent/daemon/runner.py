@@ -18,6 +18,8 @@ import json
 import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,15 +31,18 @@ import structlog
 
 from agent import __version__
 from agent.bundle.finish import check_keys, encryption_warning, finisher
-from agent.bundle.format import load_key
+from agent.bundle.format import Entry, load_key
 from agent.bundle.trigger import Trigger
 from agent.capture.capturer import Capturer, CaptureResult, ScreenShot
-from agent.capture.privacy import capture_screen
+from agent.capture.privacy import capture_screen, check_sensitive
 from agent.capture.probes import build_probes
 from agent.capture.screen_worker import capture_in_child
+from agent.channel.client import Channel
+from agent.channel.commands import Command
+from agent.channel.summary import build_summary
 from agent.core import log as logmod
 from agent.core.config import Config, ConfigError, load_config
-from agent.core.files import atomic_write
+from agent.core.files import atomic_write, read_regular
 from agent.core.model import FaultEvent, Reading
 from agent.core.redact import redactor_for
 from agent.core.secret_files import require_safe_secret_files
@@ -63,6 +68,8 @@ TRIM_EVERY_S = 60.0  # malloc_trim: freed heap back to the OS
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8  # glibc mallopt parameter
 PART_BACKOFF_MAX_S = 60.0
+SELFTEST_TIMEOUT_S = 120.0  # the `selftest` command's child
+COMMAND_LOG_MAX_BYTES = 16 * 1024 * 1024  # the `logs` command reads at most this much
 
 
 def status_path(cfg: Config) -> Path:
@@ -123,7 +130,7 @@ def _log_event(ev: FaultEvent) -> None:
 class Agent:
     """Everything that runs for one config; rebuilt on SIGHUP."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, request_reload: Callable[[], None] | None = None):
 
         self.cfg = cfg
         state = Path(cfg.agent.state_dir)
@@ -176,6 +183,15 @@ class Agent:
         self.suppressed = 0  # events the policy did not capture, since start
         self.capture_failures = 0
         self.last_capture: dict[str, Any] = {}
+        # the two-way channel (docs/CHANNEL.md): only with an endpoint to speak to
+        self.channel: Channel | None = None
+        if cfg.upload.endpoint:
+            self.channel = Channel(
+                cfg,
+                summary=self._channel_summary,
+                run_command=self.run_command,
+                on_layers_changed=request_reload or (lambda: os.kill(os.getpid(), signal.SIGHUP)),
+            )
 
     # ------------------------------------------------------------------ wiring helpers
 
@@ -274,7 +290,12 @@ class Agent:
                 continue
             self.capture_event(ev)
 
-    def capture_event(self, ev: FaultEvent, trigger: Trigger | None = None) -> CaptureResult | str:
+    def capture_event(
+        self,
+        ev: FaultEvent,
+        trigger: Trigger | None = None,
+        extra_entries: tuple[Entry, ...] = (),
+    ) -> CaptureResult | str:
         """Policy, then capture; a failure to capture is logged and counted, never raised.
 
         Returns the captured bundle, or why there is none. `trigger` replaces the one
@@ -293,7 +314,11 @@ class Agent:
         try:
             with self._capture_lock:
                 res = self.capturer.capture(
-                    trigger, keep=d.keep, with_screen=d.with_screen, timeline=timeline
+                    trigger,
+                    keep=d.keep,
+                    with_screen=d.with_screen,
+                    timeline=timeline,
+                    extra_entries=extra_entries,
                 )
         except (SpoolError, OSError) as e:
             self.capture_failures += 1
@@ -326,6 +351,76 @@ class Agent:
             return Reply(False, error=res)
         return Reply(True, bundle_id=res.bundle_id, path=str(res.path))
 
+    # ------------------------------------------------------------------ the channel
+
+    def _channel_summary(self) -> dict[str, Any]:
+        """The check-in's health summary from this daemon's own state."""
+        return build_summary(
+            dict(self.last), self.engine.active(), self.spool.stats(), self.cfg.digest()
+        )
+
+    def run_command(self, cmd: Command) -> tuple[str, str]:
+        """A collector command that needs the daemon: capture, selftest, logs (already
+        checked by agent/channel/commands.py). Returns (done | refused | failed, detail)."""
+        if cmd.kind == "capture":
+            sc = self.cfg.screen
+            verdict = check_sensitive(sc, self.cfg.agent.target, self.ctx.shell, self.ctx.roots)
+            if verdict.sensitive:  # the privacy rules: no bundle of a PIN screen on command
+                log.info("command_capture_refused", reason=verdict.reason, command_id=cmd.id)
+                return "refused", "sensitive window"
+            return self._command_bundle(cmd, str(cmd.args.get("note", "")), ())
+        if cmd.kind == "selftest":
+            return self._command_selftest(cmd)
+        if cmd.kind == "logs":
+            name = str(cmd.args["name"])
+            path = self.cfg.upload.command_logs[name]
+            try:
+                data = read_regular(path, COMMAND_LOG_MAX_BYTES)
+            except OSError as e:
+                return "failed", f"cannot read {path}: {e.strerror or e}"
+            entry = Entry(f"diagnostics/log-{name}.txt", data, "text/plain")
+            return self._command_bundle(cmd, f"log {name} ({path})", (entry,))
+        return "refused", f"kind {cmd.kind} is not run by the daemon"
+
+    def _command_bundle(
+        self, cmd: Command, note: str, entries: tuple[Entry, ...], verdict: str = ""
+    ) -> tuple[str, str]:
+        summary = f"{cmd.kind} requested by the collector"
+        ev = self.engine.event(
+            "manual.report",
+            summary=summary,
+            values=self.redactor.obj({"note": note, "command_id": cmd.id}),
+        )
+        if ev is None:
+            return "refused", "manual.report is disabled in the config"
+        _log_event(ev)
+        trigger = Trigger.manual(note, f"collector command {cmd.id}", ev.severity, summary)
+        res = self.capture_event(ev, trigger, entries)
+        if isinstance(res, str):
+            return ("refused" if res.startswith("suppressed") else "failed"), res
+        return "done", (f"{verdict}; " if verdict else "") + f"bundle {res.bundle_id}"
+
+    def _command_selftest(self, cmd: Command) -> tuple[str, str]:
+        """`posagent selftest --json` in a child (the commands are not the daemon's to import)."""
+        argv = [sys.executable, "-m", "agent.commands.main", "selftest", "--json"]
+        argv += ["--config", self.cfg.source]
+        try:
+            p = subprocess.run(argv, capture_output=True, timeout=SELFTEST_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return "failed", f"selftest did not finish: {e}"
+        out = p.stdout.decode("utf-8", "replace")
+        try:
+            doc = json.loads(out)
+            bad = [f"{d['device']} {d['state']}" for d in doc["devices"] if d["state"] != "ok"]
+            verdict = "selftest ok" if doc["ok"] else "selftest: " + ", ".join(bad)
+        except (ValueError, KeyError, TypeError):
+            err = p.stderr.decode("utf-8", "replace").strip().splitlines()
+            verdict = f"selftest exited {p.returncode}" + (f": {err[-1]}" if err else "")
+        report = out + ("\n--- stderr ---\n" + p.stderr.decode("utf-8", "replace"))
+        entry = Entry("diagnostics/selftest.txt", report.encode(), "text/plain")
+        status, detail = self._command_bundle(cmd, verdict, (entry,), verdict)
+        return status, detail
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, previous_unclean: Any = None) -> None:
@@ -342,6 +437,8 @@ class Agent:
             self.parts.append(p)
         self._start_watchers()
         self._start_control()
+        if self.channel is not None:
+            self.channel.start()
         if previous_unclean is None:
             self.recorder.forget_previous()
         else:
@@ -458,6 +555,8 @@ class Agent:
         for p in self.parts:
             if p.thread is not None:
                 p.thread.join(max(0.1, deadline - time.monotonic() - 2.0))
+        if self.channel is not None:
+            self.channel.stop(max(0.1, min(3.0, deadline - time.monotonic() - 0.5)))
         self.uploader.stop(max(0.1, min(3.0, deadline - time.monotonic() - 0.5)))
         self.persist()
         self.recorder.close()
@@ -470,6 +569,8 @@ class Agent:
         if "scheduler" in sched:
             out["scheduler"] = sched["scheduler"]
         out["uploader"] = self.uploader.last_progress()
+        if self.channel is not None:
+            out["channel"] = self.channel.last_progress()
         return out
 
     def status(self) -> dict[str, Any]:
@@ -521,6 +622,7 @@ class Agent:
             "queue": self.spool.stats(),
             "evictions": dict(self.spool.evicted_total),
             "upload": self.uploader.status(),
+            "channel": self.channel.status() if self.channel is not None else None,
             "parts": {
                 p.name: {"failures": p.failures, "last_error": p.last_error} for p in self.parts
             },
@@ -578,6 +680,10 @@ class Daemon:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._signals.put(signum)
 
+    def request_reload(self) -> None:
+        """Reload the config as on SIGHUP (the channel changed a layer of it)."""
+        self._signals.put(signal.SIGHUP)
+
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
         limit_arenas()  # before any thread starts
@@ -590,9 +696,11 @@ class Daemon:
             log.warning("bundles_not_encrypted", detail=encryption_warning(cfg))
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, self._on_signal)
+        for w in cfg.layer_warnings:
+            log.warning("config_layer_not_applied", detail=w)
         marker = RunMarker(Path(cfg.agent.state_dir), cfg.fs_roots().proc)
         previous = marker.check_previous()
-        agent = Agent(cfg)
+        agent = Agent(cfg, self.request_reload)
         agent.start(previous)
         self.notifier.ready(f"monitoring {len(agent.monitors)} devices")
         log.info(
@@ -654,8 +762,10 @@ class Daemon:
             self.notifier.ready("config reload rejected; running with the previous config")
             return agent
         log.info("config_reloading", source=cfg.source)
+        for w in cfg.layer_warnings:
+            log.warning("config_layer_not_applied", detail=w)
         agent.stop()
-        new = Agent(cfg)
+        new = Agent(cfg, self.request_reload)
         new.start()
         self.notifier.ready(f"reloaded; monitoring {len(new.monitors)} devices")
         log.info("config_reloaded", monitors=len(new.monitors))

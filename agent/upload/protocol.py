@@ -93,3 +93,33 @@ def upload_headers(bundle_id: str, digest: str, device_id: str, token: str = "")
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return headers
+
+
+# --------------------------------------------------------------------------- the two-way channel
+# docs/CHANNEL.md: enrollment, check-ins and commands, JSON over the same endpoint.
+
+ENROLL_PATH = "/v1/enroll"
+CHECKIN_PATH = "/v1/checkins"
+TOKEN_PATH = "/v1/devices/self/token"
+LONGPOLL_WAIT_S = 25  # ?wait= of a long-poll check-in (the collector holds it at most 55 s)
+COMMAND_GRACE_S = 300.0  # a terminal's clock may be this wrong: expiry compared with this grace
+CHANNEL_BODY_LIMIT_BYTES = 64 * 1024
+
+
+def channel_url(endpoint: str, path: str, wait_s: int = 0) -> str:
+    """`{endpoint}{path}`, with `?wait=N` for a long-poll check-in."""
+    url = endpoint.rstrip("/") + path
+    return f"{url}?wait={wait_s}" if wait_s > 0 else url
+
+
+def channel_headers(device_id: str, token: str = "") -> dict[str, str]:
+    """The headers of a channel request: the device, and its bearer token once enrolled."""
+    headers = {"Content-Type": "application/json", DEVICE_HEADER: device_id}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def canonical_json(obj: object) -> bytes:
+    """The bytes a command envelope is signed over (both ends build them with this)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -164,6 +164,22 @@ def classify(status: int, retry_after_s: float | None, body: str = "") -> Outcom
     return Outcome.RETRY
 
 
+def tls_settings(up: UploadConfig) -> TlsSettings:
+    """What the upload child's session is built from, for uploads and the channel alike."""
+    return TlsSettings(
+        verify_tls=up.verify_tls,
+        ca_file=up.ca_file,
+        client_cert_file=up.client_cert_file,
+        client_key_file=up.client_key_file,
+        proxy=up.proxy,
+    )
+
+
+def device_token(up: UploadConfig) -> str:
+    """The device token: inline `token`, else the token file's text ("" when none)."""
+    return up.token.strip() or read_secret_file(up.token_file).decode("utf-8", "replace").strip()
+
+
 def check_upload_config(up: UploadConfig) -> tuple[str, str]:
     """(token, '') when uploads can be attempted, else ('', why not). Reads the token file."""
     if not up.endpoint:
@@ -178,7 +194,7 @@ def check_upload_config(up: UploadConfig) -> tuple[str, str]:
     ):
         if path and not os.access(path, os.R_OK):
             return "", f"[upload] {key} is not readable: {path}"
-    token = up.token.strip() or read_secret_file(up.token_file).decode("utf-8", "replace").strip()
+    token = device_token(up)
     if any(c in token for c in "\r\n\x00") or any(ord(c) < 32 or ord(c) > 126 for c in token):
         return "", "device token contains characters not allowed in a header"
     if not token and not up.client_cert_file:
@@ -745,13 +761,7 @@ class Uploader:
         if not up.verify_tls and not self._warned_unverified:
             self._warned_unverified = True
             log.warning("upload_tls_unverified", endpoint=up.endpoint)
-        return TlsSettings(
-            verify_tls=up.verify_tls,
-            ca_file=up.ca_file,
-            client_cert_file=up.client_cert_file,
-            client_key_file=up.client_key_file,
-            proxy=up.proxy,
-        )
+        return tls_settings(up)
 
     def _close_worker(self) -> None:
         try:

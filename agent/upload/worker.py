@@ -8,11 +8,20 @@ runs `python -m agent.upload.worker`: a child that holds one requests.Session
 (connection reuse across a drain) and exits when the parent closes its stdin,
 when the parent dies (PR_SET_PDEATHSIG) or after the parent leaves it idle.
 
-Protocol, one JSON object per line:
-- parent → child: a `PutRequest` (the child streams the body from the
-  bundle's spool file itself, paced to the bandwidth cap);
-- child → parent: `{"sent": N}` while the body goes out (at most every
-  PROGRESS_EVERY_S), then one `{"reply": {...}}` (`PutReply`).
+Protocol, one JSON object per line, parent → child, each answered by one
+`{"reply": {...}}` (`PutReply`) line:
+- a `PutRequest` (no `kind`, or `"kind": "put"`): the child streams the body
+  from the bundle's spool file itself, paced to the bandwidth cap, and writes
+  `{"sent": N}` lines while the body goes out (at most every PROGRESS_EVERY_S);
+- a `PostJsonRequest` (`"kind": "post_json"`): one small JSON POST of the
+  two-way channel (docs/CHANNEL.md: enrollment, check-in, token rotation);
+  the reply carries up to JSON_BODY_LIMIT_BYTES of the answer's body;
+- a `VerifyRequest` (`"kind": "verify_ed25519"`): checks collector command
+  signatures against a public key file; the reply's `body` is a JSON list,
+  per item "" (verified) or why not;
+- a `PublicKeyRequest` (`"kind": "public_key"`): the reply's `body` is the PEM
+  public key of the terminal's Ed25519 signing key (sent at enrollment).
+The last two keep `cryptography` out of the daemon as requests is kept out.
 
 The parent never waits unbounded: no line for connect + read timeout +
 STALL_GRACE_S kills the child (a retriable failure); the uploader stopping
@@ -21,6 +30,8 @@ kills it too (the bundle is released, as with any abandoned upload).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import ctypes
 import json
@@ -46,7 +57,9 @@ PROGRESS_EVERY_S = 0.05
 STALL_GRACE_S = 10.0
 IDLE_EXIT_S = 60.0  # the parent ends a child left unused this long
 START_TIMEOUT_S = 20.0  # first line from a fresh child (python + requests import)
-MAX_LINE_BYTES = 64 * 1024
+JSON_BODY_LIMIT_BYTES = 64 * 1024  # docs/CHANNEL.md: bodies are at most 64 KiB each way
+MAX_LINE_BYTES = 8 * JSON_BODY_LIMIT_BYTES  # a reply line: the body JSON-escaped
+LOCAL_TIMEOUT_S = 10.0  # a request that touches no network (verify, public key)
 
 
 class Aborted(Exception):
@@ -97,6 +110,54 @@ class PutRequest:
 
 
 @dataclass(frozen=True)
+class PostJsonRequest:
+    """One JSON POST (the channel's enrollment, check-in, token rotation)."""
+
+    url: str
+    body: str  # the JSON text sent
+    headers: dict[str, str]
+    connect_timeout_s: float
+    read_timeout_s: float
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    kind: str = "post_json"
+
+    def to_json(self) -> bytes:
+        d = dict(vars(self))
+        d["tls"] = vars(self.tls)
+        return json.dumps(d).encode() + b"\n"
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """Ed25519 signatures to check: items are [data_b64, signature_b64] pairs."""
+
+    public_key_file: str
+    items: list[list[str]]
+    kind: str = "verify_ed25519"
+    connect_timeout_s: float = 0.0
+    read_timeout_s: float = LOCAL_TIMEOUT_S
+
+    def to_json(self) -> bytes:
+        return json.dumps(vars(self)).encode() + b"\n"
+
+
+@dataclass(frozen=True)
+class PublicKeyRequest:
+    """The public half of the terminal's signing key, as PEM."""
+
+    signing_key_file: str
+    kind: str = "public_key"
+    connect_timeout_s: float = 0.0
+    read_timeout_s: float = LOCAL_TIMEOUT_S
+
+    def to_json(self) -> bytes:
+        return json.dumps(vars(self)).encode() + b"\n"
+
+
+WorkerRequest = PutRequest | PostJsonRequest | VerifyRequest | PublicKeyRequest
+
+
+@dataclass(frozen=True)
 class PutReply:
     """What happened: an HTTP status (with Retry-After and a body snippet) or a transport error."""
 
@@ -129,7 +190,7 @@ class WorkerTransport:
 
     def put(
         self,
-        req: PutRequest,
+        req: WorkerRequest,
         on_progress: Callable[[int], None],
         stop: threading.Event,
         meanwhile: Callable[[], None] | None = None,
@@ -198,7 +259,7 @@ class WorkerTransport:
 
     def _await_reply(
         self,
-        req: PutRequest,
+        req: WorkerRequest,
         on_progress: Callable[[int], None],
         stop: threading.Event,
         fresh: bool,
@@ -470,6 +531,73 @@ class RequestsPutter:
         finally:
             resp.close()
 
+    def post_json(self, req: PostJsonRequest) -> PutReply:
+        """One JSON POST; transport trouble becomes PutReply.error, never an exception."""
+        try:
+            session = self.session(req.tls)
+        except Exception as e:  # a CA or client-cert file requests cannot use
+            return PutReply(error=describe_exception(e))
+        data = req.body.encode()
+        headers = {"Content-Type": "application/json", **req.headers}
+        try:
+            resp = session.post(
+                req.url,
+                data=data,
+                headers=headers,
+                timeout=(req.connect_timeout_s, req.read_timeout_s),
+                allow_redirects=False,
+                stream=True,
+            )
+        except Exception as e:  # requests' and urllib3's errors, ssl, socket: all retriable
+            self.close()
+            return PutReply(error=describe_exception(e))
+        try:
+            text = _read_capped(resp, JSON_BODY_LIMIT_BYTES, req.read_timeout_s)
+            return PutReply(
+                status=resp.status_code,
+                retry_after=resp.headers.get("Retry-After"),
+                body=text.decode("utf-8", "replace"),
+                bytes_sent=len(data),
+            )
+        finally:
+            resp.close()
+
+
+def verify_signatures(req: VerifyRequest) -> PutReply:
+    """Check each [data_b64, signature_b64] item with the public key file (in the child)."""
+    from agent.bundle.format import BundleError  # lazy: the child's side only
+    from agent.bundle.sealed import load_public_key  # lazy: cryptography, in the child only
+
+    try:
+        key = load_public_key(req.public_key_file)
+    except (BundleError, OSError, ValueError) as e:
+        return PutReply(error=f"collector public key {req.public_key_file}: {e}"[:300])
+    results: list[str] = []
+    for item in req.items:
+        try:
+            data = base64.b64decode(item[0], validate=True)
+            sig = base64.b64decode(item[1], validate=True)
+        except (binascii.Error, ValueError, IndexError, TypeError):
+            results.append("not base64")
+            continue
+        try:
+            key.verify(sig, data)
+            results.append("")
+        except Exception:  # cryptography's InvalidSignature, or a signature of the wrong size
+            results.append("bad signature")
+    return PutReply(body=json.dumps(results))
+
+
+def public_key_pem(req: PublicKeyRequest) -> PutReply:
+    """The PEM public key of the signing key file (in the child)."""
+    from agent.bundle.format import BundleError  # lazy: the child's side only
+    from agent.bundle.sealed import load_signing_key, public_pem  # lazy: cryptography, child only
+
+    try:
+        return PutReply(body=public_pem(load_signing_key(req.signing_key_file).public_key()))
+    except (BundleError, OSError, ValueError) as e:
+        return PutReply(error=f"signing key {req.signing_key_file}: {e}"[:300])
+
 
 def _write(out: IO[bytes], msg: dict[str, Any]) -> None:
     out.write(json.dumps(msg).encode() + b"\n")
@@ -493,8 +621,22 @@ def main() -> int:
     putter = RequestsPutter()
     for line in inp:
         try:
-            req = PutRequest.from_json(json.loads(line))
-        except (ValueError, KeyError, TypeError) as e:
+            d = json.loads(line)
+            kind = d.pop("kind", "put")
+            if kind == "post_json":
+                d["tls"] = TlsSettings(**d.pop("tls"))
+                _write(out, {"reply": vars(putter.post_json(PostJsonRequest(**d)))})
+                continue
+            if kind == "verify_ed25519":
+                _write(out, {"reply": vars(verify_signatures(VerifyRequest(**d)))})
+                continue
+            if kind == "public_key":
+                _write(out, {"reply": vars(public_key_pem(PublicKeyRequest(**d)))})
+                continue
+            if kind != "put":
+                raise ValueError(f"unknown request kind {kind!r}")
+            req = PutRequest.from_json(d)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             _write(out, {"reply": vars(PutReply(error=f"upload worker: bad request: {e}"))})
             continue
         if req.fresh_session:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.bundle.remedies import REMEDIES
+from agent.core import layers
 from agent.core.config import ConfigError, parse_config
 from collector.auth import valid_site
 from collector.channel.hooks import _audit
@@ -29,24 +30,12 @@ from collector.storage.sql import Database, Tx
 
 CHECKIN_INTERVAL = "upload.checkin_interval_s"
 MIN_INTERVAL_S, MAX_INTERVAL_S = 30, 86400
-CAPTURE_LIMITS = (
-    "cooldown_s",
-    "bundles_per_hour",
-    "burst",
-    "critical_reserve",
-    "manual_per_hour",
-    "manual_burst",
-)
+CAPTURE_LIMITS = layers.CAPTURE_KEYS
 # privacy lists only ever add to the terminal's own (the terminal appends them)
-ADDITIVE_KEYS = ("screen.sensitive_windows", "screen.mask_regions")
-SAFE_KEYS = (
-    CHECKIN_INTERVAL,
-    *(f"capture.{k}" for k in CAPTURE_LIMITS),
-    *ADDITIVE_KEYS,
-    "screen.pin_flag_file",
-    "screen.pin_flag_max_age_s",
-)
-FAULT_FIELDS = ("enabled", "raise_after", "clear_after", "severity")
+ADDITIVE_KEYS = tuple(sorted(layers.ADDITIVE_KEYS))
+# the terminal's own list (agent.core.layers): a key it would refuse is never stored here
+SAFE_KEYS = tuple(sorted(layers.REMOTE_KEYS))
+FAULT_FIELDS = layers.FAULT_FIELDS
 MAX_PATTERNS = 50
 
 

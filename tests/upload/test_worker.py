@@ -213,7 +213,7 @@ def test_child_gone_between_requests_is_replaced_transparently(
         ),
         ("import sys; sys.stdin.readline(); sys.exit(3)", "exited (3)"),
         (
-            "import sys; sys.stdout.write('x' * 70000); sys.stdout.flush(); sys.stdin.read()",
+            "import sys; sys.stdout.write('x' * 600000); sys.stdout.flush(); sys.stdin.read()",
             "too long",
         ),
     ],

@@ -1002,11 +1002,6 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
             operator_only(html=True)(incident_views.incident_page),
             methods=["GET"],
         ),
-        Route(
-            "/devices/{device}",
-            operator_only(html=True)(incident_views.device_page),
-            methods=["GET"],
-        ),
         Route("/bundles/{bundle_id}", bundle_page, methods=["GET"]),
         Route("/login", web.login, methods=["GET", "POST"]),
         Route("/logout", operator_only(html=True)(web.logout), methods=["GET", "POST"]),

@@ -31,6 +31,8 @@ from typing import Any
 
 from agent.bundle.sealed import KeyFileError, parse_public_keys
 from agent.core.timefmt import rfc3339
+from collector.accounts.errors import AccountError
+from collector.accounts.users import place_site
 from collector.auth import hash_token, new_token, valid_device_id, valid_site
 from collector.channel import devices
 from collector.channel.errors import BadRequest, ChannelError
@@ -118,8 +120,9 @@ def create_token(
 ) -> tuple[str, EnrollToken]:
     """A new enrollment token (printed once by the caller) and its stored row.
 
-    ValueError (one line) for a bad site or tenant, uses outside 0..MAX_USES (0: no
-    limit) or an expiry outside 60 s .. 366 days."""
+    ValueError (one line) for a bad site or tenant (a site of another tenant too), uses
+    outside 0..MAX_USES (0: no limit) or an expiry outside 60 s .. 366 days. With a
+    tenant, the site is placed under it (`collector.accounts.users.place_site`)."""
     if not valid_site(site):
         raise ValueError(f"invalid site {site[:60]!r} (1-200 characters, no '#', no controls)")
     if tenant and not valid_site(tenant):
@@ -132,6 +135,11 @@ def create_token(
     digest = hash_token(token)
     row = EnrollToken(digest[:12], site, tenant, uses, 0, now, now + expires_s, None, by)
     with db.transaction() as tx:
+        if tenant:  # the site joins the tenant, so its people see what enrolls there
+            try:
+                place_site(tx, site, tenant)
+            except AccountError as e:
+                raise ValueError(str(e)) from None
         tx.execute(
             f"INSERT INTO enroll_tokens ({_TOKEN_COLUMNS}, token_hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

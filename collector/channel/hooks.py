@@ -22,28 +22,19 @@ import structlog
 
 from agent.bundle.trigger import TriggerKind
 from collector import audit
-from collector.access import Principal
 from collector.incidents.grouping import Settings, Signal, apply
 from collector.incidents.model import Source
-from collector.storage.sql import Database, Tx
+from collector.storage.sql import Tx
 
 log = structlog.get_logger("collector.channel")
 
 SILENT_KEY = "device.silent"
 
 
-def _audit(
-    db_or_tx: Database | Tx,
-    who: Principal | str,
-    action: str,
-    target: str,
-    address: str,
-    detail: Mapping[str, Any] | None = None,
-) -> None:
-    """One audit entry (actions ``enroll_token.create``, ``enroll_token.revoke``,
-    ``device.enroll``, ``device.reenroll``, ``device.token_rotate``, ``command.queue``,
-    ``command.result``, ``remote_config.set``, ``remote_config.unset``)."""
-    audit.record(db_or_tx, who, action, target, address, detail)
+# every operator or terminal action of the channel (``enroll_token.create``,
+# ``enroll_token.revoke``, ``device.enroll``, ``device.reenroll``, ``device.token_rotate``,
+# ``command.queue``, ``command.result``, ``remote_config.set``, ``remote_config.unset``)
+_audit = audit.record
 
 
 def on_silent(

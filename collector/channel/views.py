@@ -18,9 +18,11 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from agent.bundle.style import esc
 from collector import pages
 from collector.access import principal_of
+from collector.auth import valid_device_id
 from collector.channel import devices
 from collector.channel.api import Channel, DeviceView, device_view, queue_command
 from collector.channel.errors import ChannelError
+from collector.incidents import views as incident_views
 from collector.pages import csrf_field
 
 MAX_FORM = 4096
@@ -56,7 +58,8 @@ def render_list(found: list[devices.Device], total: int, now: float, login: bool
     return pages.layout("posagent devices", body, operator_login=login)
 
 
-def render_device(v: DeviceView, now: float, *, writes: bool, login: bool, note: str = "") -> str:
+def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> str:
+    """An enrolled or checked-in device: its state, last summary, commands, silences."""
     d = v.device
     silent = (
         f"<p class='error'>Silent since {esc(_t(d.silent_since))} "
@@ -104,9 +107,8 @@ def render_device(v: DeviceView, now: float, *, writes: bool, login: bool, note:
         f"<th>By</th><th>Status</th><th>Result</th></tr>{cmd_rows}</table>"
         "<h2>Silences</h2><table><tr><th>Last check-in</th><th>Silent at</th><th>Back at</th>"
         f"<th>Outage</th></tr>{out_rows}</table>"
-        f"<p><a href='/?device={quote(d.id)}'>Bundles of this device</a></p>"
     )
-    return pages.layout(f"posagent device {d.id}", body, operator_login=login)
+    return body
 
 
 async def devices_page(request: Request) -> Response:
@@ -124,18 +126,33 @@ async def devices_page(request: Request) -> Response:
 
 
 async def _page(request: Request, status: int = 200, note: str = "") -> Response:
+    """A terminal's page: its channel state (when it enrolled or checked in), then its
+    incidents and bundles (`collector.incidents.views.device_sections`); 404 when the
+    principal sees none of it."""
     col = request.app.state.collector
     ch: Channel = col.channel
     who = principal_of(request)
-    try:
-        v = await run_in_threadpool(
-            device_view, ch.db, str(request.path_params["device_id"]), who.sites
-        )
-    except ChannelError:
+    device_id = str(request.path_params["device_id"])
+    if not valid_device_id(device_id):
         return HTMLResponse(
-            pages.layout("posagent collector", "<h1>No such device.</h1>"), status_code=404
+            pages.layout("posagent collector", "<h1>Not a terminal id.</h1>"), status_code=400
         )
-    page = render_device(v, time.time(), writes=who.writes, login=True, note=note)
+    try:
+        v: DeviceView | None = await run_in_threadpool(device_view, ch.db, device_id, who.sites)
+    except ChannelError:
+        v = None
+    sections, found = await incident_views.device_sections(request, device_id)
+    if v is None and not found:
+        return HTMLResponse(
+            pages.layout("posagent collector", "<h1>No such device.</h1>", operator_login=True),
+            status_code=404,
+        )
+    head = (
+        device_body(v, time.time(), writes=who.writes, note=note)
+        if v is not None
+        else f"<h1>Device {esc(device_id)}</h1>"
+    )
+    page = pages.layout(f"posagent device {device_id}", head + sections, operator_login=True)
     return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
 
 

@@ -449,17 +449,15 @@ def incident(
 # --------------------------------------------------------------------------- one device
 
 
-def device(
+def device_sections(
     name: str,
     incidents: list[Incident],
     incident_total: int,
     bundles: list[BundleRecord],
     bundle_total: int,
     now: float,
-    *,
-    operator_login: bool = False,
 ) -> str:
-    """A terminal: its incidents and its bundles, newest first."""
+    """A terminal's incidents and bundles, newest first (the sections of its page)."""
     brows = "".join(
         f"<tr data-bundle='{esc(r.bundle_id)}'><td class='mono'>"
         f"<a href='/bundles/{quote(r.bundle_id, safe='')}'>{esc(shown_time(r.created_at))}</a></td>"
@@ -468,8 +466,7 @@ def device(
         f"<td class='muted'>{esc(fmt_size(r.size_bytes))}</td></tr>"
         for r in bundles
     )
-    body = (
-        f"<h1>Terminal {esc(name)}</h1>"
+    return (
         f"<h2>Incidents</h2><p class='muted'>{len(incidents)} of {incident_total}. "
         f"<a href='{esc(_q('/incidents', device=name))}'>All of them</a></p>"
         f"{incident_table(incidents, now)}"
@@ -480,4 +477,3 @@ def device(
         + (brows or "<tr><td colspan='6' class='muted'>No bundles.</td></tr>")
         + "</tbody></table>"
     )
-    return _page(f"posagent terminal {name}", body, operator_login)

@@ -20,7 +20,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.bundle.style import esc
 from collector.access import Principal, principal_of
-from collector.auth import valid_device_id
 from collector.incidents import render
 from collector.incidents.inputs import list_filter
 from collector.incidents.model import BadInput, IncidentFilter, NotFound
@@ -113,24 +112,17 @@ async def incident_page(request: Request) -> Response:
     return await incident_page_with(request, int(raw), "", 200)
 
 
-async def device_page(request: Request) -> Response:
-    name = str(request.path_params["device"])
-    if not valid_device_id(name):
-        return _not_found("Not a terminal id.", 400)
-    inc, who, login = _service(request), principal_of(request), _login(request)
+async def device_sections(request: Request, name: str) -> tuple[str, bool]:
+    """A terminal's incidents and bundles within the principal's reach, as sections of
+    its page (`collector.channel.views`), and whether it has any."""
+    inc, who = _service(request), principal_of(request)
     index = request.app.state.collector.store.index
 
-    def go() -> str:
+    def go() -> tuple[str, bool]:
         items, total = inc.page(IncidentFilter(Query(device=name, limit=DEVICE_INCIDENTS)), who)
         q = who.restrict(Query(device=name, limit=DEVICE_BUNDLES))
-        return render.device(
-            name,
-            items,
-            total,
-            index.query(q),
-            index.count(q),
-            inc.clock(),
-            operator_login=login,
-        )
+        n = index.count(q)
+        html = render.device_sections(name, items, total, index.query(q), n, inc.clock())
+        return html, bool(total or n)
 
-    return HTMLResponse(await run_in_threadpool(go), headers=NO_STORE)
+    return await run_in_threadpool(go)

@@ -22,7 +22,8 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.bundle.sealed import add_ed25519, load_public_key, public_pem
-from collector.access import Principal, Role
+from collector.access import Role
+from collector.accounts import tokens, users
 from collector.channel import checkin, commands, devices, enroll, remote_config, silent
 from collector.channel.api import device_view, queue_command
 from collector.channel.errors import ChannelError
@@ -32,7 +33,15 @@ from collector.server import CollectorThread
 from collector.storage import BundleStore, open_store
 from collector.storage.sql import Database, database
 from tests.bundle.kit import make_bundle
-from tests.collector.kit import upload_headers
+from tests.collector.kit import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    admin_token,
+    bearer,
+    form_csrf,
+    login,
+    upload_headers,
+)
 from tests.conftest import posagent_argv, wait_until
 
 SITE = "Store 12"
@@ -49,7 +58,9 @@ class Terminal:
 
 
 class Fleet:
-    """A collector (one instance) with a command key and a store opened beside it."""
+    """A collector (one instance) with a command key and a store opened beside it; an
+    admin reads and commands through `http` (the read side is closed), the terminals
+    talk through `wire` (no operator credentials: only their own device tokens)."""
 
     def __init__(self, tmp: Path, **over: Any):
         tmp.mkdir(parents=True, exist_ok=True)
@@ -66,9 +77,12 @@ class Fleet:
         )
         if not Path(self.cfg.signing_key_file).exists():
             keygen(self.cfg.signing_key_file)
+        self.admin_token = admin_token(self.cfg)
         self.server = CollectorThread(self.cfg).start()
         self.url = self.server.url
-        self.http = requests.Session()
+        self.http = requests.Session()  # the admin's
+        self.http.headers.update(bearer(self.admin_token))
+        self.wire = requests.Session()  # the terminals'
         self.store: BundleStore = open_store(self.cfg)
         self.db: Database = database(self.store)
 
@@ -87,7 +101,7 @@ class Fleet:
             "boot_id": "boot-1",
             **extra,
         }
-        return self.http.post(f"{self.url}/v1/enroll", json=body, timeout=10), key
+        return self.wire.post(f"{self.url}/v1/enroll", json=body, timeout=10), key
 
     def terminal(self, device: str, site: str = SITE) -> Terminal:
         r, key = self.enroll(self.token(site), device)
@@ -108,7 +122,7 @@ class Fleet:
         }
         payload.update(body)
         url = f"{self.url}/v1/checkins" + (f"?wait={wait}" if wait else "")
-        return self.http.post(
+        return self.wire.post(
             url,
             json=payload,
             headers={"Authorization": f"Bearer {t.token}", "X-Posagent-Device": t.device},
@@ -119,8 +133,29 @@ class Fleet:
         body = {"kind": kind, "args": args or {}, **kw}
         return self.http.post(f"{self.url}/v1/devices/{device}/commands", json=body, timeout=10)
 
+    def as_user(self, name: str) -> requests.Session:
+        """A session reading with a new API token of the user `name`."""
+        s = requests.Session()
+        s.headers.update(
+            bearer(tokens.create(self.db, name, "t", actor="test", address="local")[1])
+        )
+        return s
+
+    def audit(self, action: str) -> list[dict[str, Any]]:
+        """The audit log's entries of one action (``GET /v1/audit``, as the admin)."""
+        r = self.http.get(f"{self.url}/v1/audit", params={"action": action}, timeout=10)
+        assert r.status_code == 200, r.text
+        return [json.loads(line) for line in r.text.splitlines()]
+
+    def incidents(self, **params: str) -> list[dict[str, Any]]:
+        """``GET /v1/incidents`` as the admin."""
+        r = self.http.get(f"{self.url}/v1/incidents", params=params, timeout=10)
+        assert r.status_code == 200, r.text
+        return list(r.json()["incidents"])
+
     def close(self) -> None:
         self.http.close()
+        self.wire.close()
         self.server.stop()
         self.store.close()
 
@@ -178,7 +213,7 @@ def test_enrollment_and_its_refusals(fleet: Fleet) -> None:
     for bad in ({"device_id": "../x"}, {"ed25519_public_key": "not a key"}):
         r, _ = fleet.enroll(fleet.token(), "T-0006", **bad)
         assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
-    r = fleet.http.post(f"{fleet.url}/v1/enroll", data=b"{", timeout=10)
+    r = fleet.wire.post(f"{fleet.url}/v1/enroll", data=b"{", timeout=10)
     assert r.status_code == 400
     # nothing of the refused attempts was stored; the refused token kept its last use
     with fleet.db.transaction(write=False) as tx:
@@ -216,7 +251,7 @@ def test_reenrollment_keeps_history_and_verifies_bundles_with_enrolled_keys(flee
     signed = add_ed25519(make_bundle(device="T-0001").data, t.key)
     bid = json.loads(_manifest(signed))["bundle_id"]
     h = upload_headers(bid, signed, t.token, "T-0001")
-    r = fleet.http.put(f"{fleet.url}/v1/bundles/{bid}", data=signed, headers=h, timeout=10)
+    r = fleet.wire.put(f"{fleet.url}/v1/bundles/{bid}", data=signed, headers=h, timeout=10)
     assert r.status_code == 201, r.text
     got = fleet.http.get(f"{fleet.url}/v1/bundles/{bid}", timeout=10)
     assert got.status_code == 200
@@ -232,12 +267,19 @@ def test_reenrollment_keeps_history_and_verifies_bundles_with_enrolled_keys(flee
     d = fleet.http.get(f"{fleet.url}/v1/devices/T-0001", timeout=10).json()
     assert d["enrollments"] == 2 and len(d["key_ids"]) == 2
     assert [c["kind"] for c in d["commands"]] == ["selftest"]  # its history stays
+    # both enrollments and the queued command are in the audit log, with who did them
+    for action in ("device.enroll", "device.reenroll"):
+        (e,) = fleet.audit(action)
+        assert (e["actor"], e["target"], e["detail"]["site"]) == ("device:T-0001", "T-0001", SITE)
+    (q,) = fleet.audit("command.queue")
+    assert (q["actor"], q["target"], q["detail"]["kind"]) == (ADMIN, "T-0001", "selftest")
+    assert q["detail"]["command"] == d["commands"][0]["command_id"]
     # bundles signed by either key verify; one signed by a stranger's key is refused
     for key, expect in ((t.key, 201), (new_key, 201), (Ed25519PrivateKey.generate(), 422)):
         b = make_bundle(device="T-0001", seed=int.from_bytes(uuid.uuid4().bytes[:2], "big"))
         data = add_ed25519(b.data, key)
         h = upload_headers(b.bundle_id, data, t2.token, "T-0001")
-        r = fleet.http.put(
+        r = fleet.wire.put(
             f"{fleet.url}/v1/bundles/{b.bundle_id}", data=data, headers=h, timeout=10
         )
         assert r.status_code == expect, r.text
@@ -293,6 +335,9 @@ def test_checkin_stores_state_and_delivers_signed_commands_until_answered(fleet:
     listed = fleet.http.get(f"{fleet.url}/v1/devices/T-0001/commands", timeout=10).json()
     c = listed["commands"][0]
     assert (c["status"], c["detail"], c["deliveries"]) == ("done", "bundle 0190 made", 2)
+    (res,) = fleet.audit("command.result")  # the terminal's answer, audited once
+    assert (res["actor"], res["target"]) == ("device:T-0001", "T-0001")
+    assert (res["detail"]["command"], res["detail"]["status"]) == (cid, "done")
     # the same result again (a reply lost on the way), or a result for another device's
     # command, changes nothing
     other = fleet.terminal("T-0002")
@@ -428,13 +473,20 @@ def test_silent_then_back_with_the_outage_duration(fleet: Fleet) -> None:
         assert silent.sweep(fleet.db, t0 + 3 * 60 + 1) == ["T-0001"]
         assert silent.sweep(fleet.db, t0 + 3 * 60 + 2) == []  # once
     event = [e for e in logs if e["event"] == "device_silent"]
-    assert len(event) == 1 and event[0]["summary"] == {"battery_pct": 4, "ac_online": False}
+    assert len(event) == 1 and event[0]["device"] == "T-0001" and event[0]["site"] == SITE
     assert event[0]["last_seen"] == t0
+    # the fleet-side incident: one, open, critical, its summary the last summary in words
+    (inc,) = fleet.incidents(fault="device.silent")
+    assert (inc["device"], inc["site"], inc["source"]) == ("T-0001", SITE, "fleet")
+    assert (inc["status"], inc["active"], inc["severity"]) == ("open", True, "critical")
+    assert inc["bundles"] == 0
+    assert inc["summary"] == "T-0001 stopped checking in (last: battery 4 %, AC lost)"
     with fleet.db.transaction(write=False) as tx:
         d = devices.get(tx, "T-0001")
         assert d is not None and d.state(t0 + 400) == "silent"
-    page = fleet.http.get(f"{fleet.url}/devices/T-0001", timeout=10)
-    assert page.status_code == 200 and "Silent since" in page.text
+    # (its page's "Silent since": test_device_pages_show_state_and_queue_a_capture)
+    d_json = fleet.http.get(f"{fleet.url}/v1/devices/T-0001", timeout=10).json()
+    assert d_json["state"] == "silent" and d_json["silent_since"]
 
     back = replace(ci, boot_id="boot-2", summary={"battery_pct": 80, "ac_online": True})
     with structlog.testing.capture_logs() as logs:
@@ -450,6 +502,13 @@ def test_silent_then_back_with_the_outage_duration(fleet: Fleet) -> None:
     assert (o.last_seen, o.silent_at, o.back_at, o.outage_s) == (t0, t0 + 181, t0 + 1000, 1000.0)
     assert o.last_summary == {"battery_pct": 4, "ac_online": False} and o.rebooted is True
     assert d is not None and d.silent_since is None and d.state(t0 + 1001) == "ok"
+    # its return cleared the incident, which lasted the outage
+    assert fleet.incidents(fault="device.silent", status="unresolved")[0]["id"] == inc["id"]
+    (cleared,) = fleet.incidents(fault="device.silent")
+    assert cleared["id"] == inc["id"] and cleared["active"] is False
+    assert cleared["duration_s"] == 1000.0 and cleared["cleared_at"] is not None
+    events = fleet.http.get(f"{fleet.url}/v1/incidents/{inc['id']}", timeout=10).json()["events"]
+    assert sorted(e["kind"] for e in events) == ["cleared", "opened"]
     # the next silence waits for the interval the terminal now reports
     checkin.process(
         fleet.db,
@@ -480,9 +539,17 @@ def test_silent_worker_sweeps_on_its_clock(tmp_path: Path) -> None:
             )
         finally:
             worker.stop()
+        (inc,) = f.incidents(fault="device.silent")
+        assert (inc["device"], inc["status"], inc["active"]) == ("T-0001", "open", True)
+        assert inc["summary"] == (
+            "T-0001 stopped checking in (last: battery 54 %, link up, 2 bundles queued)"
+        )
         assert f.checkin(t).status_code == 200
         d = f.http.get(f"{f.url}/v1/devices/T-0001", timeout=10).json()
         assert d["state"] == "ok" and d["outages"][0]["outage_s"] >= 0
+        (cleared,) = f.incidents(fault="device.silent")
+        assert cleared["id"] == inc["id"] and cleared["active"] is False
+        assert cleared["duration_s"] == pytest.approx(d["outages"][0]["outage_s"], abs=0.01)
     finally:
         f.close()
 
@@ -587,7 +654,7 @@ def test_cli_keygen_enroll_tokens_and_remote_config(tmp_path: Path) -> None:
 def test_rotate_token_old_works_until_the_new_is_used(fleet: Fleet) -> None:
     t = fleet.terminal("T-0001")
     h = {"Authorization": f"Bearer {t.token}", "X-Posagent-Device": t.device}
-    r = fleet.http.post(f"{fleet.url}/v1/devices/self/token", headers=h, timeout=10)
+    r = fleet.wire.post(f"{fleet.url}/v1/devices/self/token", headers=h, timeout=10)
     assert r.status_code == 200, r.text
     new = replace(t, token=r.json()["device_token"])
     assert fleet.checkin(t).status_code == 200  # the reply may have been lost: old still works
@@ -597,13 +664,29 @@ def test_rotate_token_old_works_until_the_new_is_used(fleet: Fleet) -> None:
 
 
 def test_devices_and_commands_are_scoped_by_principal(fleet: Fleet) -> None:
+    """Users of tenant Acme (which owns Store A) reach Store A's devices only, through the
+    functions and over HTTP: support queues commands there, a merchant only reads, a
+    device out of reach answers 404 as one that does not exist."""
     fleet.terminal("T-A1", site="Store A")
     fleet.terminal("T-A2", site="Store A")
     fleet.terminal("T-B1", site="Store B")
-    a_support = Principal("sam", Role.SUPPORT, sites=frozenset({"Store A"}))
-    a_merchant = Principal("mo", Role.MERCHANT, sites=frozenset({"Store A"}))
-    nobody = Principal("x", Role.SUPPORT, sites=frozenset())
+    with fleet.db.transaction() as tx:
+        users.place_site(tx, "Store A", "Acme")
+        users.place_site(tx, "Store B", "Beta")
+    for name, role, tenant in (
+        ("sam", Role.SUPPORT, "Acme"),
+        ("mo", Role.MERCHANT, "Acme"),
+        ("x", Role.SUPPORT, "Empty"),  # a tenant with no sites
+    ):
+        users.add_user(
+            fleet.db, name, role, password="a long password 1", tenants_=[tenant],
+            actor="test", address="local",
+        )  # fmt: skip
+    accounts = [users.get_user(fleet.db, n) for n in ("sam", "mo", "x")]
     with fleet.db.transaction(write=False) as tx:
+        a_support, a_merchant, nobody = (users.principal(tx, u, "token") for u in accounts)
+        assert a_support.sites == a_merchant.sites == frozenset({"Store A"})
+        assert nobody.sites == frozenset()
         assert [d.id for d in devices.listing(tx, a_support.sites)[0]] == ["T-A1", "T-A2"]
         assert devices.listing(tx, a_support.sites, site="Store B") == ([], 0)
         assert devices.listing(tx, nobody.sites) == ([], 0)
@@ -622,35 +705,79 @@ def test_devices_and_commands_are_scoped_by_principal(fleet: Fleet) -> None:
     assert e.value.code == 403
     cmd = queue_command(ch, "T-A1", {"kind": "selftest"}, who=a_support, address="t", now=now)
     assert cmd.issued_by == "sam"
-    listing = fleet.http.get(f"{fleet.url}/v1/devices?site=Store+A&limit=1", timeout=10).json()
+
+    # the same over HTTP, with each user's own API token
+    url = fleet.url
+    sam, mo, x = (fleet.as_user(n) for n in ("sam", "mo", "x"))
+    listing = sam.get(f"{url}/v1/devices?site=Store+A&limit=1", timeout=10).json()
     assert listing["total"] == 2 and [d["device_id"] for d in listing["devices"]] == ["T-A1"]
+    mine = sam.get(f"{url}/v1/devices", timeout=10).json()
+    assert [d["device_id"] for d in mine["devices"]] == ["T-A1", "T-A2"]
+    assert sam.get(f"{url}/v1/devices?site=Store+B", timeout=10).json()["total"] == 0
+    assert x.get(f"{url}/v1/devices", timeout=10).json()["total"] == 0
+    assert fleet.http.get(f"{url}/v1/devices", timeout=10).json()["total"] == 3  # the admin
+    for path in ("/v1/devices/T-B1", "/v1/devices/T-B1/commands"):
+        denied, absent = (
+            sam.get(url + path, timeout=10),
+            sam.get(url + path.replace("B1", "Z9"), timeout=10),
+        )
+        assert denied.status_code == absent.status_code == 404, path
+        assert denied.json()["error"].replace("B1", "Z9") == absent.json()["error"]
+    body = {"kind": "selftest"}
+    assert sam.post(f"{url}/v1/devices/T-B1/commands", json=body, timeout=10).status_code == 404
+    assert mo.post(f"{url}/v1/devices/T-A1/commands", json=body, timeout=10).status_code == 403
+    assert mo.get(f"{url}/v1/devices/T-A1", timeout=10).status_code == 200  # merchants read
+    r = sam.post(f"{url}/v1/devices/T-A1/commands", json=body, timeout=10)
+    assert r.status_code == 201 and r.json()["command"]["issued_by"] == "sam"
+    issued = sam.get(f"{url}/v1/devices/T-A1/commands", timeout=10).json()["commands"]
+    assert [c["issued_by"] for c in issued] == ["sam", "sam"]
+    assert [
+        c["kind"] for c in mo.get(f"{url}/v1/devices/T-A1/commands", timeout=10).json()["commands"]
+    ] == ["selftest", "selftest"]
+    for s in (sam, mo, x):
+        s.close()
 
 
 def test_device_pages_show_state_and_queue_a_capture(fleet: Fleet) -> None:
+    """The pages as a browser uses them: a logged-in admin's session, its CSRF token."""
     t = fleet.terminal("T-0001")
     assert (
         fleet.checkin(t, summary={"battery_pct": 7, "printer": "<b>paper</b>"}).status_code == 200
     )
-    lst = fleet.http.get(f"{fleet.url}/devices", timeout=10)
+    browser = requests.Session()
+    assert login(browser, fleet.url, ADMIN, ADMIN_PASSWORD, "/devices").status_code == 303
+    lst = browser.get(f"{fleet.url}/devices", timeout=10)
     assert lst.status_code == 200 and "T-0001" in lst.text
     assert "default-src 'none'" in lst.headers["content-security-policy"]
-    r = fleet.http.post(
+    page = browser.get(f"{fleet.url}/devices/T-0001", timeout=10)
+    assert page.status_code == 200 and "&lt;b&gt;paper&lt;/b&gt;" in page.text
+    assert "<b>paper" not in page.text
+    form = {"kind": "capture", "note": "from the page"}
+    forged = browser.post(f"{fleet.url}/devices/T-0001/commands", data=form, timeout=10)
+    assert forged.status_code == 403 and "CSRF" in forged.text  # no token: nothing queued
+    r = browser.post(
         f"{fleet.url}/devices/T-0001/commands",
-        data={"kind": "capture", "note": "from the page"},
+        data={**form, "csrf": form_csrf(page.text)},
         allow_redirects=False,
         timeout=10,
     )
     assert r.status_code == 303 and r.headers["location"] == "/devices/T-0001"
-    page = fleet.http.get(f"{fleet.url}/devices/T-0001", timeout=10).text
-    assert "&lt;b&gt;paper&lt;/b&gt;" in page and "<b>paper" not in page
-    assert "capture" in page and "queued" in page
-    env = verify(t, fleet.checkin(t).json()["commands"][0])
+    page = browser.get(f"{fleet.url}/devices/T-0001", timeout=10)
+    assert "capture" in page.text and "queued" in page.text
+    (wire,) = fleet.checkin(t).json()["commands"]  # the forged post queued nothing
+    env = verify(t, wire)
     assert env["args"] == {"note": "from the page"}
-    bad = fleet.http.post(
-        f"{fleet.url}/devices/T-0001/commands", data={"kind": "shell"}, timeout=10
+    bad = browser.post(
+        f"{fleet.url}/devices/T-0001/commands",
+        data={"kind": "shell", "csrf": form_csrf(page.text)},
+        timeout=10,
     )
     assert bad.status_code == 400 and "kind must be one of" in bad.text
-    assert fleet.http.get(f"{fleet.url}/devices/T-9", timeout=10).status_code == 404
+    assert browser.get(f"{fleet.url}/devices/T-9", timeout=10).status_code == 404
+    # a silent device's page says since when
+    assert silent.sweep(fleet.db, time.time() + 3 * 60 + 5) == ["T-0001"]
+    assert "Silent since" in browser.get(f"{fleet.url}/devices/T-0001", timeout=10).text
+    browser.close()
 
 
 def test_a_tokens_file_device_checks_in_and_gets_commands(tmp_path: Path) -> None:
@@ -667,7 +794,17 @@ def test_a_tokens_file_device_checks_in_and_gets_commands(tmp_path: Path) -> Non
         r, _ = f.enroll(f.token(site="Store 9"), "T-FILE")
         assert r.status_code == 409
         h = {"Authorization": f"Bearer {token}", "X-Posagent-Device": "T-FILE"}
-        r = f.http.post(f"{f.url}/v1/devices/self/token", headers=h, timeout=10)
+        r = f.wire.post(f"{f.url}/v1/devices/self/token", headers=h, timeout=10)
         assert r.status_code == 409 and "add-device --rotate" in r.json()["error"]
     finally:
         f.close()
+
+
+def test_an_enrollment_token_with_a_tenant_places_its_site(fleet: Fleet) -> None:
+    """`enroll-token create --site S --tenant T` gives S to T (its people then see what
+    enrolls there); a site another tenant holds is refused in one line."""
+    db = database(fleet.store)
+    enroll.create_token(db, site="Store 7", tenant="Acme", by="test", now=time.time())
+    assert users.site_tenants(db)["Store 7"] == "Acme"
+    with pytest.raises(ValueError, match="belongs to tenant 'Acme'"):
+        enroll.create_token(db, site="Store 7", tenant="Beta", by="test", now=time.time())

@@ -215,6 +215,10 @@ class DeviceTokens:
         """The devices of the tokens file."""
         return self.file.devices()
 
+    def reload(self) -> None:
+        """Read the tokens file again now (the enrolled devices are read per lookup)."""
+        self.file.reload()
+
 
 def add_device(
     path: str | Path, device_id: str, *, rotate: bool = False, site: str | None = None

@@ -317,15 +317,22 @@ def device_view(db: Database, device_id: str, sites: frozenset[str] | None) -> D
         return DeviceView(d, commands.recent(tx, device_id, 50), outages(tx, device_id, 20))
 
 
-async def get_device(request: Request) -> Response:
+async def _view(request: Request) -> DeviceView | Response:
+    """The path's device within the principal's reach, or the error answer (404)."""
     ch: Channel = _col(request).channel
     who = principal_of(request)
     try:
-        v = await run_in_threadpool(
+        return await run_in_threadpool(
             device_view, ch.db, str(request.path_params["device_id"]), who.sites
         )
     except ChannelError as e:
         return error(e)
+
+
+async def get_device(request: Request) -> Response:
+    v = await _view(request)
+    if isinstance(v, Response):
+        return v
     now = time.time()
     out = v.device.to_json(now)
     out["commands"] = [c.to_json(now) for c in v.commands]
@@ -334,14 +341,9 @@ async def get_device(request: Request) -> Response:
 
 
 async def get_commands(request: Request) -> Response:
-    ch: Channel = _col(request).channel
-    who = principal_of(request)
-    try:
-        v = await run_in_threadpool(
-            device_view, ch.db, str(request.path_params["device_id"]), who.sites
-        )
-    except ChannelError as e:
-        return error(e)
+    v = await _view(request)
+    if isinstance(v, Response):
+        return v
     now = time.time()
     return JSONResponse({"commands": [c.to_json(now) for c in v.commands]})
 

@@ -240,6 +240,33 @@ def where_clause(q: Query, placeholder: str, *, with_fault: bool = True) -> tupl
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def count_query(q: Query, placeholder: str) -> tuple[str, list[Any]]:
+    """The SQL (with the engine's placeholder) and values of `Index.count`: the summary
+    table `bundle_counts` (migration 0004) when q has no time window, else the rows."""
+    where, params = where_clause(q, placeholder)
+    table, total = (
+        ("bundle_counts", "COALESCE(SUM(n), 0)") if untimed(q) else ("bundles", "COUNT(*)")
+    )
+    return f"SELECT {total} FROM {table}{where}", params
+
+
+def counts_query(q: Query, placeholder: str) -> tuple[str, list[Any]]:
+    """The SQL and values of `Index.counts` (by fault key, ignoring q.fault), from the
+    summary table when q has no time window."""
+    where, params = where_clause(q, placeholder, with_fault=False)
+    if untimed(q):
+        sql = (
+            f"SELECT fault_key, SUM(n) FROM bundle_counts{where} "
+            "GROUP BY fault_key HAVING SUM(n) > 0 ORDER BY SUM(n) DESC, fault_key"
+        )
+    else:
+        sql = (
+            f"SELECT fault_key, COUNT(*) FROM bundles{where} "
+            "GROUP BY fault_key ORDER BY COUNT(*) DESC, fault_key"
+        )
+    return sql, params
+
+
 # --------------------------------------------------------------------------- composition
 
 

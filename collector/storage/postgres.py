@@ -29,8 +29,9 @@ from collector.storage.base import (
     Query,
     StorageError,
     Timed,
+    count_query,
+    counts_query,
     timed,
-    untimed,
     where_clause,
 )
 from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
@@ -222,28 +223,14 @@ class PostgresIndex(Timed):
 
     @timed("index_count")
     def count(self, q: Query) -> int:
-        where, params = where_clause(q, "%s")
-        if untimed(q):  # the summary table (migration 0004), not the rows
-            sql = f"SELECT COALESCE(SUM(n), 0) FROM bundle_counts{where}"
-        else:
-            sql = f"SELECT COUNT(*) FROM bundles{where}"
+        sql, params = count_query(q, "%s")
         with self._conn() as conn:
             row = conn.execute(sql, params).fetchone()
         return int(row[0]) if row else 0
 
     @timed("index_counts")
     def counts(self, q: Query) -> dict[str, int]:
-        where, params = where_clause(q, "%s", with_fault=False)
-        if untimed(q):
-            sql = (
-                f"SELECT fault_key, SUM(n) FROM bundle_counts{where} "
-                "GROUP BY fault_key HAVING SUM(n) > 0 ORDER BY SUM(n) DESC, fault_key"
-            )
-        else:
-            sql = (
-                f"SELECT fault_key, COUNT(*) FROM bundles{where} "
-                "GROUP BY fault_key ORDER BY COUNT(*) DESC, fault_key"
-            )
+        sql, params = counts_query(q, "%s")
         with self._conn() as conn:
             rows = conn.execute(sql, params).fetchall()
         return {str(k): int(n) for k, n in rows}

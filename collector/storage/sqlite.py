@@ -21,8 +21,9 @@ from collector.storage.base import (
     StorageError,
     StorageFull,
     Timed,
+    count_query,
+    counts_query,
     timed,
-    untimed,
     where_clause,
 )
 from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
@@ -239,11 +240,7 @@ class SqliteIndex(Timed):
 
     @timed("index_count")
     def count(self, q: Query) -> int:
-        where, params = where_clause(q, "?")
-        if untimed(q):  # the summary table (migration 0004), not the rows
-            sql = f"SELECT COALESCE(SUM(n), 0) FROM bundle_counts{where}"
-        else:
-            sql = f"SELECT COUNT(*) FROM bundles{where}"
+        sql, params = count_query(q, "?")
         try:
             row = self._conn().execute(sql, params).fetchone()
         except sqlite3.Error as e:
@@ -252,17 +249,7 @@ class SqliteIndex(Timed):
 
     @timed("index_counts")
     def counts(self, q: Query) -> dict[str, int]:
-        where, params = where_clause(q, "?", with_fault=False)
-        if untimed(q):
-            sql = (
-                f"SELECT fault_key, SUM(n) FROM bundle_counts{where} "
-                "GROUP BY fault_key HAVING SUM(n) > 0 ORDER BY SUM(n) DESC, fault_key"
-            )
-        else:
-            sql = (
-                f"SELECT fault_key, COUNT(*) FROM bundles{where} "
-                "GROUP BY fault_key ORDER BY COUNT(*) DESC, fault_key"
-            )
+        sql, params = counts_query(q, "?")
         try:
             rows = self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as e:

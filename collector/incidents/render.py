@@ -48,6 +48,7 @@ EXTRA_CSS = (
     "</style>"
 )
 LABEL_CHARS = 40
+TAKEN = ("me", "nobody")  # the list's "taken by" choices (`views.page_filter` reads them)
 
 
 def status_badge(status: str) -> str:
@@ -259,10 +260,11 @@ def incident_list(
         + field("device", "Terminal")
         + field("site", "Site")
         + field("assignee", "Assignee")
+        + select("taken", "Taken by", TAKEN)
         + field("since", "Since (UTC)", "datetime-local")
         + field("until", "Until (UTC)", "datetime-local")
         + "<button type='submit' id='apply'>Filter</button>"
-        "<a class='button light' href='/incidents'>Clear</a></form>"
+        "<a class='button light' id='clear' href='/incidents'>Clear</a></form>"
     )
     kept = {k: v for k, v in params.items() if k != "offset"}
     pager = [f"<span class='muted' id='total'>{total} incident(s)</span>"]
@@ -285,7 +287,11 @@ def incident_list(
 # --------------------------------------------------------------------------- one incident
 
 
+_STATUS_KINDS = (EventKind.ACKNOWLEDGED, EventKind.RESOLVED, EventKind.REOPENED)
+
+
 def _detail_text(ev: Event) -> str:
+    """An event's detail in words (a link to its bundle where it has one)."""
     d = ev.detail
     if ev.kind is EventKind.BUNDLE:
         bid = str(d.get("bundle_id", ""))
@@ -305,6 +311,17 @@ def _detail_text(ev: Event) -> str:
         return f"critical and unacknowledged for {esc(fmt_duration(float(d.get('after_s') or 0)))}"
     if ev.kind is EventKind.NOTE:
         return f"{esc(d.get('channel'))} with {esc(d.get('contact') or 'the merchant')}"
+    if ev.kind in _STATUS_KINDS and "from" in d and "to" in d:
+        return f"from {esc(d.get('from'))} to {esc(d.get('to'))}"
+    if ev.kind is EventKind.OPENED:
+        bid = str(d.get("bundle_id") or "")
+        source = (
+            f"{esc(d.get('trigger_kind'))} bundle "
+            f"<a class='mono' href='/bundles/{quote(bid, safe='')}'>{esc(bid)}</a>"
+            if bid
+            else "the collector"
+        )
+        return f"{esc(d.get('summary') or d.get('fault_key'))}, raised by {source}"
     text = json.dumps(d, ensure_ascii=False, default=str)
     return esc(text[:300])
 

@@ -2,7 +2,9 @@
 
 - ``GET /``: the home page, the fleet at a glance (a ``/`` with the bundle list's filters,
   an old bookmark, is redirected to ``/bundles`` with them);
-- ``GET /incidents``: the list with filters (those of ``GET /v1/incidents``);
+- ``GET /incidents``: the list with filters (those of ``GET /v1/incidents``, plus
+  ``taken``: ``me`` for the viewer's incidents, ``nobody`` for those no one took, which
+  the page's assignee field, empty for "any", cannot say);
 - ``GET /incidents/{id}``: one incident, its notes form and status buttons (for a
   principal who writes);
 - ``GET /devices/{device}``: one terminal's incidents and bundles.
@@ -12,6 +14,7 @@ Each reads with the request's principal and renders in the thread pool.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -61,12 +64,26 @@ async def home(request: Request) -> Response:
     return HTMLResponse(await run_in_threadpool(go), headers=NO_STORE)
 
 
+def page_filter(params: Mapping[str, str], who: Principal) -> IncidentFilter:
+    """The list page's filters: the API's (`list_filter`; empty values already dropped)
+    and ``taken`` (me, nobody) as the assignee it stands for. BadInput names what is off."""
+    api = {k: v for k, v in params.items() if k != "taken"}
+    taken = params.get("taken", "")
+    if taken:
+        if taken not in render.TAKEN:
+            raise BadInput(f"taken must be one of {', '.join(render.TAKEN)}")
+        if "assignee" in api:
+            raise BadInput("give an assignee or choose 'taken by', not both")
+        api["assignee"] = who.name if taken == "me" else ""
+    return list_filter(api)
+
+
 async def incident_list(request: Request) -> Response:
     params = {k: v for k, v in request.query_params.items() if v}
     inc, who, login = _service(request), principal_of(request), _login(request)
     error = ""
     try:
-        f = list_filter(params)
+        f = page_filter(params, who)
     except BadInput as e:
         error, f = str(e), IncidentFilter()
 

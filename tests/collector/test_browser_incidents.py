@@ -61,15 +61,11 @@ class Ops:
     incident: dict[str, int] = field(default_factory=dict)  # label -> incident id
     uploaded: dict[str, bytes] = field(default_factory=dict)  # bundle id -> bytes
 
-    def upload(self, device: str, fault: str, severity: str, ago: float = 0, **kw: Any) -> str:
+    def upload(self, device: str, fault: str, severity: str, at: float, **kw: Any) -> str:
+        """A real sealed bundle made at `at` uploaded with the device's token; its id."""
         site = DEVICES[device][0]
         b = make_bundle(
-            device=device,
-            site=site,
-            fault=fault,
-            severity=severity,
-            created_at=time.time() - ago,
-            **kw,
+            device=device, site=site, fault=fault, severity=severity, created_at=at, **kw
         )
         h = upload_headers(b.bundle_id, b.data, self.tokens[device], device)
         r = self.http.put(
@@ -148,7 +144,7 @@ def ops(tmp_path: Path) -> Iterator[Ops]:
         http.headers.update(bearer(api_token))
         o = Ops(server.url, tokens, http)
         for label, (dev, fault, sev, ago) in SEED.items():
-            o.upload(dev, fault, sev, ago, seed=len(o.uploaded))
+            o.upload(dev, fault, sev, time.time() - ago, seed=len(o.uploaded))
             o.incident[label] = o.incident_of(dev, fault)
         yield o
 
@@ -182,6 +178,30 @@ def _filter(page: Any, **fields: str) -> None:
             target.fill(value)
     with page.expect_navigation():
         page.click("#apply")
+
+
+def _post_form(page: Any, action: str, **fields: str) -> int:
+    """A form the page does not offer, made in the page and sent with the session's CSRF
+    token (the log-out form's) as a browser sends any form; the answer's status."""
+    with page.expect_navigation() as nav:
+        page.evaluate(
+            """([action, fields]) => {
+                const f = document.createElement("form");
+                f.method = "post";
+                f.action = action;
+                const csrf = document.querySelector("#logout-form input[name=csrf]").value;
+                for (const [k, v] of Object.entries({...fields, csrf})) {
+                    const i = document.createElement("input");
+                    i.type = "hidden"; i.name = k; i.value = v;
+                    f.appendChild(i);
+                }
+                document.body.appendChild(f);
+                f.submit();
+            }""",
+            [action, fields],
+        )
+    status: int = nav.value.status
+    return status
 
 
 # --------------------------------------------------------------------------- the home page
@@ -252,7 +272,8 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
     expect(page.locator("#whoami")).to_have_text(f"{SUPPORT} (support)")
     expect(page.locator("#incidents tbody tr[data-incident]")).to_have_count(4)
 
-    raised = ops.upload("T-0003", "printer.paper_end", "critical", ago=60, seed=11)
+    t0 = time.time() - 600
+    raised = ops.upload("T-0003", "printer.paper_end", "critical", t0, seed=11)
     page.reload()
     row = page.locator("#incidents tbody tr[data-incident]", has_text="T-0003").filter(
         has_text="printer.paper_end"
@@ -301,7 +322,7 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
     expect(note).to_contain_text(f"phone · {SUPPORT} with Ana, store manager")
     expect(note.locator(".note-text")).to_have_text(said)
 
-    cleared = ops.upload("T-0003", "printer.paper_end", "critical", kind="cleared", seed=12)
+    cleared = ops.upload("T-0003", "printer.paper_end", "critical", t0 + 150, kind="cleared")
     page.reload()
     expect(facts.locator("tr", has_text="Now")).to_contain_text("cleared at")
     expect(page.locator(f"#incident-bundles tr[data-bundle='{cleared}']")).to_have_count(1)
@@ -309,17 +330,19 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
     submit("#to-resolved")
     expect(h1.locator(".st")).to_have_text("resolved")
     expect(page.locator("#to-open")).to_have_text("Reopen")
-    what_who = page.locator("#events tbody tr").evaluate_all(
-        "rs => rs.map(r => [r.cells[1].innerText, r.cells[2].innerText])"
+    history = page.locator("#events tbody tr").evaluate_all(
+        "rs => rs.map(r => [1, 2, 3].map(i => r.cells[i].innerText))"
     )
-    assert what_who[:6] == [
-        ["resolved", SUPPORT],
-        ["bundle", "system"],
-        ["cleared", "system"],
-        ["note", SUPPORT],
-        ["assigned", SUPPORT],
-        ["acknowledged", SUPPORT],
-    ]  # newest first
+    assert history == [
+        ["resolved", SUPPORT, "from acknowledged to resolved"],
+        ["bundle", "system", f"cleared bundle {cleared}"],
+        ["cleared", "system", "cleared after 2 min"],
+        ["note", SUPPORT, "phone with Ana, store manager"],
+        ["assigned", SUPPORT, f"assigned to {SUPPORT} (was nobody)"],
+        ["acknowledged", SUPPORT, "from open to acknowledged"],
+        ["bundle", "system", f"fault bundle {raised}"],
+        ["opened", "system", f"printer.paper_end on T-0003, raised by fault bundle {raised}"],
+    ]  # newest first, in words
 
     with page.expect_download() as dl:
         page.click("#export")
@@ -380,4 +403,124 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
     assert audit.status_code == 200, audit.text
     assert f'"target":"{iid}"' in audit.text.replace(" ", "")
     assert SUPPORT in audit.text
+    assert page.errors == []
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def test_the_list_filters_by_status_and_assignee(ops: Ops, page: Any) -> None:
+    """The status select and the assignee field narrow the list (and keep their values
+    on the page that answers); the 'taken by' select finds the incidents nobody took and
+    one's own."""
+    expect, url, inc = _expect(), ops.url, ops.incident
+    ops.set_status("link", status="acknowledged", assignee=SUPPORT)
+    ops.set_status("cover", status="resolved")
+    ops.set_status("paper", assignee="ana-support")
+    _login_at(page, url, "/incidents", SUPPORT, SUPPORT_PASSWORD)
+    expect(page.locator("#total")).to_have_text("4 incident(s)")
+
+    def shown(**fields: str) -> set[int]:
+        _filter(page, **fields)
+        for name, value in fields.items():
+            expect(page.locator(f"#f-{name}")).to_have_value(value)
+        return _shown_incidents(page)
+
+    assert shown(status="open") == {inc["paper"], inc["battery"]}
+    assert "status=open" in page.url
+    expect(page.locator("#total")).to_have_text("2 incident(s)")
+    assert shown(status="acknowledged") == {inc["link"]}
+    assert shown(status="resolved") == {inc["cover"]}
+    assert shown(status="unresolved") == {inc["paper"], inc["link"], inc["battery"]}
+    assert shown(severity="warning") == {inc["battery"]}
+    assert shown(status="", severity="", assignee=SUPPORT) == {inc["link"]}
+    assert shown(assignee="ana-support") == {inc["paper"]}
+    assert shown(status="acknowledged", assignee="ana-support") == set()
+    expect(page.locator("#incidents tbody")).to_contain_text("No incidents match.")
+    assert shown(status="", assignee="", taken="nobody") == {inc["cover"], inc["battery"]}
+    assert shown(status="unresolved", taken="nobody") == {inc["battery"]}
+    assert shown(status="", taken="me") == {inc["link"]}
+    assert page.errors == []
+    # a name and "nobody" at once: the page says why (400), and keeps the filters
+    _filter(page, assignee="ana-support", taken="nobody")
+    expect(page.locator(".card .error")).to_have_text(
+        "give an assignee or choose 'taken by', not both"
+    )
+    expect(page.locator("#f-assignee")).to_have_value("ana-support")
+    expect(page.locator("#f-taken")).to_have_value("nobody")
+    with page.expect_navigation():
+        page.click("#clear")
+    expect(page.locator("#total")).to_have_text("4 incident(s)")
+    expect(page.locator("#f-status")).to_have_value("")
+
+
+# --------------------------------------------------------------------------- tenants
+
+
+def test_a_merchant_sees_their_tenant_and_is_denied_the_other_by_url(
+    ops: Ops, page: Any, tmp_path: Path
+) -> None:
+    """Acme's merchant: the home page counts, the charts, the list and the fleet's faults
+    hold Acme's incidents only; Beta's incident page, its JSON, its export and Beta's
+    terminal page answer 404 as if they did not exist; Acme's incident reads without a
+    form to change it (a status posted with the session's CSRF token is refused 403) and
+    exports."""
+    expect, url, inc = _expect(), ops.url, ops.incident
+    _login_at(page, url, "/", MERCHANT, MERCHANT_PASSWORD)
+    expect(page.locator("#whoami")).to_have_text(f"{MERCHANT} (merchant)")
+    expect(page.locator("#tile-critical b")).to_have_text("1")
+    expect(page.locator("#tile-warning b")).to_have_text("1")
+    expect(page.locator("#trouble-sites tbody tr")).to_have_count(1)
+    expect(page.locator("#trouble-sites tbody")).to_contain_text("Store 12")
+    terminals = page.locator("#trouble-terminals tbody tr td:first-child")
+    expect(terminals).to_have_text(["T-0001", "T-0003"], ignore_case=False)
+    expect(page.locator("#top-7 svg.bars g")).to_have_count(2)
+    expect(page.locator("#top-30 svg.bars g")).to_have_count(2)
+    main = page.locator("main").inner_text()
+    for beta in ("Store 7", "T-0002", "network.link_down", "power.battery_low"):
+        assert beta not in main
+
+    page.goto(url + "/incidents")
+    assert _shown_incidents(page) == {inc[x] for x in ACME}
+    expect(page.locator("#total")).to_have_text("2 incident(s)")
+    page.goto(url + "/incidents?site=Store+7")
+    expect(page.locator("#total")).to_have_text("0 incident(s)")
+
+    beta = inc["link"]
+    for path in (
+        f"/incidents/{beta}",
+        f"/v1/incidents/{beta}",
+        f"/v1/incidents/{beta}/export",
+        "/devices/T-0002",
+    ):
+        answer = page.goto(url + path)
+        assert answer is not None and answer.status == 404, path
+    page.goto(f"{url}/incidents/{beta}")
+    expect(page.locator("h1")).to_have_text("No such incident.")
+    faults = page.goto(url + "/v1/fleet/faults?days=30")
+    assert faults is not None and faults.status == 200
+    assert {x["fault_key"] for x in faults.json()["faults"]} == {
+        "printer.paper_end",
+        "printer.cover_open",
+    }
+
+    own = inc["paper"]
+    page.goto(f"{url}/incidents/{own}")
+    expect(page.locator("h1")).to_contain_text(f"#{own} printer.paper_end on T-0001")
+    expect(page.locator("#actions")).to_have_count(0)
+    expect(page.locator("#note-form")).to_have_count(0)
+    for target, refused in ((own, 403), (beta, 404)):
+        page.goto(f"{url}/incidents/{own}")
+        assert _post_form(page, f"/v1/incidents/{target}/status", status="resolved") == refused
+    page.errors.clear()  # the console reports those two refusals
+    page.goto(f"{url}/incidents/{own}")
+    with page.expect_download() as dl:
+        page.click("#export")
+    saved = tmp_path / "own.zip"
+    dl.value.save_as(saved)
+    with zipfile.ZipFile(saved) as zf:
+        assert f"incident-{own}/index.html" in zf.namelist()
+    assert ops.incident_of("T-0001", "printer.paper_end") == own
+    r = ops.http.get(f"{url}/v1/incidents/{own}", timeout=30)
+    assert r.json()["status"] == "open"  # the refused post changed nothing
     assert page.errors == []

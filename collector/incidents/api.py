@@ -127,13 +127,15 @@ async def _post(
     answer as JSON or (for a form) a redirect or the page with the error."""
     inc = service(request)
     form, iid = False, 0
+    data: dict[str, Any] = {}
     try:
         iid = incident_id(request)
         data, form = await read_body(request)
         out = await run_in_threadpool(act, inc, iid, data, form)
     except (IncidentError, TooLarge) as e:
-        if form and not isinstance(e, NotFound | Forbidden):  # the page again, with the error
-            return await views.incident_page_with(request, iid, str(e), answer(e).status_code)
+        if form and not isinstance(e, NotFound | Forbidden):  # the page again: the error, and
+            code = answer(e).status_code  # what was sent back in its form (nothing lost)
+            return await views.incident_page_with(request, iid, str(e), code, data)
         return answer(e)
     if form:
         return RedirectResponse(f"/incidents/{iid}", status_code=303)

@@ -347,7 +347,7 @@ def _bundle_rows(bundles: list[GroupedBundle]) -> str:
     return "".join(rows)
 
 
-def _actions(inc: Incident) -> str:
+def _actions(inc: Incident, kept: Mapping[str, str]) -> str:
     base = f"/v1/incidents/{inc.id}/status"
     buttons = {
         Status.OPEN: (("acknowledged", "Acknowledge"), ("resolved", "Resolve")),
@@ -363,23 +363,29 @@ def _actions(inc: Incident) -> str:
     forms.append(
         f"<form class='inline' method='post' action='{base}'>{csrf_field()}"
         f"<input type='text' name='assignee' id='assignee' maxlength='100' "
-        f"value='{esc(inc.assignee)}' placeholder='assignee'>"
+        f"value='{esc(kept.get('assignee', inc.assignee))}' placeholder='assignee'>"
         "<button type='submit' class='light button' id='assign'>Assign</button></form>"
     )
     return "".join(forms)
 
 
-def _note_form(inc: Incident) -> str:
-    opts = "".join(f"<option value='{c.value}'>{c.value}</option>" for c in Channel)
+def _note_form(inc: Incident, kept: Mapping[str, str]) -> str:
+    """The note form, filled with what was sent when it comes back with an error."""
+    chosen = kept.get("channel", "")
+    opts = "".join(
+        f"<option value='{c.value}'{' selected' if c.value == chosen else ''}>{c.value}</option>"
+        for c in Channel
+    )
     return (
         f"<form class='note' method='post' action='/v1/incidents/{inc.id}/notes' id='note-form'>"
         f"{csrf_field()}"
         f"<label>Channel <select name='channel' id='note-channel'>{opts}</select></label>"
         "<label>Who at the merchant <input type='text' name='contact' id='note-contact' "
-        "maxlength='200'></label>"
-        "<label>When (UTC; empty: now) <input type='datetime-local' name='at' id='note-at'></label>"
+        f"maxlength='200' value='{esc(kept.get('contact', ''))}'></label>"
+        "<label>When (UTC; empty: now) <input type='datetime-local' name='at' id='note-at' "
+        f"value='{esc(kept.get('at', ''))}'></label>"
         "<label>What was said and agreed<textarea name='text' id='note-text' maxlength='4000' "
-        "required></textarea></label>"
+        f"required>{esc(kept.get('text', ''))}</textarea></label>"
         "<div><button type='submit' id='add-note'>Add note</button></div></form>"
     )
 
@@ -390,9 +396,14 @@ def incident(
     *,
     can_write: bool,
     error: str = "",
+    kept: Mapping[str, Any] | None = None,
     operator_login: bool = False,
 ) -> str:
-    """One incident: what, where, when, how long, how often; its notes, bundles, events."""
+    """One incident: what, where, when, how long, how often; its notes, bundles, events.
+
+    kept: the fields of a form that came back with `error`, shown again in its form
+    (nothing typed is lost)."""
+    sent = {k: v for k, v in (kept or {}).items() if isinstance(v, str)}
     inc = d.incident
     if inc.active:
         state = f"still raised, for {fmt_duration(now - inc.episode_at)} in this episode"
@@ -440,12 +451,12 @@ def incident(
         "Export for a dispute (.zip)</a></p>",
     ]
     if can_write:
-        parts.append(f"<div class='card' id='actions'>{_actions(inc)}</div>")
+        parts.append(f"<div class='card' id='actions'>{_actions(inc, sent)}</div>")
     parts.append(
         f"<h2>Notes</h2><div id='notes'>{notes or '<p class=muted>No notes yet.</p>'}</div>"
     )
     if can_write:
-        parts.append(f"<div class='card'>{_note_form(inc)}</div>")
+        parts.append(f"<div class='card'>{_note_form(inc, sent)}</div>")
     shown = len(d.bundles)
     parts.append(
         f"<h2>Bundles</h2><p class='muted'>{shown} of {d.bundle_total}, newest first.</p>"

@@ -15,6 +15,7 @@ Each reads with the request's principal and renders in the thread pool.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -105,18 +106,25 @@ async def incident_list(request: Request) -> Response:
     )
 
 
-def _incident_html(inc: Incidents, iid: int, who: Principal, error: str, login: bool) -> str | None:
+def _incident_html(
+    inc: Incidents, iid: int, who: Principal, error: str, kept: Mapping[str, Any], login: bool
+) -> str | None:
     try:
         d = inc.detail(iid, who)
     except NotFound:
         return None
-    return render.incident(d, inc.clock(), can_write=who.writes, error=error, operator_login=login)
+    return render.incident(
+        d, inc.clock(), can_write=who.writes, error=error, kept=kept, operator_login=login
+    )
 
 
-async def incident_page_with(request: Request, iid: int, error: str, code: int) -> Response:
-    """The incident page, with a form's error when there is one (answered with code)."""
+async def incident_page_with(
+    request: Request, iid: int, error: str, code: int, kept: Mapping[str, Any] | None = None
+) -> Response:
+    """The incident page, with a form's error when there is one (answered with code) and
+    the fields that form sent (kept: shown again in it)."""
     inc, who, login = _service(request), principal_of(request), _login(request)
-    page = await run_in_threadpool(_incident_html, inc, iid, who, error, login)
+    page = await run_in_threadpool(_incident_html, inc, iid, who, error, kept or {}, login)
     if page is None:
         return _not_found("No such incident.")
     return HTMLResponse(page, status_code=code, headers=NO_STORE)

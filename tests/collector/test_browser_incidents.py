@@ -313,8 +313,21 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
     said = "Ana loaded a new paper roll and closed the cover.\nWe call back at 9:00 to check."
     page.select_option("#note-channel", "phone")
     page.fill("#note-contact", "Ana, store manager")
-    page.fill("#note-at", time.strftime("%Y-%m-%dT%H:%M", time.gmtime(called)))
+    page.fill("#note-at", "1999-12-31T10:30")  # a slip of the year: refused, nothing lost
     page.fill("#note-text", said)
+    with page.expect_navigation() as nav:
+        page.click("#add-note")
+    assert nav.value.status == 400
+    expect(page.locator("#form-error")).to_have_text(
+        "at must be between 2000-01-01 and a day from now"
+    )
+    expect(page.locator("#notes .note")).to_have_count(0)
+    expect(page.locator("#note-channel")).to_have_value("phone")
+    expect(page.locator("#note-contact")).to_have_value("Ana, store manager")
+    expect(page.locator("#note-at")).to_have_value("1999-12-31T10:30")
+    expect(page.locator("#note-text")).to_have_value(said)
+    page.errors.clear()  # the console reports the 400
+    page.fill("#note-at", time.strftime("%Y-%m-%dT%H:%M", time.gmtime(called)))
     submit("#add-note")
     note = page.locator("#notes .note")
     expect(note).to_have_count(1)
@@ -412,7 +425,7 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
 def test_the_list_filters_by_status_and_assignee(ops: Ops, page: Any) -> None:
     """The status select and the assignee field narrow the list (and keep their values
     on the page that answers); the 'taken by' select finds the incidents nobody took and
-    one's own."""
+    one's own. A stale incident page's button answers with the reason and the state now."""
     expect, url, inc = _expect(), ops.url, ops.incident
     ops.set_status("link", status="acknowledged", assignee=SUPPORT)
     ops.set_status("cover", status="resolved")
@@ -452,6 +465,18 @@ def test_the_list_filters_by_status_and_assignee(ops: Ops, page: Any) -> None:
         page.click("#clear")
     expect(page.locator("#total")).to_have_text("4 incident(s)")
     expect(page.locator("#f-status")).to_have_value("")
+
+    # a page left open while someone else took the incident: its button answers why
+    page.goto(f"{url}/incidents/{inc['battery']}")
+    ops.set_status("battery", status="acknowledged", assignee="ana-support")
+    with page.expect_navigation() as nav:
+        page.click("#to-acknowledged")
+    assert nav.value.status == 409
+    expect(page.locator("#form-error")).to_have_text(
+        f"incident {inc['battery']} is already acknowledged"
+    )
+    expect(page.locator("h1 .st")).to_have_text("acknowledged")
+    expect(page.locator("#assignee")).to_have_value("ana-support")
 
 
 # --------------------------------------------------------------------------- tenants

@@ -10,7 +10,7 @@ back to the page.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -290,15 +290,21 @@ def incident_list(
 _STATUS_KINDS = (EventKind.ACKNOWLEDGED, EventKind.RESOLVED, EventKind.REOPENED)
 
 
-def _detail_text(ev: Event) -> str:
-    """An event's detail in words (a link to its bundle where it has one)."""
+def _bundle_page(bundle_id: str) -> str:
+    return f"/bundles/{quote(bundle_id, safe='')}"
+
+
+def event_words(ev: Event, bundle_href: Callable[[str], str] = _bundle_page) -> str:
+    """An event's detail in words, as HTML (a link to its bundle, at bundle_href, where it
+    has one): the incident page's history and the dispute export's."""
     d = ev.detail
+
+    def bundle(bid: str) -> str:
+        return f"<a class='mono' href='{esc(bundle_href(bid))}'>{esc(bid)}</a>"
+
     if ev.kind is EventKind.BUNDLE:
         bid = str(d.get("bundle_id", ""))
-        return (
-            f"{esc(d.get('trigger_kind'))} bundle "
-            f"<a class='mono' href='/bundles/{quote(bid, safe='')}'>{esc(bid)}</a>"
-        )
+        return f"{esc(d.get('trigger_kind'))} bundle {bundle(bid)}"
     if ev.kind is EventKind.CLEARED:
         return f"cleared after {esc(fmt_duration(float(d.get('duration_s') or 0)))}"
     if ev.kind is EventKind.REOPENED and "repeats" in d:
@@ -315,12 +321,7 @@ def _detail_text(ev: Event) -> str:
         return f"from {esc(d.get('from'))} to {esc(d.get('to'))}"
     if ev.kind is EventKind.OPENED:
         bid = str(d.get("bundle_id") or "")
-        source = (
-            f"{esc(d.get('trigger_kind'))} bundle "
-            f"<a class='mono' href='/bundles/{quote(bid, safe='')}'>{esc(bid)}</a>"
-            if bid
-            else "the collector"
-        )
+        source = f"{esc(d.get('trigger_kind'))} bundle {bundle(bid)}" if bid else "the collector"
         return f"{esc(d.get('summary') or d.get('fault_key'))}, raised by {source}"
     text = json.dumps(d, ensure_ascii=False, default=str)
     return esc(text[:300])
@@ -436,7 +437,7 @@ def incident(
     )
     event_rows = "".join(
         f"<tr><td class='mono'>{esc(shown_time(e.at))}</td><td>{esc(e.kind.value)}</td>"
-        f"<td>{esc(e.actor)}</td><td>{_detail_text(e)}</td></tr>"
+        f"<td>{esc(e.actor)}</td><td>{event_words(e)}</td></tr>"
         for e in reversed(d.events)
     )
     err = f"<p class='error' id='form-error'>{esc(error)}</p>" if error else ""

@@ -4,7 +4,8 @@
 - `needs_chromium`: the mark that skips a module when Debian's Chromium is not installed;
 - `chromium()`: one launched browser (a module's tests share it: a launch costs seconds);
 - `log_in(page, name, password)`: the login form filled and sent as a person does;
-- `EXPECT_MS`: how long Playwright's auto-waiting expectations wait (a busy machine).
+- `EXPECT_MS`: how long Playwright's auto-waiting expectations (and a test's pages, with
+  ``context.set_default_timeout``) wait: long, for a busy machine.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-EXPECT_MS = 30_000
+EXPECT_MS = 60_000
 
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
 

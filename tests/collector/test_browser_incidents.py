@@ -32,7 +32,7 @@ from collector.server import CollectorThread
 from collector.storage import open_store
 from collector.storage.sql import database
 from tests.bundle.kit import KEY, make_bundle
-from tests.collector.browser import chromium, log_in, needs_chromium
+from tests.collector.browser import EXPECT_MS, chromium, log_in, needs_chromium
 from tests.collector.kit import ADMIN, ADMIN_PASSWORD, admin_token, bearer, upload_headers
 
 pytestmark = needs_chromium
@@ -102,6 +102,7 @@ def page(browser: Any) -> Iterator[Any]:
     """A fresh page in its own context (no cookie of another test), console errors kept
     on page.errors."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(EXPECT_MS)
     p = context.new_page()
     p.errors = []
     p.on("console", lambda m: p.errors.append(m.text) if m.type == "error" else None)
@@ -398,6 +399,10 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
     expect(contact).to_contain_text("We call back at 9:00 to check.")
     status = page.locator("table.facts tr", has_text="Status").first
     expect(status).to_contain_text("resolved")
+    history = page.locator("table.list tr", has_text="from acknowledged to resolved")
+    expect(history).to_contain_text(SUPPORT)  # the history in words, as on the page
+    page.locator(f"table.list tr:has-text('opened') a[href='#b-{raised}']").click()
+    assert page.url.endswith(f"#b-{raised}")  # to its evidence below
     for bid in (raised, cleared):
         section = page.locator(f"section[id='b-{bid}']")
         expect(section).to_contain_text("matches the digest recorded at receipt")
@@ -546,6 +551,15 @@ def test_a_merchant_sees_their_tenant_and_is_denied_the_other_by_url(
     with zipfile.ZipFile(saved) as zf:
         assert f"incident-{own}/index.html" in zf.namelist()
     assert ops.incident_of("T-0001", "printer.paper_end") == own
+    # the own incident leads to its terminal and its bundle, screenshot included
+    page.goto(f"{url}/incidents/{own}")
+    with page.expect_navigation():
+        page.locator("#facts a[href='/devices/T-0001']").click()
+    expect(page.locator(f"#incidents tr[data-incident='{own}']")).to_have_count(1)
+    page.goto(f"{url}/incidents/{own}")
+    with page.expect_navigation():
+        page.locator("#incident-bundles tr[data-bundle] a").first.click()
+    expect(page.locator("#screenshot")).to_have_count(1)
     r = ops.http.get(f"{url}/v1/incidents/{own}", timeout=30)
     assert r.json()["status"] == "open"  # the refused post changed nothing
     assert page.errors == []

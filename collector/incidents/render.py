@@ -37,6 +37,7 @@ EXTRA_CSS = (
     "min-width:11rem;text-decoration:none;color:#1d2330}"
     ".tile b{display:block;font-size:1.8rem;line-height:1.1}"
     ".cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:1rem}"
+    ".cols>div{min-width:0;overflow-x:auto}"  # a wide table scrolls in its column
     "form.inline{display:inline-flex;gap:.4rem;align-items:end;margin:0 .6rem .4rem 0}"
     "form.note{display:grid;gap:.4rem;max-width:44rem}"
     "form.note textarea{font:inherit;min-height:5rem;padding:.3rem;border:1px solid #c5ccd8;"
@@ -44,7 +45,12 @@ EXTRA_CSS = (
     "form input,form select{font:inherit;padding:.25rem .4rem;border:1px solid #c5ccd8;"
     "border-radius:4px}"
     ".note-text{white-space:pre-wrap}"
-    "svg.bars rect.bar{fill:#4a6fa5}svg.bars text{font-size:12px}"
+    "table.bars{width:100%;border-collapse:collapse;font-size:.85rem}"
+    "table.bars th{text-align:left;font-weight:normal;padding:.15rem .5rem .15rem 0;"
+    "width:38%;word-break:break-all}"
+    "table.bars td{padding:.15rem 0 .15rem .5rem}table.bars td.barcell{width:30%;padding-left:0}"
+    "table.bars .bar{display:block;height:.9rem;min-width:2px;background:#4a6fa5;"
+    "border-radius:2px}"
     "</style>"
 )
 LABEL_CHARS = 40
@@ -112,21 +118,15 @@ def incident_table(items: Iterable[Incident], now: float, empty: str = "No incid
 # --------------------------------------------------------------------------- the chart
 
 
-def bar_chart(lines: list[FaultLine], width: int = 560, row_h: int = 24) -> str:
-    """A horizontal bar per fault key (its incidents), labelled with its terminals and sites."""
+def bar_chart(lines: list[FaultLine]) -> str:
+    """A horizontal bar per fault key (its incidents), labelled with its terminals and
+    sites: an HTML table whose bars are sized by CSS, so the browser lays out every word
+    (an SVG of fixed width cut long keys and labels off)."""
     if not lines:
         return "<p class='muted'>No incidents in this period.</p>"
-    label_w, num_w = 230, 170
-    bar_w = width - label_w - num_w
     top = max(x.incidents for x in lines) or 1
-    h = row_h * len(lines) + 6
-    parts = [
-        f"<svg class='bars' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{h}' "
-        f"role='img' aria-label='incidents by fault key'>"
-    ]
-    for n, x in enumerate(lines):
-        y = 3 + n * row_h
-        w = max(2, round(bar_w * x.incidents / top))
+    rows = []
+    for x in lines:
         key = (
             x.fault_key if len(x.fault_key) <= LABEL_CHARS else x.fault_key[: LABEL_CHARS - 1] + "…"
         )
@@ -134,14 +134,17 @@ def bar_chart(lines: list[FaultLine], width: int = 560, row_h: int = 24) -> str:
             f"{x.incidents} incident{'s' if x.incidents != 1 else ''}, {x.terminals} terminal"
             f"{'s' if x.terminals != 1 else ''}, {x.sites} site{'s' if x.sites != 1 else ''}"
         )
-        parts.append(
-            f"<g><title>{esc(x.fault_key)}: {esc(words)}</title>"
-            f"<text x='0' y='{y + 16}'>{esc(key)}</text>"
-            f"<rect class='bar' x='{label_w}' y='{y + 3}' width='{w}' height='{row_h - 8}'/>"
-            f"<text x='{label_w + w + 6}' y='{y + 16}'>{esc(words)}</text></g>"
+        pct = max(1.0, round(100 * x.incidents / top, 1))
+        rows.append(
+            f"<tr data-fault='{esc(x.fault_key)}' title='{esc(x.fault_key)}: {esc(words)}'>"
+            f"<th class='mono'>{esc(key)}</th><td class='barcell'>"
+            f"<span class='bar' style='width:{pct}%'></span></td><td>{esc(words)}</td></tr>"
         )
-    parts.append("</svg>")
-    return "".join(parts)
+    return (
+        "<table class='bars' aria-label='incidents by fault key'><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _fault_list(lines: list[FaultLine], since: float) -> str:
@@ -217,9 +220,9 @@ def home(h: Home, now: float, *, operator_login: bool = False) -> str:
         f"<div><h3>Sites</h3>{_trouble_sites(h.sites)}</div>"
         f"<div><h3>Terminals</h3>{_trouble_terminals(h.terminals)}</div></div>"
         "<h2>Top fault keys</h2><div class='cols'>"
-        f"<div class='card svgwrap' id='top-7'><h3>Last 7 days</h3>{bar_chart(h.week)}"
+        f"<div class='card' id='top-7'><h3>Last 7 days</h3>{bar_chart(h.week)}"
         f"{_fault_list(h.week, week)}</div>"
-        f"<div class='card svgwrap' id='top-30'><h3>Last 30 days</h3>{bar_chart(h.month)}"
+        f"<div class='card' id='top-30'><h3>Last 30 days</h3>{bar_chart(h.month)}"
         f"{_fault_list(h.month, month)}</div></div>"
     )
     return _page("posagent collector", body, operator_login)

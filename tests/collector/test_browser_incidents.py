@@ -208,7 +208,7 @@ def _post_form(page: Any, action: str, **fields: str) -> int:
 # --------------------------------------------------------------------------- the home page
 
 
-def test_home_page_shows_the_fleet_at_a_glance(ops: Ops, page: Any) -> None:
+def test_home_page_shows_the_fleet_at_a_glance(ops: Ops, page: Any, tmp_path: Path) -> None:
     """Unresolved incidents by severity, the sites and terminals in trouble, the top fault
     keys of 7 and 30 days as a chart; a tile leads to the matching incidents."""
     expect, url = _expect(), ops.url
@@ -238,14 +238,31 @@ def test_home_page_shows_the_fleet_at_a_glance(ops: Ops, page: Any) -> None:
     expect(t2).to_contain_text("power.battery_low")
 
     for chart in ("#top-7", "#top-30"):
-        bars = page.locator(f"{chart} svg.bars g")
+        bars = page.locator(f"{chart} .bars [data-fault]")
         expect(bars).to_have_count(4)
-        titles = set(bars.locator("title").all_text_contents())
-        assert "printer.paper_end: 1 incident, 1 terminal, 1 site" in titles
-        assert {t.split(":")[0] for t in titles} == {f for _, f, _, _ in SEED.values()}
-        box = page.locator(f"{chart} svg.bars rect.bar").first.bounding_box()
+        assert set(bars.evaluate_all("rs => rs.map(r => r.dataset.fault)")) == {
+            f for _, f, _, _ in SEED.values()
+        }
+        paper = bars.filter(has_text="printer.paper_end")
+        expect(paper).to_contain_text("1 incident, 1 terminal, 1 site")
+        box = paper.locator(".bar").bounding_box()
         assert box is not None and box["width"] > 100  # drawn, at a readable size
+        # every word shown whole: nothing of the chart is cut off or hidden by its card
+        clipped = page.locator(chart).evaluate(
+            "c => [c, ...c.querySelectorAll('*')].filter(e => e.scrollWidth > e.clientWidth"
+            " && getComputedStyle(e).display !== 'inline').map(e => e.outerHTML.slice(0, 80))"
+        )
+        assert clipped == []
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    spilled = page.locator("main").evaluate(
+        "m => [...m.querySelectorAll('.cols > div')].filter(d => d.scrollWidth > d.clientWidth"
+        " && getComputedStyle(d).overflowX !== 'auto').map(d => d.innerText.slice(0, 40))"
+    )
+    assert spilled == []  # each of the two columns fits, or scrolls within itself
 
+    picture = tmp_path / "home.png"
+    page.screenshot(path=str(picture), full_page=True)
+    assert picture.stat().st_size > 10_000
     with page.expect_navigation():
         tile("critical").click()
     assert "status=unresolved" in page.url and "severity=critical" in page.url
@@ -358,6 +375,7 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
         ["opened", "system", f"printer.paper_end on T-0003, raised by fault bundle {raised}"],
     ]  # newest first, in words
 
+    page.screenshot(path=str(tmp_path / "incident.png"), full_page=True)
     with page.expect_download() as dl:
         page.click("#export")
     download = dl.value
@@ -504,8 +522,8 @@ def test_a_merchant_sees_their_tenant_and_is_denied_the_other_by_url(
     expect(page.locator("#trouble-sites tbody")).to_contain_text("Store 12")
     terminals = page.locator("#trouble-terminals tbody tr td:first-child")
     expect(terminals).to_have_text(["T-0001", "T-0003"], ignore_case=False)
-    expect(page.locator("#top-7 svg.bars g")).to_have_count(2)
-    expect(page.locator("#top-30 svg.bars g")).to_have_count(2)
+    expect(page.locator("#top-7 .bars [data-fault]")).to_have_count(2)
+    expect(page.locator("#top-30 .bars [data-fault]")).to_have_count(2)
     main = page.locator("main").inner_text()
     for beta in ("Store 7", "T-0002", "network.link_down", "power.battery_low"):
         assert beta not in main

@@ -401,9 +401,11 @@ def incident(
     can_write: bool,
     error: str = "",
     kept: Mapping[str, Any] | None = None,
+    remedy_html: str = "",
     operator_login: bool = False,
 ) -> str:
-    """One incident: what, where, when, how long, how often; its notes, bundles, events.
+    """One incident: what, where, when, how long, how often; what to do (remedy_html, made
+    by the caller); its notes, bundles, events.
 
     kept: the fields of a form that came back with `error`, shown again in its form
     (nothing typed is lost)."""
@@ -451,6 +453,7 @@ def incident(
         "<div class='card'><table class='facts' id='facts'>"
         + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
         + "</table></div>",
+        remedy_html,
         f"<p><a class='button light' id='export' href='/v1/incidents/{inc.id}/export'>"
         "Export for a dispute (.zip)</a></p>",
     ]

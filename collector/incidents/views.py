@@ -5,7 +5,8 @@
 - ``GET /incidents``: the list with filters (those of ``GET /v1/incidents``, plus
   ``taken``: ``me`` for the viewer's incidents, ``nobody`` for those no one took, which
   the page's assignee field, empty for "any", cannot say);
-- ``GET /incidents/{id}``: one incident, its notes form and status buttons (for a
+- ``GET /incidents/{id}``: one incident, what to do about it (its fault key's remedy in
+  the reader's language, `collector.remedies`), its notes form and status buttons (for a
   principal who writes);
 - ``GET /devices/{device}``: one terminal's incidents and bundles.
 
@@ -24,15 +25,18 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.bundle.style import esc
 from collector.access import Principal, principal_of
+from collector.i18n import negotiate
 from collector.incidents import render
 from collector.incidents.inputs import list_filter
 from collector.incidents.model import BadInput, IncidentFilter, NotFound
 from collector.incidents.service import Incidents
-from collector.pages import layout
+from collector.pages import layout, remedy_block
+from collector.remedies import remedy_for
 from collector.storage import Query
 
 BUNDLE_FILTERS = ("device", "site", "fault", "severity", "since", "until", "limit", "offset")
 NO_STORE = {"Cache-Control": "no-store"}
+BY_LANGUAGE = {"Vary": "Accept-Language"}  # the incident page's remedy is in the reader's
 DEVICE_INCIDENTS = 100
 DEVICE_BUNDLES = 50
 
@@ -107,14 +111,25 @@ async def incident_list(request: Request) -> Response:
 
 
 def _incident_html(
-    inc: Incidents, iid: int, who: Principal, error: str, kept: Mapping[str, Any], login: bool
+    request: Request, iid: int, who: Principal, error: str, kept: Mapping[str, Any]
 ) -> str | None:
+    inc, cfg = _service(request), request.app.state.collector.cfg
     try:
         d = inc.detail(iid, who)
     except NotFound:
         return None
+    lang = negotiate(request.headers.get("accept-language"))
+    what_to_do = remedy_block(
+        remedy_for(d.incident.fault_key, cfg, lang), lang, cleared=not d.incident.active
+    )
     return render.incident(
-        d, inc.clock(), can_write=who.writes, error=error, kept=kept, operator_login=login
+        d,
+        inc.clock(),
+        can_write=who.writes,
+        error=error,
+        kept=kept,
+        remedy_html=what_to_do,
+        operator_login=_login(request),
     )
 
 
@@ -123,11 +138,11 @@ async def incident_page_with(
 ) -> Response:
     """The incident page, with a form's error when there is one (answered with code) and
     the fields that form sent (kept: shown again in it)."""
-    inc, who, login = _service(request), principal_of(request), _login(request)
-    page = await run_in_threadpool(_incident_html, inc, iid, who, error, kept or {}, login)
+    who = principal_of(request)
+    page = await run_in_threadpool(_incident_html, request, iid, who, error, kept or {})
     if page is None:
         return _not_found("No such incident.")
-    return HTMLResponse(page, status_code=code, headers=NO_STORE)
+    return HTMLResponse(page, status_code=code, headers={**NO_STORE, **BY_LANGUAGE})
 
 
 async def incident_page(request: Request) -> Response:

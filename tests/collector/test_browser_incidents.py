@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 import requests
 
+from agent.bundle.remedies import CLEARED_NOTE, remedy
 from collector.access import Role
 from collector.accounts import users
 from collector.accounts.devices import place_device
 from collector.config import CollectorConfig
+from collector.i18n import translator
 from collector.server import CollectorThread
 from collector.storage import open_store
 from collector.storage.sql import database
@@ -311,6 +313,10 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
     expect(facts.locator("tr", has_text="Now")).to_contain_text("still raised")
     expect(page.locator(f"#incident-bundles tr[data-bundle='{raised}']")).to_have_count(1)
     expect(page.locator("#notes")).to_contain_text("No notes yet.")
+    paper = remedy("printer.paper_end")  # what to do, for the merchant and for support
+    expect(page.locator("#remedy-merchant")).to_have_text(paper.merchant)
+    expect(page.locator("#remedy-support")).to_have_text(paper.support)
+    expect(page.locator("#remedy")).not_to_contain_text("has cleared")
 
     def submit(selector: str) -> None:
         with page.expect_navigation():
@@ -356,6 +362,7 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
     cleared = ops.upload("T-0003", "printer.paper_end", "critical", t0 + 150, kind="cleared")
     page.reload()
     expect(facts.locator("tr", has_text="Now")).to_contain_text("cleared at")
+    expect(page.locator("#remedy")).to_contain_text(CLEARED_NOTE)
     expect(page.locator(f"#incident-bundles tr[data-bundle='{cleared}']")).to_have_count(1)
 
     submit("#to-resolved")
@@ -569,6 +576,17 @@ def test_a_merchant_sees_their_tenant_and_is_denied_the_other_by_url(
     with zipfile.ZipFile(saved) as zf:
         assert f"incident-{own}/index.html" in zf.namelist()
     assert ops.incident_of("T-0001", "printer.paper_end") == own
+    # a merchant whose browser asks for Chinese reads what to do in Chinese
+    zh = page.context.browser.new_context(locale="zh-CN")
+    try:
+        zh_page = zh.new_page()
+        _login_at(zh_page, url, f"/incidents/{own}", MERCHANT, MERCHANT_PASSWORD)
+        expect(zh_page.locator("#remedy")).to_have_attribute("lang", "zh-Hans")
+        said = translator("zh-Hans").gettext(remedy("printer.paper_end").merchant)
+        assert said != remedy("printer.paper_end").merchant  # the catalog has it
+        expect(zh_page.locator("#remedy-merchant")).to_have_text(said)
+    finally:
+        zh.close()
     # the own incident leads to its terminal and its bundle, screenshot included
     page.goto(f"{url}/incidents/{own}")
     with page.expect_navigation():

@@ -294,7 +294,12 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
 
     t0 = time.time() - 600
     raised = ops.upload("T-0003", "printer.paper_end", "critical", t0, seed=11)
-    page.reload()
+    page.goto(url + "/")  # the home page counts it at once
+    expect(page.locator("#tile-critical b")).to_have_text("3")
+    expect(page.locator("#trouble-terminals tr", has_text="T-0003")).to_contain_text(
+        "printer.paper_end"
+    )
+    page.goto(url + "/incidents")
     row = page.locator("#incidents tbody tr[data-incident]", has_text="T-0003").filter(
         has_text="printer.paper_end"
     )
@@ -446,6 +451,16 @@ def test_a_fault_followed_by_support_until_resolved_and_exported(
     assert audit.status_code == 200, audit.text
     assert f'"target":"{iid}"' in audit.text.replace(" ", "")
     assert SUPPORT in audit.text
+
+    # resolved, it leaves the home page's counts; reopened, it is back
+    page.goto(url + "/")
+    expect(page.locator("#tile-critical b")).to_have_text("2")
+    page.goto(f"{url}/incidents/{iid}")
+    submit("#to-open")
+    expect(h1.locator(".st")).to_have_text("open")
+    expect(page.locator("#events tbody tr").first).to_contain_text("from resolved to open")
+    page.goto(url + "/")
+    expect(page.locator("#tile-critical b")).to_have_text("3")
     assert page.errors == []
 
 

@@ -14,7 +14,8 @@ wraps every handler; each narrows what it reads with `collector.access.principal
 - ``POST /v1/incidents/{id}/status``: ``{"status": open|acknowledged|resolved, "assignee":
   name or "" (≤ 100)}`` (one or both): 200 with the incident; 409 for a transition the
   status does not allow (`model.TRANSITIONS`) or one already made;
-- ``GET /v1/incidents/{id}/export``: the dispute export (`collector.incidents.export`);
+- ``GET /v1/incidents/{id}/export``: the dispute export (`collector.incidents.export`),
+  audited as ``incident.export`` (it hands out the incident's bundles and screenshots);
 - ``GET /v1/fleet/faults?days=7`` (1-366): per fault key, the incidents active over the
   window, their terminals and sites (``"printer.paper_end at 37 terminals in 5 sites"``).
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -126,13 +127,15 @@ async def _post(
     answer as JSON or (for a form) a redirect or the page with the error."""
     inc = service(request)
     form, iid = False, 0
+    data: dict[str, Any] = {}
     try:
         iid = incident_id(request)
         data, form = await read_body(request)
         out = await run_in_threadpool(act, inc, iid, data, form)
     except (IncidentError, TooLarge) as e:
-        if form and not isinstance(e, NotFound | Forbidden):  # the page again, with the error
-            return await views.incident_page_with(request, iid, str(e), answer(e).status_code)
+        if form and not isinstance(e, NotFound | Forbidden):  # the page again: the error, and
+            code = answer(e).status_code  # what was sent back in its form (nothing lost)
+            return await views.incident_page_with(request, iid, str(e), code, data)
         return answer(e)
     if form:
         return RedirectResponse(f"/incidents/{iid}", status_code=303)
@@ -196,9 +199,18 @@ async def fleet_faults(request: Request) -> Response:
 async def export_incident(request: Request) -> Response:
     inc, who = service(request), principal_of(request)
     col = request.app.state.collector
+
+    def build(iid: int) -> tuple[IO[bytes], str]:
+        out, name = export.build(col, inc, iid, who)
+        try:  # the export hands out the incident's bundles and screenshots: audited
+            _audit(request, "incident.export", iid, {"file": name})
+        except BaseException:
+            out.close()
+            raise
+        return out, name
+
     try:
-        iid = incident_id(request)
-        out, name = await run_in_threadpool(export.build, col, inc, iid, who)
+        out, name = await run_in_threadpool(build, incident_id(request))
     except IncidentError as e:
         return answer(e)
 

@@ -3,7 +3,8 @@ bank (``GET /v1/incidents/{id}/export``, scoped like every read).
 
 ``incident-<id>/`` in the zip holds:
 - ``index.html``: the incident (what, where, when, duration, repeats, status), its notes
-  (each contact with the merchant) and its history; then, per bundle, its report, its
+  (each contact with the merchant) and its history in words (as on the incident page, a
+  bundle linked to its section; ``incident.json`` has each event's raw detail); then, per bundle, its report, its
   screenshot (inline), its timeline chart, the bundle's SHA-256 as recorded at receipt
   and as read now, and the signature check made again now with the device's key on
   file (HMAC or Ed25519: verified, not checkable without a key, or failed with the
@@ -197,6 +198,11 @@ def _bundle_html(c: Checked, inline: bool) -> str:
     return "".join(parts)
 
 
+def _section(bundle_id: str) -> str:
+    """A bundle's section on the export's page (its evidence below)."""
+    return f"#b-{bundle_id}"
+
+
 def page(d: Detail, sections: list[str], now: float, by: str) -> str:
     inc = d.incident
     facts = [
@@ -224,7 +230,7 @@ def page(d: Detail, sections: list[str], now: float, by: str) -> str:
     )
     history = "".join(
         f"<tr><td>{esc(shown_time(e.at))}</td><td>{esc(e.kind.value)}</td><td>{esc(e.actor)}</td>"
-        f"<td class='mono'>{esc(json.dumps(e.detail, ensure_ascii=False)[:400])}</td></tr>"
+        f"<td>{render.event_words(e, _section)}</td></tr>"
         for e in d.events
         if e.kind is not EventKind.NOTE
     )

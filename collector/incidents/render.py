@@ -10,7 +10,7 @@ back to the page.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -37,6 +37,7 @@ EXTRA_CSS = (
     "min-width:11rem;text-decoration:none;color:#1d2330}"
     ".tile b{display:block;font-size:1.8rem;line-height:1.1}"
     ".cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:1rem}"
+    ".cols>div{min-width:0;overflow-x:auto}"  # a wide table scrolls in its column
     "form.inline{display:inline-flex;gap:.4rem;align-items:end;margin:0 .6rem .4rem 0}"
     "form.note{display:grid;gap:.4rem;max-width:44rem}"
     "form.note textarea{font:inherit;min-height:5rem;padding:.3rem;border:1px solid #c5ccd8;"
@@ -44,10 +45,16 @@ EXTRA_CSS = (
     "form input,form select{font:inherit;padding:.25rem .4rem;border:1px solid #c5ccd8;"
     "border-radius:4px}"
     ".note-text{white-space:pre-wrap}"
-    "svg.bars rect.bar{fill:#4a6fa5}svg.bars text{font-size:12px}"
+    "table.bars{width:100%;border-collapse:collapse;font-size:.85rem}"
+    "table.bars th{text-align:left;font-weight:normal;padding:.15rem .5rem .15rem 0;"
+    "width:38%;word-break:break-all}"
+    "table.bars td{padding:.15rem 0 .15rem .5rem}table.bars td.barcell{width:30%;padding-left:0}"
+    "table.bars .bar{display:block;height:.9rem;min-width:2px;background:#4a6fa5;"
+    "border-radius:2px}"
     "</style>"
 )
 LABEL_CHARS = 40
+TAKEN = ("me", "nobody")  # the list's "taken by" choices (`views.page_filter` reads them)
 
 
 def status_badge(status: str) -> str:
@@ -111,21 +118,15 @@ def incident_table(items: Iterable[Incident], now: float, empty: str = "No incid
 # --------------------------------------------------------------------------- the chart
 
 
-def bar_chart(lines: list[FaultLine], width: int = 560, row_h: int = 24) -> str:
-    """A horizontal bar per fault key (its incidents), labelled with its terminals and sites."""
+def bar_chart(lines: list[FaultLine]) -> str:
+    """A horizontal bar per fault key (its incidents), labelled with its terminals and
+    sites: an HTML table whose bars are sized by CSS, so the browser lays out every word
+    (an SVG of fixed width cut long keys and labels off)."""
     if not lines:
         return "<p class='muted'>No incidents in this period.</p>"
-    label_w, num_w = 230, 170
-    bar_w = width - label_w - num_w
     top = max(x.incidents for x in lines) or 1
-    h = row_h * len(lines) + 6
-    parts = [
-        f"<svg class='bars' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{h}' "
-        f"role='img' aria-label='incidents by fault key'>"
-    ]
-    for n, x in enumerate(lines):
-        y = 3 + n * row_h
-        w = max(2, round(bar_w * x.incidents / top))
+    rows = []
+    for x in lines:
         key = (
             x.fault_key if len(x.fault_key) <= LABEL_CHARS else x.fault_key[: LABEL_CHARS - 1] + "…"
         )
@@ -133,14 +134,17 @@ def bar_chart(lines: list[FaultLine], width: int = 560, row_h: int = 24) -> str:
             f"{x.incidents} incident{'s' if x.incidents != 1 else ''}, {x.terminals} terminal"
             f"{'s' if x.terminals != 1 else ''}, {x.sites} site{'s' if x.sites != 1 else ''}"
         )
-        parts.append(
-            f"<g><title>{esc(x.fault_key)}: {esc(words)}</title>"
-            f"<text x='0' y='{y + 16}'>{esc(key)}</text>"
-            f"<rect class='bar' x='{label_w}' y='{y + 3}' width='{w}' height='{row_h - 8}'/>"
-            f"<text x='{label_w + w + 6}' y='{y + 16}'>{esc(words)}</text></g>"
+        pct = max(1.0, round(100 * x.incidents / top, 1))
+        rows.append(
+            f"<tr data-fault='{esc(x.fault_key)}' title='{esc(x.fault_key)}: {esc(words)}'>"
+            f"<th class='mono'>{esc(key)}</th><td class='barcell'>"
+            f"<span class='bar' style='width:{pct}%'></span></td><td>{esc(words)}</td></tr>"
         )
-    parts.append("</svg>")
-    return "".join(parts)
+    return (
+        "<table class='bars' aria-label='incidents by fault key'><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _fault_list(lines: list[FaultLine], since: float) -> str:
@@ -216,9 +220,9 @@ def home(h: Home, now: float, *, operator_login: bool = False) -> str:
         f"<div><h3>Sites</h3>{_trouble_sites(h.sites)}</div>"
         f"<div><h3>Terminals</h3>{_trouble_terminals(h.terminals)}</div></div>"
         "<h2>Top fault keys</h2><div class='cols'>"
-        f"<div class='card svgwrap' id='top-7'><h3>Last 7 days</h3>{bar_chart(h.week)}"
+        f"<div class='card' id='top-7'><h3>Last 7 days</h3>{bar_chart(h.week)}"
         f"{_fault_list(h.week, week)}</div>"
-        f"<div class='card svgwrap' id='top-30'><h3>Last 30 days</h3>{bar_chart(h.month)}"
+        f"<div class='card' id='top-30'><h3>Last 30 days</h3>{bar_chart(h.month)}"
         f"{_fault_list(h.month, month)}</div></div>"
     )
     return _page("posagent collector", body, operator_login)
@@ -259,10 +263,11 @@ def incident_list(
         + field("device", "Terminal")
         + field("site", "Site")
         + field("assignee", "Assignee")
+        + select("taken", "Taken by", TAKEN)
         + field("since", "Since (UTC)", "datetime-local")
         + field("until", "Until (UTC)", "datetime-local")
         + "<button type='submit' id='apply'>Filter</button>"
-        "<a class='button light' href='/incidents'>Clear</a></form>"
+        "<a class='button light' id='clear' href='/incidents'>Clear</a></form>"
     )
     kept = {k: v for k, v in params.items() if k != "offset"}
     pager = [f"<span class='muted' id='total'>{total} incident(s)</span>"]
@@ -285,14 +290,24 @@ def incident_list(
 # --------------------------------------------------------------------------- one incident
 
 
-def _detail_text(ev: Event) -> str:
+_STATUS_KINDS = (EventKind.ACKNOWLEDGED, EventKind.RESOLVED, EventKind.REOPENED)
+
+
+def _bundle_page(bundle_id: str) -> str:
+    return f"/bundles/{quote(bundle_id, safe='')}"
+
+
+def event_words(ev: Event, bundle_href: Callable[[str], str] = _bundle_page) -> str:
+    """An event's detail in words, as HTML (a link to its bundle, at bundle_href, where it
+    has one): the incident page's history and the dispute export's."""
     d = ev.detail
+
+    def bundle(bid: str) -> str:
+        return f"<a class='mono' href='{esc(bundle_href(bid))}'>{esc(bid)}</a>"
+
     if ev.kind is EventKind.BUNDLE:
         bid = str(d.get("bundle_id", ""))
-        return (
-            f"{esc(d.get('trigger_kind'))} bundle "
-            f"<a class='mono' href='/bundles/{quote(bid, safe='')}'>{esc(bid)}</a>"
-        )
+        return f"{esc(d.get('trigger_kind'))} bundle {bundle(bid)}"
     if ev.kind is EventKind.CLEARED:
         return f"cleared after {esc(fmt_duration(float(d.get('duration_s') or 0)))}"
     if ev.kind is EventKind.REOPENED and "repeats" in d:
@@ -305,6 +320,12 @@ def _detail_text(ev: Event) -> str:
         return f"critical and unacknowledged for {esc(fmt_duration(float(d.get('after_s') or 0)))}"
     if ev.kind is EventKind.NOTE:
         return f"{esc(d.get('channel'))} with {esc(d.get('contact') or 'the merchant')}"
+    if ev.kind in _STATUS_KINDS and "from" in d and "to" in d:
+        return f"from {esc(d.get('from'))} to {esc(d.get('to'))}"
+    if ev.kind is EventKind.OPENED:
+        bid = str(d.get("bundle_id") or "")
+        source = f"{esc(d.get('trigger_kind'))} bundle {bundle(bid)}" if bid else "the collector"
+        return f"{esc(d.get('summary') or d.get('fault_key'))}, raised by {source}"
     text = json.dumps(d, ensure_ascii=False, default=str)
     return esc(text[:300])
 
@@ -330,7 +351,7 @@ def _bundle_rows(bundles: list[GroupedBundle]) -> str:
     return "".join(rows)
 
 
-def _actions(inc: Incident) -> str:
+def _actions(inc: Incident, kept: Mapping[str, str]) -> str:
     base = f"/v1/incidents/{inc.id}/status"
     buttons = {
         Status.OPEN: (("acknowledged", "Acknowledge"), ("resolved", "Resolve")),
@@ -346,23 +367,29 @@ def _actions(inc: Incident) -> str:
     forms.append(
         f"<form class='inline' method='post' action='{base}'>{csrf_field()}"
         f"<input type='text' name='assignee' id='assignee' maxlength='100' "
-        f"value='{esc(inc.assignee)}' placeholder='assignee'>"
+        f"value='{esc(kept.get('assignee', inc.assignee))}' placeholder='assignee'>"
         "<button type='submit' class='light button' id='assign'>Assign</button></form>"
     )
     return "".join(forms)
 
 
-def _note_form(inc: Incident) -> str:
-    opts = "".join(f"<option value='{c.value}'>{c.value}</option>" for c in Channel)
+def _note_form(inc: Incident, kept: Mapping[str, str]) -> str:
+    """The note form, filled with what was sent when it comes back with an error."""
+    chosen = kept.get("channel", "")
+    opts = "".join(
+        f"<option value='{c.value}'{' selected' if c.value == chosen else ''}>{c.value}</option>"
+        for c in Channel
+    )
     return (
         f"<form class='note' method='post' action='/v1/incidents/{inc.id}/notes' id='note-form'>"
         f"{csrf_field()}"
         f"<label>Channel <select name='channel' id='note-channel'>{opts}</select></label>"
         "<label>Who at the merchant <input type='text' name='contact' id='note-contact' "
-        "maxlength='200'></label>"
-        "<label>When (UTC; empty: now) <input type='datetime-local' name='at' id='note-at'></label>"
+        f"maxlength='200' value='{esc(kept.get('contact', ''))}'></label>"
+        "<label>When (UTC; empty: now) <input type='datetime-local' name='at' id='note-at' "
+        f"value='{esc(kept.get('at', ''))}'></label>"
         "<label>What was said and agreed<textarea name='text' id='note-text' maxlength='4000' "
-        "required></textarea></label>"
+        f"required>{esc(kept.get('text', ''))}</textarea></label>"
         "<div><button type='submit' id='add-note'>Add note</button></div></form>"
     )
 
@@ -373,9 +400,16 @@ def incident(
     *,
     can_write: bool,
     error: str = "",
+    kept: Mapping[str, Any] | None = None,
+    remedy_html: str = "",
     operator_login: bool = False,
 ) -> str:
-    """One incident: what, where, when, how long, how often; its notes, bundles, events."""
+    """One incident: what, where, when, how long, how often; what to do (remedy_html, made
+    by the caller); its notes, bundles, events.
+
+    kept: the fields of a form that came back with `error`, shown again in its form
+    (nothing typed is lost)."""
+    sent = {k: v for k, v in (kept or {}).items() if isinstance(v, str)}
     inc = d.incident
     if inc.active:
         state = f"still raised, for {fmt_duration(now - inc.episode_at)} in this episode"
@@ -408,7 +442,7 @@ def incident(
     )
     event_rows = "".join(
         f"<tr><td class='mono'>{esc(shown_time(e.at))}</td><td>{esc(e.kind.value)}</td>"
-        f"<td>{esc(e.actor)}</td><td>{_detail_text(e)}</td></tr>"
+        f"<td>{esc(e.actor)}</td><td>{event_words(e)}</td></tr>"
         for e in reversed(d.events)
     )
     err = f"<p class='error' id='form-error'>{esc(error)}</p>" if error else ""
@@ -419,16 +453,17 @@ def incident(
         "<div class='card'><table class='facts' id='facts'>"
         + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
         + "</table></div>",
+        remedy_html,
         f"<p><a class='button light' id='export' href='/v1/incidents/{inc.id}/export'>"
         "Export for a dispute (.zip)</a></p>",
     ]
     if can_write:
-        parts.append(f"<div class='card' id='actions'>{_actions(inc)}</div>")
+        parts.append(f"<div class='card' id='actions'>{_actions(inc, sent)}</div>")
     parts.append(
         f"<h2>Notes</h2><div id='notes'>{notes or '<p class=muted>No notes yet.</p>'}</div>"
     )
     if can_write:
-        parts.append(f"<div class='card'>{_note_form(inc)}</div>")
+        parts.append(f"<div class='card'>{_note_form(inc, sent)}</div>")
     shown = len(d.bundles)
     parts.append(
         f"<h2>Bundles</h2><p class='muted'>{shown} of {d.bundle_total}, newest first.</p>"

@@ -2,8 +2,11 @@
 
 - ``GET /``: the home page, the fleet at a glance (a ``/`` with the bundle list's filters,
   an old bookmark, is redirected to ``/bundles`` with them);
-- ``GET /incidents``: the list with filters (those of ``GET /v1/incidents``);
-- ``GET /incidents/{id}``: one incident, its notes form and status buttons (for a
+- ``GET /incidents``: the list with filters (those of ``GET /v1/incidents``, plus
+  ``taken``: ``me`` for the viewer's incidents, ``nobody`` for those no one took, which
+  the page's assignee field, empty for "any", cannot say);
+- ``GET /incidents/{id}``: one incident, what to do about it (its fault key's remedy in
+  the reader's language, `collector.remedies`), its notes form and status buttons (for a
   principal who writes);
 - ``GET /devices/{device}``: one terminal's incidents and bundles.
 
@@ -12,6 +15,8 @@ Each reads with the request's principal and renders in the thread pool.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -20,15 +25,18 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.bundle.style import esc
 from collector.access import Principal, principal_of
+from collector.i18n import negotiate
 from collector.incidents import render
 from collector.incidents.inputs import list_filter
 from collector.incidents.model import BadInput, IncidentFilter, NotFound
 from collector.incidents.service import Incidents
-from collector.pages import layout
+from collector.pages import layout, remedy_block
+from collector.remedies import remedy_for
 from collector.storage import Query
 
 BUNDLE_FILTERS = ("device", "site", "fault", "severity", "since", "until", "limit", "offset")
 NO_STORE = {"Cache-Control": "no-store"}
+BY_LANGUAGE = {"Vary": "Accept-Language"}  # the incident page's remedy is in the reader's
 DEVICE_INCIDENTS = 100
 DEVICE_BUNDLES = 50
 
@@ -61,12 +69,26 @@ async def home(request: Request) -> Response:
     return HTMLResponse(await run_in_threadpool(go), headers=NO_STORE)
 
 
+def page_filter(params: Mapping[str, str], who: Principal) -> IncidentFilter:
+    """The list page's filters: the API's (`list_filter`; empty values already dropped)
+    and ``taken`` (me, nobody) as the assignee it stands for. BadInput names what is off."""
+    api = {k: v for k, v in params.items() if k != "taken"}
+    taken = params.get("taken", "")
+    if taken:
+        if taken not in render.TAKEN:
+            raise BadInput(f"taken must be one of {', '.join(render.TAKEN)}")
+        if "assignee" in api:
+            raise BadInput("give an assignee or choose 'taken by', not both")
+        api["assignee"] = who.name if taken == "me" else ""
+    return list_filter(api)
+
+
 async def incident_list(request: Request) -> Response:
     params = {k: v for k, v in request.query_params.items() if v}
     inc, who, login = _service(request), principal_of(request), _login(request)
     error = ""
     try:
-        f = list_filter(params)
+        f = page_filter(params, who)
     except BadInput as e:
         error, f = str(e), IncidentFilter()
 
@@ -88,21 +110,39 @@ async def incident_list(request: Request) -> Response:
     )
 
 
-def _incident_html(inc: Incidents, iid: int, who: Principal, error: str, login: bool) -> str | None:
+def _incident_html(
+    request: Request, iid: int, who: Principal, error: str, kept: Mapping[str, Any]
+) -> str | None:
+    inc, cfg = _service(request), request.app.state.collector.cfg
     try:
         d = inc.detail(iid, who)
     except NotFound:
         return None
-    return render.incident(d, inc.clock(), can_write=who.writes, error=error, operator_login=login)
+    lang = negotiate(request.headers.get("accept-language"))
+    what_to_do = remedy_block(
+        remedy_for(d.incident.fault_key, cfg, lang), lang, cleared=not d.incident.active
+    )
+    return render.incident(
+        d,
+        inc.clock(),
+        can_write=who.writes,
+        error=error,
+        kept=kept,
+        remedy_html=what_to_do,
+        operator_login=_login(request),
+    )
 
 
-async def incident_page_with(request: Request, iid: int, error: str, code: int) -> Response:
-    """The incident page, with a form's error when there is one (answered with code)."""
-    inc, who, login = _service(request), principal_of(request), _login(request)
-    page = await run_in_threadpool(_incident_html, inc, iid, who, error, login)
+async def incident_page_with(
+    request: Request, iid: int, error: str, code: int, kept: Mapping[str, Any] | None = None
+) -> Response:
+    """The incident page, with a form's error when there is one (answered with code) and
+    the fields that form sent (kept: shown again in it)."""
+    who = principal_of(request)
+    page = await run_in_threadpool(_incident_html, request, iid, who, error, kept or {})
     if page is None:
         return _not_found("No such incident.")
-    return HTMLResponse(page, status_code=code, headers=NO_STORE)
+    return HTMLResponse(page, status_code=code, headers={**NO_STORE, **BY_LANGUAGE})
 
 
 async def incident_page(request: Request) -> Response:

@@ -238,6 +238,13 @@ def test_the_page_forms_post_to_the_api(fleet: Fleet) -> None:
     assert r.status_code == 409 and "already resolved" in r.text and "<h1>" in r.text
     r = fleet.post(f"/v1/incidents/{iid}/notes", data={"channel": "phone", "text": ""})
     assert r.status_code == 400 and "text is required" in r.text
+    kept = {"channel": "email", "text": EVIL + "\nsecond line", "contact": EVIL, "at": "'><b>k"}
+    r = fleet.post(f"/v1/incidents/{iid}/notes", data=kept)  # refused: shown again, escaped
+    assert r.status_code == 400 and "at: not a time" in r.text
+    assert "<script>" not in r.text and "<b>k" not in r.text
+    assert "<option value='email' selected>" in r.text
+    assert "value='&lt;script&gt;alert(1)&lt;/script&gt;'" in r.text  # the contact
+    assert ">&lt;script&gt;alert(1)&lt;/script&gt;\nsecond line</textarea>" in r.text
     page = fleet.get(f"/incidents/{iid}").text
     assert "Technician replaced the cable" in page and "2026-01-01 09:30:00Z" in page
     assert "id='to-open'" in page  # resolved: the button reopens
@@ -322,6 +329,7 @@ def test_pages_render_hostile_data_escaped(fleet: Fleet) -> None:
         "/devices/T-0001",
         "/incidents?fault=" + EVIL,
         "/incidents?status=" + EVIL,
+        "/incidents?taken=" + EVIL,
         "/devices/" + EVIL,
         "/devices/<b>k",
     ):
@@ -332,7 +340,7 @@ def test_pages_render_hostile_data_escaped(fleet: Fleet) -> None:
     home = fleet.get("/").text
     chart = home[home.index("id='top-7'") :]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in chart  # the fault key, in the chart
-    assert "id='tile-critical'" in home and "<svg" in chart
+    assert "id='tile-critical'" in home and "<table class='bars'" in chart
     assert fleet.get("/incidents?status=closed").status_code == 400
     assert fleet.get("/incidents/0").status_code == 400
     assert fleet.get("/devices/<b>k").status_code == 400

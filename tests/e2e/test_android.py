@@ -92,6 +92,8 @@ interval_s = 0.3
 backend = "auto"
 
 [capture]
+# the screenshot over adb and the probes share the budget: generous, as the machine may be busy
+total_budget_s = 30
 cooldown_s = 0
 burst = 20
 bundles_per_hour = 3600
@@ -124,7 +126,7 @@ raise_after = 2
         # fault's capture (system.clock_unsynced here): more than wait_until's default 5 s
         assert wait_until(
             lambda: any(b["manifest"]["trigger"]["key"] == "power.ac_lost" for b in bundles(state)),
-            30,
+            90,
         )
         b = next(b for b in bundles(state) if b["manifest"]["trigger"]["key"] == "power.ac_lost")
         names = b["names"]

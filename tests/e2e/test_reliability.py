@@ -29,7 +29,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.reliability", "--quick",
          "--out", str(out / "RELIABILITY.md"), "--json", str(out / "results.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert (out / "results.json").exists(), proc.stdout + proc.stderr
     results = {r["family"]: r for r in json.loads((out / "results.json").read_text())}

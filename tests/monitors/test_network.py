@@ -230,10 +230,13 @@ def test_real_veth_link(veth: tuple[str, str, str]) -> None:
     mon = LinkMonitor(NetworkConfig(interfaces=[host_if]), Roots())
 
     def wait_carrier(want: bool) -> dict[str, Any]:
-        deadline = time.monotonic() + 3
+        # the kernel sets operstate a moment after the carrier: wait for both (a busy
+        # machine may take seconds)
+        deadline = time.monotonic() + 30
         while True:
             v = _by_source(mon.poll())[f"network:{host_if}"]
-            if v["carrier"] is want or time.monotonic() > deadline:
+            settled = (v["operstate"] == "up") is want
+            if (v["carrier"] is want and settled) or time.monotonic() > deadline:
                 return v
             time.sleep(0.02)
 

@@ -52,9 +52,14 @@ def test_timedatectl_clock_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert r.values["clock_synced"] is False and r.values["clock_source"] == "timedatectl"
 
 
+# The app's process name, unique to this test process: the monitor looks it up by name in
+# the machine's process table, where another test (another xdist worker) may run a "posapp".
+APP = f"posapp{os.getpid() % 10**8}"  # at most 15 characters: the kernel's comm
+
+
 @pytest.fixture
 def posapp(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """A factory list: call start(procs) to start a process named "posapp"."""
+    """A factory list: call start(procs) to start a process named APP."""
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for p in procs:
@@ -64,7 +69,7 @@ def posapp(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def _start(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    exe = tmp_path / "posapp"
+    exe = tmp_path / APP
     if not exe.exists():
         sleep = shutil.which("sleep")
         assert sleep is not None
@@ -74,7 +79,7 @@ def _start(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> subprocess.P
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
         try:
-            if psutil.Process(p.pid).name() == "posapp":
+            if psutil.Process(p.pid).name() == APP:
                 break
         except psutil.Error:
             pass
@@ -85,7 +90,7 @@ def _start(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> subprocess.P
 def test_app_start_kill_restart(tmp_path: Path, posapp: list[subprocess.Popen[bytes]]) -> None:
     """Running, killed (not running), restarted 3 times (counted), window expiry (fake clock)."""
     clock = FakeClock()
-    mon = AppMonitor(AppConfig(process="posapp"), clock=clock)
+    mon = AppMonitor(AppConfig(process=APP), clock=clock)
     assert mon.poll()[0].values["running"] is False
     p = _start(tmp_path, posapp)
     v = mon.poll()[0].values

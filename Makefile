@@ -12,6 +12,9 @@ DEB_PACKAGES := xvfb x11-utils x11-xserver-utils xdotool socat adb grim cage \
 # the qemu guest of `make field` and the power-cut family of `make reliability`
 FIELD_DEB_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs debootstrap
 PYTEST_ARGS ?=
+# the suite runs on two workers (tests/conftest.py hands out a module at a time and keeps the
+# modules sharing a machine-wide resource on one worker); PYTEST_WORKERS=0 runs it in one process
+PYTEST_WORKERS ?= 2
 
 .PHONY: all test lint typecheck unit demo bench reliability field field-debs debs venv clean docs i18n
 
@@ -42,7 +45,7 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 unit: venv
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: debs venv lint typecheck unit
 

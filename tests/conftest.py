@@ -129,3 +129,59 @@ def wait_until(pred: Callable[[], Any], timeout_s: float = 5.0, step_s: float = 
             return v
         time.sleep(step_s)
     return pred()
+
+
+# ------------------------------------------------------------------ parallel runs (xdist)
+#
+# `make test` runs the suite on two pytest-xdist workers. Work is handed out a module at a
+# time, so a module's fixtures (a quick reliability run, a booted container, a browser)
+# are made once, on one worker. The one machine-wide resource is SeaweedFS: its ports are
+# fixed and a session holds its lock until the session ends, so the modules that use it
+# (directly or through `fleet`/`s3_url`) and the reliability module (whose fleet family
+# takes the same lock) are one unit of work: one worker runs them all. A module that
+# starts using SeaweedFS without being listed here fails the collection (below).
+SEAWEED_MODULES = frozenset(
+    {
+        "tests/collector/test_balancer.py",
+        "tests/collector/test_failures.py",
+        "tests/collector/test_fleet.py",
+        "tests/collector/test_retention.py",
+        "tests/collector/test_storage.py",
+        "tests/e2e/test_reliability.py",
+    }
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test is handed out in: its module, or "seaweed"."""
+    module = nodeid.split("::", 1)[0]
+    return "seaweed" if module in SEAWEED_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scheduler by scope, with `work_unit` as the scope."""
+    from xdist.scheduler import LoadScopeScheduling  # lazy: only when xdist runs the suite
+
+    class ByWorkUnit(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A module using SeaweedFS must be in SEAWEED_MODULES (else two workers would wait on
+    its lock for the whole session)."""
+    unlisted = sorted(
+        {
+            it.nodeid.split("::", 1)[0]
+            for it in items
+            if "seaweed" in getattr(it, "fixturenames", ())
+            and it.nodeid.split("::", 1)[0] not in SEAWEED_MODULES
+        }
+    )
+    if unlisted:
+        raise pytest.UsageError(
+            f"{', '.join(unlisted)} use SeaweedFS: add them to SEAWEED_MODULES in tests/conftest.py"
+        )

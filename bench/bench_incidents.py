@@ -461,6 +461,7 @@ def main() -> dict[str, Any]:
         pass
     figures: dict[str, Any] = {
         "scale": SCALE,
+        "runs": RUNS,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "devices": DEVICES,
         "sites": (DEVICES + SITES_PER - 1) // SITES_PER,

@@ -44,7 +44,10 @@ def _engine(p95: float, share: float) -> dict[str, Any]:
         "ingest_per_s_grouping_on": 50.0,
         "ingest_per_s_grouping_off": 52.0,
         "ingest_per_s_grouping_on2": 51.0,
-        "grouping_share_of_ingest_pct": share,
+        "grouping_share_of_ingest_pct": share + 1,
+        "grouping_share_of_upload_pct": share,
+        "load_avg_1m_before_reads": 1.5,
+        "load_avg_1m_after_reads": 2.5,
     }
 
 
@@ -68,8 +71,12 @@ def test_each_engine_beside_the_other() -> None:
     assert pg[0].peer_value == "40.0 ms"
     assert pg[0].ratio == "3.000×"
     assert pg[0].verdict == "**misses**"
+    assert "load average 1.5-2.5" in pg[0].measured
     grouping = [r for r in rows if r.figure.startswith("grouping's time")]
     assert [r.verdict for r in grouping] == ["meets", "**misses**"]
+    assert grouping[1].measured.startswith("12.0 %")
+    assert "across runs 13.0 %" in grouping[1].measured
+    assert grouping[1].peer_value.startswith("6.0 %; ")
     assert "1,000,000 bundles in 50,000 incidents over 5,000 terminals" in rows[0].figure
 
 

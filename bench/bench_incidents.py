@@ -9,9 +9,11 @@ reported beside the other's.
    executemany; PostgreSQL: COPY into a migrated database, bench_fleet.bulk_postgres),
    with the grouping cursor at the newest bundle (as on a running collector: the
    start-up catch-up has nothing to walk). Then the collector (uvicorn in this process)
-   answers, N times each: the incident list page (``/incidents``), the list API
-   unfiltered, unresolved, by site, by fault, and one merchant's sites (the principal's
-   restriction), the home page (``/``), one incident's page and the fleet's faults.
+   answers, N times each, to an admin's API token: the incident list page
+   (``/incidents``, all and unresolved), the list API unfiltered, unresolved, by site, by
+   fault and by device, the home page (``/``), one incident's page and the fleet's
+   faults over 30 days; and the service's list and home figures for a support user of 50
+   sites (the principal's restriction).
    p50/p95 per request (target p95 <= 100 ms); the home page's figures again with its
    fault charts' 30-s cache emptied before every run.
 2. Grouping, on that index: 200 uploads over HTTP (verify + store + index + group) with

@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,8 @@ from tests.collector.servers import Postgres, Seaweed
 from tests.collector.servers import run_postgres as postgres_server
 from tests.collector.servers import run_seaweed as seaweed_server
 from tests.conftest import posagent_argv
+
+CopyRows = Callable[[str, Sequence[str], Iterable[tuple[Any, ...]]], None]
 
 QUICK = os.environ.get("BENCH_FLEET_QUICK") == "1" or "--quick" in sys.argv[1:]
 # BENCH_FLEET_ONLY=list (or ingest, retention; comma-separated) runs those phases only
@@ -471,28 +473,45 @@ def list_rows(
         )
 
 
-def fill_postgres(url: str, rows: Iterator[tuple[Any, ...]]) -> float:
-    """Bulk load: the secondary indexes dropped, COPY, the same indexes created again,
-    VACUUM ANALYZE (what autovacuum does after a load); returns seconds."""
+@contextlib.contextmanager
+def bulk_postgres(url: str, tables: Sequence[str] = ("bundles",)) -> Iterator[CopyRows]:
+    """Bulk load into a migrated database: the tables' secondary indexes dropped, yields
+    ``copy(table, columns, rows)`` (one COPY per call, any number of calls), then the same
+    indexes created again and VACUUM ANALYZE (what autovacuum does after a load). The
+    triggers and foreign keys stay on: the rows are checked as the collector's would be."""
     import psycopg  # lazy: the fleet extra
 
-    t0 = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         defs = conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'bundles' "
-            "AND indexname <> 'bundles_pkey'"
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.tablename = ANY(%s) "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
+            "WHERE c.conindid = format('%%I.%%I', i.schemaname, i.indexname)::regclass)",
+            (list(tables),),
         ).fetchall()
         for name, _ in defs:
             conn.execute(f"DROP INDEX {name}")
-        with (
-            conn.cursor() as cur,
-            cur.copy(f"COPY bundles ({', '.join(COLUMNS)}) FROM STDIN") as cp,
-        ):
-            for row in rows:
-                cp.write_row(row)
+
+        def copy(table: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+            if table not in tables:
+                raise ValueError(f"{table} is not one of the tables loaded: {tables}")
+            with (
+                conn.cursor() as cur,
+                cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp,
+            ):
+                for row in rows:
+                    cp.write_row(row)
+
+        yield copy
         for _, sql in defs:
             conn.execute(sql)
         conn.execute("VACUUM ANALYZE")
+
+
+def fill_postgres(url: str, rows: Iterator[tuple[Any, ...]]) -> float:
+    """Bulk load of index rows (`bulk_postgres`); returns seconds."""
+    t0 = time.perf_counter()
+    with bulk_postgres(url) as copy:
+        copy("bundles", COLUMNS, rows)
     return time.perf_counter() - t0
 
 

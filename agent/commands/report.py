@@ -171,7 +171,7 @@ def standalone(cfg: Config, args: argparse.Namespace, req: ReportRequest, why: s
         err(f"posagent report: not captured: {e}")
         return EX_CONFIG
     try:
-        signing_path = Path(cfg.bundle.signing_key_path())
+        signing_path = Path(cfg.bundle.signing_key_path(cfg.agent.state_dir))
         created = not signing_path.exists()
         check_keys(cfg)  # makes the signing key if absent; 78 when corrupt
         finish = finisher(cfg)

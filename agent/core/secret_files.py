@@ -45,7 +45,7 @@ def secret_paths(cfg: Config) -> list[tuple[str, str]]:
     pairs = [
         ("upload.token_file", cfg.upload.token_file),
         ("bundle.hmac_key_file", cfg.bundle.hmac_key_file),
-        ("bundle.signing_key_file", cfg.bundle.signing_key_path()),
+        ("bundle.signing_key_file", cfg.bundle.signing_key_path(cfg.agent.state_dir)),
         ("upload.client_key_file", cfg.upload.client_key_file),
         ("upload.enrollment_token_file", cfg.upload.enrollment_token_file),
     ]

@@ -159,6 +159,7 @@ def process(
     now: float,
     silent_after: int,
     wait_s: int = 0,
+    keys_cfg: Any = None,
 ) -> Reply:
     """Store the check-in and build its reply (see the module docstring)."""
     deadline = now + silent_after * ci.interval_s + wait_s
@@ -202,7 +203,9 @@ def process(
                 rebooted=bool(ci.boot_id and old_boot and ci.boot_id != old_boot),
             )
         if ci.results:
-            commands.acknowledge(tx, ci.device_id, ci.results, address=address, now=now)
+            commands.acknowledge(
+                tx, ci.device_id, ci.results, address=address, now=now, keys_cfg=keys_cfg
+            )
         cmds = commands.deliverable(tx, ci.device_id, now)
         commands.mark_delivered(tx, [c.id for c in cmds], now)
         values = remote_config.values_for(tx, dev_site)

@@ -18,7 +18,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_keygen_makes_a_0600_key_once_and_show_public_prints_it(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
-    key = tmp_path / "device.ed25519"  # beside hmac_key_file
+    key = tmp_path / "state" / "keys" / "device.ed25519"  # its home in the state dir
     r = run("keygen", "--config", str(cfg))
     assert r.returncode == 0 and "made a new" in r.stdout, r.stderr
     assert key.stat().st_mode & 0o777 == 0o600
@@ -49,7 +49,8 @@ def test_check_config_warns_without_recipient_and_refuses_bad_keys(tmp_path: Pat
     cfg.write_text(text.replace(f'encrypt_to = ["{recipient}"]', "require_encryption = true"))
     r = run("check-config", "--config", str(cfg))
     assert r.returncode == 78 and "require_encryption" in r.stderr
-    key = tmp_path / "device.ed25519"
+    key = tmp_path / "state" / "keys" / "device.ed25519"
+    key.parent.mkdir(mode=0o700)
     key.write_text("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
     key.chmod(0o600)
     cfg.write_text(text)

@@ -372,7 +372,8 @@ class Channel:
             "summary": self._summary(),
             "results": sent,
         }
-        wait = LONGPOLL_WAIT_S if up.longpoll else 0
+        # results go at once (no hold): their acknowledgement is what a key rotation waits for
+        wait = LONGPOLL_WAIT_S if up.longpoll and not sent else 0
         t0 = time.monotonic()
         reply = self._post(CHECKIN_PATH, body, token, wait)
         if reply.status != 200:

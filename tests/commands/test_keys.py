@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyrage import x25519
 
-from agent.bundle.sealed import load_public_key, load_signing_key
+from agent.bundle.sealed import generate_signing_key, load_public_key, load_signing_key
 from tests.conftest import posagent_argv, write_config
 
 
@@ -35,6 +35,12 @@ def test_check_config_warns_without_recipient_and_refuses_bad_keys(tmp_path: Pat
     cfg = write_config(tmp_path)
     r = run("check-config", "--config", str(cfg))
     assert r.returncode == 0 and "plaintext" in r.stderr
+    home = tmp_path / "state" / "keys" / "device.ed25519"
+    assert f"# signing key: none yet, made at {home} at first start" in r.stdout
+    generate_signing_key(tmp_path / "device.ed25519")  # an older install's, beside device.key
+    r = run("check-config", "--config", str(cfg))
+    assert f"# signing key: {tmp_path / 'device.ed25519'} (an older install's: " in r.stdout
+    (tmp_path / "device.ed25519").unlink()
     r = run("status", "--config", str(cfg))
     assert "plaintext" in r.stderr
     recipient = str(x25519.Identity.generate().to_public())

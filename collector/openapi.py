@@ -153,6 +153,18 @@ CHECKIN_REPLY: Schema = {
             "properties": {"digest": {"type": "string"}, "values": {"type": "object"}},
         },
         "next_checkin_s": {"type": "integer"},
+        "key_rotations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["command_id", "status", "detail"],
+                "properties": {
+                    "command_id": {"type": "string"},
+                    "status": {"enum": ["done", "refused", "failed"]},
+                    "detail": {"type": "string"},
+                },
+            },
+        },
     },
 }
 COMMAND: Schema = {

@@ -25,7 +25,8 @@ the staged key renamed over the home, the pending record removed. A crash at
 any point leaves either key whole; running `promote` again completes it. The
 rotation on command is promoted only once the collector has acknowledged the
 result that carried the new public key (signed by the old key): until then
-bundles are signed with the key the collector already trusts.
+bundles are signed with the key the collector already trusts; a rotation the
+collector refused (its reply's `key_rotations`) is `discard`ed, the old key kept.
 """
 
 from __future__ import annotations
@@ -148,6 +149,15 @@ def promote(home: str | Path, pending: Pending) -> None:
         raise RotationError(
             f"cannot put the new signing key in place at {p}: {e.strerror or e}"
         ) from None
+
+
+def discard(home: str | Path) -> None:
+    """Drop a staged key and its pending record (the collector did not trust it): the
+    current key stays in force."""
+    for p in (staging_path(home), pending_path(home)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    fsync_dir(Path(home).parent)
 
 
 def _recorded(record: Path) -> str:

@@ -117,7 +117,7 @@ def generate_signing_key(path: str | Path) -> Ed25519PrivateKey:
         serialization.NoEncryption(),
     )
     try:
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_home_dir(p)  # 0700, handed to the state dir's owner when root makes it
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         raise

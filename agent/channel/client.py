@@ -42,7 +42,7 @@ from typing import Any
 import structlog
 
 from agent import __version__
-from agent.bundle.keyfiles import RotationError, promote, read_pending
+from agent.bundle.keyfiles import RotationError, discard, promote, read_pending
 from agent.channel.commands import Command, Refused, check_command, envelope_id
 from agent.channel.store import Result, Results, Seen, one_line
 from agent.core.config import (
@@ -391,6 +391,7 @@ class Channel:
             self._note_error(f"check-in answer is not JSON: {e}", "channel_checkin_failed")
             return interval
         self.results.acknowledge(sent)
+        self._rotation_verdicts(doc.get("key_rotations"))
         self._promote_rotation()
         self.state["checkins"] += 1
         self.state["last_checkin_at"] = self._clock()
@@ -584,6 +585,32 @@ class Channel:
         self._proofs[cmd.id] = proof
         log.info("channel_signing_key_staged", key_id=new_id, previous=proof["previous"])
         return "done", f"signing key {proof['previous']} -> {new_id}"
+
+    def _rotation_verdicts(self, items: Any) -> None:
+        """A staged key the collector did not trust (its reply's ``key_rotations``) is
+        dropped: the current key stays in force (a collector that does not say is taken
+        to have trusted it once it acknowledged the result)."""
+        home = self._key_home()
+        pending = read_pending(home)
+        if pending is None or not pending.command_id or not isinstance(items, list):
+            return
+        for it in items:
+            if not isinstance(it, dict) or it.get("command_id") != pending.command_id:
+                continue
+            if it.get("status") == "done":
+                return
+            try:
+                discard(home)
+            except OSError as e:
+                log.error("channel_signing_key_not_discarded", error=str(e))
+            log.error(
+                "channel_signing_key_refused",
+                command_id=pending.command_id,
+                key_id=pending.key_id,
+                kept=pending.previous,
+                reason=one_line(str(it.get("detail", ""))),
+            )
+            return
 
     def _promote_rotation(self) -> None:
         """A staged key whose rotation result the collector acknowledged replaces the

@@ -234,7 +234,10 @@ async def post_checkin(request: Request) -> Response:
         return bool(found)
 
     await ch.waiters.wait(device, wait, check)
-    return JSONResponse(checkin.Reply(found, reply.config, reply.next_checkin_s).to_json())
+    held = checkin.Reply(
+        found, reply.config, reply.next_checkin_s, key_rotations=reply.key_rotations
+    )
+    return JSONResponse(held.to_json())
 
 
 async def post_self_token(request: Request) -> Response:

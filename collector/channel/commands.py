@@ -332,14 +332,17 @@ def acknowledge(
     address: str,
     now: float,
     keys_cfg: Any = None,
-) -> int:
-    """Record results of the device's open commands; how many were recorded.
+) -> list[dict[str, str]]:
+    """Record results of the device's open commands; the outcome of each
+    rotate-signing-key among them (command_id, status, detail), which the check-in's
+    reply carries back (``key_rotations``: the terminal puts its new key in force only
+    when it was trusted).
 
     A ``done`` rotate-signing-key whose proof holds adds the new key to the device's
     keys (`collector.channel.keys.accept_rotation`, keys_cfg: the collector's config,
     for device_pubkeys_dir); one whose proof does not is recorded ``failed``, the key
     not trusted."""
-    n = 0
+    rotations: list[dict[str, str]] = []
     for r in results:
         row = tx.one(
             "SELECT kind FROM device_commands "
@@ -350,7 +353,8 @@ def acknowledge(
             continue
         status, detail = r.status, r.detail
         extra: dict[str, Any] = {}
-        if str(row[0]) == keys.KIND and status == "done":
+        rotation = str(row[0]) == keys.KIND
+        if rotation and status == "done":
             status, detail, extra = _rotation(tx, device, r, keys_cfg, now)
         changed = tx.execute(
             "UPDATE device_commands SET status = ?, detail = ?, result_at = ? "
@@ -358,7 +362,8 @@ def acknowledge(
             (status, detail, now, r.command_id, device),
         )
         if changed == 1:
-            n += 1
+            if rotation:
+                rotations.append({"command_id": r.command_id, "status": status, "detail": detail})
             _audit(
                 tx,
                 f"device:{device}",
@@ -367,7 +372,7 @@ def acknowledge(
                 address,
                 {"command": r.command_id, "status": status, "detail": detail, **extra},
             )
-    return n
+    return rotations
 
 
 def _rotation(

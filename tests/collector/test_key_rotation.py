@@ -59,7 +59,8 @@ def proof(cid: str, device: str, new: Ed25519PrivateKey, signer: Ed25519PrivateK
     return {"public_key": pem, "previous": prev, "signature": sig}
 
 
-def answer(fleet: Fleet, t: Terminal, cid: str, key: dict[str, str] | None) -> None:
+def answer(fleet: Fleet, t: Terminal, cid: str, key: dict[str, str] | None) -> dict[str, Any]:
+    """Send the command's result; the check-in's reply."""
     result: dict[str, Any] = {
         "command_id": cid,
         "status": "done",
@@ -70,6 +71,7 @@ def answer(fleet: Fleet, t: Terminal, cid: str, key: dict[str, str] | None) -> N
         result["key"] = key
     r = fleet.checkin(t, results=[result])
     assert r.status_code == 200, r.text
+    return dict(r.json())
 
 
 def upload(fleet: Fleet, t: Terminal, key: Ed25519PrivateKey, seed: int) -> tuple[int, bytes, str]:
@@ -107,7 +109,10 @@ def test_rotation_vouched_by_the_current_key_adds_the_new_one_and_both_verify(
     cid = rotate(fleet, t)
     new = Ed25519PrivateKey.generate()
     new_id = key_id(new.public_key())
-    answer(fleet, t, cid, proof(cid, DEV, new, t.key, old_id))
+    reply = answer(fleet, t, cid, proof(cid, DEV, new, t.key, old_id))
+    # the reply says the new key is trusted: the terminal puts it in force
+    detail = f"signing key {old_id} -> {new_id}"
+    assert reply["key_rotations"] == [{"command_id": cid, "status": "done", "detail": detail}]
 
     d = device(fleet)
     (c,) = [c for c in d["commands"] if c["command_id"] == cid]
@@ -147,8 +152,8 @@ def test_rotation_vouched_by_the_current_key_adds_the_new_one_and_both_verify(
     assert f"signing key {old_id} -&gt; {new_id}" in page.text
 
     # the same result again (a lost reply) changes nothing
-    answer(fleet, t, cid, proof(cid, DEV, new, t.key, old_id))
-    assert device(fleet)["key_ids"] == [old_id, new_id]
+    again = answer(fleet, t, cid, proof(cid, DEV, new, t.key, old_id))
+    assert device(fleet)["key_ids"] == [old_id, new_id] and "key_rotations" not in again
 
 
 def test_forged_rotations_are_refused_and_change_nothing(fleet: Fleet) -> None:
@@ -166,8 +171,13 @@ def test_forged_rotations_are_refused_and_change_nothing(fleet: Fleet) -> None:
     ]
     for prev, reason in cases:
         cid = rotate(fleet, t)
-        answer(fleet, t, cid, None if prev is None else proof(cid, DEV, new, stranger, prev))
+        reply = answer(
+            fleet, t, cid, None if prev is None else proof(cid, DEV, new, stranger, prev)
+        )
+        (said,) = reply["key_rotations"]  # the terminal drops the staged key
+        assert (said["command_id"], said["status"]) == (cid, "failed")
         (c,) = [c for c in device(fleet)["commands"] if c["command_id"] == cid]
+        assert said["detail"] == c["detail"]
         assert c["status"] == "failed" and c["detail"].startswith("key rotation refused: ")
         assert reason in c["detail"], c
     # the old key's signature over another command's statement (a replayed proof)

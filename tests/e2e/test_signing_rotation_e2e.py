@@ -51,6 +51,7 @@ class World:
     conf: Path
     legacy_key: Path
     home_key: Path
+    pubkeys: Path
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         f'tokens_file = "{tmp / "tokens"}"\n'
         f'signing_key_file = "{tmp / "command.key"}"\n'
         f'age_identity_file = "{identity}"\n'
+        f'device_pubkeys_dir = "{tmp / "pubkeys"}"\n'
     )
+    (tmp / "pubkeys").mkdir()
     public_key = _cli(conf, "keygen")
     enrollment = _cli(conf, "enroll-token", "create", "--site", SITE).strip()
     cfg = load_collector_config(str(conf))
@@ -88,7 +91,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         # the fleet's recipient from the enrollment applies from the reload it causes
         reloaded = wait_until(lambda: terminal.events("config_reloaded"), TIMEOUT_S, 0.2)
         assert reloaded, terminal.log.read_text()[-3000:]
-        yield World(fleet, terminal, conf, legacy, home)
+        yield World(fleet, terminal, conf, legacy, home, tmp / "pubkeys")
     finally:
         terminal.stop()
         server.stop()
@@ -243,3 +246,27 @@ def test_a_forged_rotation_is_refused(world: World) -> None:
     (c,) = d["commands"]
     assert c["status"] == "failed" and "key rotation refused" in c["detail"], c
     assert d["key_ids"] == [prev]
+
+
+def test_a_rotation_the_collector_refuses_leaves_the_old_key_in_force(world: World) -> None:
+    """The terminal's current key revoked on the collector (a stolen terminal): it cannot
+    vouch for a new one; the collector records the command failed and says so in its
+    reply, and the terminal drops the staged key, keeping the one in force. (Last: the
+    device's bundles are refused from the revocation on.)"""
+    fleet, t = world.fleet, world.terminal
+    current = world.home_key.read_bytes()
+    kid = key_id(load_signing_key(world.home_key).public_key())
+    (world.pubkeys / f"{DEVICE}.revoked").write_text(
+        f"# key {kid} revoked {rfc3339(time.time())}\n{public_pem_of(world.home_key)}"
+    )
+    cid = fleet.command("rotate-signing-key")
+    c = fleet.answered(cid)
+    assert c["status"] == "failed", c
+    assert f"key rotation refused: signed by revoked key {kid}" in c["detail"], c
+    refused = wait_until(lambda: t.events("channel_signing_key_refused"), TIMEOUT_S, 0.2)
+    assert refused, t.log.read_text()[-3000:]
+    assert (refused[0]["command_id"], refused[0]["kept"]) == (cid, kid)
+    assert world.home_key.read_bytes() == current
+    assert not (world.home_key.parent / "device.ed25519.new").exists()
+    assert not (world.home_key.parent / "device.ed25519.rotation.json").exists()
+    assert cid not in [e["command_id"] for e in t.events("channel_signing_key_rotated")]

@@ -33,6 +33,7 @@ from agent.bundle.sealed import (
     rotation_statement,
 )
 from agent.core.config import load_config
+from agent.core.secret_files import check_secret_files
 from tests.bundle.test_sealed import make
 from tests.conftest import write_config
 
@@ -144,3 +145,20 @@ def test_the_sealing_worker_signs_with_the_key_in_force_at_each_bundle(tmp_path:
     finally:
         w.close()
     assert os.path.exists(legacy)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+def test_root_accepts_the_key_the_daemons_user_owns_in_its_home(tmp_path: Path) -> None:
+    """The daemon (user posagent, owner of the state dir) makes and rotates the key in its
+    home: `posagent check-config` run as root accepts it; a key owned by any other user
+    is refused as before."""
+    cfg = load_config(str(write_config(tmp_path)))
+    home, _ = _paths(tmp_path)
+    generate_signing_key(home)
+    daemon_uid = 4242
+    for p in (tmp_path / "state", home.parent, home):
+        os.chown(p, daemon_uid, daemon_uid)
+    assert not [p for p in check_secret_files(cfg, euid=0) if p.refuse]
+    os.chown(home, daemon_uid + 1, daemon_uid)
+    (refused,) = [p for p in check_secret_files(cfg, euid=0) if p.refuse]
+    assert refused.key == "bundle.signing_key_file" and "owned by uid 4243" in refused.message

@@ -172,10 +172,11 @@ def test_rotated_on_command_old_and_new_bundles_verify_everywhere(
     assert keys.status_code == 200
     (tmp_path / "keys.pem").write_text(keys.text)
     (tmp_path / "old.pem").write_text(public_pem_of(world.legacy_key))
-    for name, data in (("before.zip", old_data), ("after.zip", new_data)):
+    for name, data, kid in (("before.zip", old_data, old_id), ("after.zip", new_data, new_id)):
         (tmp_path / name).write_bytes(data)
         v = verify_offline(tmp_path / name, tmp_path / "keys.pem")
         assert v.returncode == 0, v.stdout + v.stderr
+        assert f"envelope Ed25519 verified (key {kid})" in v.stdout, v.stdout
     assert verify_offline(tmp_path / "before.zip", tmp_path / "old.pem").returncode == 0
     assert verify_offline(tmp_path / "after.zip", tmp_path / "old.pem").returncode != 0
     # and on the terminal, what it sent with the keys `posagent key show-public --all` prints

@@ -208,3 +208,37 @@ def test_a_revoked_key_cannot_vouch_for_a_new_one(fleet: Fleet) -> None:
     assert device(fleet)["key_ids"] == [old_id]
     status, _, text = upload(fleet, t, t.key, 6)
     assert status == 422 and "revoked" in text
+
+
+def test_a_key_learnt_from_a_rotation_is_revoked_like_any_other(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """`posagent collector revoke-key` finds a key the device enrolled with or rotated
+    to (not in any .pub file): bundles it signs are refused from then on, the device's
+    other key still signs."""
+    t = fleet.terminal(DEV)
+    old_id = key_id(t.key.public_key())
+    cid = rotate(fleet, t)
+    new = Ed25519PrivateKey.generate()
+    new_id = key_id(new.public_key())
+    answer(fleet, t, cid, proof(cid, DEV, new, t.key, old_id))
+    c = fleet.cfg
+    conf = tmp_path / "cli.toml"
+    conf.write_text(
+        f'[collector]\ndata_dir = "{c.data_dir}"\ntokens_file = "{c.tokens_file}"\n'
+        f'device_pubkeys_dir = "{c.device_pubkeys_dir}"\n'
+        + (f'index_url = "{c.index_url}"\n' if c.index_url else "")
+    )
+
+    def revoke(kid: str) -> subprocess.CompletedProcess[str]:
+        argv = posagent_argv("collector", "revoke-key", DEV, kid, "--config", str(conf))
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    r = revoke("0123456789abcdef")
+    assert r.returncode == 66 and old_id in r.stderr and new_id in r.stderr, r.stderr
+    r = revoke(new_id)
+    assert r.returncode == 0 and new_id in r.stdout, r.stderr
+    status, _, text = upload(fleet, t, new, 7)
+    assert status == 422 and f"signed by revoked key {new_id} of device {DEV}" in text
+    status, _, text = upload(fleet, t, t.key, 8)
+    assert status == 201, text

@@ -1036,6 +1036,7 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         Route("/v1/devices/self/token", ch.post_self_token, methods=["POST"]),
         Route("/v1/devices", operator_only(html=False)(ch.list_devices), methods=["GET"]),
         Route(dev, operator_only(html=False)(ch.get_device), methods=["GET"]),
+        Route(f"{dev}/keys", operator_only(html=False)(ch.get_keys), methods=["GET"]),
         by_method(
             f"{dev}/commands",
             GET=operator_only(html=False)(ch.get_commands),

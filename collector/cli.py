@@ -42,6 +42,7 @@ from collector.accounts.errors import (
     NoSuchAccount,
 )
 from collector.auth import TokenFileError
+from collector.channel import devices as channel_devices
 from collector.channel import enroll
 from collector.channel import remote_config as rc
 from collector.channel.hooks import cli_actor
@@ -251,15 +252,24 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
 def cmd_revoke_key(args: argparse.Namespace) -> int:
     """`collector revoke-key DEVICE KEY_ID`: bundles that key signs are refused from now on.
 
-    Exit 0 when revoked, 66 when the key is not in the device's .pub file (the ids on
-    file are named), 78 when a key file does not parse, 73 when it cannot be written.
+    The key may be in the device's .pub file or among those it enrolled with or rotated
+    to (the ``devices`` table). Exit 0 when revoked, 66 when the key is not on file (the
+    ids on file are named), 78 when a key file does not parse, 73 when it cannot be
+    written, 69 when the store is unreachable.
     """
     ccfg = load_collector_config(args.config)
     # lazy: collector.sealed needs the collector extra (prometheus-client)
     from collector.sealed import revoke_key
 
+    store = _open(ccfg, "revoke-key")
+    if isinstance(store, int):
+        return store
     try:
-        block = revoke_key(ccfg, args.device_id, args.key_id)
+        enrolled = channel_devices.pem_of(database(store), args.device_id)
+    finally:
+        store.close()
+    try:
+        block = revoke_key(ccfg, args.device_id, args.key_id, enrolled)
     except LookupError as e:
         _err(f"posagent collector revoke-key: {str(e).strip(chr(39))}")
         return EX_NOINPUT

@@ -121,6 +121,16 @@ CHECKIN: Schema = {
                     "status": {"enum": ["done", "refused", "failed"]},
                     "detail": {"type": "string"},
                     "at": {"type": "string"},
+                    "key": {
+                        "type": "object",
+                        "description": "rotate-signing-key: the new key, vouched for by the old",
+                        "required": ["public_key", "previous", "signature"],
+                        "properties": {
+                            "public_key": {"type": "string", "maxLength": 4096},
+                            "previous": {"type": "string", "maxLength": 16},
+                            "signature": {"type": "string", "maxLength": 200},
+                        },
+                    },
                 },
             },
         },
@@ -143,6 +153,18 @@ CHECKIN_REPLY: Schema = {
             "properties": {"digest": {"type": "string"}, "values": {"type": "object"}},
         },
         "next_checkin_s": {"type": "integer"},
+        "key_rotations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["command_id", "status", "detail"],
+                "properties": {
+                    "command_id": {"type": "string"},
+                    "status": {"enum": ["done", "refused", "failed"]},
+                    "detail": {"type": "string"},
+                },
+            },
+        },
     },
 }
 COMMAND: Schema = {
@@ -168,7 +190,15 @@ COMMAND_REQUEST: Schema = {
     "required": ["kind"],
     "properties": {
         "kind": {
-            "enum": ["capture", "selftest", "logs", "set-level", "checkin-interval", "rotate-token"]
+            "enum": [
+                "capture",
+                "selftest",
+                "logs",
+                "set-level",
+                "checkin-interval",
+                "rotate-token",
+                "rotate-signing-key",
+            ]
         },
         "args": {"type": "object"},
         "expires_in_s": {"type": "integer", "minimum": 30, "maximum": 86400},
@@ -192,6 +222,18 @@ DEVICE: Schema = {
         "config_digest": {"type": "string"},
         "summary": {"type": ["object", "null"]},
         "key_ids": {"type": "array", "items": {"type": "string"}},
+        "keys": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key_id", "from", "until"],
+                "properties": {
+                    "key_id": {"type": "string"},
+                    "from": NULLABLE_TEXT,
+                    "until": NULLABLE_TEXT,
+                },
+            },
+        },
     },
 }
 DEVICE_DETAIL: Schema = {
@@ -429,6 +471,21 @@ def _channel_paths() -> dict[str, Schema]:
                 "responses": {
                     "200": reply("The device", DEVICE_DETAIL),
                     "404": device_404,
+                    **READ_ERRORS,
+                },
+            }
+        },
+        "/v1/devices/{device_id}/keys": {
+            "get": {
+                "summary": "The device's public signing keys as one PEM file (bundle verify)",
+                "parameters": dev,
+                "responses": {
+                    "200": {
+                        "description": "PEM public keys, each after its # key lines",
+                        "content": {"application/x-pem-file": {"schema": {"type": "string"}}},
+                    },
+                    "404": device_404,
+                    "409": reply("A key file on the collector does not parse"),
                     **READ_ERRORS,
                 },
             }

@@ -187,11 +187,13 @@ def _enrolled_keys(device: str, pem: str | None) -> list[Any]:
         ) from None
 
 
-def revoke_key(cfg: Any, device: str, kid: str) -> PemBlock:
+def revoke_key(cfg: Any, device: str, kid: str, enrolled: str | None = None) -> PemBlock:
     """Move key `kid` (its 16-hex id) of device from `<device>.pub` to `<device>.revoked`,
-    after a `# key <id> revoked <time>` line. KeyFileError when a file does not parse,
-    OSError when one cannot be written, LookupError (naming the ids on file) when the
-    key is not there.
+    after a `# key <id> revoked <time>` line; a key the device enrolled with or rotated
+    to (enrolled: its PEM keys in the ``devices`` table) is written to `.revoked` alone
+    (revoked wins over the table). KeyFileError when a file does not parse, OSError
+    when one cannot be written, LookupError (naming the ids on file) when the key is
+    not there.
 
     The revocation is written (fsynced) before the key leaves the `.pub` file: a crash
     between the two leaves it in both, and revoked wins."""
@@ -201,9 +203,12 @@ def revoke_key(cfg: Any, device: str, kid: str) -> PemBlock:
     pub, rev = files
     blocks = parse_public_keys(pub) if pub.exists() else []
     found = [b for b in blocks if b.key_id == kid.strip().lower()]
+    from_table = parse_public_keys(enrolled.encode()) if enrolled and enrolled.strip() else []
+    if not found:  # a key of the table only: nothing to take out of the .pub file
+        found = [b for b in from_table if b.key_id == kid.strip().lower()]
     if not found:
-        ids = ", ".join(b.key_id for b in blocks) or "none"
-        raise LookupError(f"no key {kid} in {pub} (keys on file: {ids})")
+        ids = ", ".join(dict.fromkeys(b.key_id for b in [*blocks, *from_table])) or "none"
+        raise LookupError(f"no key {kid} of {device} on file (keys: {ids})")
     block = found[0]
     entry = f"# key {block.key_id} revoked {rfc3339(time.time())}\n{block.pem}"
     fd = os.open(rev, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
@@ -213,8 +218,11 @@ def revoke_key(cfg: Any, device: str, kid: str) -> PemBlock:
     finally:
         os.close(fd)
     fsync_dir(rev.parent)
-    kept = "".join("".join(c + "\n" for c in b.comments) + b.pem for b in blocks if b is not block)
-    atomic_write(pub, kept.encode(), mode=0o644)
+    if any(b is block for b in blocks):
+        kept = "".join(
+            "".join(c + "\n" for c in b.comments) + b.pem for b in blocks if b is not block
+        )
+        atomic_write(pub, kept.encode(), mode=0o644)
     return block
 
 

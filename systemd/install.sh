@@ -4,7 +4,8 @@
 #   sudo sh systemd/install.sh [SOURCE]    SOURCE: this checkout (default) or a wheel file
 #
 # Puts the agent in its own virtual environment under /opt/posagent/venv, the
-# sample config in /etc/posagent/agent.toml (kept if present), a device key and signing key,
+# sample config in /etc/posagent/agent.toml (kept if present), a device key, the signing key
+# (in the state dir, /var/lib/posagent/keys),
 # the systemd unit, sysusers.d and tmpfiles.d snippets, then prints the next
 # steps. POSAGENT_ROOT=/some/dir installs into that tree instead of / (for
 # packaging and tests; systemctl is then not called).
@@ -57,15 +58,19 @@ install -m 0644 "$here/posagent.tmpfiles.conf" "$tmpfiles/posagent.conf"
 if [ -z "${POSAGENT_ROOT:-}" ]; then
   command -v systemd-sysusers >/dev/null && systemd-sysusers "$sysusers/posagent.conf" || true
   command -v systemd-tmpfiles >/dev/null && systemd-tmpfiles --create "$tmpfiles/posagent.conf" || true
-  # The Ed25519 signing key is made here, on the terminal, and never leaves it (the daemon
-  # cannot write /etc/posagent under its unit: ProtectSystem=strict).
-  if [ ! -s "$etc/device.ed25519" ]; then
-    "$opt/venv/bin/posagent" keygen --config "$etc/agent.toml" >/dev/null
-    say "new signing key: $etc/device.ed25519 (public key: posagent key show-public)"
-  fi
-  chgrp posagent "$etc" "$etc/agent.toml" "$etc/device.key" "$etc/device.ed25519" 2>/dev/null || true
+  # The Ed25519 signing key is made here, on the terminal, and never leaves it. Its home is
+  # the state dir (/var/lib/posagent/keys/device.ed25519, 0600 posagent, in a 0700 dir):
+  # the only place the daemon may write under its unit (ProtectSystem=strict), so it can
+  # rotate the key on command (rotate-signing-key). A key an older install made at
+  # $etc/device.ed25519 is kept and stays the terminal's identity until its first rotation.
+  made=$("$opt/venv/bin/posagent" keygen --config "$etc/agent.toml" | head -n 1) || true
+  say "signing key: ${made:-see posagent keygen} (public key: posagent key show-public)"
+  chgrp posagent "$etc" "$etc/agent.toml" "$etc/device.key" 2>/dev/null || true
   chmod 0640 "$etc/device.key"
-  if [ -f "$etc/device.ed25519" ]; then chmod 0640 "$etc/device.ed25519"; fi
+  if [ -f "$etc/device.ed25519" ]; then
+    chgrp posagent "$etc/device.ed25519" 2>/dev/null || true
+    chmod 0640 "$etc/device.ed25519"
+  fi
   command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
 fi
 

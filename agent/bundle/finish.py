@@ -70,7 +70,9 @@ def _worker(*args: str) -> list[str]:
 def _sign_args(cfg: Config) -> list[str]:
     """The key file and recipients of the config the caller loaded (not the file's
     current text: an edited config takes effect at the daemon's reload)."""
-    args = ["--key", str(cfg.bundle.signing_key_path())]
+    args: list[str] = []
+    for path in cfg.bundle.signing_key_candidates(cfg.agent.state_dir):
+        args += ["--key", path]
     for r in cfg.bundle.encrypt_to:
         args += ["--to", r]
     return args

@@ -20,7 +20,9 @@ Keys rotate: a public key file may hold several PEM blocks (`parse_public_keys`,
 `#` comment lines between them) and a `KeyRing` of a device's keys checks a
 signature against any current one, refusing a revoked one (`KeyRevoked`);
 `rotate_signing_key` replaces the terminal's key and records the old public
-key in `<signing_key_file>.retired.pub`; an age identity file may hold several
+key in `<key>.retired.pub` (agent.bundle.keyfiles: where the key lives and the
+two steps of a rotation; `begin_rotation` stages a new key and signs the
+`rotation_statement` with the old one for the collector); an age identity file may hold several
 identities (`load_identities`). `python -m agent.bundle.sealed --serve` is the
 sealing worker (`serve`, driven by agent.bundle.finish.SealWorker).
 """
@@ -66,14 +68,24 @@ from agent.bundle.format import (
     verify_ed25519,
 )
 from agent.bundle.framing import REPLY, REPLY_MAGIC, REQUEST, REQUEST_MAGIC
+from agent.bundle.keyfiles import (
+    Pending,
+    RotationError,
+    hand_to_dir_owner,
+    make_home_dir,
+    promote,
+    retired_keys_path,
+    staging_path,
+    write_pending,
+)
 from agent.bundle.policy import encryption_warning, require_recipient
-from agent.core.config import Config, ConfigError, load_config
-from agent.core.files import fsync_dir
+from agent.core.config import Config, ConfigError, load_config, resolve_signing_key
 from agent.core.timefmt import rfc3339
 
 __all__ = [
     "encryption_warning",
     "key_id",
+    "retired_keys_path",
     "sign_ed25519",
     "verify_ed25519",
 ]  # re-exported for callers
@@ -105,7 +117,7 @@ def generate_signing_key(path: str | Path) -> Ed25519PrivateKey:
         serialization.NoEncryption(),
     )
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        make_home_dir(p)  # 0700, handed to the state dir's owner when root makes it
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         raise
@@ -285,48 +297,87 @@ class KeyRing:
         )
 
 
-def retired_keys_path(signing_key: str | Path) -> Path:
-    """Where `posagent key rotate` records the public keys it retired (PEM blocks)."""
-    p = Path(signing_key)
-    return p.with_name(p.name + ".retired.pub")
-
-
-def rotate_signing_key(path: str | Path) -> tuple[Ed25519PublicKey, Ed25519PrivateKey]:
-    """Replace the signing key at path with a new one (same owner, group and mode);
-    the old public key is appended to retired_keys_path(path) first, with a
-    `# key <id> retired <time>` line. Returns (old public key, new key).
-
-    The new key is written beside the old one and renamed over it: a crash leaves
-    either key whole (the old one possibly recorded as retired twice)."""
-
-    p = Path(path)
-    old = load_signing_key(p)
-    st = os.stat(p)
-    tmp = p.with_name(p.name + ".new")
+def stage_signing_key(home: str | Path) -> Ed25519PrivateKey:
+    """A new key at `<home>.new` (a leftover staged key is replaced): with the owner,
+    group and mode of the key at home when there is one (0640 root:posagent as
+    install.sh left a key), else 0600 owned like its directory when made by root
+    (`posagent key rotate`), so the daemon can read it."""
+    staged = staging_path(home)
     try:
-        tmp.unlink(missing_ok=True)  # left by a rotation that died before its rename
+        make_home_dir(home)
+        staged.unlink(missing_ok=True)  # left by a rotation that never finished
     except OSError as e:
-        raise KeyFileError(f"cannot replace signing key {p}: {e.strerror or e}") from None
-    new = generate_signing_key(tmp)
-    record = retired_keys_path(p)
+        raise KeyFileError(f"cannot stage a new signing key {staged}: {e.strerror or e}") from None
+    key = generate_signing_key(staged)
     try:
-        if os.geteuid() == 0:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        os.chmod(tmp, stat.S_IMODE(st.st_mode) & 0o640)
-        old_pub = old.public_key()
-        entry = f"# key {key_id(old_pub)} retired {rfc3339(time.time())}\n{public_pem(old_pub)}"
-        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, entry.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, p)
-        fsync_dir(p.parent)
+        st = os.stat(home) if Path(home).is_file() else None
+        if st is None:
+            hand_to_dir_owner(staged)
+        else:
+            if os.geteuid() == 0:
+                os.chown(staged, st.st_uid, st.st_gid)
+            os.chmod(staged, stat.S_IMODE(st.st_mode) & 0o640)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise KeyFileError(f"cannot replace signing key {p}: {e.strerror or e}") from None
-    return old_pub, new
+        raise KeyFileError(f"cannot hand {staged} to its directory's owner: {e}") from None
+    return key
+
+
+def rotation_statement(command_id: str, device: str, public_key_pem: str, previous: str) -> bytes:
+    """What the old key signs to vouch for the new one (docs/CHANNEL.md §3
+    `rotate-signing-key`): canonical JSON of the command, the device, the new public
+    key (PEM) and the old key's id. The collector rebuilds it from the result."""
+    doc = {
+        "v": 1,
+        "kind": "rotate-signing-key",
+        "command_id": command_id,
+        "device": device,
+        "public_key": public_key_pem,
+        "previous": previous,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def begin_rotation(
+    current: str | Path, home: str | Path, *, command_id: str = "", device: str = ""
+) -> tuple[Pending, str, str]:
+    """Stage a new key at home and record the pending rotation: (pending, the new
+    public PEM, the statement's signature by the current key, base64)."""
+    old = load_signing_key(current)
+    new = stage_signing_key(home)
+    old_pub, new_pub = old.public_key(), new.public_key()
+    pem = public_pem(new_pub)
+    pending = Pending(
+        command_id=command_id,
+        key_id=key_id(new_pub),
+        previous=key_id(old_pub),
+        previous_pem=public_pem(old_pub),
+        current=str(current),
+        at=time.time(),
+    )
+    try:
+        write_pending(home, pending)
+    except OSError as e:
+        raise KeyFileError(f"cannot record the rotation beside {home}: {e.strerror or e}") from None
+    statement = rotation_statement(command_id, device, pem, pending.previous)
+    return pending, pem, sign_ed25519(old, statement).decode()
+
+
+def rotate_signing_key(
+    path: str | Path, home: str | Path | None = None
+) -> tuple[Ed25519PublicKey, Ed25519PrivateKey]:
+    """Replace the signing key read from path with a new one at home (default: path)
+    at once (`posagent key rotate`): staged beside it, the old public key recorded in
+    retired_keys_path(home), the old key kept (keyfiles.promote). (old public key, new key).
+
+    A crash leaves either key whole (the old one possibly recorded as retired twice)."""
+    target = Path(home or path)
+    pending, _, _ = begin_rotation(path, target)
+    try:
+        promote(target, pending)
+    except RotationError as e:
+        staging_path(target).unlink(missing_ok=True)
+        raise KeyFileError(str(e)) from None
+    return load_public_key(pending.previous_pem.encode()), load_signing_key(target)
 
 
 # --------------------------------------------------------------------------- age
@@ -464,7 +515,7 @@ def crypto_from_config(cfg: Config, *, create: bool) -> tuple[Ed25519PrivateKey,
     except ValueError as e:
         raise ConfigError(str(e), file=cfg.source, key="bundle.encrypt_to") from None
     try:
-        key = load_signing_key(b.signing_key_path(), create=create)
+        key = load_signing_key(b.signing_key_path(cfg.agent.state_dir), create=create)
     except KeyFileError as e:
         raise ConfigError(str(e), file=cfg.source, key="bundle.signing_key_file") from None
     return key, list(b.encrypt_to)
@@ -525,18 +576,24 @@ def _key_stamp(path: str) -> tuple[int, int, int]:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def serve(key_path: str, recipients: list[str], idle_s: float, rfd: int = 0, wfd: int = 1) -> int:
+def serve(
+    key_path: str | list[str], recipients: list[str], idle_s: float, rfd: int = 0, wfd: int = 1
+) -> int:
     """The sealing worker's loop (`agent.bundle.finish.SealWorker` is the other end).
 
     Each request, `REQUEST` (magic, rank, length) then the plaintext zip, gets a
     `REPLY` (magic, 1 and the finished bytes, or 0 and a one-line reason). The key
-    file is loaded again when it changed (`posagent key rotate`). Returns at end of
+    file is loaded again when it changed (`posagent key rotate`, a rotation on
+    command): key_path may be the candidates of `BundleConfig.signing_key_candidates`,
+    the first that exists used (checked per bundle). Returns at end of
     input (the daemon went) or after idle_s without a request; 78 when the key or
     a recipient is unusable at start (the reason on stderr), 65 on a bad frame."""
+    candidates = [key_path] if isinstance(key_path, str) else list(key_path)
     try:
         parse_recipients(recipients)
-        stamp = _key_stamp(key_path)
-        key = load_signing_key(key_path, create=True)
+        path = resolve_signing_key(candidates)
+        stamp = (path, _key_stamp(path))
+        key = load_signing_key(path, create=True)
     except (ValueError, KeyFileError) as e:
         sys.stderr.write(f"{e}\n")
         return 78
@@ -557,9 +614,10 @@ def serve(key_path: str, recipients: list[str], idle_s: float, rfd: int = 0, wfd
             sys.stderr.write(f"sealing worker: {e}\n")
             return 65
         try:
-            now = _key_stamp(key_path)
+            path = resolve_signing_key(candidates)
+            now = (path, _key_stamp(path))
             if now != stamp:
-                key, stamp = load_signing_key(key_path), now
+                key, stamp = load_signing_key(path), now
             out = finish(data, BundleReader(data).manifest(), key, recipients, rank)
             reply = REPLY.pack(REPLY_MAGIC, 1, len(out)) + out
         except BundleError as e:  # KeyFileError too: the daemon logs the bundle not captured
@@ -573,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
 
     - `--config CFG --check`: load (or make) the signing key and parse the
       recipients of CFG; exit 78 with the file named when either is unusable;
-    - `--serve --key FILE [--to RECIPIENT]... [--idle-s S]`: the sealing worker
+    - `--serve --key FILE... [--to RECIPIENT]... [--idle-s S]`: the sealing worker
       (`serve`): bundles in on stdin, signed (and sealed to the recipients) out
       on stdout. The daemon passes the key file and recipients of the config it
       runs with, so an edited config takes effect at its reload (SIGHUP), as
@@ -585,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true")
     p.add_argument("--serve", action="store_true")
     p.add_argument("--idle-s", type=float, default=60.0)
-    p.add_argument("--key")
+    p.add_argument("--key", action="append", default=[])
     p.add_argument("--to", action="append", default=[])
     a = p.parse_args(argv)
     if a.check:
@@ -597,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"{key_id(key.public_key())} {len(recipients)} recipient(s)\n")
         return 0
     if not (a.serve and a.key):
-        p.error("--serve --key FILE [--to RECIPIENT]..., or --config CFG --check")
+        p.error("--serve --key FILE... [--to RECIPIENT]..., or --config CFG --check")
     return serve(a.key, a.to, a.idle_s)
 
 

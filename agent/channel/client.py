@@ -19,7 +19,10 @@ A turn of the loop:
    remote.json and applied by a reload).
 
 Commands that need the daemon (capture, selftest, logs) go to `run_command`;
-set-level, checkin-interval and rotate-token are the channel's own. A turn
+set-level, checkin-interval, rotate-token and rotate-signing-key are the
+channel's own. A signing key rotation is staged when its command runs (the new
+public key, signed by the old key, goes with the result) and promoted once a
+check-in that carried the result is answered 200 (agent/bundle/keyfiles.py). A turn
 that ran commands checks in again at once, so their results reach the
 collector without waiting an interval.
 """
@@ -39,6 +42,7 @@ from typing import Any
 import structlog
 
 from agent import __version__
+from agent.bundle.keyfiles import RotationError, discard, promote, read_pending
 from agent.channel.commands import Command, Refused, check_command, envelope_id
 from agent.channel.store import Result, Results, Seen, one_line
 from agent.core.config import (
@@ -74,6 +78,7 @@ from agent.upload.worker import (
     PostJsonRequest,
     PublicKeyRequest,
     PutReply,
+    RotateKeyRequest,
     VerifyRequest,
     WorkerRequest,
     WorkerTransport,
@@ -136,6 +141,7 @@ class Channel:
         self._in_request_s = 0.0  # the bound of the request in flight (0: none)
         self._said: set[str] = set()  # one-time log lines already written
         self._refused_digest = ""
+        self._proofs: dict[str, dict[str, str]] = {}  # command id → its key rotation's proof
         self._reloading = False
         self._loaded_at = clock()  # the config (and its overrides) were read about now
         self.state: dict[str, Any] = {
@@ -219,6 +225,7 @@ class Channel:
         next_expiry = self._expire_overrides()
         if self._reloading:
             return interval
+        self._promote_rotation()  # one acknowledged before a restart
         if not device_token(self.up):
             if not self.up.enrollment_token_file:
                 self._once(
@@ -275,7 +282,8 @@ class Channel:
                 reason=f"enrollment token file {up.enrollment_token_file} missing or empty",
             )
             return False
-        pem = self._request(PublicKeyRequest(self.cfg.bundle.signing_key_path()))
+        key_file = self.cfg.bundle.signing_key_path(self.cfg.agent.state_dir)
+        pem = self._request(PublicKeyRequest(key_file))
         if pem.error or not pem.body:
             self._note_error(f"cannot read the signing key: {pem.error}", "channel_enroll_failed")
             return False
@@ -364,7 +372,8 @@ class Channel:
             "summary": self._summary(),
             "results": sent,
         }
-        wait = LONGPOLL_WAIT_S if up.longpoll else 0
+        # results go at once (no hold): their acknowledgement is what a key rotation waits for
+        wait = LONGPOLL_WAIT_S if up.longpoll and not sent else 0
         t0 = time.monotonic()
         reply = self._post(CHECKIN_PATH, body, token, wait)
         if reply.status != 200:
@@ -382,6 +391,8 @@ class Channel:
             self._note_error(f"check-in answer is not JSON: {e}", "channel_checkin_failed")
             return interval
         self.results.acknowledge(sent)
+        self._rotation_verdicts(doc.get("key_rotations"))
+        self._promote_rotation()
         self.state["checkins"] += 1
         self.state["last_checkin_at"] = self._clock()
         self.state["last_error"] = None
@@ -461,6 +472,7 @@ class Channel:
         except Exception as e:  # a command's failure is its result, never the channel's end
             log.exception("channel_command_error", command_id=cmd.id, error=str(e))
             status, detail = "failed", f"{type(e).__name__}: {e}"
+        key = self._proofs.pop(cmd.id, None)
         self.state["commands_run"] += 1
         log.info(
             "channel_command_result",
@@ -469,7 +481,7 @@ class Channel:
             status=status,
             detail=one_line(detail),
         )
-        self.results.add(Result(cmd.id, status, one_line(detail), self._clock()))
+        self.results.add(Result(cmd.id, status, one_line(detail), self._clock(), key))
         return True
 
     def _execute(self, cmd: Command) -> tuple[str, str]:
@@ -479,6 +491,8 @@ class Channel:
             return self._checkin_interval(int(cmd.args["seconds"]))
         if cmd.kind == "rotate-token":
             return self._rotate_token()
+        if cmd.kind == "rotate-signing-key":
+            return self._rotate_signing_key(cmd)
         return self._run_command(cmd)
 
     def _local_text(self) -> tuple[str, str]:
@@ -543,6 +557,85 @@ class Channel:
         atomic_write(Path(self.up.token_file), token.encode() + b"\n", mode=0o600)
         log.info("channel_token_rotated")
         return "done", "device token rotated"
+
+    def _key_home(self) -> str:
+        return self.cfg.bundle.signing_key_home(str(self.state_dir))
+
+    def _rotate_signing_key(self, cmd: Command) -> tuple[str, str]:
+        """Stage a new key (in the upload child) and vouch for it with the current one; the
+        proof travels with the result, and the new key signs bundles once the collector
+        has acknowledged it (`_promote_rotation`)."""
+        home = self._key_home()
+        waiting = read_pending(home)
+        if waiting is not None and waiting.command_id:
+            return "refused", (
+                f"rotation {waiting.command_id} to key {waiting.key_id} still waits for the "
+                "collector's acknowledgement"
+            )
+        current = self.cfg.bundle.signing_key_path(str(self.state_dir))
+        reply = self._request(RotateKeyRequest(current, home, cmd.id, self.cfg.agent.device_id))
+        if reply.error:
+            return "failed", reply.error
+        try:
+            doc = json.loads(reply.body)
+            proof = {k: str(doc[k]) for k in ("public_key", "previous", "signature")}
+            new_id = str(doc["key_id"])
+        except (ValueError, KeyError, TypeError) as e:
+            return "failed", f"key rotation answer unusable: {e}"
+        self._proofs[cmd.id] = proof
+        log.info("channel_signing_key_staged", key_id=new_id, previous=proof["previous"])
+        return "done", f"signing key {proof['previous']} -> {new_id}"
+
+    def _rotation_verdicts(self, items: Any) -> None:
+        """A staged key the collector did not trust (its reply's ``key_rotations``) is
+        dropped: the current key stays in force (a collector that does not say is taken
+        to have trusted it once it acknowledged the result)."""
+        home = self._key_home()
+        pending = read_pending(home)
+        if pending is None or not pending.command_id or not isinstance(items, list):
+            return
+        for it in items:
+            if not isinstance(it, dict) or it.get("command_id") != pending.command_id:
+                continue
+            if it.get("status") == "done":
+                return
+            try:
+                discard(home)
+            except OSError as e:
+                log.error("channel_signing_key_not_discarded", error=str(e))
+            log.error(
+                "channel_signing_key_refused",
+                command_id=pending.command_id,
+                key_id=pending.key_id,
+                kept=pending.previous,
+                reason=one_line(str(it.get("detail", ""))),
+            )
+            return
+
+    def _promote_rotation(self) -> None:
+        """A staged key whose rotation result the collector acknowledged replaces the
+        current one (agent.bundle.keyfiles.promote); the sealing worker picks it up at
+        its next bundle."""
+        home = self._key_home()
+        pending = read_pending(home)
+        if pending is None or not pending.command_id:
+            return
+        if any(r.get("command_id") == pending.command_id for r in self.results.pending()):
+            return  # its result has not reached the collector yet
+        try:
+            promote(home, pending)
+        except RotationError as e:
+            self._once(
+                f"promote:{pending.command_id}", "channel_signing_key_not_rotated", error=str(e)
+            )
+            return
+        log.info(
+            "channel_signing_key_rotated",
+            command_id=pending.command_id,
+            key_id=pending.key_id,
+            previous=pending.previous,
+            key_file=home,
+        )
 
     # ------------------------------------------------------------------ remote config
 

@@ -24,7 +24,15 @@ from agent.core.timefmt import parse_rfc3339
 from agent.faults.catalog import RULES
 from agent.upload.protocol import COMMAND_GRACE_S
 
-KINDS = ("capture", "selftest", "logs", "set-level", "checkin-interval", "rotate-token")
+KINDS = (
+    "capture",
+    "selftest",
+    "logs",
+    "set-level",
+    "checkin-interval",
+    "rotate-token",
+    "rotate-signing-key",
+)
 MAX_ENVELOPE_BYTES = 16 * 1024
 MAX_SET_LEVEL_S = 7 * 86400.0
 NOTE_MAX = 10_000
@@ -126,7 +134,7 @@ def _check_args(cmd: Command, now: float, command_logs: Mapping[str, str]) -> Co
         if not isinstance(note, str) or len(note) > NOTE_MAX:
             raise Refused(f"note must be a string of at most {NOTE_MAX} characters")
         return cmd
-    if cmd.kind in ("selftest", "rotate-token"):
+    if cmd.kind in ("selftest", "rotate-token", "rotate-signing-key"):
         _only(a, set())
         return cmd
     if cmd.kind == "logs":

@@ -40,14 +40,19 @@ class Result:
     status: str  # done | refused | failed
     detail: str
     at: float
+    # rotate-signing-key: the new public key and the old key's signature (docs/CHANNEL.md §3)
+    key: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "command_id": self.command_id,
             "status": self.status,
             "detail": self.detail,
             "at": rfc3339(self.at),
         }
+        if self.key is not None:
+            out["key"] = self.key
+        return out
 
 
 def one_line(text: str) -> str:

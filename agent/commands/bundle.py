@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             if sealed:
                 env = outer.verify(None, pub)
                 envelope_note = f"sealed, envelope {_checked(env)}"
+                if env.ed25519_checked:  # which of the device's keys: its id, signed
+                    envelope_note += f" (key {env.manifest.get('signer', '?')})"
         if sealed:
             if args.bundle_cmd == "verify" and pub is None:
                 err(f"{args.file}: sealed bundle: its origin is checked with --public-key PUB")

@@ -36,10 +36,13 @@ def check_bundle_crypto(cfg: Config) -> None:
     try:
         crypto_from_config(cfg, create=False)
     except ConfigError as e:
-        if e.key != "bundle.signing_key_file" or Path(cfg.bundle.signing_key_path()).exists():
+        if (
+            e.key != "bundle.signing_key_file"
+            or Path(cfg.bundle.signing_key_path(cfg.agent.state_dir)).exists()
+        ):
             raise
         print(
-            f"warning: no signing key yet at {cfg.bundle.signing_key_path()} "
+            f"warning: no signing key yet at {cfg.bundle.signing_key_path(cfg.agent.state_dir)} "
             "(made at first start, or by posagent keygen)",
             file=sys.stderr,
         )

@@ -171,12 +171,14 @@ def standalone(cfg: Config, args: argparse.Namespace, req: ReportRequest, why: s
         err(f"posagent report: not captured: {e}")
         return EX_CONFIG
     try:
-        signing_path = Path(cfg.bundle.signing_key_path())
+        signing_path = Path(cfg.bundle.signing_key_path(cfg.agent.state_dir))
         created = not signing_path.exists()
         check_keys(cfg)  # makes the signing key if absent; 78 when corrupt
         finish = finisher(cfg)
         if created and owner is not None:
             os.chown(signing_path, *owner)  # the daemon signs with it too
+            if str(signing_path) == cfg.bundle.signing_key_home(cfg.agent.state_dir):
+                os.chown(signing_path.parent, *owner)  # its home, <state_dir>/keys (0700)
     except (ConfigError, OSError) as e:
         err(f"posagent report: not captured: {e}")
         return EX_CONFIG

@@ -100,17 +100,46 @@ class RootsConfig:
 class BundleConfig:
     hmac_key_file: str = "/etc/posagent/device.key"
     max_entry_kib: int = _f(512, min=4, max=65536)
-    # Ed25519 device signing key (agent.bundle.sealed); "": device.ed25519 beside hmac_key_file
+    # Ed25519 device signing key (agent.bundle.sealed); "": <state_dir>/keys/device.ed25519
+    # (or device.ed25519 beside hmac_key_file, where installs before issue 17's rotation made it)
     signing_key_file: str = ""
     # age X25519 recipients ("age1..."): every bundle is encrypted to all of them
     encrypt_to: list[str] = _f([])
     require_encryption: bool = False
 
-    def signing_key_path(self) -> str:
-        """The signing key file: signing_key_file, else device.ed25519 beside hmac_key_file."""
+    def signing_key_home(self, state_dir: str) -> str:
+        """Where the signing key is made and rotated: signing_key_file, else
+        <state_dir>/keys/device.ed25519 (writable by the daemon under its unit)."""
         if self.signing_key_file:
             return self.signing_key_file
-        return str(Path(self.hmac_key_file).with_name("device.ed25519"))
+        return str(Path(state_dir) / SIGNING_KEYS_DIR / SIGNING_KEY_NAME)
+
+    def signing_key_candidates(self, state_dir: str) -> list[str]:
+        """The signing key files in the order they are looked for: signing_key_file alone,
+        else the home in the state dir then the legacy path beside hmac_key_file (a key
+        made there before stays the terminal's identity until its first rotation)."""
+        home = self.signing_key_home(state_dir)
+        if self.signing_key_file:
+            return [home]
+        return [home, str(Path(self.hmac_key_file).with_name(SIGNING_KEY_NAME))]
+
+    def signing_key_path(self, state_dir: str) -> str:
+        """The signing key file in use: the first candidate that exists, else the home
+        (where keygen or the first start makes it)."""
+        return resolve_signing_key(self.signing_key_candidates(state_dir))
+
+
+SIGNING_KEYS_DIR = "keys"
+SIGNING_KEY_NAME = "device.ed25519"
+
+
+def resolve_signing_key(candidates: list[str]) -> str:
+    """The first of candidates that exists (a link counts: it is refused when loaded),
+    else the first."""
+    for c in candidates:
+        if os.path.lexists(c):
+            return c
+    return candidates[0]
 
 
 @dataclass(frozen=True)

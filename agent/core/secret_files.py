@@ -9,7 +9,10 @@ selftest` and the daemon at start:
 
 - refused (a `ConfigError`, exit 78, naming the file): a symbolic link (its
   target can be changed under the agent), not a regular file, writable by
-  group or others, owned by a user other than root or the agent's, or in a
+  group or others, owned by a user other than root or the agent's (the user
+  running the check, or the owner of the state dir: the daemon's user, who
+  writes the device token at enrollment and its signing key's home, so that
+  `posagent check-config` run as root accepts them), or in a
   directory every user may write without the sticky bit;
 - warned about: readable by every user (mode o+r): chmod 0640 or 0600.
 
@@ -45,15 +48,18 @@ def secret_paths(cfg: Config) -> list[tuple[str, str]]:
     pairs = [
         ("upload.token_file", cfg.upload.token_file),
         ("bundle.hmac_key_file", cfg.bundle.hmac_key_file),
-        ("bundle.signing_key_file", cfg.bundle.signing_key_path()),
+        ("bundle.signing_key_file", cfg.bundle.signing_key_path(cfg.agent.state_dir)),
         ("upload.client_key_file", cfg.upload.client_key_file),
         ("upload.enrollment_token_file", cfg.upload.enrollment_token_file),
     ]
     return [(k, p) for k, p in pairs if p]
 
 
-def check_file(key: str, path: str, euid: int | None = None) -> list[SecretFileProblem]:
-    """What is wrong with one secret file ([] when fine or absent)."""
+def check_file(
+    key: str, path: str, euid: int | None = None, agent_uid: int | None = None
+) -> list[SecretFileProblem]:
+    """What is wrong with one secret file ([] when fine or absent); agent_uid: the
+    daemon's user (the state dir's owner), whose files are its own."""
     uid = os.geteuid() if euid is None else euid
     try:
         st = os.lstat(path)
@@ -74,7 +80,7 @@ def check_file(key: str, path: str, euid: int | None = None) -> list[SecretFileP
     if mode & 0o022:
         who = " and ".join(w for b, w in ((0o020, "group"), (0o002, "others")) if mode & b)
         out += refuse(f"is writable by {who} (mode {mode:04o}): chmod go-w")
-    if st.st_uid not in (0, uid):
+    if st.st_uid not in (0, uid) and st.st_uid != agent_uid:
         out += refuse(f"is owned by uid {st.st_uid}, another user who can rewrite it")
     parent = Path(path).parent
     try:
@@ -94,7 +100,11 @@ def check_file(key: str, path: str, euid: int | None = None) -> list[SecretFileP
 
 def check_secret_files(cfg: Config, euid: int | None = None) -> list[SecretFileProblem]:
     """Every finding about the config's secret files, refusals first."""
-    found = [p for key, path in secret_paths(cfg) for p in check_file(key, path, euid)]
+    try:
+        agent_uid: int | None = os.stat(cfg.agent.state_dir).st_uid
+    except OSError:
+        agent_uid = None
+    found = [p for key, path in secret_paths(cfg) for p in check_file(key, path, euid, agent_uid)]
     return sorted(found, key=lambda p: not p.refuse)
 
 

@@ -7,8 +7,11 @@
   "no_reply", `state_detail` keeps the driver's state); without, only the
   device node's presence is checked, so the POS application's port is never
   touched.
-- identity: "vid:pid[:serial]" (lower-case hex, as the match spec writes it)
-  of the USB device behind the port, "" for a port without USB identity.
+- identity: "vid:pid[:~hash]" of the USB device behind the port (lower-case
+  hex, as the match spec writes it), its serial number as a keyed hash
+  (`stored_identity`, as in the baseline), "" for a port without USB identity:
+  readings go to the flight recorder's files in the state dir, which never hold
+  the PIN pad's serial number in clear.
 - identity_changed: True when the port carries another USB identity than the
   configured `match` or, without match, than the first identity seen on that
   port. The first identity is kept in <state_dir>/serial_baseline.json so a
@@ -30,7 +33,9 @@ a swap.
 "peripherals" values: unexpected (sorted identities of present USB serial
 ports that are neither allow-listed by [peripherals].allow or a [[serial]]
 match, nor sitting at a configured [[serial]]/[[printer]] device path: each
-is one serial.unexpected_device instance), ports ({device: identity}).
+is one serial.unexpected_device instance; a foreign device's serial number is
+evidence and stays in clear), ports ({device: identity}, serials hashed as
+above: the PIN pad is among them).
 Android has no udev: the inventory is simply re-read every interval.
 """
 
@@ -187,7 +192,7 @@ class SerialMonitor:
             if identity and watched is not None:
                 changed, first = self.baseline.changed(f"{cfg.name}@{watched}", identity)
                 values["expected_identity"] = first
-        values["identity"] = identity
+        values["identity"] = stored_identity(identity, self.baseline.key)
         values["identity_changed"] = changed
         values["device"] = str(target) if target is not None else (cfg.device or cfg.match)
         if target is None or not os.path.exists(target):
@@ -224,6 +229,7 @@ class PeripheralsMonitor:
     cfg: Config
     roots: Roots = field(default_factory=Roots)
     name: str = "peripherals"
+    key: bytes = b""  # hashes the serial numbers of `ports` (stored_identity)
 
     def __post_init__(self) -> None:
         specs = [MatchSpec.parse(a) for a in self.cfg.peripherals.allow]
@@ -259,7 +265,7 @@ class PeripheralsMonitor:
                 "peripherals",
                 {
                     "unexpected": self.unexpected(ports),
-                    "ports": {p.device: p.usb_id for p in ports},
+                    "ports": {p.device: stored_identity(p.usb_id, self.key) for p in ports},
                 },
             )
         ]
@@ -280,13 +286,7 @@ def _baseline(cfg: Config, ctx: MonitorContext) -> IdentityBaseline:
     daemon makes it before the monitors); in memory only when the key is unreadable."""
     if not cfg.serial:
         return IdentityBaseline(None, b"")
-    try:
-        key = Path(cfg.bundle.hmac_key_file).read_bytes().strip()
-    except OSError as e:
-        key = b""
-        reason = e.strerror or str(e)
-    else:
-        reason = "the key file is empty"
+    key, reason = _serial_key(cfg)
     if not key:
         log.warning(
             "serial_baseline_in_memory",
@@ -298,7 +298,16 @@ def _baseline(cfg: Config, ctx: MonitorContext) -> IdentityBaseline:
     return IdentityBaseline(ctx.state_dir / BASELINE_FILE, key)
 
 
+def _serial_key(cfg: Config) -> tuple[bytes, str]:
+    """The device HMAC key that hashes serial numbers, b"" with why when unreadable."""
+    try:
+        key = Path(cfg.bundle.hmac_key_file).read_bytes().strip()
+    except OSError as e:
+        return b"", e.strerror or str(e)
+    return key, "" if key else "the key file is empty"
+
+
 @register("peripherals")
 def peripherals_monitors(cfg: Config, ctx: MonitorContext) -> list[Monitor]:
     """The serial port inventory monitor (unexpected devices)."""
-    return [PeripheralsMonitor(cfg, ctx.roots)]
+    return [PeripheralsMonitor(cfg, ctx.roots, key=_serial_key(cfg)[0])]

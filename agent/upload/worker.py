@@ -20,8 +20,11 @@ Protocol, one JSON object per line, parent → child, each answered by one
   signatures against a public key file; the reply's `body` is a JSON list,
   per item "" (verified) or why not;
 - a `PublicKeyRequest` (`"kind": "public_key"`): the reply's `body` is the PEM
-  public key of the terminal's Ed25519 signing key (sent at enrollment).
-The last two keep `cryptography` out of the daemon as requests is kept out.
+  public key of the terminal's Ed25519 signing key (sent at enrollment);
+- a `RotateKeyRequest` (`"kind": "rotate_key"`): a new signing key staged for a
+  `rotate-signing-key` command; the reply's `body` is its public key and the
+  old key's signature vouching for it (JSON).
+The last three keep `cryptography` out of the daemon as requests is kept out.
 
 The parent never waits unbounded: no line for connect + read timeout +
 STALL_GRACE_S kills the child (a retriable failure); the uploader stopping
@@ -154,7 +157,24 @@ class PublicKeyRequest:
         return json.dumps(vars(self)).encode() + b"\n"
 
 
-WorkerRequest = PutRequest | PostJsonRequest | VerifyRequest | PublicKeyRequest
+@dataclass(frozen=True)
+class RotateKeyRequest:
+    """Stage a new signing key at home for a `rotate-signing-key` command and vouch for
+    it with the current key (agent.bundle.sealed.begin_rotation)."""
+
+    current_key_file: str
+    home_key_file: str
+    command_id: str
+    device: str
+    kind: str = "rotate_key"
+    connect_timeout_s: float = 0.0
+    read_timeout_s: float = LOCAL_TIMEOUT_S
+
+    def to_json(self) -> bytes:
+        return json.dumps(vars(self)).encode() + b"\n"
+
+
+WorkerRequest = PutRequest | PostJsonRequest | VerifyRequest | PublicKeyRequest | RotateKeyRequest
 
 
 @dataclass(frozen=True)
@@ -599,6 +619,28 @@ def public_key_pem(req: PublicKeyRequest) -> PutReply:
         return PutReply(error=f"signing key {req.signing_key_file}: {e}"[:300])
 
 
+def rotate_key(req: RotateKeyRequest) -> PutReply:
+    """A new key staged, the rotation recorded as pending; the reply's body is JSON:
+    public_key (PEM), key_id, previous (the old key's id), signature (base64, the old
+    key's over agent.bundle.sealed.rotation_statement). In the child."""
+    from agent.bundle.format import BundleError  # lazy: the child's side only
+    from agent.bundle.sealed import begin_rotation  # lazy: cryptography, child only
+
+    try:
+        pending, pem, signature = begin_rotation(
+            req.current_key_file, req.home_key_file, command_id=req.command_id, device=req.device
+        )
+    except (BundleError, OSError, ValueError) as e:
+        return PutReply(error=str(e)[:300])
+    body = {
+        "public_key": pem,
+        "key_id": pending.key_id,
+        "previous": pending.previous,
+        "signature": signature,
+    }
+    return PutReply(body=json.dumps(body))
+
+
 def _write(out: IO[bytes], msg: dict[str, Any]) -> None:
     out.write(json.dumps(msg).encode() + b"\n")
     out.flush()
@@ -632,6 +674,9 @@ def main() -> int:
                 continue
             if kind == "public_key":
                 _write(out, {"reply": vars(public_key_pem(PublicKeyRequest(**d)))})
+                continue
+            if kind == "rotate_key":
+                _write(out, {"reply": vars(rotate_key(RotateKeyRequest(**d)))})
                 continue
             if kind != "put":
                 raise ValueError(f"unknown request kind {kind!r}")

@@ -32,8 +32,10 @@ from typing import Any
 import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from agent.bundle.format import BundleError, key_id
+from agent.bundle.sealed import public_pem
 from collector.access import principal_of
 from collector.auth import TokenFileError, valid_device_id
 from collector.channel import checkin, commands, devices, enroll, remote_config
@@ -42,6 +44,7 @@ from collector.channel.hooks import _audit
 from collector.channel.signing import NoSigningKey, Signer
 from collector.channel.silent import SilentWorker, outages
 from collector.channel.waiters import Waiters
+from collector.sealed import device_keyring
 from collector.storage import Limiter
 from collector.storage.sql import Database
 
@@ -212,6 +215,7 @@ async def post_checkin(request: Request) -> Response:
                 now=time.time(),
                 silent_after=ch.silent_after,
                 wait_s=wait,
+                keys_cfg=col.cfg,
             )
         )
     except ChannelError as e:
@@ -230,7 +234,10 @@ async def post_checkin(request: Request) -> Response:
         return bool(found)
 
     await ch.waiters.wait(device, wait, check)
-    return JSONResponse(checkin.Reply(found, reply.config, reply.next_checkin_s).to_json())
+    held = checkin.Reply(
+        found, reply.config, reply.next_checkin_s, key_rotations=reply.key_rotations
+    )
+    return JSONResponse(held.to_json())
 
 
 async def post_self_token(request: Request) -> Response:
@@ -338,6 +345,29 @@ async def get_device(request: Request) -> Response:
     out["commands"] = [c.to_json(now) for c in v.commands]
     out["outages"] = [o.to_json() for o in v.outages]
     return JSONResponse(out)
+
+
+async def get_keys(request: Request) -> Response:
+    """The device's public keys as one PEM file (`posagent bundle verify --public-key`):
+    those it enrolled with or rotated to, with their comment lines, then those of
+    device_pubkeys_dir; revoked ones left out."""
+    v = await _view(request)
+    if isinstance(v, Response):
+        return v
+    col = _col(request)
+    d = v.device
+    text = d.pubkeys.rstrip("\n") + "\n" if d.pubkeys.strip() else ""
+    try:
+        ring = await run_in_threadpool(device_keyring, col.cfg, d.id, enrolled=d.pubkeys)
+    except BundleError as e:
+        return error(ChannelError(409, "keys_unusable", str(e)))
+    known = set(d.key_ids())
+    for pub in ring.current if ring is not None else []:
+        kid = key_id(pub)
+        if kid not in known and kid not in (ring.revoked if ring else {}):
+            known.add(kid)
+            text += f"# key {kid} (device_pubkeys_dir)\n{public_pem(pub)}"
+    return PlainTextResponse(text, media_type="application/x-pem-file")
 
 
 async def get_commands(request: Request) -> Response:

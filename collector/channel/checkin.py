@@ -9,7 +9,8 @@ id, agent version, config digest, interval, address; a device registered in the 
 file rather than enrolled gets its registry row on its first check-in), sets when it
 will be silent (``silent_deadline``: now + silent_after_checkins × interval + the
 long-poll's wait) and, when it was silent, closes its outage (`collector.channel.silent`);
-records the results; picks the commands to deliver (`commands.deliverable`, counted as
+records the results (the outcome of a key rotation among them goes back in the reply,
+``key_rotations``); picks the commands to deliver (`commands.deliverable`, counted as
 delivered) and the remote config for its site, sent only when its digest differs from
 the one the terminal holds.
 
@@ -138,6 +139,8 @@ class Reply:
     config: dict[str, Any] | None  # {"digest", "values"} when the terminal's differs
     next_checkin_s: int
     came_back: bool = False
+    # the outcome of each rotate-signing-key result this check-in carried
+    key_rotations: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -147,6 +150,8 @@ class Reply:
         }
         if self.config is not None:
             out["config"] = self.config
+        if self.key_rotations:
+            out["key_rotations"] = self.key_rotations
         return out
 
 
@@ -159,6 +164,7 @@ def process(
     now: float,
     silent_after: int,
     wait_s: int = 0,
+    keys_cfg: Any = None,
 ) -> Reply:
     """Store the check-in and build its reply (see the module docstring)."""
     deadline = now + silent_after * ci.interval_s + wait_s
@@ -201,14 +207,19 @@ def process(
                 now=now,
                 rebooted=bool(ci.boot_id and old_boot and ci.boot_id != old_boot),
             )
+        rotations: list[dict[str, str]] = []
         if ci.results:
-            commands.acknowledge(tx, ci.device_id, ci.results, address=address, now=now)
+            rotations = commands.acknowledge(
+                tx, ci.device_id, ci.results, address=address, now=now, keys_cfg=keys_cfg
+            )
         cmds = commands.deliverable(tx, ci.device_id, now)
         commands.mark_delivered(tx, [c.id for c in cmds], now)
         values = remote_config.values_for(tx, dev_site)
     digest = remote_config.digest(values)
     config = None if digest == ci.config_digest else {"digest": digest, "values": values}
-    return Reply(cmds, config, ci.interval_s, came_back=silent_since is not None)
+    return Reply(
+        cmds, config, ci.interval_s, came_back=silent_since is not None, key_rotations=rotations
+    )
 
 
 def deliver(db: Database, device: str, now: float) -> list[commands.Command]:

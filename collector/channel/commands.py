@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.core.timefmt import parse_rfc3339, rfc3339
+from collector.channel import keys
 from collector.channel.errors import BadRequest
 from collector.channel.hooks import _audit
 from collector.channel.remote_config import (
@@ -37,7 +38,15 @@ from collector.channel.remote_config import (
 from collector.channel.signing import Signer
 from collector.storage.sql import Row, Tx
 
-KINDS = ("capture", "selftest", "logs", "set-level", "checkin-interval", "rotate-token")
+KINDS = (
+    "capture",
+    "selftest",
+    "logs",
+    "set-level",
+    "checkin-interval",
+    "rotate-token",
+    "rotate-signing-key",
+)
 RESULTS = ("done", "refused", "failed")
 OPEN = ("queued", "delivered")
 DEFAULT_EXPIRES_S = 900
@@ -108,7 +117,7 @@ def validate(kind: Any, args: Any, now: float) -> dict[str, Any]:
         if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
             raise BadRequest(f"capture: note is a string of at most {MAX_NOTE} characters")
         return {"note": note} if note else {}
-    if kind in ("selftest", "rotate-token"):
+    if kind in ("selftest", "rotate-token", "rotate-signing-key"):
         _only(args, (), kind)
         return {}
     if kind == "logs":
@@ -284,6 +293,7 @@ class Result:
     command_id: str
     status: str
     detail: str
+    key: dict[str, str] | None = None  # rotate-signing-key: the proof (collector.channel.keys)
 
 
 def parse_results(raw: Any) -> list[Result]:
@@ -306,27 +316,75 @@ def parse_results(raw: Any) -> list[Result]:
         if not isinstance(detail, str):
             raise BadRequest(f"results[{i}].detail must be a string")
         one_line = " ".join(detail.split())[:MAX_DETAIL]
-        out.append(Result(cid, str(status), one_line))
+        try:
+            proof = keys.parse_proof(r.get("key"), i)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        out.append(Result(cid, str(status), one_line, proof))
     return out
 
 
-def acknowledge(tx: Tx, device: str, results: list[Result], *, address: str, now: float) -> int:
-    """Record results of the device's open commands; how many were recorded."""
-    n = 0
+def acknowledge(
+    tx: Tx,
+    device: str,
+    results: list[Result],
+    *,
+    address: str,
+    now: float,
+    keys_cfg: Any = None,
+) -> list[dict[str, str]]:
+    """Record results of the device's open commands; the outcome of each
+    rotate-signing-key among them (command_id, status, detail), which the check-in's
+    reply carries back (``key_rotations``: the terminal puts its new key in force only
+    when it was trusted).
+
+    A ``done`` rotate-signing-key whose proof holds adds the new key to the device's
+    keys (`collector.channel.keys.accept_rotation`, keys_cfg: the collector's config,
+    for device_pubkeys_dir); one whose proof does not is recorded ``failed``, the key
+    not trusted."""
+    rotations: list[dict[str, str]] = []
     for r in results:
+        row = tx.one(
+            "SELECT kind FROM device_commands "
+            "WHERE id = ? AND device = ? AND status IN ('queued', 'delivered')",
+            (r.command_id, device),
+        )
+        if row is None:
+            continue
+        status, detail = r.status, r.detail
+        extra: dict[str, Any] = {}
+        rotation = str(row[0]) == keys.KIND
+        if rotation and status == "done":
+            status, detail, extra = _rotation(tx, device, r, keys_cfg, now)
         changed = tx.execute(
             "UPDATE device_commands SET status = ?, detail = ?, result_at = ? "
             "WHERE id = ? AND device = ? AND status IN ('queued', 'delivered')",
-            (r.status, r.detail, now, r.command_id, device),
+            (status, detail, now, r.command_id, device),
         )
         if changed == 1:
-            n += 1
+            if rotation:
+                rotations.append({"command_id": r.command_id, "status": status, "detail": detail})
             _audit(
                 tx,
                 f"device:{device}",
                 "command.result",
                 device,
                 address,
-                {"command": r.command_id, "status": r.status, "detail": r.detail},
+                {"command": r.command_id, "status": status, "detail": detail, **extra},
             )
-    return n
+    return rotations
+
+
+def _rotation(
+    tx: Tx, device: str, r: Result, keys_cfg: Any, now: float
+) -> tuple[str, str, dict[str, Any]]:
+    row = tx.one("SELECT pubkeys FROM devices WHERE id = ?", (device,))
+    pubkeys = "" if row is None else str(row[0])
+    try:
+        text, detail = keys.accept_rotation(keys_cfg, device, pubkeys, r.command_id, r.key, now)
+    except keys.RotationRefused as e:
+        why = " ".join(f"key rotation refused: {e}".split())[:MAX_DETAIL]
+        return "failed", why, {"refused": True}
+    if text != pubkeys:
+        tx.execute("UPDATE devices SET pubkeys = ? WHERE id = ?", (text, device))
+    return "done", detail, {"key_id": detail.rsplit(" ", 1)[-1]}

@@ -25,6 +25,7 @@ from typing import Any
 from agent.bundle.sealed import KeyFileError, PemBlock, parse_public_keys
 from agent.core.timefmt import rfc3339
 from collector.auth import hash_token, new_token
+from collector.channel.keys import lives
 from collector.storage.sql import Database, Row, Tx
 
 COLUMNS = (
@@ -104,6 +105,7 @@ class Device:
             "config_digest": self.config_digest,
             "summary": self.summary,
             "key_ids": self.key_ids(),
+            "keys": [k.to_json() for k in lives(self.pubkeys)],
         }
 
 

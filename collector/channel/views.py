@@ -19,7 +19,7 @@ from agent.bundle.style import esc
 from collector import pages
 from collector.access import principal_of
 from collector.auth import valid_device_id
-from collector.channel import devices
+from collector.channel import devices, keys
 from collector.channel.api import Channel, DeviceView, device_view, queue_command
 from collector.channel.errors import ChannelError
 from collector.incidents import views as incident_views
@@ -58,6 +58,23 @@ def render_list(found: list[devices.Device], total: int, now: float, login: bool
     return pages.layout("posagent devices", body, operator_login=login)
 
 
+def _key_rows(d: devices.Device) -> str:
+    """The device's public keys with when each was in use (collector.channel.keys)."""
+    found = keys.lives(d.pubkeys)
+    if not found:
+        return "<p>No public key enrolled (keys of device_pubkeys_dir are not listed).</p>"
+    rows = "".join(
+        f"<tr><td class='mono'>{esc(k.key_id)}</td><td>{esc(_t(k.since))}</td>"
+        f"<td>{esc(_t(k.until) if k.until is not None else 'in use')}</td></tr>"
+        for k in found
+    )
+    return (
+        "<table><tr><th>Key id</th><th>From</th><th>Until</th></tr>"
+        f"{rows}</table><p><a href='/v1/devices/{quote(d.id)}/keys'>Public keys (PEM)</a>, "
+        "for <code>posagent bundle verify FILE --public-key KEYS</code>.</p>"
+    )
+
+
 def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> str:
     """An enrolled or checked-in device: its state, last summary, commands, silences."""
     d = v.device
@@ -85,7 +102,8 @@ def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> s
             f"<form method='post' action='/devices/{quote(d.id)}/commands' class='filters'>"
             f"{csrf_field()}"
             "<label>Command<select name='kind'><option value='capture'>capture</option>"
-            "<option value='selftest'>selftest</option></select></label>"
+            "<option value='selftest'>selftest</option>"
+            "<option value='rotate-signing-key'>rotate-signing-key</option></select></label>"
             "<label>Note<input type='text' name='note' maxlength='500'></label>"
             "<button type='submit'>Queue</button></form>"
         )
@@ -100,8 +118,8 @@ def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> s
         f"<tr><th>Agent</th><td>{esc(d.agent_version)}</td></tr>"
         f"<tr><th>Boot id</th><td class='mono'>{esc(d.boot_id)}</td></tr>"
         f"<tr><th>Config</th><td class='mono'>{esc(d.config_digest or '-')}</td></tr>"
-        f"<tr><th>Keys</th><td class='mono'>{esc(', '.join(d.key_ids()) or '-')}</td></tr>"
         "</table></div>"
+        f"<h2>Signing keys</h2>{_key_rows(d)}"
         f"<h2>Last summary</h2>{_summary_rows(d.summary)}"
         f"<h2>Commands</h2>{form}<table><tr><th>Id</th><th>Kind</th><th>Queued</th>"
         f"<th>By</th><th>Status</th><th>Result</th></tr>{cmd_rows}</table>"

@@ -207,7 +207,7 @@ def test_daemon_seals_to_a_new_fleet_key_after_sighup_and_signs_with_a_rotated_k
         proc.send_signal(signal.SIGHUP)
         assert wait_until(lambda: b"config_reloaded" in log.read_bytes(), 60), log.read_text()
         reloaded = _report(cfg, "after the reload")
-        key_path = tmp_path / "device.ed25519"
+        key_path = tmp_path / "state" / "keys" / "device.ed25519"  # the home in the state dir
         before_rotation = load_signing_key(key_path).public_key()
         r = subprocess.run(
             posagent_argv("key", "rotate", "--config", str(cfg)),

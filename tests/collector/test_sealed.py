@@ -224,7 +224,7 @@ def test_device_key_rotation_old_and_new_signatures_verify(
     bundle signed before the rotation and the one after both pass."""
     cfg = write_config(tmp_path / "term")
     assert subprocess.run(posagent_argv("keygen", "--config", str(cfg)), timeout=60).returncode == 0
-    key_path = tmp_path / "term" / "device.ed25519"
+    key_path = tmp_path / "term" / "state" / "keys" / "device.ed25519"
     old = load_signing_key(key_path)
     queued = fleet.sealed(sk=old, seed=3)  # signed, still queued when the key rotates
     r = subprocess.run(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyrage import x25519
 
-from agent.bundle.sealed import load_public_key, load_signing_key
+from agent.bundle.sealed import generate_signing_key, load_public_key, load_signing_key
 from tests.conftest import posagent_argv, write_config
 
 
@@ -18,7 +18,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_keygen_makes_a_0600_key_once_and_show_public_prints_it(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
-    key = tmp_path / "device.ed25519"  # beside hmac_key_file
+    key = tmp_path / "state" / "keys" / "device.ed25519"  # its home in the state dir
     r = run("keygen", "--config", str(cfg))
     assert r.returncode == 0 and "made a new" in r.stdout, r.stderr
     assert key.stat().st_mode & 0o777 == 0o600
@@ -35,6 +35,12 @@ def test_check_config_warns_without_recipient_and_refuses_bad_keys(tmp_path: Pat
     cfg = write_config(tmp_path)
     r = run("check-config", "--config", str(cfg))
     assert r.returncode == 0 and "plaintext" in r.stderr
+    home = tmp_path / "state" / "keys" / "device.ed25519"
+    assert f"# signing key: none yet, made at {home} at first start" in r.stdout
+    generate_signing_key(tmp_path / "device.ed25519")  # an older install's, beside device.key
+    r = run("check-config", "--config", str(cfg))
+    assert f"# signing key: {tmp_path / 'device.ed25519'} (an older install's: " in r.stdout
+    (tmp_path / "device.ed25519").unlink()
     r = run("status", "--config", str(cfg))
     assert "plaintext" in r.stderr
     recipient = str(x25519.Identity.generate().to_public())
@@ -49,7 +55,8 @@ def test_check_config_warns_without_recipient_and_refuses_bad_keys(tmp_path: Pat
     cfg.write_text(text.replace(f'encrypt_to = ["{recipient}"]', "require_encryption = true"))
     r = run("check-config", "--config", str(cfg))
     assert r.returncode == 78 and "require_encryption" in r.stderr
-    key = tmp_path / "device.ed25519"
+    key = tmp_path / "state" / "keys" / "device.ed25519"
+    key.parent.mkdir(mode=0o700)
     key.write_text("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
     key.chmod(0o600)
     cfg.write_text(text)

@@ -2,7 +2,8 @@
 `[bundle] encrypt_to` set captures a manual report with a screenshot; then the whole
 state dir is searched byte-wise for the screenshot, a report line and a diagnostics
 entry: none of it is there (the spool holds ciphertext only), and the PIN pad's serial
-number is not in the serial baseline (a keyed hash is). Also: the daemon refuses
+number is in no file of it (the serial baseline and the recorder's readings hold a
+keyed hash). Also: the daemon refuses
 to start (78) when encryption is required without a recipient, or the signing key is
 corrupt, naming the file."""
 
@@ -121,6 +122,15 @@ def test_stolen_terminal_state_dir_holds_no_plaintext(term: SimTerminal, tmp_pat
     serial = term.pinpad.identity.serial.encode()  # type: ignore[union-attr]
     baseline = (term.state / "serial_baseline.json").read_bytes()
     assert b'"0403:6001:~' in baseline and serial not in baseline, baseline
+    # nor anywhere else in the state dir: the recorder's journal and snapshot keep the
+    # readings with the pad's identity hashed the same way
+    holding = [
+        str(p.relative_to(term.state))
+        for p in sorted(term.state.rglob("*"))
+        if p.is_file() and not p.is_symlink() and serial in p.read_bytes()
+    ]
+    assert holding == [], f"the PIN pad's serial number found in the state dir: {holding}"
+    assert any(p.name.startswith("recorder") for p in term.state.iterdir())
 
 
 def test_require_encryption_without_recipient_refuses_to_start(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.core.config import Config, PeripheralsConfig, PrinterConfig, SerialConfig
+from agent.faults.recorder import FlightRecorder, journal_path
 from agent.monitors.serial import (
     BASELINE_FILE,
     IdentityBaseline,
@@ -64,7 +65,8 @@ def test_probe_ok_wrong_silent_unplug(world: World) -> None:
     """Probe answered, wrong answer, no answer, unplugged, plugged back."""
     mon = _mon(world)
     v = _v(mon)
-    assert (v["state"], v["identity"], v["identity_changed"]) == ("ok", PAD_ID, False)
+    hashed = stored_identity(PAD_ID, HMAC_KEY)  # the serial number never in a reading
+    assert (v["state"], v["identity"], v["identity_changed"]) == ("ok", hashed, False)
     world.pad.set_mode("wrong")
     assert _v(mon)["state"] == "wrong_reply"
     world.pad.set_mode("silent")
@@ -90,7 +92,8 @@ def test_swap_is_identity_changed_and_survives_restart(world: World) -> None:
     assert _v(_mon(world))["identity_changed"] is False
     world.pad.swap(OTHER)
     v = _v(_mon(world))  # a fresh monitor: the baseline comes from the state file
-    assert v["identity_changed"] is True and v["identity"] == OTHER.usb_id
+    assert v["identity_changed"] is True
+    assert v["identity"] == stored_identity(OTHER.usb_id, HMAC_KEY) != OTHER.usb_id
     hashed = stored_identity(PAD_ID, HMAC_KEY)
     assert v["expected_identity"] == hashed and hashed.startswith("0403:6001:~")
     text = (world.tmp / "state" / BASELINE_FILE).read_text()
@@ -169,3 +172,25 @@ def test_swapped_configured_port_is_not_unexpected(world: World) -> None:
     assert r.values["unexpected"] == []
     (r,) = PeripheralsMonitor(Config(), world.roots).poll()
     assert r.values["unexpected"] == [OTHER.usb_id]
+
+
+def test_the_pin_pads_serial_number_is_in_no_reading_the_recorder_keeps(world: World) -> None:
+    """Issue 17's stolen terminal: the readings of the pad's monitor and of the port
+    inventory name the pad by "vid:pid:~<keyed hash>", so the flight recorder's journal
+    and snapshot in the state dir never hold its serial number."""
+    cfg = Config(serial=[SerialConfig(device="/dev/ttyUSB0")])
+    inventory = PeripheralsMonitor(cfg, world.roots, key=HMAC_KEY)
+    (ports,) = inventory.poll()
+    hashed = stored_identity(PAD_ID, HMAC_KEY)
+    assert ports.values["ports"] == {str(world.roots.dev / "ttyUSB0"): hashed}
+    recorder = FlightRecorder(world.tmp / "state" / "recorder.json", window_s=600)
+    try:
+        for r in [*_mon(world).poll(), ports]:
+            recorder.add(r)
+        assert recorder.flush()  # the journal, as every few seconds
+        journal = journal_path(recorder.path).read_bytes()
+        assert hashed.encode() in journal and b"PP000123" not in journal
+        assert recorder.compact()  # the snapshot, as every window
+        assert b"PP000123" not in recorder.path.read_bytes()
+    finally:
+        recorder.close()

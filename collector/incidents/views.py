@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.bundle.style import esc
 from collector.access import Principal, principal_of
+from collector.i18n import gettext as _
 from collector.incidents import render
 from collector.incidents.inputs import list_filter
 from collector.incidents.model import BadInput, IncidentFilter, NotFound
@@ -101,14 +102,14 @@ async def incident_page_with(request: Request, iid: int, error: str, code: int) 
     inc, who, login = _service(request), principal_of(request), _login(request)
     page = await run_in_threadpool(_incident_html, inc, iid, who, error, login)
     if page is None:
-        return _not_found("No such incident.")
+        return _not_found(_("No such incident."))
     return HTMLResponse(page, status_code=code, headers=NO_STORE)
 
 
 async def incident_page(request: Request) -> Response:
     raw = str(request.path_params["incident_id"])
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 15 or int(raw) < 1:
-        return _not_found("Not an incident id.", 400)
+        return _not_found(_("Not an incident id."), 400)
     return await incident_page_with(request, int(raw), "", 200)
 
 

@@ -54,6 +54,13 @@ from agent.bundle.style import CSS, esc
 from agent.core.timefmt import MAX_EPOCH_S, short_utc
 
 SEVERITIES = (N_("critical"), N_("error"), N_("warning"))  # N_: the badge's words
+# A trigger's kinds (agent.bundle.trigger.TriggerKind) in words
+TRIGGER_KINDS = {
+    "fault": N_("fault"),
+    "cleared": N_("cleared"),
+    "manual": N_("manual"),
+    "startup": N_("startup"),
+}
 
 TIMELINE_READ_BYTES = 8 * 1024 * 1024  # the agent's 20,000-reading window is about 4 MB
 WHOLE_PARSE_BYTES = 1024 * 1024  # a timeline not of the usual form is parsed whole up to this
@@ -535,10 +542,11 @@ def _text(trig: Mapping[str, Any], name: str, limit: int) -> str:
 def _headline(trig: Mapping[str, Any]) -> str:
     key, kind = _text(trig, "key", 100), _text(trig, "kind", 40)
     sev = _text(trig, "severity", 40)
+    kind_words = _(TRIGGER_KINDS[kind]) if kind in TRIGGER_KINDS else kind or "-"
     parts = [
         f"<h1 id='what'>{esc(fault_words(key, kind))} {sev_badge(sev)}</h1>",
         f"<p class='muted'><span class='mono' id='fault-key'>{esc(key or '-')}</span>"
-        f" · {esc(kind or '-')}</p>",
+        f" · {esc(kind_words)}</p>",
     ]
     if summary := _text(trig, "summary", 2000):
         parts.append(f"<p class='summary' id='summary'>{esc(summary)}</p>")

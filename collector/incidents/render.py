@@ -94,7 +94,10 @@ def _none_row(cols: int, text: str) -> str:
 
 def _incident_row(i: Incident, now: float) -> str:
     href = f"/incidents/{i.id}"
-    state = _("raised") if i.active else _("cleared")
+    state = _("{state}, {duration}").format(
+        state=_("raised") if i.active else _("cleared"),
+        duration=fmt_duration(i.total_duration_s(now)),
+    )
     return (
         f"<tr data-incident='{i.id}'>"
         f"<td class='mono'><a href='{href}'>#{i.id}</a></td>"
@@ -102,7 +105,7 @@ def _incident_row(i: Incident, now: float) -> str:
         f"<td class='mono'><a href='{href}'>{esc(i.fault_key)}</a></td>"
         f"<td>{_device_link(i.device)}</td><td>{esc(i.site or '-')}</td>"
         f"<td class='mono'>{esc(shown_time(i.raised_at))}</td>"
-        f"<td>{esc(state)}, {esc(fmt_duration(i.total_duration_s(now)))}</td>"
+        f"<td>{esc(state)}</td>"
         f"<td>{i.repeats}</td><td>{i.bundles}</td><td>{esc(i.assignee or '-')}</td>"
         f"<td>{esc(i.summary)}</td></tr>"
     )

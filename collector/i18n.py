@@ -103,6 +103,9 @@ def translator(lang: str, locale_dir: Path = LOCALE_DIR) -> _gettext.NullTransla
     if LANGUAGES.get(lang) is None or lang == DEFAULT_LANGUAGE:
         return _ENGLISH
     key = (lang, locale_dir)
+    found = _cache.get(key)  # every text of a page asks: no lock once loaded
+    if found is not None:
+        return found
     with _lock:
         found = _cache.get(key)
         if found is None:

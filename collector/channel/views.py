@@ -226,7 +226,7 @@ async def device_command_form(request: Request) -> Response:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM:
-            return HTMLResponse("too large", status_code=413)
+            return HTMLResponse(_("Form too large."), status_code=413)
     form = parse_qs(body.decode("utf-8", "replace"))
     kind = (form.get("kind") or [""])[0]
     note = (form.get("note") or [""])[0].strip()

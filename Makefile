@@ -77,7 +77,7 @@ docs:
 LOCALE := collector/locale
 i18n: venv
 	$(VENV)/bin/pybabel extract -k N_ --add-location=file --sort-output --project=posagent \
-		--copyright-holder="posagent authors" -o $(LOCALE)/posagent.pot agent/bundle/remedies.py collector
+		--copyright-holder="posagent authors" -o $(LOCALE)/posagent.pot agent/bundle/remedies.py agent/bundle/html.py collector
 	$(VENV)/bin/pybabel update -D posagent -i $(LOCALE)/posagent.pot -d $(LOCALE) \
 		--no-fuzzy-matching --ignore-obsolete --ignore-pot-creation-date
 	$(VENV)/bin/pybabel compile -D posagent -d $(LOCALE) --statistics

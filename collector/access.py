@@ -39,6 +39,7 @@ class Principal:
     sites: frozenset[str] | None = None  # None: every site (and bundles under no site)
     user_id: int | None = None  # the account's id (None: not an account, e.g. a test)
     via: str = "open"  # how they proved it: "session", "token" ("open": no credentials)
+    language: str = ""  # the user's own language for the pages ('' follows the browser)
 
     def restrict(self, q: Query) -> Query:
         """q limited to this principal's sites (intersected with any restriction q had)."""

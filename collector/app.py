@@ -111,7 +111,8 @@ from collector.channel import views as channel_views
 from collector.channel.signing import Signer
 from collector.channel.waiters import Waiters
 from collector.config import CollectorConfig
-from collector.i18n import negotiate
+from collector.i18n import LANGUAGE, N_, Negotiated, current_language, negotiate
+from collector.i18n import gettext as _
 from collector.incidents import api as incident_api
 from collector.incidents import views as incident_views
 from collector.incidents.grouping import Settings as IncidentSettings
@@ -455,7 +456,9 @@ def operator_only(
     """Gate a read-side handler: a session or an API token (`collector.accounts.web`);
     admin=True for admins only, roles to name the roles allowed. A cookie-authenticated
     POST/PUT/DELETE must carry the session's CSRF token. The handler finds the caller in
-    `principal_of(request)`; HTML pages name them in the header (`pages.VIEWER`)."""
+    `principal_of(request)`; HTML pages name them in the header (`pages.VIEWER`) and speak
+    the user's own language when they chose one (`collector.i18n.LANGUAGE`), else the
+    browser's."""
 
     def wrap(fn: Handler) -> Handler:
         async def inner(request: Request) -> Response:
@@ -469,21 +472,25 @@ def operator_only(
                 status = "rate_limited" if who.code == 429 else "unauthorized"
                 return _reply(who.code, status, None, who.reason, headers=who.headers)
             p = who.principal
-            if (admin and not p.is_admin) or (roles is not None and p.role not in roles):
-                return _forbidden(html, "not allowed for your role")
-            unsafe = request.method not in ("GET", "HEAD")
-            if who.csrf and unsafe and not await web.csrf_ok(request, who.csrf):
-                return _forbidden(html, "CSRF token missing or wrong: reload the page")
-            if who.must_change and request.url.path not in ("/password", "/logout"):
-                if html:
-                    return RedirectResponse("/password", status_code=303)
-                return _forbidden(False, "change your one-time password first (/password)")
-            request.state.principal = p
-            viewer = pages.VIEWER.set(pages.Viewer(p.name, p.role.value, who.csrf))
+            lang = LANGUAGE.set(negotiate(request.headers.get("accept-language"), p.language))
             try:
-                return await fn(request)
+                if (admin and not p.is_admin) or (roles is not None and p.role not in roles):
+                    return _forbidden(html, N_("not allowed for your role"))
+                unsafe = request.method not in ("GET", "HEAD")
+                if who.csrf and unsafe and not await web.csrf_ok(request, who.csrf):
+                    return _forbidden(html, N_("CSRF token missing or wrong: reload the page"))
+                if who.must_change and request.url.path not in ("/password", "/logout"):
+                    if html:
+                        return RedirectResponse("/password", status_code=303)
+                    return _forbidden(False, "change your one-time password first (/password)")
+                request.state.principal = p
+                viewer = pages.VIEWER.set(pages.Viewer(p.name, p.role.value, who.csrf))
+                try:
+                    return await fn(request)
+                finally:
+                    pages.VIEWER.reset(viewer)
             finally:
-                pages.VIEWER.reset(viewer)
+                LANGUAGE.reset(lang)
 
         return inner
 
@@ -491,9 +498,11 @@ def operator_only(
 
 
 def _forbidden(html: bool, reason: str) -> Response:
+    """403: a page in the reader's language (reason: an English text marked N_), or JSON."""
     if html:
         return HTMLResponse(
-            pages.layout("posagent collector", f"<h1>403: {esc(reason)}</h1>"), status_code=403
+            pages.layout("posagent collector", f"<h1>403: {esc(_(reason))}</h1>"),
+            status_code=403,
         )
     return _reply(403, "forbidden", None, reason)
 
@@ -726,7 +735,8 @@ async def index_page(request: Request) -> Response:
 
 
 def _bundle_page(col: Shared, record: BundleRecord, data: bytes, lang: str) -> Response:
-    """The bundle page (in a worker thread: `_off_loop`); bounded by `agent.bundle.html`."""
+    """The bundle page (in a worker thread: `_off_loop`, which sees the request's
+    `LANGUAGE`, lang); bounded by `agent.bundle.html`."""
     try:
         data = sealed.readable(col, data)
     except BundleError as e:
@@ -739,7 +749,7 @@ def _bundle_page(col: Shared, record: BundleRecord, data: bytes, lang: str) -> R
     block = pages.remedy_block(remedy, lang, cleared=record.trigger_kind == "cleared")
     with BundleReader(data) as r:
         page = pages.render_bundle(record, r, operator_login=True, remedy_html=block)
-    return HTMLResponse(page, headers={"Cache-Control": "no-store", "Vary": "Accept-Language"})
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
 @operator_only(html=True)
@@ -748,14 +758,13 @@ async def bundle_page(request: Request) -> Response:
     found = await _bundle_or_error(request, "bundle.view")
     if isinstance(found, Response):
         code = found.status_code
-        msg = "No such bundle." if code == 404 else "Not a bundle id."
+        msg = _("No such bundle.") if code == 404 else _("Not a bundle id.")
         return HTMLResponse(
-            pages.layout("posagent collector", f"<h1>{msg}</h1>", operator_login=True),
+            pages.layout("posagent collector", f"<h1>{esc(msg)}</h1>", operator_login=True),
             status_code=code,
         )
     record, data = found
-    lang = negotiate(request.headers.get("accept-language"))
-    return await _off_loop(col, _bundle_page, col, record, data, lang)
+    return await _off_loop(col, _bundle_page, col, record, data, current_language())
 
 
 def counted(col: Shared, handler: Handler) -> Handler:
@@ -803,13 +812,18 @@ async def favicon(request: Request) -> Response:
 # --------------------------------------------------------------------------- errors, headers
 
 
+# Starlette's words for the errors a person may meet (404 and 405 pages), translated there.
+HTTP_ERROR_WORDS = (N_("Not Found"), N_("Method Not Allowed"))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if request.url.path.startswith("/v1/"):
         status = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
         return _reply(exc.status_code, status, None, str(exc.detail), headers=exc.headers)
+    detail = _(str(exc.detail))
     return HTMLResponse(
-        pages.layout("posagent collector", f"<h1>{exc.status_code}: {esc(exc.detail)}</h1>"),
+        pages.layout("posagent collector", f"<h1>{exc.status_code}: {esc(detail)}</h1>"),
         status_code=exc.status_code,
         headers=exc.headers,
     )
@@ -1006,6 +1020,7 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         Route("/login", web.login, methods=["GET", "POST"]),
         Route("/logout", operator_only(html=True)(web.logout), methods=["GET", "POST"]),
         Route("/password", operator_only(html=True)(web.password), methods=["GET", "POST"]),
+        Route("/settings", operator_only(html=True)(web.settings), methods=["GET", "POST"]),
         Route("/admin", operator_only(html=True, admin=True)(web.admin_page), methods=["GET"]),
         Route(
             "/admin/{group}/{verb}",
@@ -1086,4 +1101,5 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
     app.state.collector = col
     app.state.notifier = notifier
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(Negotiated)  # the request's language (collector.i18n.LANGUAGE)
     return app

@@ -11,6 +11,15 @@
   collector/locale/<dir>/LC_MESSAGES/posagent.mo; `NullTranslations` (English) for
   English, a language not spoken here, or a catalog that is missing or unreadable (logged
   once). A message the catalog lacks comes out in English: never an error.
+- The request's language: `LANGUAGE` (a ContextVar, "en" unless set). `Negotiated`, an
+  ASGI middleware around the whole app, sets it from Accept-Language for every request
+  (and adds ``Vary: Accept-Language`` to every HTML answer); the read-side gate
+  (`collector.app.operator_only`) sets it again once it knows the user, whose own setting
+  (`collector.accounts.users.set_language`) wins over the browser. Worker threads started
+  with `run_in_threadpool` / `anyio.to_thread` see it (they run in a copy of the context).
+- `gettext(message)` (imported as ``_``): message in the request's language; `N_(message)`
+  marks a text translated later (a table of labels, a reason passed along); `ngettext` is
+  not used: Chinese has one form, and the English texts say "bundle(s)".
 
 The catalogs: posagent.po is the source people edit; posagent.mo is compiled from it and
 committed, so a fresh clone or an installed wheel has it without a build step. `make
@@ -21,13 +30,18 @@ a .po or a .mo is out of step with its .po.
 
 from __future__ import annotations
 
-import gettext
+import gettext as _gettext
 import struct
 import threading
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Final
 
 import structlog
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent.bundle.remedies import N_ as N_
 
 log = structlog.get_logger(__name__)
 
@@ -79,16 +93,19 @@ def negotiate(accept_language: str | None, user_setting: str | None = None) -> s
     return min(ranked)[2] if ranked else DEFAULT_LANGUAGE
 
 
-_ENGLISH = gettext.NullTranslations()
-_cache: dict[tuple[str, Path], gettext.NullTranslations] = {}
+_ENGLISH = _gettext.NullTranslations()
+_cache: dict[tuple[str, Path], _gettext.NullTranslations] = {}
 _lock = threading.Lock()
 
 
-def translator(lang: str, locale_dir: Path = LOCALE_DIR) -> gettext.NullTranslations:
+def translator(lang: str, locale_dir: Path = LOCALE_DIR) -> _gettext.NullTranslations:
     """The translations of lang ("en" or "zh-Hans"); English for anything else or a bad catalog."""
     if LANGUAGES.get(lang) is None or lang == DEFAULT_LANGUAGE:
         return _ENGLISH
     key = (lang, locale_dir)
+    found = _cache.get(key)  # every text of a page asks: no lock once loaded
+    if found is not None:
+        return found
     with _lock:
         found = _cache.get(key)
         if found is None:
@@ -96,13 +113,58 @@ def translator(lang: str, locale_dir: Path = LOCALE_DIR) -> gettext.NullTranslat
         return found
 
 
-def _load(lang: str, locale_dir: Path) -> gettext.NullTranslations:
+def _load(lang: str, locale_dir: Path) -> _gettext.NullTranslations:
     path = locale_dir / LANGUAGES[lang] / "LC_MESSAGES" / f"{DOMAIN}.mo"
     try:
         with path.open("rb") as f:
-            return gettext.GNUTranslations(f)
+            return _gettext.GNUTranslations(f)
     # missing, not a catalog, offsets past its end: OSError; shorter than its header:
     # struct.error; a bad header or plural formula: ValueError; text not in its charset
     except (OSError, struct.error, ValueError, UnicodeDecodeError) as e:
         log.warning("catalog_unreadable", lang=lang, path=str(path), error=str(e))
-        return gettext.NullTranslations()
+        return _gettext.NullTranslations()
+
+
+# --------------------------------------------------------------------------- per request
+
+LANGUAGE: ContextVar[str] = ContextVar("posagent_language", default=DEFAULT_LANGUAGE)
+
+
+def current_language() -> str:
+    """The language of the request being answered ("en" outside a request)."""
+    return LANGUAGE.get()
+
+
+def gettext(message: str) -> str:
+    """message in the request's language (`LANGUAGE`); as is when no catalog has it."""
+    return translator(LANGUAGE.get()).gettext(message)
+
+
+class Negotiated:
+    """ASGI middleware: `LANGUAGE` from the request's Accept-Language for the whole request,
+    and ``Vary: Accept-Language`` on every text/html answer (a cache keeps one per language)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = LANGUAGE.set(negotiate(Headers(scope=scope).get("accept-language")))
+
+        async def send_with_vary(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower(): v for k, v in headers}
+                if names.get(b"content-type", b"").startswith(b"text/html") and (
+                    b"accept-language" not in names.get(b"vary", b"").lower()
+                ):
+                    headers.append((b"vary", b"Accept-Language"))
+                    message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_vary)
+        finally:
+            LANGUAGE.reset(token)

@@ -77,6 +77,7 @@ from agent.bundle.style import esc
 from agent.core.files import atomic_write, fsync_dir
 from agent.core.timefmt import rfc3339
 from collector.auth import valid_device_id
+from collector.i18n import gettext as _
 from collector.storage import BundleRecord, BundleStore
 
 log = structlog.get_logger(__name__)
@@ -342,15 +343,23 @@ def undecryptable_page(bundle_id: str, data: bytes, reason: str) -> str:
     """The body of a bundle page for a bundle this collector cannot open."""
     with BundleReader(data) as r:
         env = r.verify(None).manifest
-    return (
-        f"<h1>Bundle {esc(bundle_id)}: sealed, undecryptable</h1>"
-        f"<p>This collector cannot decrypt it: {esc(reason)}.</p>"
-        f"<p>Device {esc(str(env['device'].get('id', '')))}, severity "
-        f"{esc(str(env.get('severity', '')))}, created {esc(str(env.get('created_at', '')))}; "
-        f"encrypted to {len(env.get('recipients', []))} recipient(s). The download is the "
-        "encrypted original: <code>age -d -i IDENTITY</code> on its payload.age, or "
-        "<code>posagent bundle decrypt FILE --identity ID -o OUT.zip</code>.</p>"
+    heading = _("Bundle {id}: sealed, undecryptable").format(id=bundle_id)
+    cannot = _("This collector cannot decrypt it: {reason}.").format(reason=reason)
+    facts = _(
+        "Device {device}, severity {severity}, created {created}; encrypted to {n} recipient(s)."
+    ).format(
+        device=str(env["device"].get("id", "")),
+        severity=str(env.get("severity", "")),
+        created=str(env.get("created_at", "")),
+        n=len(env.get("recipients", [])),
     )
+    how = esc(
+        _("The download is the encrypted original: {age} on its payload.age, or {decrypt}.")
+    ).format(
+        age="<code>age -d -i IDENTITY</code>",
+        decrypt="<code>posagent bundle decrypt FILE --identity ID -o OUT.zip</code>",
+    )
+    return f"<h1>{esc(heading)}</h1><p>{esc(cannot)}</p><p>{esc(facts)} {how}</p>"
 
 
 @dataclass

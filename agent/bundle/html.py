@@ -25,6 +25,12 @@ read, and what is read and shown is capped.
 
 With these caps a page is at most about 2 MB whatever the bundle (every character of the
 shown text may escape to 6).
+
+Words: the page's own texts are English and marked `_` for the collector's gettext
+catalogs (collector/locale, `make i18n`); `PageContext.gettext` translates them for one
+render (`render_body` holds it in a ContextVar while it runs); the agent's own file
+(`render_html`) is English. Fault keys, entry names, units and numbers are never
+translated.
 """
 
 from __future__ import annotations
@@ -37,16 +43,24 @@ import math
 import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from agent.bundle.format import MANIFEST, SIGNATURE, BundleReader
-from agent.bundle.remedies import CLEARED_NOTE, remedy
+from agent.bundle.remedies import CLEARED_NOTE, N_, remedy
 from agent.bundle.schema import EARLIEST, ManifestError, parse_created_at, plausible_time
 from agent.bundle.style import CSS, esc
 from agent.core.timefmt import MAX_EPOCH_S, short_utc
 
-SEVERITIES = ("critical", "error", "warning")
+SEVERITIES = (N_("critical"), N_("error"), N_("warning"))  # N_: the badge's words
+# A trigger's kinds (agent.bundle.trigger.TriggerKind) in words
+TRIGGER_KINDS = {
+    "fault": N_("fault"),
+    "cleared": N_("cleared"),
+    "manual": N_("manual"),
+    "startup": N_("startup"),
+}
 
 TIMELINE_READ_BYTES = 8 * 1024 * 1024  # the agent's 20,000-reading window is about 4 MB
 WHOLE_PARSE_BYTES = 1024 * 1024  # a timeline not of the usual form is parsed whole up to this
@@ -91,6 +105,14 @@ BAD_WHEN_FALSE = frozenset(
 
 # --------------------------------------------------------------------------- small helpers
 
+_TRANSLATE: ContextVar[Callable[[str], str]] = ContextVar("bundle_page_gettext", default=str)
+
+
+def _(message: str) -> str:
+    """A text of the page in the reader's language (`PageContext.gettext` while
+    `render_body` runs; English otherwise)."""
+    return _TRANSLATE.get()(message)
+
 
 def fmt_size(n: int) -> str:
     """Bytes for people."""
@@ -101,32 +123,33 @@ def fmt_size(n: int) -> str:
     return f"{n} B"
 
 
-def sev_badge(sev: str) -> str:
-    """A coloured severity label."""
-    cls = sev if sev in SEVERITIES else "info"
-    return f'<span class="sev sev-{cls}">{esc(sev or "-")}</span>'
+def sev_badge(sev: str, gettext: Callable[[str], str] | None = None) -> str:
+    """A coloured severity label; a known severity in words of gettext (default: the
+    page's, `_`), another value as it is."""
+    if sev in SEVERITIES:
+        return f'<span class="sev sev-{sev}">{esc((gettext or _)(sev))}</span>'
+    return f'<span class="sev sev-info">{esc(sev or "-")}</span>'
 
 
 def fault_words(key: str, kind: str = "") -> str:
     """A fault key in words: "printer.paper_end" is "Printer: paper end"."""
     if key == "manual.report" or (not key and kind == "manual"):
-        return "Manual report from the terminal"
+        return _("Manual report from the terminal")
     if not key:
         return (kind or "bundle").capitalize()
-    area, _, rest = key.partition(".")
+    area, _sep, rest = key.partition(".")
     words = rest.replace("_", " ").replace(".", ", ").strip()
     text = f"{area.replace('_', ' ').capitalize()}: {words}" if words else area.capitalize()
-    return text + (" (cleared)" if kind == "cleared" else "")
+    return text + (" " + _("(cleared)") if kind == "cleared" else "")
 
 
 def site_html(registered: str, claimed: object) -> str:
     """The registered site; the manifest's own claim beside it, marked unverified."""
-    shown = esc(registered) if registered else "<span class='muted'>none registered</span>"
+    none = _("none registered")
+    shown = esc(registered) if registered else f"<span class='muted'>{esc(none)}</span>"
     if isinstance(claimed, str) and claimed and claimed != registered:
-        shown += (
-            f" <span class='muted' id='claimed-site'>"
-            f"(the device claims {esc(claimed)}: unverified)</span>"
-        )
+        claim = _("(the device claims {site}: unverified)").format(site=claimed)
+        shown += f" <span class='muted' id='claimed-site'>{esc(claim)}</span>"
     return shown
 
 
@@ -245,19 +268,19 @@ class TimelineReadings:
 
     def _parse_whole(self, size: int) -> list[Mapping[str, Any]]:
         if size > WHOLE_PARSE_BYTES:
-            self.problem = 'timeline.json is not of the form {"readings": [...]}: not charted'
+            self.problem = _('timeline.json is not of the form {"readings": [...]}: not charted')
             return []
         try:
             tl = json.loads(self._text)
         except RecursionError:
-            self.problem = "timeline.json is nested too deep: not charted"
+            self.problem = _("timeline.json is nested too deep: not charted")
             return []
         except ValueError:
-            self.problem = "timeline.json is not JSON: not charted"
+            self.problem = _("timeline.json is not JSON: not charted")
             return []
         readings = tl.get("readings") if isinstance(tl, dict) else None
         if not isinstance(readings, list):
-            self.problem = "timeline.json holds no list of readings"
+            self.problem = _("timeline.json holds no list of readings")
             return []
         return [r for r in readings if isinstance(r, Mapping)]
 
@@ -282,12 +305,14 @@ class TimelineReadings:
             try:
                 obj, end = scan(text, i)
             except RecursionError:
-                self.problem = (
-                    f"timeline.json: reading {n + 1} is nested too deep; charted up to it"
-                )
+                self.problem = _(
+                    "timeline.json: reading {n} is nested too deep; charted up to it"
+                ).format(n=n + 1)
                 return
             except (StopIteration, ValueError):
-                self.problem = f"timeline.json: reading {n + 1} is not JSON; charted up to it"
+                self.problem = _("timeline.json: reading {n} is not JSON; charted up to it").format(
+                    n=n + 1
+                )
                 return
             n += 1
             if isinstance(obj, Mapping):
@@ -303,7 +328,9 @@ class TimelineReadings:
             elif text.startswith("]", i):
                 return
             else:
-                self.problem = f"timeline.json: no ',' or ']' after reading {n}; charted up to it"
+                self.problem = _(
+                    "timeline.json: no ',' or ']' after reading {n}; charted up to it"
+                ).format(n=n)
                 return
 
 
@@ -322,7 +349,7 @@ def _bad(r: Mapping[str, Any]) -> bool:
 
 def _mark_title(r: Mapping[str, Any], n: int) -> str:
     text = bounded_json(r.get("values"), MARK_TITLE_CHARS, 3, indent=None)
-    return (f"{n} readings; " if n > 1 else "") + text
+    return (_("{n} readings; ").format(n=n) if n > 1 else "") + text
 
 
 def _fetch(readings: Iterable[Mapping[str, Any]], wanted: set[int]) -> dict[int, Mapping[str, Any]]:
@@ -368,10 +395,11 @@ def timeline_svg(readings: Iterable[Mapping[str, Any]], width: int = 1000, row_h
         pos.append(k)
     notes = []
     if skipped:
-        notes.append(f"{skipped:,} reading(s) without a valid time left out.")
+        notes.append(_("{n} reading(s) without a valid time left out.").format(n=f"{skipped:,}"))
     total = len(times)
     if not total:
-        return "<p>No readings in the timeline.</p>" + "".join(f"<p>{n}</p>" for n in notes)
+        none = _("No readings in the timeline.")
+        return f"<p>{esc(none)}</p>" + "".join(f"<p>{esc(n)}</p>" for n in notes)
     t0, t1 = min(times), max(times)
     half = max(t1 / 2 - t0 / 2, 0.5)  # halves: 1e308 - -1e308 would overflow
     names = list(ids)
@@ -403,7 +431,7 @@ def timeline_svg(readings: Iterable[Mapping[str, Any]], width: int = 1000, row_h
         label = s if len(s) <= 24 else s[:23] + "…"
         parts.append(f'<text x="0" y="{y + 4}">{esc(label)}<title>{esc(s)}</title></text>')
         parts.append(f'<line x1="{left}" y1="{y}" x2="{width - 10}" y2="{y}" stroke="#eee"/>')
-    for (row, _), (n, red, j) in marks.items():
+    for (row, _bucket), (n, red, j) in marks.items():
         y = 20 + row * row_h
         x = left + (times[j] / 2 - t0 / 2) / half * (width - left - 20)
         color = "#d33" if red else "#3a3"
@@ -413,26 +441,32 @@ def timeline_svg(readings: Iterable[Mapping[str, Any]], width: int = 1000, row_h
         )
     parts.append(
         f'<text x="{left}" y="{h - 4}">-{esc(axis)}</text>'
-        f'<text x="{width - 60}" y="{h - 4}">trigger</text></svg>'
+        f'<text x="{width - 60}" y="{h - 4}">' + esc(_("trigger")) + "</text></svg>"
     )
     notes.insert(
         0,
-        f"{total:,} reading(s) from {len(names):,} source(s); red marks failed or faulty readings.",
+        _("{n} reading(s) from {sources} source(s); red marks failed or faulty readings.").format(
+            n=f"{total:,}", sources=f"{len(names):,}"
+        ),
     )
     if len(names) > len(rows):
         hidden = len(names) - len(rows)
         hidden_n = total - sum(counts[sid] for sid in rows)
         notes.append(
-            f"And {hidden:,} more sources ({hidden_n:,} readings) not drawn: the chart shows "
-            f"{len(rows)} sources, those with failed readings first, then the busiest."
+            _(
+                "And {hidden} more sources ({n} readings) not drawn: the chart shows "
+                "{rows} sources, those with failed readings first, then the busiest."
+            ).format(hidden=f"{hidden:,}", n=f"{hidden_n:,}", rows=len(rows))
         )
     drawn = sum(m[0] for m in marks.values())
     if drawn > len(marks):
         notes.append(
-            f"{drawn:,} readings drawn as {len(marks):,} marks: readings falling on one mark "
-            "are merged (a failed one shows)."
+            _(
+                "{n} readings drawn as {marks} marks: readings falling on one mark "
+                "are merged (a failed one shows)."
+            ).format(n=f"{drawn:,}", marks=f"{len(marks):,}")
         )
-    return "".join(parts) + "".join(f"<p class='muted'>{n}</p>" for n in notes)
+    return "".join(parts) + "".join(f"<p class='muted'>{esc(n)}</p>" for n in notes)
 
 
 # --------------------------------------------------------------------------- the page
@@ -448,6 +482,7 @@ class PageContext:
     registration is known (a file: the manifest's site is shown as the terminal's word).
     facts: more rows of "About this bundle", already HTML.
     remedy_html: the remedy block, HTML made by the caller, shown beside what happened.
+    gettext: the page's own texts in the reader's language (English: as they are).
     """
 
     signature_checked: bool
@@ -458,6 +493,7 @@ class PageContext:
     registered_site: str | None = None
     facts: tuple[tuple[str, str], ...] = ()
     remedy_html: str = ""
+    gettext: Callable[[str], str] = str
 
 
 class _Budget:
@@ -479,16 +515,20 @@ def _text_entry(
     html = f"<pre{idattr}>{esc(head.decode('utf-8', 'replace'))}</pre>" if head or not size else ""
     if len(head) < size:
         what = (
-            f"truncated — showing the first {fmt_size(len(head))} of {fmt_size(size)}"
+            _("truncated — showing the first {shown} of {size}").format(
+                shown=fmt_size(len(head)), size=fmt_size(size)
+            )
             if head
-            else f"not shown ({fmt_size(size)}): the page shows at most "
-            f"{fmt_size(ENTRIES_TEXT_BYTES)} of entries"
+            else _("not shown ({size}): the page shows at most {most} of entries").format(
+                size=fmt_size(size), most=fmt_size(ENTRIES_TEXT_BYTES)
+            )
         )
         if ctx.entry_url is not None:
-            where = f"<a href='{esc(ctx.entry_url(name))}'>download the full entry</a>"
+            full = esc(_("download the full entry"))
+            where = f"<a href='{esc(ctx.entry_url(name))}'>{full}</a>"
         else:
-            where = "the full entry is in the bundle (posagent bundle extract)"
-        html += f"<p class='cut'>{what}: {where}.</p>"
+            where = esc(_("the full entry is in the bundle (posagent bundle extract)"))
+        html += f"<p class='cut'>{esc(what)}: {where}.</p>"
     return html
 
 
@@ -502,17 +542,19 @@ def _text(trig: Mapping[str, Any], name: str, limit: int) -> str:
 def _headline(trig: Mapping[str, Any]) -> str:
     key, kind = _text(trig, "key", 100), _text(trig, "kind", 40)
     sev = _text(trig, "severity", 40)
+    kind_words = _(TRIGGER_KINDS[kind]) if kind in TRIGGER_KINDS else kind or "-"
     parts = [
         f"<h1 id='what'>{esc(fault_words(key, kind))} {sev_badge(sev)}</h1>",
         f"<p class='muted'><span class='mono' id='fault-key'>{esc(key or '-')}</span>"
-        f" · {esc(kind or '-')}</p>",
+        f" · {esc(kind_words)}</p>",
     ]
     if summary := _text(trig, "summary", 2000):
         parts.append(f"<p class='summary' id='summary'>{esc(summary)}</p>")
     if note := _text(trig, "note", 10_000):
-        parts.append(f"<p id='note'><b>The terminal's note:</b> {esc(note)}</p>")
+        label = esc(_("The terminal's note:"))
+        parts.append(f"<p id='note'><b>{label}</b> {esc(note)}</p>")
     if contact := _text(trig, "contact", 500):
-        parts.append(f"<p id='contact'><b>Contact:</b> {esc(contact)}</p>")
+        parts.append("<p id='contact'><b>" + esc(_("Contact:")) + f"</b> {esc(contact)}</p>")
     return "".join(parts)
 
 
@@ -527,31 +569,38 @@ def clock_notes(m: Mapping[str, Any], received_at: float | None) -> list[str]:
         created: float | None = parse_created_at(m.get("created_at"))
     except ManifestError:
         created = None
-        notes.append("The terminal wrote no valid creation time.")
+        notes.append(_("The terminal wrote no valid creation time."))
     if m.get("clock_synced") is False:
         notes.append(
-            "The terminal's clock was not synchronised when it made this bundle: "
-            "its times may be off."
+            _(
+                "The terminal's clock was not synchronised when it made this bundle: "
+                "its times may be off."
+            )
         )
     if created is None:
         return notes
     if received_at is None:
         if created < EARLIEST:
-            notes.append("The terminal's clock was wrong (a time before 2000).")
+            notes.append(_("The terminal's clock was wrong (a time before 2000)."))
     elif not plausible_time(created, received_at):
         notes.append(
-            "The terminal's clock was wrong (a time before 2000 or in the future): "
-            "the bundle is listed at the time it arrived."
+            _(
+                "The terminal's clock was wrong (a time before 2000 or in the future): "
+                "the bundle is listed at the time it arrived."
+            )
         )
     elif created - received_at > 300:
         notes.append(
-            f"The terminal's clock is about {span_words(created - received_at)} ahead: "
-            "it dated the bundle after it arrived."
+            _(
+                "The terminal's clock is about {span} ahead: it dated the bundle after it arrived."
+            ).format(span=span_words(created - received_at))
         )
     elif received_at - created > 3600:
         notes.append(
-            f"It arrived {span_words(received_at - created)} after it was made "
-            "(queued while the terminal was offline, or its clock is behind)."
+            _(
+                "It arrived {span} after it was made "
+                "(queued while the terminal was offline, or its clock is behind)."
+            ).format(span=span_words(received_at - created))
         )
     return notes
 
@@ -563,52 +612,60 @@ def _when(m: Mapping[str, Any], trig: Mapping[str, Any], ctx: PageContext) -> st
         shown = short_utc(created) if 0 <= created <= MAX_EPOCH_S else raw
     except ManifestError:
         shown = raw
-    rows = [("Created", f"<span title='as the terminal wrote it: {esc(raw)}'>{esc(shown)}</span>")]
+    title = _("as the terminal wrote it: {raw}").format(raw=raw)
+    rows = [(_("Created"), f"<span title='{esc(title)}'>{esc(shown)}</span>")]
     if ctx.received_at is not None:
-        rows.append(("Received", esc(short_utc(ctx.received_at))))
-    for k, label in (("raised_at", "Raised"), ("cleared_at", "Cleared")):
+        rows.append((_("Received"), esc(short_utc(ctx.received_at))))
+    for k, label in (("raised_at", _("Raised")), ("cleared_at", _("Cleared"))):
         if trig.get(k):
             rows.append((label, esc(_text(trig, k, 40))))
     if _finite(trig.get("duration_s")):
-        rows.append(("Lasted", esc(span_words(float(trig["duration_s"])))))
+        rows.append((_("Lasted"), esc(span_words(float(trig["duration_s"])))))
     notes = clock_notes(m, ctx.received_at)
     if notes:
         rows.append(("", "<span id='clock-note'>" + " ".join(esc(n) for n in notes) + "</span>"))
-    return "<h2>When</h2><table class='facts' id='when'>" + _rows(rows) + "</table>"
+    heading = esc(_("When"))
+    return f"<h2>{heading}</h2><table class='facts' id='when'>" + _rows(rows) + "</table>"
 
 
 def _where(dev: Mapping[str, Any], ctx: PageContext) -> str:
     terminal = (
         f"{esc(dev.get('id'))} <span class='muted'>({esc(dev.get('model') or '-')}, "
-        f"serial {esc(dev.get('serial') or '-')})</span>"
+        + esc(_("serial"))
+        + f" {esc(dev.get('serial') or '-')})</span>"
     )
     if ctx.registered_site is None:
-        site = esc(dev.get("site") or "-") + " <span class='muted'>(as the terminal says)</span>"
+        says = esc(_("(as the terminal says)"))
+        site = esc(dev.get("site") or "-") + f" <span class='muted'>{says}</span>"
     else:
         site = site_html(ctx.registered_site, dev.get("site"))
-    rows = [("Terminal", terminal), ("Site", site)]
-    return "<h2>Where</h2><table class='facts' id='where'>" + _rows(rows) + "</table>"
+    rows = [(_("Terminal"), terminal), (_("Site"), site)]
+    heading = esc(_("Where"))
+    return f"<h2>{heading}</h2><table class='facts' id='where'>" + _rows(rows) + "</table>"
 
 
 def _screenshot(reader: BundleReader, m: Mapping[str, Any], ctx: PageContext) -> str:
     status = str(_obj(m.get("redaction")).get("screenshot") or "")
     if "screenshot.png" not in reader.names:
-        return f"<p class='muted'>No screenshot: {esc(status or 'not captured')}</p>"
+        why = status or _("not captured")
+        return "<p class='muted'>" + esc(_("No screenshot: {why}").format(why=why)) + "</p>"
     note = f"<p class='muted'>{esc(status)}</p>" if status and status != "captured" else ""
-    alt = "the terminal's screen when the bundle was made"
+    alt = esc(_("the terminal's screen when the bundle was made"))
     if ctx.entry_url is not None:
         url = esc(ctx.entry_url("screenshot.png"))
+        full, click = esc(_("open at full size")), esc(_("Click the screenshot for full size."))
         return (
-            f"<a href='{url}' id='screenshot-link' title='open at full size'>"
+            f"<a href='{url}' id='screenshot-link' title='{full}'>"
             f"<img class='shot' id='screenshot' alt='{alt}' src='{url}'></a>"
-            f"<p class='muted'>Click the screenshot for full size.</p>{note}"
+            f"<p class='muted'>{click}</p>{note}"
         )
     size = reader.size("screenshot.png")
     if size > INLINE_SCREENSHOT_BYTES:
-        return (
-            f"<p class='muted'>The screenshot ({fmt_size(size)}) is too large to inline: "
-            "it is in the bundle (posagent bundle extract).</p>" + note
-        )
+        big = _(
+            "The screenshot ({size}) is too large to inline: "
+            "it is in the bundle (posagent bundle extract)."
+        ).format(size=fmt_size(size))
+        return f"<p class='muted'>{esc(big)}</p>" + note
     b64 = base64.b64encode(reader.read("screenshot.png")).decode()
     return f"<img class='shot' id='screenshot' alt='{alt}' src='data:image/png;base64,{b64}'>{note}"
 
@@ -623,7 +680,9 @@ def _timeline(reader: BundleReader, ctx: PageContext) -> str:
     notes = []
     if size > len(head):
         notes.append(
-            f"timeline.json is {fmt_size(size)}: the chart reads its first {fmt_size(len(head))}."
+            _("timeline.json is {size}: the chart reads its first {read}.").format(
+                size=fmt_size(size), read=fmt_size(len(head))
+            )
         )
     elif readings.problem:
         notes.append(readings.problem)
@@ -631,9 +690,11 @@ def _timeline(reader: BundleReader, ctx: PageContext) -> str:
     if ctx.entry_url is not None:
         link = f" <a href='{esc(ctx.entry_url('timeline.json'))}'>timeline.json</a>"
     notes_html = "".join(f"<p class='cut'>{esc(n)}</p>" for n in notes)
+    heading = esc(_("Timeline"))
+    recorded = esc(_("The readings the terminal recorded before the bundle."))
     return (
-        f"<h2>Timeline</h2><div class='card svgwrap' id='timeline'>{chart}{notes_html}"
-        f"<p class='muted'>The readings the terminal recorded before the bundle.{link}</p></div>"
+        f"<h2>{heading}</h2><div class='card svgwrap' id='timeline'>{chart}{notes_html}"
+        f"<p class='muted'>{recorded}{link}</p></div>"
     )
 
 
@@ -663,8 +724,9 @@ def _fault_record(trig: Mapping[str, Any]) -> str:
             + esc(bounded_json(readings))
             + "</pre></td></tr>"
         )
+    summary = esc(_("Fault record: the readings that raised it"))
     return (
-        "<details id='fault-details'><summary>Fault record: the readings that raised it</summary>"
+        f"<details id='fault-details'><summary>{summary}</summary>"
         "<table class='facts' id='fault'>" + "".join(rows) + "</table></details>"
     )
 
@@ -676,7 +738,7 @@ def _entries(reader: BundleReader, ctx: PageContext, budget: _Budget) -> str:
     listed = 0
     parts = []
     if diag:
-        parts.append("<div id='diagnostics'><h3>Diagnostics</h3>")
+        parts.append("<div id='diagnostics'><h3>" + esc(_("Diagnostics")) + "</h3>")
         for n in diag[:MAX_ENTRIES_LISTED]:
             listed += 1
             parts.append(
@@ -694,37 +756,49 @@ def _entries(reader: BundleReader, ctx: PageContext, budget: _Budget) -> str:
             if ctx.entry_url is not None:
                 label = f"<a href='{esc(ctx.entry_url(n))}'>{label}</a>"
             items.append(f"<li>{label}</li>")
-        parts.append("<h3>Other entries</h3><ul id='other-entries'>" + "".join(items) + "</ul>")
+        other = esc(_("Other entries"))
+        parts.append(f"<h3>{other}</h3><ul id='other-entries'>" + "".join(items) + "</ul>")
     left = len(diag) + len(others) - listed
     if left > 0:
-        where = "download the bundle" if ctx.download_url else "posagent bundle extract"
-        parts.append(f"<p class='cut'>And {left:,} more entries not listed: {where}.</p>")
+        where = _("download the bundle") if ctx.download_url else "posagent bundle extract"
+        more = _("And {n} more entries not listed: {where}.").format(n=f"{left:,}", where=where)
+        parts.append(f"<p class='cut'>{esc(more)}</p>")
     return "".join(parts)
 
 
 def _about(m: Mapping[str, Any], ctx: PageContext) -> str:
     dev = _obj(m.get("device"))
+    integrity = (
+        _("entries verified, signature verified")
+        if ctx.signature_checked
+        else _("entries verified; signature not checked (no device key)")
+    )
     rows = [
-        ("Bundle", f"<span class='mono'>{esc(m.get('bundle_id'))}</span>"),
-        ("Platform", f"{esc(dev.get('platform'))} / {esc(dev.get('target'))}"),
-        ("Agent", esc(_obj(m.get("agent")).get("version") or "-")),
-        (
-            "Integrity",
-            "entries verified, signature verified"
-            if ctx.signature_checked
-            else "entries verified; signature not checked (no device key)",
-        ),
+        (_("Bundle"), f"<span class='mono'>{esc(m.get('bundle_id'))}</span>"),
+        (_("Platform"), f"{esc(dev.get('platform'))} / {esc(dev.get('target'))}"),
+        (_("Agent"), esc(_obj(m.get("agent")).get("version") or "-")),
+        (_("Integrity"), esc(integrity)),
         *ctx.facts,
     ]
+    heading, about = esc(_("The bundle")), esc(_("About this bundle"))
     return (
-        "<h3>The bundle</h3><details id='about'><summary>About this bundle</summary>"
+        f"<h3>{heading}</h3><details id='about'><summary>{about}</summary>"
         "<table class='facts'>" + _rows(rows) + "</table></details>"
     )
 
 
 def render_body(reader: BundleReader, ctx: PageContext) -> str:
     """The page's body: the lead (what, where, when, remedy, screenshot), the timeline,
-    then the details folded. Raises BundleError for a bundle it cannot read."""
+    then the details folded, in ctx.gettext's language. Raises BundleError for a bundle it
+    cannot read."""
+    token = _TRANSLATE.set(ctx.gettext)
+    try:
+        return _body(reader, ctx)
+    finally:
+        _TRANSLATE.reset(token)
+
+
+def _body(reader: BundleReader, ctx: PageContext) -> str:
     m = reader.manifest()
     trig, dev = _obj(m.get("trigger")), _obj(m.get("device"))
     budget = _Budget(ENTRIES_TEXT_BYTES)
@@ -732,11 +806,14 @@ def render_body(reader: BundleReader, ctx: PageContext) -> str:
     if ctx.download_url:
         actions.append(
             f"<a class='button' id='download' href='{esc(ctx.download_url)}'>"
-            "Download bundle (.zip)</a>"
+            + esc(_("Download bundle (.zip)"))
+            + "</a>"
         )
     if ctx.manifest_url:
         actions.append(
-            f"<a class='button light' href='{esc(ctx.manifest_url)}'>Manifest (JSON)</a>"
+            f"<a class='button light' href='{esc(ctx.manifest_url)}'>"
+            + esc(_("Manifest (JSON)"))
+            + "</a>"
         )
     remedy = f"<div id='remedy'>{ctx.remedy_html}</div>" if ctx.remedy_html else ""
     parts = [
@@ -750,19 +827,19 @@ def render_body(reader: BundleReader, ctx: PageContext) -> str:
         _screenshot(reader, m, ctx),
         "</div></div>",
         _timeline(reader, ctx),
-        "<h2>Details</h2><div class='card' id='details'>",
+        "<h2>" + esc(_("Details")) + "</h2><div class='card' id='details'>",
         _fault_record(trig),
     ]
     if "report.txt" in reader.names:
         parts.append(
-            "<details id='report-details'><summary>Report (report.txt)</summary>"
+            "<details id='report-details'><summary>" + esc(_("Report (report.txt)")) + "</summary>"
             f"{_text_entry(reader, 'report.txt', ctx, budget, 'report')}</details>"
         )
     parts.append(_entries(reader, ctx, budget))
     parts.append(_about(m, ctx))
     manifest = _Budget(MANIFEST_PREVIEW_BYTES)
     parts.append(
-        "<details id='manifest'><summary>Manifest (manifest.json)</summary>"
+        "<details id='manifest'><summary>" + esc(_("Manifest (manifest.json)")) + "</summary>"
         f"{_text_entry(reader, MANIFEST, ctx, manifest)}</details></div>"
     )
     return "".join(parts)

@@ -10,6 +10,8 @@ each user is on the read side.
   tenants; a merchant lists at least one and never all; a support user lists some or all.
 - Users are never deleted (the audit log names them): ``disable`` ends their sessions and
   refuses their tokens and logins.
+- A user may choose the pages' language (``language``, migration 0009; `set_language`):
+  '' follows the browser, else a language the collector speaks (`collector.i18n`).
 
 Every change writes its audit entry in the same transaction (`collector.audit.record`).
 Passwords are hashed before the transaction opens (Argon2 is the slow step).
@@ -28,12 +30,15 @@ from collector.access import Principal, Role
 from collector.accounts import passwords
 from collector.accounts.errors import AccountExists, InvalidAccount, NoSuchAccount
 from collector.auth import valid_site
+from collector.i18n import LANGUAGES
 from collector.storage.sql import Conflict, Database, Tx
 
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 TENANT_RE = re.compile(r"^[^\x00-\x1f\x7f#]{1,100}$")
 
-USER_COLUMNS = "u.id, u.name, u.role, u.all_tenants, u.disabled, u.must_change, u.created_at"
+USER_COLUMNS = (
+    "u.id, u.name, u.role, u.all_tenants, u.disabled, u.must_change, u.created_at, u.language"
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class User:
     disabled: bool
     must_change: bool
     created_at: float
+    language: str = ""  # '' follows the browser
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +63,7 @@ class User:
             "disabled": self.disabled,
             "must_change_password": self.must_change,
             "created_at": self.created_at,
+            "language": self.language,
         }
 
 
@@ -146,6 +153,7 @@ def _user(tx: Tx, row: Sequence[Any]) -> User:
         disabled=bool(row[4]),
         must_change=bool(row[5]),
         created_at=float(row[6]),
+        language=str(row[7] or ""),
     )
 
 
@@ -157,7 +165,7 @@ def user_by_id(tx: Tx, user_id: int) -> User | None:
 def user_and_hash(tx: Tx, name: str) -> tuple[User, str] | None:
     """The user and their password hash (for a login), or None."""
     row = tx.one(f"SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE u.name = ?", (name,))
-    return None if row is None else (_user(tx, row), str(row[7]))
+    return None if row is None else (_user(tx, row), str(row[8]))
 
 
 def get_user(db: Database, name: str) -> User:
@@ -186,7 +194,7 @@ def principal(tx: Tx, user: User, via: str) -> Principal:
             (user.id,),
         )
         sites = frozenset(r[0] for r in rows)
-    return Principal(user.name, user.role, sites, user_id=user.id, via=via)
+    return Principal(user.name, user.role, sites, user_id=user.id, via=via, language=user.language)
 
 
 def add_user(
@@ -274,6 +282,24 @@ def set_password(
         tx.execute("DELETE FROM sessions WHERE user_id = ?", (row[0],))
         tx.execute("DELETE FROM login_failures WHERE account = ?", (name,))
         audit.record(tx, actor, action, name, address)
+
+
+def set_language(
+    db: Database, name: str, language: str, *, actor: Principal | str, address: str
+) -> None:
+    """A user's language for the pages: '' (the browser's) or one of `LANGUAGES`
+    (InvalidAccount otherwise; NoSuchAccount)."""
+    if language and language not in LANGUAGES:
+        known = ", ".join(sorted(LANGUAGES))
+        raise InvalidAccount(f"unknown language {language[:20]!r} (known: {known}, or none)")
+    with db.transaction() as tx:
+        row = tx.one("SELECT id, language FROM users WHERE name = ?", (name,))
+        if row is None:
+            raise NoSuchAccount(f"no user {name[:64]!r}")
+        if row[1] == language:
+            return
+        tx.execute("UPDATE users SET language = ? WHERE id = ?", (language, row[0]))
+        audit.record(tx, actor, "user.language", name, address, {"language": language})
 
 
 def rehash(db: Database, user_id: int, password: str) -> None:

@@ -20,6 +20,9 @@ proxy, the nearest untrusted address of ``X-Forwarded-For``.
 The login form carries its own CSRF token (a cookie set with the form, compared with the
 field: a page elsewhere cannot log a victim into another account). A user whose password
 was made for them (``must_change``) reaches only ``/password`` until they set their own.
+
+``/settings``: a user's own settings; today the pages' language (`users.set_language`),
+which wins over the browser's Accept-Language (`collector.i18n`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from collector.accounts.sessions import SessionPolicy
 from collector.accounts.throttle import Throttle
 from collector.auth import TokenFileError, TokenStore
 from collector.config import CollectorConfig
+from collector.i18n import gettext as _
 from collector.pages import render_login
 from collector.storage import BundleStore
 from collector.storage.sql import Database, database
@@ -177,7 +181,7 @@ def _by_session(col: Collector, cookie: str) -> Who | None:
 async def authenticate(request: Request) -> Who | Refused:
     """The request's principal from its Bearer token or session cookie (module docstring)."""
     col = _col(request)
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    scheme, _sep, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         return await run_in_threadpool(
             _by_token, col, value.strip(), client_address(request, col.proxies)
@@ -284,7 +288,7 @@ def _login(col: Collector, name: str, password: str, address: str) -> _LoginResu
     db = _db(col)
     throttle = _throttle(col.cfg)
     with db.transaction() as tx:
-        wait, _ = throttle.reserve(tx, name, address)
+        wait, _reserved = throttle.reserve(tx, name, address)
     if wait > 0:
         log.warning("operator_login_throttled", user=name, client=address, retry_after_s=wait)
         return _LoginResult(wait_s=wait)
@@ -302,7 +306,7 @@ def _login(col: Collector, name: str, password: str, address: str) -> _LoginResu
     user, stored = found
     with db.transaction() as tx:
         Throttle.succeeded(tx, name)
-        cookie, _ = sessions.start(tx, user, address, _policy(col.cfg))
+        cookie, _started = sessions.start(tx, user, address, _policy(col.cfg))
         audit.record(tx, name, "login.ok", name, address)
     if passwords.needs_rehash(stored):
         users.rehash(db, user.id, password)
@@ -317,27 +321,27 @@ async def login(request: Request) -> Response:
         return _login_page(request, next_url=safe_next(request.query_params.get("next", "/")))
     form = await read_form(request)
     if form is None:
-        return _login_page(request, "Form too large.", code=413)
+        return _login_page(request, _("Form too large."), code=413)
     target = safe_next(form.get("next", "/"))
     name = form.get("name", "").strip()[:64]
     expected = request.cookies.get(LOGIN_COOKIE, "")
     sent = form.get("csrf", "")
     if not (sent and expected and hmac.compare_digest(sent, expected)):
-        return _login_page(request, "The form expired; log in again.", target, name, code=403)
+        return _login_page(request, _("The form expired; log in again."), target, name, code=403)
     result = await run_in_threadpool(
         _login, col, name, form.get("password", ""), client_address(request, col.proxies)
     )
     if result.wait_s > 0:
         return _login_page(
             request,
-            "Too many failed attempts; wait and retry.",
+            _("Too many failed attempts; wait and retry."),
             target,
             name,
             code=429,
             headers={"Retry-After": str(int(result.wait_s))},
         )
     if not result.cookie:
-        return _login_page(request, "Wrong user name or password.", target, name, code=401)
+        return _login_page(request, _("Wrong user name or password."), target, name, code=401)
     resp = RedirectResponse("/password" if result.must_change else target, status_code=303)
     _set_session_cookie(resp, request, result.cookie, col)
     resp.delete_cookie(LOGIN_COOKIE, path="/login")
@@ -376,14 +380,14 @@ def _change_password(
     db = _db(col)
     throttle = _throttle(col.cfg)
     with db.transaction() as tx:
-        wait, _ = throttle.reserve(tx, who.name, address)
+        wait, _reserved = throttle.reserve(tx, who.name, address)
     if wait > 0:
-        return "", "Too many failed attempts; wait and retry."
+        return "", _("Too many failed attempts; wait and retry.")
     with db.transaction(write=False) as tx:
         found = users.user_and_hash(tx, who.name)
     if found is None or not passwords.verify(found[1], current):
         audit.record(db, who, "login.failed", who.name, address, {"form": "password"})
-        return "", "The current password is wrong."
+        return "", _("The current password is wrong.")
     try:
         users.set_password(
             db,
@@ -399,7 +403,7 @@ def _change_password(
     with db.transaction() as tx:
         user = users.user_by_id(tx, found[0].id)
         assert user is not None
-        cookie, _ = sessions.start(tx, user, address, _policy(col.cfg))
+        cookie, _started = sessions.start(tx, user, address, _policy(col.cfg))
     return cookie, ""
 
 
@@ -415,7 +419,7 @@ async def password(request: Request) -> Response:
     form = await read_form(request) or {}
     new = form.get("new", "")
     if new != form.get("repeat", ""):
-        return HTMLResponse(account_pages.render_password("The new passwords differ."), 400)
+        return HTMLResponse(account_pages.render_password(_("The new passwords differ.")), 400)
     try:
         passwords.check_strength(new)
     except AccountError as e:
@@ -433,6 +437,37 @@ async def password(request: Request) -> Response:
     resp = RedirectResponse("/", status_code=303)
     _set_session_cookie(resp, request, cookie, col)
     return resp
+
+
+# --------------------------------------------------------------------------- own settings
+
+
+async def settings(request: Request) -> Response:
+    """GET: the user's settings (the pages' language); POST (CSRF checked): save them."""
+    col = _col(request)
+    who = principal_of(request)
+    if who.user_id is None:
+        return JSONResponse({"status": "forbidden", "error": "not an account"}, 403)
+    if request.method == "GET":
+        return HTMLResponse(
+            account_pages.render_settings(who.language), headers={"Cache-Control": "no-store"}
+        )
+    form = await read_form(request)
+    if form is None:
+        return HTMLResponse(account_pages.render_settings(who.language, _("Form too large.")), 413)
+    language = form.get("language", "")
+    try:
+        await run_in_threadpool(
+            users.set_language,
+            _db(col),
+            who.name,
+            language,
+            actor=who,
+            address=client_address(request, col.proxies),
+        )
+    except AccountError as e:
+        return HTMLResponse(account_pages.render_settings(who.language, str(e)), 400)
+    return RedirectResponse("/settings", status_code=303)
 
 
 # --------------------------------------------------------------------------- admin
@@ -474,22 +509,26 @@ def _admin_action(col: Collector, action: str, f: dict[str, str], who: Principal
             actor=who,
             address=addr,
         )
-        return f"User {f.get('name', '').strip()} added; one-time password:\n{secret}"
+        added = _("User {name} added; one-time password:").format(name=f.get("name", "").strip())
+        return f"{added}\n{secret}"
     if action in ("users/disable", "users/enable"):
         users.set_disabled(
             db, f.get("name", ""), action == "users/disable", actor=who, address=addr
         )
-        return f"User {f.get('name', '')} {action.split('/')[1]}d."
+        done = (
+            _("User {name} disabled.") if action == "users/disable" else _("User {name} enabled.")
+        )
+        return done.format(name=f.get("name", ""))
     if action == "users/password":
         secret = passwords.generate()
         users.set_password(db, f.get("name", ""), secret, must_change=True, actor=who, address=addr)
-        return f"New one-time password for {f.get('name', '')}:\n{secret}"
+        return _("New one-time password for {name}:").format(name=f.get("name", "")) + f"\n{secret}"
     if action == "tokens/revoke":
         raw = f.get("id", "")
         if not (raw.isascii() and raw.isdigit()):
-            raise AccountError("token id must be a number")
+            raise AccountError(_("token id must be a number"))
         owner = tokens.revoke(db, int(raw), actor=who, address=addr)
-        return f"Token {raw} of {owner} revoked."
+        return _("Token {id} of {user} revoked.").format(id=raw, user=owner)
     if action == "devices/add":
         device = f.get("device", "").strip()
         token = place_device(
@@ -502,17 +541,18 @@ def _admin_action(col: Collector, action: str, f: dict[str, str], who: Principal
             actor=who,
             address=addr,
         )
-        return (
-            f"Device {device} registered; its token (put it in the terminal's token_file):\n{token}"
-        )
+        registered = _(
+            "Device {device} registered; its token (put it in the terminal's token_file):"
+        ).format(device=device)
+        return f"{registered}\n{token}"
     if action == "sites/place":
         site, tenant = f.get("site", "").strip(), f.get("tenant", "").strip()
         with db.transaction() as tx:
             changed = users.place_site(tx, site, tenant, move=True)
             if changed:
                 audit.record(tx, who, "site.place", site, addr, {"tenant": tenant})
-        return f"Site {site} belongs to {tenant}."
-    raise AccountError(f"unknown admin action {action[:40]!r}")
+        return _("Site {site} belongs to {tenant}.").format(site=site, tenant=tenant)
+    raise AccountError(_("unknown admin action {action}").format(action=repr(action[:40])))
 
 
 async def admin_post(request: Request) -> Response:
@@ -522,7 +562,7 @@ async def admin_post(request: Request) -> Response:
     action = f"{request.path_params['group']}/{request.path_params['verb']}"
     form = await read_form(request)
     if form is None:
-        return HTMLResponse("form too large", status_code=413)
+        return HTMLResponse(_("Form too large."), status_code=413)
     addr = client_address(request, col.proxies)
     code, notice, error = 200, "", ""
     try:
@@ -530,7 +570,7 @@ async def admin_post(request: Request) -> Response:
     except (AccountError, ValueError, FileExistsError, TokenFileError) as e:
         code, error = 400, str(e)
     except OSError as e:
-        code, error = 500, f"cannot write the tokens file: {e.strerror or e}"
+        code, error = 500, _("cannot write the tokens file: {error}").format(error=e.strerror or e)
     state = await run_in_threadpool(_admin_state, col)
     return HTMLResponse(
         account_pages.render_admin(notice=notice, error=error, **state),

@@ -2,7 +2,8 @@
 reader's reach and their state) and ``/devices/{id}`` (last seen, last summary, silent
 state and outages, the commands and their results, and a form that queues a capture or
 a selftest: ``POST /devices/{id}/commands``, support and admin; the form gets its CSRF
-token from the accounts work). Every value passes `esc`.
+token from the accounts work). Every value passes `esc`; texts for people are marked `_`
+(`collector.i18n`: the request's language).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collector.auth import valid_device_id
 from collector.channel import devices, keys
 from collector.channel.api import Channel, DeviceView, device_view, queue_command
 from collector.channel.errors import ChannelError
+from collector.i18n import N_
+from collector.i18n import gettext as _
 from collector.incidents import views as incident_views
 from collector.pages import csrf_field
 
@@ -32,9 +35,22 @@ def _t(ts: float | None) -> str:
     return "-" if ts is None else pages.shown_time(ts)
 
 
+def _heads(*names: str) -> str:
+    """A table's header row in the reader's language."""
+    return "<tr>" + "".join(f"<th>{esc(_(n))}</th>" for n in names) + "</tr>"
+
+
+# A device's states (`devices.Device.state`: never, ok, late, silent) in words.
+STATE_WORDS = {"ok": N_("ok"), "late": N_("late"), "silent": N_("silent"), "never": N_("never")}
+
+
+def _state(state: str) -> str:
+    return _(STATE_WORDS[state]) if state in STATE_WORDS else state
+
+
 def _summary_rows(summary: dict[str, Any] | None) -> str:
     if not summary:
-        return "<p class='muted'>No summary yet.</p>"
+        return "<p class='muted'>" + esc(_("No summary yet.")) + "</p>"
     rows = "".join(
         f"<tr><th>{esc(k)}</th><td class='mono'>"
         f"{esc(', '.join(map(str, v)) if isinstance(v, list) else ('-' if v is None else str(v)))}"
@@ -47,31 +63,39 @@ def _summary_rows(summary: dict[str, Any] | None) -> str:
 def render_list(found: list[devices.Device], total: int, now: float, login: bool) -> str:
     rows = "".join(
         f"<tr><td><a href='/devices/{quote(d.id)}'>{esc(d.id)}</a></td><td>{esc(d.site)}</td>"
-        f"<td>{esc(d.state(now))}</td><td>{esc(_t(d.last_seen))}</td>"
+        f"<td>{esc(_state(d.state(now)))}</td><td>{esc(_t(d.last_seen))}</td>"
         f"<td>{esc(d.agent_version)}</td></tr>"
         for d in found
     )
+    heading = esc(_("Devices ({n})").format(n=total))
     body = (
-        f"<h1>Devices ({total})</h1><table><tr><th>Device</th><th>Site</th><th>State</th>"
-        f"<th>Last seen</th><th>Agent</th></tr>{rows}</table>"
+        f"<h1>{heading}</h1><table>"
+        + _heads(N_("Device"), N_("Site"), N_("State"), N_("Last seen"), N_("Agent"))
+        + f"{rows}</table>"
     )
-    return pages.layout("posagent devices", body, operator_login=login)
+    return pages.layout(_("posagent devices"), body, operator_login=login)
 
 
 def _key_rows(d: devices.Device) -> str:
     """The device's public keys with when each was in use (collector.channel.keys)."""
     found = keys.lives(d.pubkeys)
     if not found:
-        return "<p>No public key enrolled (keys of device_pubkeys_dir are not listed).</p>"
+        none = _("No public key enrolled (keys of device_pubkeys_dir are not listed).")
+        return f"<p>{esc(none)}</p>"
+    in_use = _("in use")
     rows = "".join(
         f"<tr><td class='mono'>{esc(k.key_id)}</td><td>{esc(_t(k.since))}</td>"
-        f"<td>{esc(_t(k.until) if k.until is not None else 'in use')}</td></tr>"
+        f"<td>{esc(_t(k.until) if k.until is not None else in_use)}</td></tr>"
         for k in found
     )
+    pem = esc(_("Public keys (PEM)"))
+    use = esc(_("for {command}")).format(
+        command="<code>posagent bundle verify FILE --public-key KEYS</code>"
+    )
     return (
-        "<table><tr><th>Key id</th><th>From</th><th>Until</th></tr>"
-        f"{rows}</table><p><a href='/v1/devices/{quote(d.id)}/keys'>Public keys (PEM)</a>, "
-        "for <code>posagent bundle verify FILE --public-key KEYS</code>.</p>"
+        "<table>"
+        + _heads(N_("Key id"), N_("From"), N_("Until"))
+        + f"{rows}</table><p><a href='/v1/devices/{quote(d.id)}/keys'>{pem}</a>, {use}.</p>"
     )
 
 
@@ -79,15 +103,20 @@ def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> s
     """An enrolled or checked-in device: its state, last summary, commands, silences."""
     d = v.device
     silent = (
-        f"<p class='error'>Silent since {esc(_t(d.silent_since))} "
-        f"(last check-in {esc(_t(d.last_seen))}).</p>"
+        "<p class='error'>"
+        + esc(
+            _("Silent since {since} (last check-in {last}).").format(
+                since=_t(d.silent_since), last=_t(d.last_seen)
+            )
+        )
+        + "</p>"
         if d.silent_since is not None
         else ""
     )
     cmd_rows = "".join(
         f"<tr><td class='mono'>{esc(c.id[:8])}</td><td>{esc(c.kind)}</td>"
         f"<td>{esc(_t(c.issued_at))}</td><td>{esc(c.issued_by)}</td>"
-        f"<td>{esc(c.shown_status(now))}</td><td>{esc(c.detail)}</td></tr>"
+        f"<td>{esc(_command_status(c.shown_status(now)))}</td><td>{esc(c.detail)}</td></tr>"
         for c in v.commands
     )
     out_rows = "".join(
@@ -101,32 +130,62 @@ def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> s
         form = (
             f"<form method='post' action='/devices/{quote(d.id)}/commands' class='filters'>"
             f"{csrf_field()}"
-            "<label>Command<select name='kind'><option value='capture'>capture</option>"
+            "<label>" + esc(_("Command")) + "<select name='kind'>"
+            "<option value='capture'>capture</option>"
             "<option value='selftest'>selftest</option>"
             "<option value='rotate-signing-key'>rotate-signing-key</option></select></label>"
-            "<label>Note<input type='text' name='note' maxlength='500'></label>"
-            "<button type='submit'>Queue</button></form>"
+            "<label>" + esc(_("Note")) + "<input type='text' name='note' maxlength='500'></label>"
+            "<button type='submit'>" + esc(_("Queue")) + "</button></form>"
         )
     flash = f"<p class='error'>{esc(note)}</p>" if note else ""
+    every = esc(_("every {n} s").format(n=d.interval_s))
+
+    def row(label: str, value: str, cls: str = "") -> str:
+        attr = f" class='{cls}'" if cls else ""
+        return f"<tr><th>{esc(_(label))}</th><td{attr}>{value}</td></tr>"
+
     body = (
-        f"<h1>Device {esc(d.id)}</h1>{silent}{flash}<div class='card'><table>"
-        f"<tr><th>Site</th><td>{esc(d.site)}</td></tr>"
-        f"<tr><th>Tenant</th><td>{esc(d.tenant or '-')}</td></tr>"
-        f"<tr><th>State</th><td>{esc(d.state(now))}</td></tr>"
-        f"<tr><th>Last seen</th><td>{esc(_t(d.last_seen))} (every {d.interval_s} s)</td></tr>"
-        f"<tr><th>Enrolled</th><td>{esc(_t(d.enrolled_at))} ({d.enrollments}×)</td></tr>"
-        f"<tr><th>Agent</th><td>{esc(d.agent_version)}</td></tr>"
-        f"<tr><th>Boot id</th><td class='mono'>{esc(d.boot_id)}</td></tr>"
-        f"<tr><th>Config</th><td class='mono'>{esc(d.config_digest or '-')}</td></tr>"
-        "</table></div>"
-        f"<h2>Signing keys</h2>{_key_rows(d)}"
-        f"<h2>Last summary</h2>{_summary_rows(d.summary)}"
-        f"<h2>Commands</h2>{form}<table><tr><th>Id</th><th>Kind</th><th>Queued</th>"
-        f"<th>By</th><th>Status</th><th>Result</th></tr>{cmd_rows}</table>"
-        "<h2>Silences</h2><table><tr><th>Last check-in</th><th>Silent at</th><th>Back at</th>"
-        f"<th>Outage</th></tr>{out_rows}</table>"
+        "<h1>"
+        + esc(_("Device {id}").format(id=d.id))
+        + f"</h1>{silent}{flash}<div class='card'><table>"
+        + row(N_("Site"), esc(d.site))
+        + row(N_("Tenant"), esc(d.tenant or "-"))
+        + row(N_("State"), esc(_state(d.state(now))))
+        + row(N_("Last seen"), f"{esc(_t(d.last_seen))} ({every})")
+        + row(N_("Enrolled"), f"{esc(_t(d.enrolled_at))} ({d.enrollments}×)")
+        + row(N_("Agent"), esc(d.agent_version))
+        + row(N_("Boot id"), esc(d.boot_id), "mono")
+        + row(N_("Config"), esc(d.config_digest or "-"), "mono")
+        + "</table></div>"
+        "<h2>" + esc(_("Signing keys")) + f"</h2>{_key_rows(d)}"
+        "<h2>" + esc(_("Last summary")) + f"</h2>{_summary_rows(d.summary)}"
+        "<h2>"
+        + esc(_("Commands"))
+        + f"</h2>{form}<table>"
+        + _heads(N_("Id"), N_("Kind"), N_("Queued"), N_("By"), N_("Status"), N_("Result"))
+        + f"{cmd_rows}</table>"
+        "<h2>"
+        + esc(_("Silences"))
+        + "</h2><table>"
+        + _heads(N_("Last check-in"), N_("Silent at"), N_("Back at"), N_("Outage"))
+        + f"{out_rows}</table>"
     )
     return body
+
+
+# A command's statuses (`commands.Command.shown_status`) in words.
+COMMAND_WORDS = {
+    "queued": N_("queued"),
+    "delivered": N_("delivered"),
+    "done": N_("done"),
+    "refused": N_("refused"),
+    "failed": N_("failed"),
+    "expired": N_("expired"),
+}
+
+
+def _command_status(status: str) -> str:
+    return _(COMMAND_WORDS[status]) if status in COMMAND_WORDS else status
 
 
 async def devices_page(request: Request) -> Response:
@@ -153,7 +212,8 @@ async def _page(request: Request, status: int = 200, note: str = "") -> Response
     device_id = str(request.path_params["device_id"])
     if not valid_device_id(device_id):
         return HTMLResponse(
-            pages.layout("posagent collector", "<h1>Not a terminal id.</h1>"), status_code=400
+            pages.layout("posagent collector", "<h1>" + esc(_("Not a terminal id.")) + "</h1>"),
+            status_code=400,
         )
     try:
         v: DeviceView | None = await run_in_threadpool(device_view, ch.db, device_id, who.sites)
@@ -162,13 +222,17 @@ async def _page(request: Request, status: int = 200, note: str = "") -> Response
     sections, found = await incident_views.device_sections(request, device_id)
     if v is None and not found:
         return HTMLResponse(
-            pages.layout("posagent collector", "<h1>No such device.</h1>", operator_login=True),
+            pages.layout(
+                "posagent collector",
+                "<h1>" + esc(_("No such device.")) + "</h1>",
+                operator_login=True,
+            ),
             status_code=404,
         )
     head = (
         device_body(v, time.time(), writes=who.writes, note=note)
         if v is not None
-        else f"<h1>Device {esc(device_id)}</h1>"
+        else "<h1>" + esc(_("Device {id}").format(id=device_id)) + "</h1>"
     )
     page = pages.layout(f"posagent device {device_id}", head + sections, operator_login=True)
     return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
@@ -186,7 +250,7 @@ async def device_command_form(request: Request) -> Response:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM:
-            return HTMLResponse("too large", status_code=413)
+            return HTMLResponse(_("Form too large."), status_code=413)
     form = parse_qs(body.decode("utf-8", "replace"))
     kind = (form.get("kind") or [""])[0]
     note = (form.get("note") or [""])[0].strip()

@@ -4,7 +4,8 @@ with `quote`/`urlencode`, no scripts, no external assets; the frame is
 incident (with its notes form and status buttons) and one device.
 
 Forms post to the API (`collector.incidents.api`), which answers a form with a redirect
-back to the page.
+back to the page. Texts for people are marked `_` (`collector.i18n`: the request's
+language); fault keys, ids, names and numbers are shown as they are.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from agent.bundle.style import esc
+from collector.i18n import N_
+from collector.i18n import gettext as _
 from collector.incidents.model import (
     Channel,
     Event,
@@ -24,7 +27,7 @@ from collector.incidents.model import (
     Status,
 )
 from collector.incidents.queries import Detail, FaultLine, Home, Trouble
-from collector.pages import SEVERITIES, csrf_field, fmt_size, layout, sev_badge, shown_time
+from collector.pages import SEVERITIES, csrf_field, fmt_size, layout, sev_badge, shown_time, word
 from collector.storage import BundleRecord
 
 EXTRA_CSS = (
@@ -54,12 +57,12 @@ EXTRA_CSS = (
     "</style>"
 )
 LABEL_CHARS = 40
-TAKEN = ("me", "nobody")  # the list's "taken by" choices (`views.page_filter` reads them)
+TAKEN = (N_("me"), N_("nobody"))  # the list's "taken by" choices (`views.page_filter` reads them)
 
 
 def status_badge(status: str) -> str:
     cls = status if status in {s.value for s in Status} else "open"
-    return f"<span class='st st-{cls}'>{esc(status)}</span>"
+    return f"<span class='st st-{cls}'>{esc(word(status))}</span>"
 
 
 def fmt_duration(seconds: float) -> str:
@@ -87,9 +90,21 @@ def _device_link(device: str) -> str:
     return f"<a href='/devices/{quote(device, safe='')}'>{esc(device)}</a>"
 
 
+def _heads(*names: str) -> str:
+    """Table headers in the reader's language."""
+    return "".join(f"<th>{esc(_(n))}</th>" for n in names)
+
+
+def _none_row(cols: int, text: str) -> str:
+    return f"<tr><td colspan='{cols}' class='muted'>{esc(text)}</td></tr>"
+
+
 def _incident_row(i: Incident, now: float) -> str:
     href = f"/incidents/{i.id}"
-    state = "raised" if i.active else "cleared"
+    state = _("{state}, {duration}").format(
+        state=_("raised") if i.active else _("cleared"),
+        duration=fmt_duration(i.total_duration_s(now)),
+    )
     return (
         f"<tr data-incident='{i.id}'>"
         f"<td class='mono'><a href='{href}'>#{i.id}</a></td>"
@@ -97,20 +112,31 @@ def _incident_row(i: Incident, now: float) -> str:
         f"<td class='mono'><a href='{href}'>{esc(i.fault_key)}</a></td>"
         f"<td>{_device_link(i.device)}</td><td>{esc(i.site or '-')}</td>"
         f"<td class='mono'>{esc(shown_time(i.raised_at))}</td>"
-        f"<td>{esc(state)}, {esc(fmt_duration(i.total_duration_s(now)))}</td>"
+        f"<td>{esc(state)}</td>"
         f"<td>{i.repeats}</td><td>{i.bundles}</td><td>{esc(i.assignee or '-')}</td>"
         f"<td>{esc(i.summary)}</td></tr>"
     )
 
 
-def incident_table(items: Iterable[Incident], now: float, empty: str = "No incidents.") -> str:
+def incident_table(items: Iterable[Incident], now: float, empty: str = "") -> str:
+    """The incidents as a table; empty: what an empty one says (default "No incidents.")."""
     rows = "".join(_incident_row(i, now) for i in items)
+    heads = _heads(
+        N_("Status"),
+        N_("Severity"),
+        N_("Fault"),
+        N_("Terminal"),
+        N_("Site"),
+        N_("Raised"),
+        N_("State, duration"),
+        N_("Repeats"),
+        N_("Bundles"),
+        N_("Assignee"),
+        N_("Summary"),
+    )
     return (
-        "<table class='list' id='incidents'><thead><tr><th>#</th><th>Status</th>"
-        "<th>Severity</th><th>Fault</th><th>Terminal</th><th>Site</th><th>Raised</th>"
-        "<th>State, duration</th><th>Repeats</th><th>Bundles</th><th>Assignee</th>"
-        "<th>Summary</th></tr></thead><tbody>"
-        + (rows or f"<tr><td colspan='12' class='muted'>{esc(empty)}</td></tr>")
+        f"<table class='list' id='incidents'><thead><tr><th>#</th>{heads}</tr></thead><tbody>"
+        + (rows or _none_row(12, empty or _("No incidents.")))
         + "</tbody></table>"
     )
 
@@ -123,17 +149,14 @@ def bar_chart(lines: list[FaultLine]) -> str:
     sites: an HTML table whose bars are sized by CSS, so the browser lays out every word
     (an SVG of fixed width cut long keys and labels off)."""
     if not lines:
-        return "<p class='muted'>No incidents in this period.</p>"
+        return "<p class='muted'>" + esc(_("No incidents in this period.")) + "</p>"
     top = max(x.incidents for x in lines) or 1
     rows = []
     for x in lines:
         key = (
             x.fault_key if len(x.fault_key) <= LABEL_CHARS else x.fault_key[: LABEL_CHARS - 1] + "…"
         )
-        words = (
-            f"{x.incidents} incident{'s' if x.incidents != 1 else ''}, {x.terminals} terminal"
-            f"{'s' if x.terminals != 1 else ''}, {x.sites} site{'s' if x.sites != 1 else ''}"
-        )
+        words = _count_words(x)
         pct = max(1.0, round(100 * x.incidents / top, 1))
         rows.append(
             f"<tr data-fault='{esc(x.fault_key)}' title='{esc(x.fault_key)}: {esc(words)}'>"
@@ -141,21 +164,44 @@ def bar_chart(lines: list[FaultLine]) -> str:
             f"<span class='bar' style='width:{pct}%'></span></td><td>{esc(words)}</td></tr>"
         )
     return (
-        "<table class='bars' aria-label='incidents by fault key'><tbody>"
+        "<table class='bars' aria-label='"
+        + esc(_("incidents by fault key"))
+        + "'><tbody>"
         + "".join(rows)
         + "</tbody></table>"
     )
 
 
-def _fault_list(lines: list[FaultLine], since: float) -> str:
-    items = "".join(
-        f"<li><a class='mono' href='{esc(_q('/incidents', fault=x.fault_key, since=int(since)))}'>"
-        f"{esc(x.fault_key)}</a> at {x.terminals} terminal{'s' if x.terminals != 1 else ''} "
-        f"in {x.sites} site{'s' if x.sites != 1 else ''} ({x.incidents} incident"
-        f"{'s' if x.incidents != 1 else ''}, {x.raised_now} raised now)</li>"
-        for x in lines
+def _count_words(x: FaultLine) -> str:
+    """ "3 incidents, 2 terminals, 1 site" (English plurals; Chinese has one form)."""
+    incidents = (_("{n} incident") if x.incidents == 1 else _("{n} incidents")).format(
+        n=x.incidents
     )
-    return f"<ul>{items}</ul>" if items else ""
+    terminals = (_("{n} terminal") if x.terminals == 1 else _("{n} terminals")).format(
+        n=x.terminals
+    )
+    sites = (_("{n} site") if x.sites == 1 else _("{n} sites")).format(n=x.sites)
+    return _("{incidents}, {terminals}, {sites}").format(
+        incidents=incidents, terminals=terminals, sites=sites
+    )
+
+
+def _fault_list(lines: list[FaultLine], since: float) -> str:
+    items = []
+    for x in lines:
+        href = esc(_q("/incidents", fault=x.fault_key, since=int(since)))
+        terminals = (_("{n} terminal") if x.terminals == 1 else _("{n} terminals")).format(
+            n=x.terminals
+        )
+        sites = (_("{n} site") if x.sites == 1 else _("{n} sites")).format(n=x.sites)
+        incidents = (_("{n} incident") if x.incidents == 1 else _("{n} incidents")).format(
+            n=x.incidents
+        )
+        rest = _("at {terminals} in {sites} ({incidents}, {raised} raised now)").format(
+            terminals=terminals, sites=sites, incidents=incidents, raised=x.raised_now
+        )
+        items.append(f"<li><a class='mono' href='{href}'>{esc(x.fault_key)}</a> {esc(rest)}</li>")
+    return f"<ul>{''.join(items)}</ul>" if items else ""
 
 
 # --------------------------------------------------------------------------- home
@@ -164,15 +210,18 @@ def _fault_list(lines: list[FaultLine], since: float) -> str:
 def _trouble_sites(rows: list[Trouble]) -> str:
     body = "".join(
         f"<tr><td><a href='{esc(_q('/incidents', status='unresolved', site=t.name))}'>"
-        f"{esc(t.name or '(no site)')}</a></td><td>{t.terminals}</td><td>{t.incidents}</td>"
+        + esc(t.name or _("(no site)"))
+        + f"</a></td><td>{t.terminals}</td><td>{t.incidents}</td>"
         f"<td>{t.raised_now}</td><td>{sev_badge(t.severity)}</td>"
         f"<td class='mono'>{esc(shown_time(t.last_at))}</td></tr>"
         for t in rows
     )
+    heads = _heads(
+        N_("Site"), N_("Terminals"), N_("Unresolved"), N_("Raised now"), N_("Worst"), N_("Last")
+    )
     return (
-        "<table class='list' id='trouble-sites'><thead><tr><th>Site</th><th>Terminals</th>"
-        "<th>Unresolved</th><th>Raised now</th><th>Worst</th><th>Last</th></tr></thead><tbody>"
-        + (body or "<tr><td colspan='6' class='muted'>No site in trouble.</td></tr>")
+        f"<table class='list' id='trouble-sites'><thead><tr>{heads}</tr></thead><tbody>"
+        + (body or _none_row(6, _("No site in trouble.")))
         + "</tbody></table>"
     )
 
@@ -185,11 +234,18 @@ def _trouble_terminals(rows: list[Trouble]) -> str:
         f"<td class='mono'>{esc(shown_time(t.last_at))}</td></tr>"
         for t in rows
     )
+    heads = _heads(
+        N_("Terminal"),
+        N_("Site"),
+        N_("Faults"),
+        N_("Unresolved"),
+        N_("Raised now"),
+        N_("Worst"),
+        N_("Last"),
+    )
     return (
-        "<table class='list' id='trouble-terminals'><thead><tr><th>Terminal</th><th>Site</th>"
-        "<th>Faults</th><th>Unresolved</th><th>Raised now</th><th>Worst</th><th>Last</th>"
-        "</tr></thead><tbody>"
-        + (body or "<tr><td colspan='7' class='muted'>No terminal in trouble.</td></tr>")
+        f"<table class='list' id='trouble-terminals'><thead><tr>{heads}</tr></thead><tbody>"
+        + (body or _none_row(7, _("No terminal in trouble.")))
         + "</tbody></table>"
     )
 
@@ -201,29 +257,36 @@ def home(h: Home, now: float, *, operator_login: bool = False) -> str:
         d = h.unresolved.get(sev, {})
         n = d.get("open", 0) + d.get("acknowledged", 0)
         href = _q("/incidents", status="unresolved", severity=sev)
+        counts = _("{open} open, {acknowledged} acknowledged; {raised} still raised").format(
+            open=d.get("open", 0), acknowledged=d.get("acknowledged", 0), raised=d.get("raised", 0)
+        )
         tiles.append(
             f"<a class='tile' id='tile-{sev}' href='{esc(href)}'>{sev_badge(sev)}<b>{n}</b>"
-            f"{d.get('open', 0)} open, {d.get('acknowledged', 0)} acknowledged; "
-            f"{d.get('raised', 0)} still raised</a>"
+            f"{esc(counts)}</a>"
         )
     week, month = now - 7 * 86400, now - 30 * 86400
+    trouble = _(
+        "{sites} site(s) and {terminals} terminal(s) with unresolved incidents; the worst first."
+    ).format(sites=h.sites_total, terminals=h.terminals_total)
     body = (
-        "<h1>The fleet at a glance</h1>"
-        "<h2>Unresolved incidents by severity</h2>"
+        "<h1>" + esc(_("The fleet at a glance")) + "</h1>"
+        "<h2>" + esc(_("Unresolved incidents by severity")) + "</h2>"
         f"<div class='tiles' id='by-severity'>{''.join(tiles)}</div>"
-        f"<p><a href='/incidents?status=unresolved'>All unresolved incidents</a> · "
-        "<a href='/incidents'>All incidents</a> · <a href='/bundles'>All bundles</a></p>"
-        "<h2>In trouble now</h2>"
-        f"<p class='muted'>{h.sites_total} site(s) and {h.terminals_total} terminal(s) with "
-        "unresolved incidents; the worst first.</p>"
+        "<p><a href='/incidents?status=unresolved'>"
+        + esc(_("All unresolved incidents"))
+        + "</a> · "
+        "<a href='/incidents'>" + esc(_("All incidents")) + "</a> · "
+        "<a href='/bundles'>" + esc(_("All bundles")) + "</a></p>"
+        "<h2>" + esc(_("In trouble now")) + "</h2>"
+        f"<p class='muted'>{esc(trouble)}</p>"
         "<div class='cols'>"
-        f"<div><h3>Sites</h3>{_trouble_sites(h.sites)}</div>"
-        f"<div><h3>Terminals</h3>{_trouble_terminals(h.terminals)}</div></div>"
-        "<h2>Top fault keys</h2><div class='cols'>"
-        f"<div class='card' id='top-7'><h3>Last 7 days</h3>{bar_chart(h.week)}"
+        "<div><h3>" + esc(_("Sites")) + f"</h3>{_trouble_sites(h.sites)}</div>"
+        "<div><h3>" + esc(_("Terminals")) + f"</h3>{_trouble_terminals(h.terminals)}</div></div>"
+        "<h2>" + esc(_("Top fault keys")) + "</h2><div class='cols'>"
+        "<div class='card' id='top-7'><h3>" + esc(_("Last 7 days")) + f"</h3>{bar_chart(h.week)}"
         f"{_fault_list(h.week, week)}</div>"
-        f"<div class='card' id='top-30'><h3>Last 30 days</h3>{bar_chart(h.month)}"
-        f"{_fault_list(h.month, month)}</div></div>"
+        "<div class='card' id='top-30'><h3>" + esc(_("Last 30 days")) + "</h3>"
+        f"{bar_chart(h.month)}{_fault_list(h.month, month)}</div></div>"
     )
     return _page("posagent collector", body, operator_login)
 
@@ -244,47 +307,54 @@ def incident_list(
 ) -> str:
     def field(name: str, label: str, kind: str = "text") -> str:
         return (
-            f"<label>{label}<input type='{kind}' name='{name}' id='f-{name}' "
+            f"<label>{esc(label)}<input type='{kind}' name='{name}' id='f-{name}' "
             f"value='{esc(params.get(name, ''))}'></label>"
         )
 
     def select(name: str, label: str, options: Iterable[str]) -> str:
-        opts = ["<option value=''>any</option>"] + [
-            f"<option value='{esc(o)}'{' selected' if o == params.get(name) else ''}>{esc(o)}</option>"
+        opts = ["<option value=''>" + esc(_("any")) + "</option>"] + [
+            f"<option value='{esc(o)}'{' selected' if o == params.get(name) else ''}>"
+            f"{esc(word(o) if name == 'status' else _(o))}</option>"
             for o in options
         ]
-        return f"<label>{label}<select name='{name}' id='f-{name}'>{''.join(opts)}</select></label>"
+        return (
+            f"<label>{esc(label)}<select name='{name}' id='f-{name}'>{''.join(opts)}"
+            "</select></label>"
+        )
 
     form = (
         "<form class='filters' method='get' action='/incidents'>"
-        + select("status", "Status", ("unresolved", "open", "acknowledged", "resolved"))
-        + select("severity", "Severity", SEVERITIES)
-        + field("fault", "Fault")
-        + field("device", "Terminal")
-        + field("site", "Site")
-        + field("assignee", "Assignee")
-        + select("taken", "Taken by", TAKEN)
-        + field("since", "Since (UTC)", "datetime-local")
-        + field("until", "Until (UTC)", "datetime-local")
-        + "<button type='submit' id='apply'>Filter</button>"
-        "<a class='button light' id='clear' href='/incidents'>Clear</a></form>"
+        + select("status", _("Status"), ("unresolved", "open", "acknowledged", "resolved"))
+        + select("severity", _("Severity"), SEVERITIES)
+        + field("fault", _("Fault"))
+        + field("device", _("Terminal"))
+        + field("site", _("Site"))
+        + field("assignee", _("Assignee"))
+        + select("taken", _("Taken by"), TAKEN)
+        + field("since", _("Since (UTC)"), "datetime-local")
+        + field("until", _("Until (UTC)"), "datetime-local")
+        + "<button type='submit' id='apply'>"
+        + esc(_("Filter"))
+        + "</button>"
+        "<a class='button light' id='clear' href='/incidents'>" + esc(_("Clear")) + "</a></form>"
     )
     kept = {k: v for k, v in params.items() if k != "offset"}
-    pager = [f"<span class='muted' id='total'>{total} incident(s)</span>"]
+    shown_total = esc(_("{n} incident(s)").format(n=total))
+    pager = [f"<span class='muted' id='total'>{shown_total}</span>"]
     if offset > 0:
         prev = _q("/incidents", **kept, offset=max(0, offset - limit))
-        pager.append(f"<a class='button light' href='{esc(prev)}'>newer</a>")
+        pager.append(f"<a class='button light' href='{esc(prev)}'>" + esc(_("newer")) + "</a>")
     if offset + limit < total:
         nxt = _q("/incidents", **kept, offset=offset + limit)
-        pager.append(f"<a class='button light' href='{esc(nxt)}'>older</a>")
+        pager.append(f"<a class='button light' href='{esc(nxt)}'>" + esc(_("older")) + "</a>")
     err = f"<p class='error'>{esc(error)}</p>" if error else ""
     body = (
-        "<h1>Incidents</h1>"
+        "<h1>" + esc(_("Incidents")) + "</h1>"
         f"<div class='card'>{form}{err}</div>"
-        f"{incident_table(items, now, 'No incidents match.')}"
-        f"<div class='pager'>{''.join(pager)}</div>"
+        + incident_table(items, now, _("No incidents match."))
+        + f"<div class='pager'>{''.join(pager)}</div>"
     )
-    return _page("posagent collector: incidents", body, operator_login)
+    return _page(_("posagent collector: incidents"), body, operator_login)
 
 
 # --------------------------------------------------------------------------- one incident
@@ -307,25 +377,49 @@ def event_words(ev: Event, bundle_href: Callable[[str], str] = _bundle_page) -> 
 
     if ev.kind is EventKind.BUNDLE:
         bid = str(d.get("bundle_id", ""))
-        return f"{esc(d.get('trigger_kind'))} bundle {bundle(bid)}"
+        kind = _("{kind} bundle").format(kind=word(str(d.get("trigger_kind"))))
+        return f"{esc(kind)} {bundle(bid)}"
     if ev.kind is EventKind.CLEARED:
-        return f"cleared after {esc(fmt_duration(float(d.get('duration_s') or 0)))}"
+        span = fmt_duration(float(d.get("duration_s") or 0))
+        return esc(_("cleared after {duration}").format(duration=span))
     if ev.kind is EventKind.REOPENED and "repeats" in d:
-        return f"recurred (repeat {esc(d.get('repeats'))}), was {esc(d.get('was'))}"
+        text = _("recurred (repeat {repeats}), was {was}").format(
+            repeats=d.get("repeats"), was=word(str(d.get("was")))
+        )
+        return esc(text)
     if ev.kind is EventKind.ASSIGNED:
-        return f"assigned to {esc(d.get('assignee') or 'nobody')} (was {esc(d.get('was') or 'nobody')})"
+        nobody = _("nobody")
+        text = _("assigned to {assignee} (was {was})").format(
+            assignee=d.get("assignee") or nobody, was=d.get("was") or nobody
+        )
+        return esc(text)
     if ev.kind is EventKind.RESOLVED and d.get("auto"):
-        return f"resolved by the collector: cleared and quiet for {esc(fmt_duration(float(d.get('quiet_s') or 0)))}"
+        span = fmt_duration(float(d.get("quiet_s") or 0))
+        return esc(
+            _("resolved by the collector: cleared and quiet for {duration}").format(duration=span)
+        )
     if ev.kind is EventKind.ESCALATED:
-        return f"critical and unacknowledged for {esc(fmt_duration(float(d.get('after_s') or 0)))}"
+        span = fmt_duration(float(d.get("after_s") or 0))
+        return esc(_("critical and unacknowledged for {duration}").format(duration=span))
     if ev.kind is EventKind.NOTE:
-        return f"{esc(d.get('channel'))} with {esc(d.get('contact') or 'the merchant')}"
+        text = _("{channel} with {contact}").format(
+            channel=word(str(d.get("channel"))), contact=d.get("contact") or _("the merchant")
+        )
+        return esc(text)
     if ev.kind in _STATUS_KINDS and "from" in d and "to" in d:
-        return f"from {esc(d.get('from'))} to {esc(d.get('to'))}"
+        text = _("from {was} to {now}").format(
+            was=word(str(d.get("from"))), now=word(str(d.get("to")))
+        )
+        return esc(text)
     if ev.kind is EventKind.OPENED:
         bid = str(d.get("bundle_id") or "")
-        source = f"{esc(d.get('trigger_kind'))} bundle {bundle(bid)}" if bid else "the collector"
-        return f"{esc(d.get('summary') or d.get('fault_key'))}, raised by {source}"
+        if bid:
+            kind = _("{kind} bundle").format(kind=word(str(d.get("trigger_kind"))))
+            source = f"{esc(kind)} {bundle(bid)}"
+        else:
+            source = esc(_("the collector"))
+        what = esc(d.get("summary") or d.get("fault_key"))
+        return esc(_("{what}, raised by {source}")).format(what=what, source=source)
     text = json.dumps(d, ensure_ascii=False, default=str)
     return esc(text[:300])
 
@@ -337,14 +431,15 @@ def _bundle_rows(bundles: list[GroupedBundle]) -> str:
         href = f"/bundles/{quote(b.bundle_id, safe='')}"
         if r is None:
             rows.append(
-                f"<tr><td class='mono'>{esc(shown_time(b.at))}</td><td>{esc(b.trigger_kind)}</td>"
-                f"<td colspan='4' class='muted'>deleted by retention "
+                f"<tr><td class='mono'>{esc(shown_time(b.at))}</td>"
+                f"<td>{esc(word(b.trigger_kind))}</td>"
+                "<td colspan='4' class='muted'>" + esc(_("deleted by retention")) + " "
                 f"<span class='mono'>{esc(b.bundle_id)}</span></td></tr>"
             )
             continue
         rows.append(
             f"<tr data-bundle='{esc(r.bundle_id)}'><td class='mono'><a href='{href}'>"
-            f"{esc(shown_time(r.created_at))}</a></td><td>{esc(r.trigger_kind)}</td>"
+            f"{esc(shown_time(r.created_at))}</a></td><td>{esc(word(r.trigger_kind))}</td>"
             f"<td>{sev_badge(r.severity)}</td><td>{esc(r.summary)}</td>"
             f"<td>{esc(r.screenshot)}</td><td class='muted'>{esc(fmt_size(r.size_bytes))}</td></tr>"
         )
@@ -354,21 +449,25 @@ def _bundle_rows(bundles: list[GroupedBundle]) -> str:
 def _actions(inc: Incident, kept: Mapping[str, str]) -> str:
     base = f"/v1/incidents/{inc.id}/status"
     buttons = {
-        Status.OPEN: (("acknowledged", "Acknowledge"), ("resolved", "Resolve")),
-        Status.ACKNOWLEDGED: (("resolved", "Resolve"),),
-        Status.RESOLVED: (("open", "Reopen"),),
+        Status.OPEN: (("acknowledged", N_("Acknowledge")), ("resolved", N_("Resolve"))),
+        Status.ACKNOWLEDGED: (("resolved", N_("Resolve")),),
+        Status.RESOLVED: (("open", N_("Reopen")),),
     }[inc.status]
     forms = [
         f"<form class='inline' method='post' action='{base}'>{csrf_field()}"
         f"<input type='hidden' name='status' value='{to}'>"
-        f"<button type='submit' id='to-{to}'>{label}</button></form>"
+        f"<button type='submit' id='to-{to}'>{esc(_(label))}</button></form>"
         for to, label in buttons
     ]
     forms.append(
         f"<form class='inline' method='post' action='{base}'>{csrf_field()}"
-        f"<input type='text' name='assignee' id='assignee' maxlength='100' "
-        f"value='{esc(kept.get('assignee', inc.assignee))}' placeholder='assignee'>"
-        "<button type='submit' class='light button' id='assign'>Assign</button></form>"
+        "<input type='text' name='assignee' id='assignee' maxlength='100' "
+        f"value='{esc(kept.get('assignee', inc.assignee))}' placeholder='"
+        + esc(_("assignee"))
+        + "'>"
+        "<button type='submit' class='light button' id='assign'>"
+        + esc(_("Assign"))
+        + "</button></form>"
     )
     return "".join(forms)
 
@@ -377,20 +476,24 @@ def _note_form(inc: Incident, kept: Mapping[str, str]) -> str:
     """The note form, filled with what was sent when it comes back with an error."""
     chosen = kept.get("channel", "")
     opts = "".join(
-        f"<option value='{c.value}'{' selected' if c.value == chosen else ''}>{c.value}</option>"
+        f"<option value='{c.value}'{' selected' if c.value == chosen else ''}>"
+        f"{esc(word(c.value))}</option>"
         for c in Channel
     )
     return (
         f"<form class='note' method='post' action='/v1/incidents/{inc.id}/notes' id='note-form'>"
         f"{csrf_field()}"
-        f"<label>Channel <select name='channel' id='note-channel'>{opts}</select></label>"
-        "<label>Who at the merchant <input type='text' name='contact' id='note-contact' "
-        f"maxlength='200' value='{esc(kept.get('contact', ''))}'></label>"
-        "<label>When (UTC; empty: now) <input type='datetime-local' name='at' id='note-at' "
-        f"value='{esc(kept.get('at', ''))}'></label>"
-        "<label>What was said and agreed<textarea name='text' id='note-text' maxlength='4000' "
-        f"required>{esc(kept.get('text', ''))}</textarea></label>"
-        "<div><button type='submit' id='add-note'>Add note</button></div></form>"
+        "<label>"
+        + esc(_("Channel"))
+        + f" <select name='channel' id='note-channel'>{opts}</select></label>"
+        "<label>" + esc(_("Who at the merchant")) + " <input type='text' name='contact' "
+        f"id='note-contact' maxlength='200' value='{esc(kept.get('contact', ''))}'></label>"
+        "<label>" + esc(_("When (UTC; empty: now)")) + " "
+        f"<input type='datetime-local' name='at' id='note-at' value='{esc(kept.get('at', ''))}'>"
+        "</label>"
+        "<label>" + esc(_("What was said and agreed")) + "<textarea name='text' id='note-text' "
+        f"maxlength='4000' required>{esc(kept.get('text', ''))}</textarea></label>"
+        "<div><button type='submit' id='add-note'>" + esc(_("Add note")) + "</button></div></form>"
     )
 
 
@@ -412,70 +515,98 @@ def incident(
     sent = {k: v for k, v in (kept or {}).items() if isinstance(v, str)}
     inc = d.incident
     if inc.active:
-        state = f"still raised, for {fmt_duration(now - inc.episode_at)} in this episode"
+        state = _("still raised, for {duration} in this episode").format(
+            duration=fmt_duration(now - inc.episode_at)
+        )
     else:
-        state = f"cleared at {shown_time(inc.cleared_at or 0)}"
+        state = _("cleared at {time}").format(time=shown_time(inc.cleared_at or 0))
+    where = esc(_("terminal {terminal}, site {site}")).format(
+        terminal=_device_link(inc.device), site=esc(inc.site or _("(none registered)"))
+    )
+    duration = _("{duration} raised in all").format(
+        duration=fmt_duration(inc.total_duration_s(now))
+    )
+    repeats = _("{n} recurrence(s) within the reopen window").format(n=inc.repeats)
+    source = _("the terminal's bundles") if inc.source == "bundle" else _("the collector")
     facts = [
-        ("What", f"<span class='mono'>{esc(inc.fault_key)}</span>: {esc(inc.summary)}"),
-        (
-            "Where",
-            f"terminal {_device_link(inc.device)}, site {esc(inc.site or '(none registered)')}",
-        ),
-        ("Raised", esc(shown_time(inc.raised_at))),
-        ("Now", esc(state)),
-        ("Duration", esc(fmt_duration(inc.total_duration_s(now))) + " raised in all"),
-        ("Repeats", f"{inc.repeats} recurrence(s) within the reopen window"),
-        ("Bundles", str(inc.bundles)),
-        ("Assignee", esc(inc.assignee or "nobody")),
-        ("Source", "the terminal's bundles" if inc.source == "bundle" else "the collector"),
+        (N_("What"), f"<span class='mono'>{esc(inc.fault_key)}</span>: {esc(inc.summary)}"),
+        (N_("Where"), where),
+        (N_("Raised"), esc(shown_time(inc.raised_at))),
+        (N_("Now"), esc(state)),
+        (N_("Duration"), esc(duration)),
+        (N_("Repeats"), esc(repeats)),
+        (N_("Bundles"), str(inc.bundles)),
+        (N_("Assignee"), esc(inc.assignee or _("nobody"))),
+        (N_("Source"), esc(source)),
     ]
     if inc.escalated_at:
-        facts.append(("Escalated", esc(shown_time(inc.escalated_at))))
+        facts.append((N_("Escalated"), esc(shown_time(inc.escalated_at))))
     if inc.resolved_at:
-        facts.append(("Resolved", esc(shown_time(inc.resolved_at))))
+        facts.append((N_("Resolved"), esc(shown_time(inc.resolved_at))))
     notes = "".join(
         f"<div class='card note' data-note='{n.id}'><p><b>{esc(shown_time(float(n.detail.get('contact_at') or n.at)))}</b> · "
-        f"{esc(n.detail.get('channel'))} · {esc(n.actor)}"
-        f"{' with ' + esc(n.detail.get('contact')) if n.detail.get('contact') else ''}</p>"
-        f"<p class='note-text'>{esc(n.detail.get('text'))}</p></div>"
+        f"{esc(word(str(n.detail.get('channel'))))} · {esc(n.actor)}"
+        + (
+            " " + esc(_("with {contact}").format(contact=n.detail.get("contact")))
+            if n.detail.get("contact")
+            else ""
+        )
+        + f"</p><p class='note-text'>{esc(n.detail.get('text'))}</p></div>"
         for n in reversed(d.notes)
     )
     event_rows = "".join(
-        f"<tr><td class='mono'>{esc(shown_time(e.at))}</td><td>{esc(e.kind.value)}</td>"
+        f"<tr><td class='mono'>{esc(shown_time(e.at))}</td><td>{esc(word(e.kind.value))}</td>"
         f"<td>{esc(e.actor)}</td><td>{event_words(e)}</td></tr>"
         for e in reversed(d.events)
     )
     err = f"<p class='error' id='form-error'>{esc(error)}</p>" if error else ""
+    on = esc(_("{fault} on {terminal}")).format(fault=esc(inc.fault_key), terminal=esc(inc.device))
+    no_notes = esc(_("No notes yet."))
     parts = [
-        f"<h1>#{inc.id} {esc(inc.fault_key)} on {esc(inc.device)} {sev_badge(inc.severity)} "
-        f"{status_badge(inc.status.value)}</h1>",
+        f"<h1>#{inc.id} {on} {sev_badge(inc.severity)} {status_badge(inc.status.value)}</h1>",
         err,
         "<div class='card'><table class='facts' id='facts'>"
-        + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
+        + "".join(f"<tr><th>{esc(_(k))}</th><td>{v}</td></tr>" for k, v in facts)
         + "</table></div>",
         remedy_html,
         f"<p><a class='button light' id='export' href='/v1/incidents/{inc.id}/export'>"
-        "Export for a dispute (.zip)</a></p>",
+        + esc(_("Export for a dispute (.zip)"))
+        + "</a></p>",
     ]
     if can_write:
         parts.append(f"<div class='card' id='actions'>{_actions(inc, sent)}</div>")
     parts.append(
-        f"<h2>Notes</h2><div id='notes'>{notes or '<p class=muted>No notes yet.</p>'}</div>"
+        "<h2>"
+        + esc(_("Notes"))
+        + f"</h2><div id='notes'>{notes or f'<p class=muted>{no_notes}</p>'}</div>"
     )
     if can_write:
         parts.append(f"<div class='card'>{_note_form(inc, sent)}</div>")
     shown = len(d.bundles)
+    bundles_shown = _("{shown} of {total}, newest first.").format(shown=shown, total=d.bundle_total)
     parts.append(
-        f"<h2>Bundles</h2><p class='muted'>{shown} of {d.bundle_total}, newest first.</p>"
-        "<table class='list' id='incident-bundles'><thead><tr><th>Created</th><th>Trigger</th>"
-        "<th>Severity</th><th>Summary</th><th>Screenshot</th><th>Size</th></tr></thead><tbody>"
-        + (_bundle_rows(d.bundles) or "<tr><td colspan='6' class='muted'>None.</td></tr>")
+        "<h2>" + esc(_("Bundles")) + f"</h2><p class='muted'>{esc(bundles_shown)}</p>"
+        "<table class='list' id='incident-bundles'><thead><tr>"
+        + _heads(
+            N_("Created"),
+            N_("Trigger"),
+            N_("Severity"),
+            N_("Summary"),
+            N_("Screenshot"),
+            N_("Size"),
+        )
+        + "</tr></thead><tbody>"
+        + (_bundle_rows(d.bundles) or _none_row(6, _("None.")))
         + "</tbody></table>"
     )
+    events_shown = _("{shown} of {total} event(s).").format(
+        shown=len(d.events), total=d.event_total
+    )
     parts.append(
-        f"<h2>History</h2><p class='muted'>{len(d.events)} of {d.event_total} event(s).</p>"
-        "<table class='list' id='events'><thead><tr><th>When</th><th>What</th><th>Who</th>"
-        f"<th>Detail</th></tr></thead><tbody>{event_rows}</tbody></table>"
+        "<h2>" + esc(_("History")) + f"</h2><p class='muted'>{esc(events_shown)}</p>"
+        "<table class='list' id='events'><thead><tr>"
+        + _heads(N_("When"), N_("What"), N_("Who"), N_("Detail"))
+        + f"</tr></thead><tbody>{event_rows}</tbody></table>"
     )
     title = f"posagent incident #{inc.id} {inc.fault_key} {inc.device}"
     return _page(title, "".join(parts), operator_login)
@@ -497,18 +628,24 @@ def device_sections(
         f"<tr data-bundle='{esc(r.bundle_id)}'><td class='mono'>"
         f"<a href='/bundles/{quote(r.bundle_id, safe='')}'>{esc(shown_time(r.created_at))}</a></td>"
         f"<td class='mono'>{esc(r.fault_key)}</td><td>{sev_badge(r.severity)}</td>"
-        f"<td>{esc(r.trigger_kind)}</td><td>{esc(r.summary)}</td>"
+        f"<td>{esc(word(r.trigger_kind))}</td><td>{esc(r.summary)}</td>"
         f"<td class='muted'>{esc(fmt_size(r.size_bytes))}</td></tr>"
         for r in bundles
     )
+    of_incidents = _("{shown} of {total}.").format(shown=len(incidents), total=incident_total)
+    of_bundles = _("{shown} of {total}.").format(shown=len(bundles), total=bundle_total)
+    all_of_them = esc(_("All of them"))
     return (
-        f"<h2>Incidents</h2><p class='muted'>{len(incidents)} of {incident_total}. "
-        f"<a href='{esc(_q('/incidents', device=name))}'>All of them</a></p>"
+        "<h2>" + esc(_("Incidents")) + f"</h2><p class='muted'>{esc(of_incidents)} "
+        f"<a href='{esc(_q('/incidents', device=name))}'>{all_of_them}</a></p>"
         f"{incident_table(incidents, now)}"
-        f"<h2>Bundles</h2><p class='muted'>{len(bundles)} of {bundle_total}. "
-        f"<a href='{esc(_q('/bundles', device=name))}'>All of them</a></p>"
-        "<table class='list' id='device-bundles'><thead><tr><th>Created</th><th>Fault</th>"
-        "<th>Severity</th><th>Trigger</th><th>Summary</th><th>Size</th></tr></thead><tbody>"
-        + (brows or "<tr><td colspan='6' class='muted'>No bundles.</td></tr>")
+        "<h2>" + esc(_("Bundles")) + f"</h2><p class='muted'>{esc(of_bundles)} "
+        f"<a href='{esc(_q('/bundles', device=name))}'>{all_of_them}</a></p>"
+        "<table class='list' id='device-bundles'><thead><tr>"
+        + _heads(
+            N_("Created"), N_("Fault"), N_("Severity"), N_("Trigger"), N_("Summary"), N_("Size")
+        )
+        + "</tr></thead><tbody>"
+        + (brows or _none_row(6, _("No bundles.")))
         + "</tbody></table>"
     )

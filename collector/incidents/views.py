@@ -25,7 +25,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.bundle.style import esc
 from collector.access import Principal, principal_of
-from collector.i18n import negotiate
+from collector.i18n import current_language
+from collector.i18n import gettext as _
 from collector.incidents import render
 from collector.incidents.inputs import list_filter
 from collector.incidents.model import BadInput, IncidentFilter, NotFound
@@ -36,7 +37,6 @@ from collector.storage import Query
 
 BUNDLE_FILTERS = ("device", "site", "fault", "severity", "since", "until", "limit", "offset")
 NO_STORE = {"Cache-Control": "no-store"}
-BY_LANGUAGE = {"Vary": "Accept-Language"}  # the incident page's remedy is in the reader's
 DEVICE_INCIDENTS = 100
 DEVICE_BUNDLES = 50
 
@@ -118,7 +118,7 @@ def _incident_html(
         d = inc.detail(iid, who)
     except NotFound:
         return None
-    lang = negotiate(request.headers.get("accept-language"))
+    lang = current_language()  # the user's setting, else the browser's (collector.i18n)
     what_to_do = remedy_block(
         remedy_for(d.incident.fault_key, cfg, lang), lang, cleared=not d.incident.active
     )
@@ -141,14 +141,14 @@ async def incident_page_with(
     who = principal_of(request)
     page = await run_in_threadpool(_incident_html, request, iid, who, error, kept or {})
     if page is None:
-        return _not_found("No such incident.")
-    return HTMLResponse(page, status_code=code, headers={**NO_STORE, **BY_LANGUAGE})
+        return _not_found(_("No such incident."))
+    return HTMLResponse(page, status_code=code, headers=NO_STORE)
 
 
 async def incident_page(request: Request) -> Response:
     raw = str(request.path_params["incident_id"])
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 15 or int(raw) < 1:
-        return _not_found("Not an incident id.", 400)
+        return _not_found(_("Not an incident id."), 400)
     return await incident_page_with(request, int(raw), "", 200)
 
 

@@ -1,17 +1,24 @@
 """Languages and remedies on the collector (issue 15 items 5 and 10): negotiating English
 or Simplified Chinese, the gettext catalogs in step with the code, a fleet's own remedies
-in `[collector.remedies]`, and the remedy on a real collector's bundle page."""
+in `[collector.remedies]`, the remedy on a real collector's bundle page, and every
+operator page in the reader's language (the browser's, or the user's own setting, which
+wins), with fault keys, ids and numbers as they are."""
 
 from __future__ import annotations
 
 import gettext
+import io
+import json
 import re
 import subprocess
 import tempfile
+import tokenize
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import requests
 from babel.messages.catalog import Catalog
 from babel.messages.extract import extract_from_file
 from babel.messages.mofile import read_mo, write_mo
@@ -32,15 +39,20 @@ from collector.i18n import LANGUAGES, LOCALE_DIR, negotiate, translator
 from collector.pages import remedy_block
 from collector.remedies import remedy_for
 from tests.bundle.kit import make_bundle
-from tests.collector.test_app import Env
-from tests.conftest import ROOT, posagent_argv, write_config
+from tests.collector.kit import ADMIN, ADMIN_PASSWORD, form_csrf, login
+from tests.collector.test_app import DEV, Env
+from tests.conftest import ROOT, posagent_argv, wait_until, write_config
 
 ZH = "zh-Hans"
 PO = LOCALE_DIR / "zh_Hans" / "LC_MESSAGES" / "posagent.po"
 MO = PO.with_suffix(".mo")
 CJK = re.compile(r"[\u4e00-\u9fff]")
 # where the marked strings are (the Makefile's i18n target extracts the same)
-SOURCES = [ROOT / "agent" / "bundle" / "remedies.py", *sorted((ROOT / "collector").rglob("*.py"))]
+SOURCES = [
+    ROOT / "agent" / "bundle" / "remedies.py",
+    ROOT / "agent" / "bundle" / "html.py",
+    *sorted((ROOT / "collector").rglob("*.py")),
+]
 KEYWORDS = {"_": None, "gettext": None, "N_": None}
 
 
@@ -376,3 +388,219 @@ def test_the_cleared_note_is_translated_on_the_page() -> None:
     block = remedy_block(REMEDIES["printer.paper_end"], ZH, cleared=True)
     assert translator(ZH).gettext(CLEARED_NOTE) in block and CJK.search(block)
     assert block.count("<tr>") == 2
+
+
+# --------------------------------------------------------------------------- the catalog's care
+
+
+def test_translations_keep_every_placeholder() -> None:
+    """A `{name}` the code fills in (a count, an id, a time) is in every translation."""
+    for m in _po():
+        if m.id:
+            wanted = sorted(re.findall(r"\{[a-z_]+\}", str(m.id)))
+            assert sorted(re.findall(r"\{[a-z_]+\}", str(m.string))) == wanted, m.id
+
+
+_LITERAL_CALL = re.compile(r"(?<![A-Za-z0-9_])_\(['\"]")
+
+
+def test_no_marked_string_hides_in_an_f_string() -> None:
+    """`_("...")` inside an f-string is invisible to `pybabel extract` on Python 3.11 (an
+    f-string is one token): it would never reach the catalog and stay English."""
+    hidden = []
+    for src in SOURCES:
+        text = src.read_text(encoding="utf-8")
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            fstring = re.match(r"^[rRbBuU]*[fF]", tok.string)
+            if tok.type == tokenize.STRING and fstring and _LITERAL_CALL.search(tok.string):
+                hidden.append(f"{src.relative_to(ROOT)}:{tok.start[0]}")
+    assert not hidden
+
+
+# --------------------------------------------------------------------------- the pages
+
+
+class _Texts(HTMLParser):
+    """The page's own texts as a reader sees them (one string per text node): not the
+    style, nor the bundle's raw data folded in <details> (their <summary> is the page's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+        self._style = self._details = self._summary = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._style += tag == "style"
+        self._details += tag == "details"
+        self._summary += tag == "summary"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._style -= tag == "style"
+        self._details -= tag == "details"
+        self._summary -= tag == "summary"
+
+    def handle_data(self, data: str) -> None:
+        raw = self._details and not self._summary
+        if not self._style and not raw and data.strip():
+            self.texts.append(data.strip())
+
+
+def _texts(page: str) -> list[str]:
+    p = _Texts()
+    p.feed(page)
+    return p.texts
+
+
+def _english_left(page: str) -> list[str]:
+    """Texts of a Chinese page that are an English message of the catalog (its Chinese
+    differs): a marked string the page forgot to translate."""
+    english = {str(m.id) for m in _po() if m.id and m.string != m.id and len(str(m.id)) > 2}
+    return [t for t in _texts(page) if t in english]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.close()
+
+
+ZH_BROWSER = {"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"}
+
+
+def _get(http: requests.Session, url: str, code: int = 200, **headers: str) -> str:
+    r = http.get(url, headers=headers, timeout=30, allow_redirects=False)
+    assert r.status_code == code, (url, r.status_code, r.text[:300])
+    assert "Accept-Language" in r.headers.get("Vary", ""), url  # a cache keeps one per language
+    return r.text
+
+
+def _fleet_with_an_incident(env: Env) -> tuple[str, int]:
+    """A paper-end bundle of DEV and the incident it opened: (bundle id, incident id)."""
+    b = make_bundle(device=DEV, fault="printer.paper_end", severity="critical")
+    assert env.upload(b).status_code in (200, 201)
+    found = wait_until(
+        lambda: env.http.get(f"{env.url}/v1/incidents", timeout=10).json()["incidents"],
+        timeout_s=60,
+    )
+    assert found, "no incident opened"
+    return b.bundle_id, int(found[0]["id"])
+
+
+def test_every_page_reads_in_chinese_for_a_chinese_browser(env: Env) -> None:
+    """Accept-Language zh-CN: home, incident list, incident, bundle list, bundle, device,
+    admin, audit, settings, login and error pages are Simplified Chinese (`<html lang>`
+    says so), with no marked string left in English; fault keys, ids and numbers as they are."""
+    bid, iid = _fleet_with_an_incident(env)
+    get = env.http
+    expected = {
+        "/": [
+            "终端总览",
+            "按严重程度统计的未解决事件",
+            "高发故障代码",
+            "最近 7 天",
+            "全部未解决事件",
+        ],
+        "/incidents": ["筛选", "负责人", "1 个事件", "未处理", "严重", "发生中，"],
+        f"/incidents/{iid}": ["导出争议材料 (.zip)", "沟通记录", "处理经过", "添加记录", "确认"],
+        "/bundles": ["创建时间", "1 个证据包", "触发类型", "故障"],
+        f"/bundles/{bid}": ["处理建议", "下载证据包 (.zip)", "时间线", "关于此证据包", " · 故障<"],
+        f"/devices/{DEV}": ["设备 " + DEV, "没有这个设备。"][:1],
+        "/admin": ["添加用户", "API 令牌", "登记设备", "归属门店", "管理员"],
+        "/audit": ["审计日志", "导出（JSON Lines）", "操作人"],
+        "/settings": ["页面语言", "跟随浏览器", "保存"],
+    }
+    for path, words in expected.items():
+        page = _get(get, env.url + path, **ZH_BROWSER)
+        assert "<html lang='zh-Hans'>" in page, path
+        assert "posagent collector" in page  # the product's name stays
+        for w in words:
+            assert w in page, (path, w)
+        assert not _english_left(page), (path, _english_left(page))
+    # ids, fault keys, numbers and units unchanged
+    home = _get(get, f"{env.url}/", **ZH_BROWSER)
+    assert "printer.paper_end" in home and DEV in home
+    incident = _get(get, f"{env.url}/incidents/{iid}", **ZH_BROWSER)
+    assert f"#{iid} " in incident and f"{DEV} 上的 printer.paper_end" in incident
+    assert f"/bundles/{bid}" in incident
+    bundle = _get(get, f"{env.url}/bundles/{bid}", **ZH_BROWSER)
+    assert bid in bundle and "id='fault-key'>printer.paper_end<" in bundle
+    assert re.search(r"\d+ KiB", bundle) and "timeline.json" in bundle
+    assert "120 条读数，来自" in bundle  # make_bundle's 120 readings, counted in Chinese
+    listing = _get(get, f"{env.url}/bundles?fault=printer.paper_end", **ZH_BROWSER)
+    assert "value='printer.paper_end' selected" in listing  # the filter's values stay
+    # the pages of people not logged in: the login form, an unknown page
+    anonymous = requests.Session()
+    anonymous.headers.update(ZH_BROWSER)  # as a browser sends it with every request
+    login_page = _get(anonymous, f"{env.url}/login", **ZH_BROWSER)
+    assert "<html lang='zh-Hans'>" in login_page and "<h1>登录</h1>" in login_page
+    assert not _english_left(login_page)
+    wrong = login(anonymous, env.url, ADMIN, "not the password")
+    assert wrong.status_code == 401 and "用户名或密码错误。" in wrong.text
+    missing = anonymous.get(f"{env.url}/no/such/page", headers=ZH_BROWSER, timeout=10)
+    assert missing.status_code == 404 and "404: 页面不存在" in missing.text
+    gone = _get(get, f"{env.url}/incidents/999999", 404, **ZH_BROWSER)
+    assert "没有这个事件。" in gone
+
+
+def test_english_by_default(env: Env) -> None:
+    """No Accept-Language, English or a language not spoken here: every page is English,
+    without a Chinese character (the settings page names 简体中文 in itself)."""
+    bid, iid = _fleet_with_an_incident(env)
+    paths = ["/", "/incidents", f"/incidents/{iid}", "/bundles", f"/bundles/{bid}", "/admin"]
+    paths += [f"/devices/{DEV}", "/audit"]
+    for headers in ({}, {"Accept-Language": "en-US"}, {"Accept-Language": "fr, zh-TW;q=0.5"}):
+        for path in paths:
+            page = _get(env.http, env.url + path, **headers)
+            assert "<html lang='en'>" in page and not CJK.search(page), (path, headers)
+    home = _get(env.http, f"{env.url}/")
+    assert "The fleet at a glance" in home and "Top fault keys" in home
+    assert "<h1>Log in</h1>" in _get(requests.Session(), f"{env.url}/login")
+    settings = _get(env.http, f"{env.url}/settings")
+    assert "Language of the pages" in settings and "简体中文" in settings
+
+
+def _session(env: Env) -> requests.Session:
+    """The admin logged in with a password, as a browser is (a session cookie)."""
+    s = requests.Session()
+    assert login(s, env.url, ADMIN, ADMIN_PASSWORD).status_code == 303
+    return s
+
+
+def _choose(s: requests.Session, env: Env, language: str, code: int = 303) -> requests.Response:
+    page = s.get(f"{env.url}/settings", timeout=10)
+    r = s.post(
+        f"{env.url}/settings",
+        data={"language": language, "csrf": form_csrf(page.text)},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert r.status_code == code, r.text[:300]
+    return r
+
+
+def test_the_users_own_language_wins_over_the_browser(env: Env) -> None:
+    """A user sets the pages' language on /settings; it is kept with the account (their
+    API token sees it too), wins over Accept-Language either way, '' gives the choice
+    back to the browser, a language not spoken here is refused; each change is audited."""
+    s = _session(env)
+    page = _get(s, f"{env.url}/settings", **{"Accept-Language": "en"})
+    assert "<option value='' selected>as the browser asks</option>" in page
+    _choose(s, env, "zh-Hans")
+    for who in (s, env.http):  # the session, and the same user's API token
+        home = _get(who, f"{env.url}/", **{"Accept-Language": "en-US,en;q=0.9"})
+        assert "<html lang='zh-Hans'>" in home and "终端总览" in home
+    assert "<option value='zh-Hans' selected>简体中文</option>" in _get(s, f"{env.url}/settings")
+    users = env.http.get(f"{env.url}/v1/users", timeout=10).json()["users"]
+    assert {u["name"]: u["language"] for u in users}[ADMIN] == "zh-Hans"
+    _choose(s, env, "en")
+    home = _get(s, f"{env.url}/", **ZH_BROWSER)
+    assert "<html lang='en'>" in home and "The fleet at a glance" in home
+    _choose(s, env, "")
+    assert "终端总览" in _get(s, f"{env.url}/", **ZH_BROWSER)
+    assert "The fleet at a glance" in _get(s, f"{env.url}/")
+    refused = _choose(s, env, "fr", 400)
+    assert "unknown language &#x27;fr&#x27;" in refused.text
+    audit = env.http.get(f"{env.url}/v1/audit", params={"action": "user.language"}, timeout=10)
+    chosen = [e["detail"]["language"] for e in map(json.loads, audit.text.splitlines())]
+    assert chosen == ["zh-Hans", "en", ""]

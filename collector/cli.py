@@ -62,7 +62,13 @@ from collector.storage.retention import (
     run_retention,
 )
 from collector.storage.sql import database
-from collector.storage.tables import NOT_COPIED, TableConflict, check_tables, copy_tables
+from collector.storage.tables import (
+    NOT_COPIED,
+    TableConflict,
+    TablesReport,
+    check_tables,
+    copy_tables,
+)
 
 
 def _err(text: str) -> None:
@@ -244,7 +250,7 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
         src.close()
         return dst
     try:
-        return _migrate(src, dst, workers=args.workers)
+        return _migrate(src, dst, workers=args.workers, bundles_only=args.bundles_only)
     except TableConflict as e:
         _err(f"{what}: the target holds rows the source does not agree with: {e}")
         for text in e.conflicts:
@@ -262,22 +268,27 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
         dst.close()
 
 
-def _migrate(src: BundleStore, dst: BundleStore, *, workers: int) -> int:
-    """The copy of `cmd_migrate_store` on two open stores (TableConflict, StorageError)."""
+def _migrate(src: BundleStore, dst: BundleStore, *, workers: int, bundles_only: bool) -> int:
+    """The copy of `cmd_migrate_store` on two open stores (TableConflict, StorageError);
+    bundles_only: the bundles alone (while the source still serves)."""
     sdb, ddb = database(src), database(dst)
-    found = check_tables(sdb, ddb)
-    if found.conflicts:
-        raise TableConflict(found.conflicts, found.more)
-    tables = copy_tables(sdb, ddb)
+    if bundles_only:
+        tables = TablesReport()
+    else:
+        found = check_tables(sdb, ddb)
+        if found.conflicts:
+            raise TableConflict(found.conflicts, found.more)
+        tables = copy_tables(sdb, ddb)
     for name in tables.copied:
         sys.stdout.write(
             f"table\t{name}\tcopied {tables.copied[name]}\tskipped {tables.skipped[name]}\n"
         )
     for name, why in NOT_COPIED.items():
-        sys.stdout.write(f"not copied\t{name}\t{why}\n")
+        if not bundles_only:
+            sys.stdout.write(f"not copied\t{name}\t{why}\n")
     report = copy_store(src, dst, workers=workers)
     missing = verify_store(src, dst)
-    again = check_tables(sdb, ddb)
+    again = TablesReport() if bundles_only else check_tables(sdb, ddb)
     sys.stdout.write(
         f"copied {report.copied}, skipped {report.skipped} (already there), "
         f"failed {len(report.failed)}\n"
@@ -295,9 +306,8 @@ def _migrate(src: BundleStore, dst: BundleStore, *, workers: int) -> int:
             "(stop the source's collector first)"
         )
         return EX_FAIL
-    sys.stdout.write(
-        f"all {tables.rows} row(s) and {report.total} bundle(s) in the target, digests verified\n"
-    )
+    rows = "no table (--bundles-only)" if bundles_only else f"all {tables.rows} row(s)"
+    sys.stdout.write(f"{rows} and {report.total} bundle(s) in the target, digests verified\n")
     return EX_OK
 
 

@@ -294,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
             " and rate_buckets (minutes of throttling), bundle_counts (recounted by the"
             " target), retention_pending (the source's own blobs awaiting deletion),"
             " schema_version. Files outside the index stay where they are: tokens_file,"
-            " signing_key_file, age_identity_file. The source is only read; stop its"
-            " collector for the final run. Resumable: a re-run skips what is there."
+            " signing_key_file, age_identity_file. The source is only read. Stop its collector"
+            " first: a row it changes after a run (a check-in, an incident's status) is a"
+            " conflict for the next; copy the bulk with --bundles-only while it serves."
+            " Resumable: a re-run skips what is there."
         ),
         epilog=(
             "exit: 0 every row and bundle in the target, verified; 1 some are not"
@@ -317,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--s3-endpoint-url", default="", metavar="URL", help="S3-compatible server")
     q.add_argument("--s3-region", default="us-east-1", metavar="REGION")
     q.add_argument("--workers", type=int, default=8, metavar="N", help="parallel copies (8)")
+    q.add_argument(
+        "--bundles-only",
+        action="store_true",
+        help="the bundles alone, while the source still serves (then stop it and run again)",
+    )
     q = cs.add_parser("revoke-key", help="refuse from now on the bundles a device public key signs")
     q.add_argument("device_id", help="the device whose <device_id>.pub holds the key")
     q.add_argument("key_id", help="the key's id (16 hex: posagent key rotate, bundle verify)")

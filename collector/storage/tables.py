@@ -51,6 +51,7 @@ from typing import Any
 from collector.storage.sql import Conflict, Database, Row, Tx
 
 MAX_NAMED = 20  # conflicts named in one error; the rest are counted
+MAX_PARAMS = 10_000  # parameters in one INSERT (SQLite allows 32,766, PostgreSQL 65,535)
 
 
 @dataclass(frozen=True)
@@ -259,10 +260,19 @@ def _compare(tx: Tx, t: Table, rows: Sequence[Row], report: TablesReport) -> lis
     return lacking
 
 
-def _insert_sql(t: Table, tx: Tx) -> str:
+def _insert_sql(t: Table, tx: Tx, rows: int) -> str:
+    """One INSERT of `rows` rows (multi-row VALUES: both engines run it)."""
     over = " OVERRIDING SYSTEM VALUE" if t.identity and tx.dialect == "postgres" else ""
-    marks = ", ".join("?" for _ in t.columns)
-    return f"INSERT INTO {t.name} ({', '.join(t.columns)}){over} VALUES ({marks})"
+    one = "(" + ", ".join("?" for _ in t.columns) + ")"
+    values = ", ".join(one for _ in range(rows))
+    return f"INSERT INTO {t.name} ({', '.join(t.columns)}){over} VALUES {values}"
+
+
+def _insert(tx: Tx, t: Table, rows: Sequence[Row]) -> None:
+    per = max(1, MAX_PARAMS // len(t.columns))
+    for i in range(0, len(rows), per):
+        chunk = rows[i : i + per]
+        tx.execute(_insert_sql(t, tx, len(chunk)), [v for r in chunk for v in _values(t, r)])
 
 
 def _values(t: Table, row: Row) -> list[Any]:
@@ -310,9 +320,7 @@ def _walk(
                 lacking = _compare(tx, t, rows, report)
                 if len(report.conflicts) + report.more > before:
                     raise TableConflict(report.conflicts, report.more)
-                sql = _insert_sql(t, tx)
-                for row in lacking:
-                    tx.execute(sql, _values(t, row))
+                _insert(tx, t, lacking)
         except Conflict as e:  # a row written meanwhile by someone else
             report.conflict(f"{t.name}: {str(e)[:200]}")
             raise TableConflict(report.conflicts, report.more) from e

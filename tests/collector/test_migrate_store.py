@@ -10,6 +10,7 @@ written."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from collector.accounts import users
 from collector.accounts.users import place_site
 from collector.config import CollectorConfig, NotifyConfig, WebhookConfig
 from collector.server import CollectorThread
-from collector.storage import open_store
+from collector.storage import BundleRecord, open_store
 from collector.storage.postgres import migrate
 from collector.storage.sql import Database, database
 from collector.storage.sqlite import SqliteIndex
@@ -432,3 +433,50 @@ def test_help_and_readme_name_what_is_not_copied_and_the_same_store_is_refused(
     assert same.returncode == 64 and "the target is the source's own index" in same.stderr
     bad = _cli(conf, "--to-index", "mysql://x")
     assert bad.returncode == 64 and "--to-index postgresql://" in bad.stderr
+
+
+def test_bundles_only_while_serving_then_a_changed_source_row_is_a_conflict(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """--bundles-only copies no table; the full run then copies them; a source row changed
+    after that run (the source served again) is named as a conflict and not overwritten."""
+    src = CollectorConfig(data_dir=str(tmp_path / "src"), tokens_file=str(tmp_path / "tokens"))
+    store = open_store(src)
+    try:
+        db = database(store)
+        users.add_user(
+            db, "op", Role.ADMIN, password="operator-password-1", actor="test", address="local"
+        )
+        b = make_bundle(device="T-0009", seed=9)
+        rec = BundleRecord(
+            bundle_id=b.bundle_id, device="T-0009", site="S", fault_key="f.k",
+            severity="error", trigger_kind="fault", summary="", created_at=1.0,
+            received_at=2.0, size_bytes=len(b.data), sha256=hashlib.sha256(b.data).hexdigest(),
+            screenshot="captured", signature_checked=False,
+        )  # fmt: skip
+        staged = store.staging_dir / "x.part"
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_bytes(b.data)
+        assert store.commit(rec, staged) == "created"
+    finally:
+        store.close()
+    conf = _config(tmp_path / "cli", src)
+    target = replace(src, index_url=pg_url, data_dir=str(tmp_path / "t"))
+    opts = ("--to-index", pg_url, "--to-data-dir", target.data_dir)
+    r = _cli(conf, *opts, "--bundles-only")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "copied 1, skipped 0" in r.stdout and "no table (--bundles-only)" in r.stdout
+    assert _snapshot(target)["users"] == []
+    r = _cli(conf, *opts)
+    assert r.returncode == 0 and "copied 0, skipped 1" in r.stdout, r.stdout + r.stderr
+    assert "table\tusers\tcopied 1\tskipped 0" in r.stdout
+    store = open_store(src)
+    try:
+        users.set_disabled(database(store), "op", True, actor="test", address="local")
+    finally:
+        store.close()
+    before = _snapshot(target)
+    r = _cli(conf, *opts)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "conflict\tusers id=1: the target holds another row (differs in disabled)" in r.stderr
+    assert _snapshot(target) == before

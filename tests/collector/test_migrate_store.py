@@ -33,9 +33,10 @@ from collector.config import CollectorConfig, NotifyConfig, WebhookConfig
 from collector.server import CollectorThread
 from collector.storage import BundleRecord, open_store
 from collector.storage.postgres import migrate
+from collector.storage.retention import retention_index
 from collector.storage.sql import Database, database
 from collector.storage.sqlite import SqliteIndex
-from collector.storage.tables import NOT_COPIED, TABLES
+from collector.storage.tables import NOT_COPIED, TABLES, copy_tables
 from tests.bundle.kit import make_bundle
 from tests.collector.hookserver import Receiver
 from tests.collector.kit import bearer, login, upload_headers
@@ -480,3 +481,36 @@ def test_bundles_only_while_serving_then_a_changed_source_row_is_a_conflict(
     assert r.returncode == 1, r.stdout + r.stderr
     assert "conflict\tusers id=1: the target holds another row (differs in disabled)" in r.stderr
     assert _snapshot(target) == before
+
+
+def test_small_batches_walk_composite_keys_both_ways(tmp_path: Path, pg_url: str) -> None:
+    """Batches of 2 rows: composite keys (holds, user_tenants) paged by row values on both
+    engines, SQLite -> PostgreSQL -> SQLite, then a re-run that only skips."""
+    lite = CollectorConfig(data_dir=str(tmp_path / "a"))
+    store = open_store(lite)
+    try:
+        db = database(store)
+        for i in range(5):
+            users.add_user(
+                db, f"m{i}", Role.MERCHANT, password="merchant-password-12",
+                tenants_=[f"T{j}" for j in range(i + 1)], actor="test", address="local",
+            )  # fmt: skip
+        for scope in ("site", "device"):
+            for i in range(3):
+                retention_index(store).add_hold(scope, f"{scope}-{i}", "case 1")
+    finally:
+        store.close()
+    migrate(pg_url)
+    pg = CollectorConfig(data_dir=str(tmp_path / "b"), index_url=pg_url)
+    back = CollectorConfig(data_dir=str(tmp_path / "c"))
+    for a, b in ((lite, pg), (pg, back)):
+        sa, sb = open_store(a), open_store(b)
+        try:
+            first = copy_tables(database(sa), database(sb), batch=2)
+            again = copy_tables(database(sa), database(sb), batch=2)
+        finally:
+            sa.close()
+            sb.close()
+        assert first.copied["user_tenants"] == 15 and first.copied["holds"] == 6
+        assert sum(again.copied.values()) == 0 and again.skipped == first.copied
+        assert _snapshot(b) == _snapshot(lite)

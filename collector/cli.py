@@ -63,6 +63,13 @@ from collector.storage.retention import (
     run_retention,
 )
 from collector.storage.sql import database
+from collector.storage.tables import (
+    NOT_COPIED,
+    TableConflict,
+    TablesReport,
+    check_tables,
+    copy_tables,
+)
 
 
 def _err(text: str) -> None:
@@ -187,37 +194,56 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return EX_FAIL if report.errors else EX_OK
 
 
-def cmd_migrate_store(args: argparse.Namespace) -> int:
-    """`collector migrate-store`: the embedded store of data_dir into PostgreSQL + S3.
+def _same_index(a: CollectorConfig, b: CollectorConfig) -> bool:
+    if a.index_url or b.index_url:
+        return a.index_url == b.index_url
+    return Path(a.data_dir).resolve() == Path(b.data_dir).resolve()
 
-    Resumable; exit 0 only when every source bundle is in the target, verified.
+
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    """`collector migrate-store`: the store the config names (embedded by default) copied
+    into the one the options name (PostgreSQL + S3, or embedded in --to-data-dir): first a
+    check that the target holds no conflicting row (nothing written otherwise), then the
+    operators' tables (`collector.storage.tables`), then the bundles and their blobs
+    (`collector.storage.copy`), then both checked again.
+
+    Resumable; exit 0 only when every source row and bundle is in the target, verified;
+    1 when some are not (conflicts named, nothing overwritten); 64 bad options, 66 no
+    source index, 69 a store unreachable, 78 a schema.
     """
     ccfg = load_collector_config(args.config)
     target = replace(
         ccfg,
         index_url=args.to_index,
         blob_url=args.to_blob,
+        data_dir=args.to_data_dir or ccfg.data_dir,
         s3_endpoint_url=args.s3_endpoint_url,
         s3_region=args.s3_region,
     )
-    if not target.index_url.startswith(("postgresql://", "postgres://")) or not (
-        target.blob_url.startswith("s3://")
+    what = "posagent collector migrate-store"
+    if (target.index_url and not target.index_url.startswith(("postgresql://", "postgres://"))) or (
+        target.blob_url and not target.blob_url.startswith("s3://")
     ):
-        _err("posagent collector migrate-store: --to-index postgresql://... --to-blob s3://...")
+        _err(f"{what}: --to-index postgresql://... --to-blob s3://... (or --to-data-dir DIR)")
         return EX_USAGE
-    source = replace(ccfg, index_url="", blob_url="")
-    if not (Path(ccfg.data_dir) / "index.sqlite3").exists():
-        _err(f"posagent collector migrate-store: no embedded index in {ccfg.data_dir}")
+    if _same_index(ccfg, target):
+        _err(
+            f"{what}: the target is the source's own index: give --to-index postgresql://... "
+            "--to-blob s3://..., or --to-data-dir DIR for an embedded target"
+        )
+        return EX_USAGE
+    if not ccfg.index_url and not (Path(ccfg.data_dir) / "index.sqlite3").exists():
+        _err(f"{what}: no embedded index in {ccfg.data_dir}")
         return EX_NOINPUT
     try:
         migrate_store(target)
     except SchemaError as e:
-        _err(f"posagent collector migrate-store: {e}")
+        _err(f"{what}: {e}")
         return EX_CONFIG
     except StorageError as e:
-        _err(f"posagent collector migrate-store: {e}")
+        _err(f"{what}: {e}")
         return EX_UNAVAILABLE
-    src = _open(source, "migrate-store")
+    src = _open(ccfg, "migrate-store")
     if isinstance(src, int):
         return src
     dst = _open(target, "migrate-store")
@@ -225,27 +251,64 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
         src.close()
         return dst
     try:
-        report = copy_store(src, dst, workers=args.workers)
-        missing = verify_store(src, dst)
+        return _migrate(src, dst, workers=args.workers, bundles_only=args.bundles_only)
+    except TableConflict as e:
+        _err(f"{what}: the target holds rows the source does not agree with: {e}")
+        for text in e.conflicts:
+            _err(f"conflict\t{text}")
+        _err(
+            f"{what}: nothing was overwritten; migrate into a new database (or one only this "
+            "command filled), or remove the target's rows named above"
+        )
+        return EX_FAIL
     except StorageError as e:
-        _err(f"posagent collector migrate-store: {e}")
+        _err(f"{what}: {e}")
         return EX_UNAVAILABLE
     finally:
         src.close()
         dst.close()
+
+
+def _migrate(src: BundleStore, dst: BundleStore, *, workers: int, bundles_only: bool) -> int:
+    """The copy of `cmd_migrate_store` on two open stores (TableConflict, StorageError);
+    bundles_only: the bundles alone (while the source still serves)."""
+    sdb, ddb = database(src), database(dst)
+    if bundles_only:
+        tables = TablesReport()
+    else:
+        found = check_tables(sdb, ddb)
+        if found.conflicts:
+            raise TableConflict(found.conflicts, found.more)
+        tables = copy_tables(sdb, ddb)
+    for name in tables.copied:
+        sys.stdout.write(
+            f"table\t{name}\tcopied {tables.copied[name]}\tskipped {tables.skipped[name]}\n"
+        )
+    for name, why in NOT_COPIED.items():
+        if not bundles_only:
+            sys.stdout.write(f"not copied\t{name}\t{why}\n")
+    report = copy_store(src, dst, workers=workers)
+    missing = verify_store(src, dst)
+    again = TablesReport() if bundles_only else check_tables(sdb, ddb)
     sys.stdout.write(
         f"copied {report.copied}, skipped {report.skipped} (already there), "
-        f"failed {len(report.failed)}; holds {report.holds}\n"
+        f"failed {len(report.failed)}\n"
     )
     for bid, reason in sorted(report.failed.items()):
         sys.stdout.write(f"failed\t{bid}\t{reason}\n")
-    if report.failed or missing:
+    lacking = sum(again.missing.values())
+    for text in again.conflicts:
+        sys.stdout.write(f"conflict\t{text}\n")
+    if report.failed or missing or lacking or again.conflicts:
         _err(
-            f"posagent collector migrate-store: {len(missing)} bundle(s) not in the target; "
-            "run it again after fixing the failures"
+            f"posagent collector migrate-store: {len(missing)} bundle(s) and {lacking} row(s) "
+            f"not in the target, {len(again.conflicts) + again.more} row(s) changed in the "
+            "source since they were copied; run it again after fixing the failures "
+            "(stop the source's collector first)"
         )
         return EX_FAIL
-    sys.stdout.write(f"all {report.total} bundle(s) in the target, digests verified\n")
+    rows = "no table (--bundles-only)" if bundles_only else f"all {tables.rows} row(s)"
+    sys.stdout.write(f"{rows} and {report.total} bundle(s) in the target, digests verified\n")
     return EX_OK
 
 

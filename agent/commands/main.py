@@ -276,14 +276,54 @@ def build_parser() -> argparse.ArgumentParser:
     r = rs.add_parser("run", help="one retention run ([collector.retention]; holds respected)")
     _config_arg(r)
     q = cs.add_parser(
-        "migrate-store", help="copy the embedded store (files + SQLite) into PostgreSQL + S3"
+        "migrate-store",
+        help="copy the store (embedded, or PostgreSQL + S3) into another, either way",
+        description=(
+            "Copy the store the config names (files + SQLite in data_dir by default, or"
+            " index_url/blob_url) into the target the options name: PostgreSQL + S3"
+            " (--to-index, --to-blob) or files + SQLite in --to-data-dir. The target's schema"
+            " is migrated first, then checked: a target holding rows the source does not"
+            " agree with is refused before anything is written, and no target row is ever"
+            " overwritten. Copied, ids kept (sequences advanced): tenants, sites, users"
+            " (same passwords), their tenants, API tokens, the audit log (append-only),"
+            " legal holds, incidents with their bundles, events, notes and catch-up"
+            " position, the notification outbox and delivery attempts, enrollment tokens,"
+            " enrolled devices (their credentials), commands, remote config, outages; then"
+            " every bundle, its blob's sha256 checked before and after the write. Not"
+            " copied: login sessions (on purpose: everyone signs in again), login_failures"
+            " and rate_buckets (minutes of throttling), bundle_counts (recounted by the"
+            " target), retention_pending (the source's own blobs awaiting deletion),"
+            " schema_version. Files outside the index stay where they are: tokens_file,"
+            " signing_key_file, age_identity_file. The source is only read. Stop its collector"
+            " first: a row it changes after a run (a check-in, an incident's status) is a"
+            " conflict for the next; copy the bulk with --bundles-only while it serves."
+            " Resumable: a re-run skips what is there."
+        ),
+        epilog=(
+            "exit: 0 every row and bundle in the target, verified; 1 some are not"
+            " (conflicts and failures named, run again after fixing); 64 bad options;"
+            " 66 no source index; 69 a store unreachable; 78 a schema"
+        ),
     )
     _config_arg(q)
-    q.add_argument("--to-index", required=True, metavar="postgresql://...", help="target index")
-    q.add_argument("--to-blob", required=True, metavar="s3://bucket/prefix", help="target blobs")
+    q.add_argument(
+        "--to-index", default="", metavar="postgresql://...", help="target index (PostgreSQL)"
+    )
+    q.add_argument("--to-blob", default="", metavar="s3://bucket/prefix", help="target blobs (S3)")
+    q.add_argument(
+        "--to-data-dir",
+        default="",
+        metavar="DIR",
+        help="the target's data_dir: an embedded target (files + SQLite) without --to-index/--to-blob",
+    )
     q.add_argument("--s3-endpoint-url", default="", metavar="URL", help="S3-compatible server")
     q.add_argument("--s3-region", default="us-east-1", metavar="REGION")
     q.add_argument("--workers", type=int, default=8, metavar="N", help="parallel copies (8)")
+    q.add_argument(
+        "--bundles-only",
+        action="store_true",
+        help="the bundles alone, while the source still serves (then stop it and run again)",
+    )
     q = cs.add_parser("revoke-key", help="refuse from now on the bundles a device public key signs")
     q.add_argument("device_id", help="the device whose <device_id>.pub holds the key")
     q.add_argument("key_id", help="the key's id (16 hex: posagent key rotate, bundle verify)")

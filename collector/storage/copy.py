@@ -1,5 +1,5 @@
-"""Moving up (issue 14 item 7): copy an embedded store (files + SQLite in data_dir) into
-the fleet engines (PostgreSQL + S3), `posagent collector migrate-store`.
+"""Moving a store (issue 14 item 7), `posagent collector migrate-store`: the bundles of
+one store (embedded files + SQLite, or PostgreSQL + S3) copied into another, either way.
 
 For every row of the source index, by bundle id:
 - already in the target with the same digest and its blob there: skipped (a re-run
@@ -8,7 +8,8 @@ For every row of the source index, by bundle id:
   fails it), written to the target blob store, read back from the target and compared
   again (``target_digest``), and only then is the row inserted: the target never lists a
   bundle whose verified bytes it does not hold.
-The legal holds are copied too (a hold is never lost by moving). The source is only read.
+The operators' tables (users, audit log, incidents, holds, the outbox, the channel's
+devices...) move with `collector.storage.tables`. The source is only read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector.storage.base import BundleRecord, BundleStore, StorageError
-from collector.storage.retention import RetentionIndex
 
 
 @dataclass
@@ -31,7 +31,6 @@ class CopyReport:
     copied: int = 0
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # bundle id -> reason
-    holds: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -97,17 +96,11 @@ def copy_store(
     batch: int = 500,
     progress: Callable[[CopyReport], None] | None = None,
 ) -> CopyReport:
-    """Copy every indexed bundle (and every hold) of src into dst; see the module doc."""
+    """Copy every indexed bundle of src into dst; see the module doc."""
     report = CopyReport()
     scan = getattr(src.index, "scan", None)
     if not callable(scan):
         raise StorageError(f"the {type(src.index).__name__} index cannot be scanned")
-    if isinstance(src.index, RetentionIndex) and isinstance(dst.index, RetentionIndex):
-        have = {(h.scope, h.value) for h in dst.index.holds()}
-        for h in src.index.holds():
-            if (h.scope, h.value) not in have:
-                dst.index.add_hold(h.scope, h.value, h.reason)
-            report.holds += 1
     staging = dst.staging_dir
     staging.mkdir(parents=True, exist_ok=True)
     after = ""

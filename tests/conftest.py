@@ -145,6 +145,7 @@ SEAWEED_MODULES = frozenset(
         "tests/collector/test_balancer.py",
         "tests/collector/test_failures.py",
         "tests/collector/test_fleet.py",
+        "tests/collector/test_migrate_store.py",
         "tests/collector/test_retention.py",
         "tests/collector/test_storage.py",
         "tests/e2e/test_reliability.py",

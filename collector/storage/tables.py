@@ -79,7 +79,7 @@ TABLES: tuple[Table, ...] = (
     _t(
         "users",
         "id name role all_tenants password_hash must_change disabled created_at "
-        "password_changed_at",
+        "password_changed_at language",
         unique=("name",),
         identity=True,
     ),

@@ -782,6 +782,58 @@ def fleet_rows(res: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def seal_rows(res: dict[str, Any]) -> list[Row]:
+    r = get(res, "seal") or {}
+    if not r or "error" in r:
+        return []
+
+    def ms(k: str) -> str:
+        return f"{r[k]} ms" if k in r else "—"
+
+    plain, sealed = r.get("plain_ms_per_bundle"), r.get("sealed_ms_per_bundle")
+    no_crypto = r.get("daemon_imports_crypto") == 0
+    return [
+        Row(
+            "age encryption throughput, one core (2 recipients, 16 MiB)",
+            "— (reported, issue 17)",
+            f"{r.get('age_encrypt_mb_per_s_one_core', '?')} MB/s",
+        ),
+        Row(
+            f"a {r.get('bundle_kb', '?')} KB bundle sealed (Ed25519 + age to 2 recipients + "
+            "envelope)",
+            "— (reported, issue 17: its cost beside the plain path)",
+            ms("sealed_ms_per_bundle"),
+            "the plain path (HMAC only), same bundle",
+            ms("plain_ms_per_bundle"),
+            f"{sealed / plain:.3f}×" if plain and sealed else "—",
+            "reported",
+        ),
+        Row(
+            "the daemon's sealing worker per bundle, warm (started as the capture began)",
+            "— (reported)",
+            ms("sealed_worker_warm_ms_per_bundle"),
+            "a worker started per bundle (cold)",
+            ms("sealed_worker_cold_ms_per_bundle"),
+            "—",
+            "reported",
+        ),
+        Row(
+            "crypto modules (cryptography, pyrage) in the daemon process",
+            "none: daemon RSS unchanged (issue 17)",
+            "none" if no_crypto else f"{r.get('daemon_imports_crypto')} loaded",
+            "a process that imports them",
+            f"+{r.get('rss_mb_cost_of_sealing_imports', '?')} MB RSS",
+            "—",
+            "meets" if no_crypto else "misses",
+        ),
+        Row(
+            "the sealing worker's RSS (a child, while captures run)",
+            "— (reported; the unit's MemoryMax=128M covers the daemon and its children)",
+            f"{r.get('sealed_worker_rss_mb', '?')} MB",
+        ),
+    ]
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("Spool (bench/peers_spool.py)", spool_rows),
     ("Printer status (bench/peers_escpos.py)", escpos_rows),
@@ -794,6 +846,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("Flight recorder (bench/bench_recorder.py)", recorder_rows),
     ("Bundle page (bench/bench_pages.py)", pages_rows),
     ("Incidents (bench/bench_incidents.py)", incidents_rows),
+    ("Sealed bundles (bench/bench_seal.py)", seal_rows),
 ]
 
 

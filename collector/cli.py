@@ -13,6 +13,7 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,44 +120,54 @@ def _open(ccfg: CollectorConfig, what: str) -> BundleStore | int:
         return EX_UNAVAILABLE
 
 
-def cmd_hold(args: argparse.Namespace) -> int:
-    """`collector hold add|remove|list`: legal holds in the index (every instance sees them)."""
-    ccfg = load_collector_config(args.config)
-    store = _open(ccfg, "hold")
+def _on_store(ccfg: CollectorConfig, what: str, work: Callable[[BundleStore], int]) -> int:
+    """work(store) on the configured store, closed after; its exit code. A store that
+    cannot be opened is 78 (schema) or 69; a StorageError during the work is 69, said in
+    one line as `posagent collector WHAT: why`."""
+    store = _open(ccfg, what)
     if isinstance(store, int):
         return store
     try:
-        idx = retention_index(store)
-        if args.hold_cmd == "list":
-            holds = idx.holds()
-            if args.json:
-                sys.stdout.write(json.dumps([h.to_dict() for h in holds], indent=2) + "\n")
-            else:
-                for h in holds:
-                    sys.stdout.write(f"{h.scope}\t{h.value}\t{rfc3339(h.created_at)}\t{h.reason}\n")
-                _err(f"{len(holds)} hold(s)")
-            return EX_OK
-        try:
-            scope, value = parse_hold_target(
-                {"bundle": args.bundle, "device": args.device, "site": args.site}
-            )
-        except ValueError as e:
-            _err(f"posagent collector hold: {e}")
-            return EX_USAGE
-        if args.hold_cmd == "add":
-            placed = idx.add_hold(scope, value, args.reason.strip())
-            sys.stdout.write(f"hold {'placed' if placed else 'updated'}: {scope} {value}\n")
-            return EX_OK
-        if not idx.remove_hold(scope, value):
-            _err(f"posagent collector hold remove: no hold on {scope} {value}")
-            return EX_FAIL
-        sys.stdout.write(f"hold released: {scope} {value}\n")
-        return EX_OK
+        return work(store)
     except StorageError as e:
-        _err(f"posagent collector hold: {e}")
+        _err(f"posagent collector {what}: {e}")
         return EX_UNAVAILABLE
     finally:
         store.close()
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    """`collector hold add|remove|list`: legal holds in the index (every instance sees them)."""
+    return _on_store(load_collector_config(args.config), "hold", lambda st: _hold(args, st))
+
+
+def _hold(args: argparse.Namespace, store: BundleStore) -> int:
+    idx = retention_index(store)
+    if args.hold_cmd == "list":
+        holds = idx.holds()
+        if args.json:
+            sys.stdout.write(json.dumps([h.to_dict() for h in holds], indent=2) + "\n")
+        else:
+            for h in holds:
+                sys.stdout.write(f"{h.scope}\t{h.value}\t{rfc3339(h.created_at)}\t{h.reason}\n")
+            _err(f"{len(holds)} hold(s)")
+        return EX_OK
+    try:
+        scope, value = parse_hold_target(
+            {"bundle": args.bundle, "device": args.device, "site": args.site}
+        )
+    except ValueError as e:
+        _err(f"posagent collector hold: {e}")
+        return EX_USAGE
+    if args.hold_cmd == "add":
+        placed = idx.add_hold(scope, value, args.reason.strip())
+        sys.stdout.write(f"hold {'placed' if placed else 'updated'}: {scope} {value}\n")
+        return EX_OK
+    if not idx.remove_hold(scope, value):
+        _err(f"posagent collector hold remove: no hold on {scope} {value}")
+        return EX_FAIL
+    sys.stdout.write(f"hold released: {scope} {value}\n")
+    return EX_OK
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
@@ -168,16 +179,11 @@ def cmd_retention(args: argparse.Namespace) -> int:
     ccfg = load_collector_config(args.config)
     r = ccfg.retention
     policy = RetentionPolicy(r.default_days, r.kind_days, r.severity_days)
-    store = _open(ccfg, "retention")
-    if isinstance(store, int):
-        return store
-    try:
-        report = run_retention(store, policy, batch_size=r.batch_size)
-    except StorageError as e:
-        _err(f"posagent collector retention: {e}")
-        return EX_UNAVAILABLE
-    finally:
-        store.close()
+    return _on_store(ccfg, "retention", lambda st: _retention(st, policy, r.batch_size))
+
+
+def _retention(store: BundleStore, policy: RetentionPolicy, batch_size: int) -> int:
+    report = run_retention(store, policy, batch_size=batch_size)
     if report.skipped:
         sys.stdout.write("another retention run holds the lock: nothing done\n")
         return EX_OK
@@ -364,19 +370,14 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     if bad:
         _err(f"posagent collector reindex: {bad}")
         return EX_CONFIG
+    return _on_store(ccfg, "reindex", lambda st: _reindex(ccfg, st))
+
+
+def _reindex(ccfg: CollectorConfig, store: BundleStore) -> int:
     # lazy: the collector extra (starlette) is needed only by the commands that serve
     from collector.app import create_app, reindex_undecryptable
 
-    store = _open(ccfg, "reindex")
-    if isinstance(store, int):
-        return store
-    try:
-        done = reindex_undecryptable(create_app(ccfg, store=store).state.collector)
-    except StorageError as e:
-        _err(f"posagent collector reindex: {e}")
-        return EX_UNAVAILABLE
-    finally:
-        store.close()
+    done = reindex_undecryptable(create_app(ccfg, store=store).state.collector)
     sys.stdout.write(
         f"opened and indexed {done.opened} bundle(s); {done.still} still undecryptable; "
         f"{done.failed} unreadable (see the log)\n"
@@ -527,9 +528,11 @@ def cmd_token(args: argparse.Namespace) -> int:
     """`collector token create|list|revoke`: personal API tokens (Bearer) for scripts."""
     cfg = load_collector_config(args.config)
     what = f"token {args.token_cmd}"
-    store = _open(cfg, what)
-    if isinstance(store, int):
-        return store
+    return _on_store(cfg, what, lambda st: _token(args, st))
+
+
+def _token(args: argparse.Namespace, store: BundleStore) -> int:
+    what = f"token {args.token_cmd}"
     db = database(store)
     actor = audit.cli_actor()
     try:
@@ -552,11 +555,6 @@ def cmd_token(args: argparse.Namespace) -> int:
                 sys.stdout.write(f"{t.id}\t{t.user}\t{t.name}\t{rfc3339(t.created_at)}\t{state}\n")
     except AccountError as e:
         return _account_exit(what, e)
-    except StorageError as e:
-        _err(f"posagent collector {what}: {e}")
-        return EX_UNAVAILABLE
-    finally:
-        store.close()
     return EX_OK
 
 
@@ -674,119 +672,109 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_enroll_token(args: argparse.Namespace) -> int:
     """`collector enroll-token create|list|revoke`: create prints the token once."""
     ccfg = load_collector_config(args.config)
-    store = _open(ccfg, "enroll-token")
-    if isinstance(store, int):
-        return store
+    return _on_store(ccfg, "enroll-token", lambda st: _enroll_token(args, st))
+
+
+def _enroll_token(args: argparse.Namespace, store: BundleStore) -> int:
     now = time.time()
-    try:
-        db = database(store)
-        if args.token_cmd == "create":
-            try:
-                expires_s = enroll.parse_duration(args.expires)
-                token, row = enroll.create_token(
-                    db,
-                    site=args.site,
-                    tenant=args.tenant or "",
-                    uses=args.uses,
-                    expires_s=expires_s,
-                    by=cli_actor(),
-                    now=now,
-                )
-            except ValueError as e:
-                _err(f"posagent collector enroll-token create: {e}")
-                return EX_USAGE
-            sys.stdout.write(token + "\n")
-            uses = "no limit" if not row.uses_max else f"{row.uses_max} use(s)"
-            _err(
-                f"enrollment token {row.id} for site {row.site!r}: {uses}, expires "
-                f"{rfc3339(row.expires_at)}; shown once: write it to the terminal's "
-                "[upload] enrollment_token_file (0600)"
-            )
-            return EX_OK
-        if args.token_cmd == "list":
-            rows = enroll.list_tokens(db)
-            if args.json:
-                sys.stdout.write(json.dumps([r.to_json(now) for r in rows], indent=2) + "\n")
-                return EX_OK
-            for r in rows:
-                used = f"{r.uses}/{r.uses_max or '-'}"
-                sys.stdout.write(
-                    f"{r.id}\t{r.site}\t{r.tenant or '-'}\t{used}\t"
-                    f"{rfc3339(r.expires_at)}\t{r.state(now)}\n"
-                )
-            _err(f"{len(rows)} enrollment token(s)")
-            return EX_OK
+    db = database(store)
+    if args.token_cmd == "create":
         try:
-            row = enroll.revoke_token(db, args.token_id, by=cli_actor(), now=now)
-        except LookupError as e:
-            _err(f"posagent collector enroll-token revoke: {str(e).strip(chr(39))}")
-            return EX_NOINPUT
-        sys.stdout.write(f"enrollment token {row.id} revoked (site {row.site})\n")
+            expires_s = enroll.parse_duration(args.expires)
+            token, row = enroll.create_token(
+                db,
+                site=args.site,
+                tenant=args.tenant or "",
+                uses=args.uses,
+                expires_s=expires_s,
+                by=cli_actor(),
+                now=now,
+            )
+        except ValueError as e:
+            _err(f"posagent collector enroll-token create: {e}")
+            return EX_USAGE
+        sys.stdout.write(token + "\n")
+        uses = "no limit" if not row.uses_max else f"{row.uses_max} use(s)"
+        _err(
+            f"enrollment token {row.id} for site {row.site!r}: {uses}, expires "
+            f"{rfc3339(row.expires_at)}; shown once: write it to the terminal's "
+            "[upload] enrollment_token_file (0600)"
+        )
         return EX_OK
-    except StorageError as e:
-        _err(f"posagent collector enroll-token: {e}")
-        return EX_UNAVAILABLE
-    finally:
-        store.close()
+    if args.token_cmd == "list":
+        rows = enroll.list_tokens(db)
+        if args.json:
+            sys.stdout.write(json.dumps([r.to_json(now) for r in rows], indent=2) + "\n")
+            return EX_OK
+        for r in rows:
+            used = f"{r.uses}/{r.uses_max or '-'}"
+            sys.stdout.write(
+                f"{r.id}\t{r.site}\t{r.tenant or '-'}\t{used}\t"
+                f"{rfc3339(r.expires_at)}\t{r.state(now)}\n"
+            )
+        _err(f"{len(rows)} enrollment token(s)")
+        return EX_OK
+    try:
+        row = enroll.revoke_token(db, args.token_id, by=cli_actor(), now=now)
+    except LookupError as e:
+        _err(f"posagent collector enroll-token revoke: {str(e).strip(chr(39))}")
+        return EX_NOINPUT
+    sys.stdout.write(f"enrollment token {row.id} revoked (site {row.site})\n")
+    return EX_OK
 
 
 def cmd_remote_config(args: argparse.Namespace) -> int:
     """`collector remote-config set|unset|show`: fleet-wide (or --site) values of the safe
     keys delivered at check-in. Exit 64 for a key or value refused (the reason said)."""
     ccfg = load_collector_config(args.config)
-    store = _open(ccfg, "remote-config")
-    if isinstance(store, int):
-        return store
+    return _on_store(ccfg, "remote-config", lambda st: _remote_config(args, st))
+
+
+def _remote_config(args: argparse.Namespace, store: BundleStore) -> int:
     site = args.site or ""
-    try:
-        db = database(store)
-        if args.rc_cmd == "set":
-            try:
-                value = rc.parse_value(args.value)
-                rc.set_value(db, site, args.key, value, by=cli_actor(), now=time.time())
-            except rc.RemoteConfigError as bad:
-                _err(f"posagent collector remote-config set: {bad}")
-                return EX_USAGE
-            sys.stdout.write(f"{site or '(fleet)'}\t{args.key} = {json.dumps(value)}\n")
-            return EX_OK
-        if args.rc_cmd == "unset":
-            if not rc.unset_value(db, site, args.key, by=cli_actor()):
-                _err(
-                    f"posagent collector remote-config unset: {args.key} is not set for "
-                    f"{site or 'the fleet'}"
-                )
-                return EX_FAIL
-            sys.stdout.write(f"{site or '(fleet)'}\t{args.key} unset\n")
-            return EX_OK
-        with db.transaction(write=False) as tx:
-            rows = rc.entries(tx, None if args.site is None else site)
-            merged = rc.values_for(tx, site)
-        if args.json:
-            out: dict[str, object] = {
-                "entries": [
-                    {
-                        "site": e.site,
-                        "key": e.key,
-                        "value": e.value,
-                        "updated_by": e.updated_by,
-                        "updated_at": rfc3339(e.updated_at),
-                    }
-                    for e in rows
-                ]
-            }
-            out["values"] = merged
-            out["digest"] = rc.digest(merged)
-            sys.stdout.write(json.dumps(out, indent=2) + "\n")
-            return EX_OK
-        for entry in rows:
-            where = entry.site or "(fleet)"
-            sys.stdout.write(f"{where}\t{entry.key} = {json.dumps(entry.value)}\n")
-        sys.stdout.write(
-            f"# {site or '(fleet)'} gets {len(merged)} value(s), digest {rc.digest(merged) or '-'}\n"
-        )
+    db = database(store)
+    if args.rc_cmd == "set":
+        try:
+            value = rc.parse_value(args.value)
+            rc.set_value(db, site, args.key, value, by=cli_actor(), now=time.time())
+        except rc.RemoteConfigError as bad:
+            _err(f"posagent collector remote-config set: {bad}")
+            return EX_USAGE
+        sys.stdout.write(f"{site or '(fleet)'}\t{args.key} = {json.dumps(value)}\n")
         return EX_OK
-    except StorageError as e:
-        _err(f"posagent collector remote-config: {e}")
-        return EX_UNAVAILABLE
-    finally:
-        store.close()
+    if args.rc_cmd == "unset":
+        if not rc.unset_value(db, site, args.key, by=cli_actor()):
+            _err(
+                f"posagent collector remote-config unset: {args.key} is not set for "
+                f"{site or 'the fleet'}"
+            )
+            return EX_FAIL
+        sys.stdout.write(f"{site or '(fleet)'}\t{args.key} unset\n")
+        return EX_OK
+    with db.transaction(write=False) as tx:
+        rows = rc.entries(tx, None if args.site is None else site)
+        merged = rc.values_for(tx, site)
+    if args.json:
+        out: dict[str, object] = {
+            "entries": [
+                {
+                    "site": e.site,
+                    "key": e.key,
+                    "value": e.value,
+                    "updated_by": e.updated_by,
+                    "updated_at": rfc3339(e.updated_at),
+                }
+                for e in rows
+            ]
+        }
+        out["values"] = merged
+        out["digest"] = rc.digest(merged)
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return EX_OK
+    for entry in rows:
+        where = entry.site or "(fleet)"
+        sys.stdout.write(f"{where}\t{entry.key} = {json.dumps(entry.value)}\n")
+    sys.stdout.write(
+        f"# {site or '(fleet)'} gets {len(merged)} value(s), digest {rc.digest(merged) or '-'}\n"
+    )
+    return EX_OK

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent import __version__
+from agent.upload.protocol import COMMAND_KINDS
 from collector.incidents.inputs import MAX_ASSIGNEE, MAX_CONTACT, MAX_NOTE
 from collector.incidents.model import STATUS_FILTERS, Channel, Status
 
@@ -189,17 +190,7 @@ COMMAND_REQUEST: Schema = {
     "type": "object",
     "required": ["kind"],
     "properties": {
-        "kind": {
-            "enum": [
-                "capture",
-                "selftest",
-                "logs",
-                "set-level",
-                "checkin-interval",
-                "rotate-token",
-                "rotate-signing-key",
-            ]
-        },
+        "kind": {"enum": list(COMMAND_KINDS)},
         "args": {"type": "object"},
         "expires_in_s": {"type": "integer", "minimum": 30, "maximum": 86400},
     },

@@ -22,17 +22,9 @@ from typing import Any
 
 from agent.core.timefmt import parse_rfc3339
 from agent.faults.catalog import RULES
-from agent.upload.protocol import COMMAND_GRACE_S
+from agent.upload.protocol import COMMAND_GRACE_S, COMMAND_KINDS
 
-KINDS = (
-    "capture",
-    "selftest",
-    "logs",
-    "set-level",
-    "checkin-interval",
-    "rotate-token",
-    "rotate-signing-key",
-)
+KINDS = COMMAND_KINDS
 MAX_ENVELOPE_BYTES = 16 * 1024
 MAX_SET_LEVEL_S = 7 * 86400.0
 NOTE_MAX = 10_000

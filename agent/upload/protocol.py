@@ -103,6 +103,16 @@ CHECKIN_PATH = "/v1/checkins"
 TOKEN_PATH = "/v1/devices/self/token"
 LONGPOLL_WAIT_S = 25  # ?wait= of a long-poll check-in (the collector holds it at most 55 s)
 COMMAND_GRACE_S = 300.0  # a terminal's clock may be this wrong: expiry compared with this grace
+# the commands an operator may send (docs/CHANNEL.md); the terminal runs nothing else
+COMMAND_KINDS = (
+    "capture",
+    "selftest",
+    "logs",
+    "set-level",
+    "checkin-interval",
+    "rotate-token",
+    "rotate-signing-key",
+)
 CHANNEL_BODY_LIMIT_BYTES = 64 * 1024
 
 

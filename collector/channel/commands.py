@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.core.timefmt import parse_rfc3339, rfc3339
+from agent.upload.protocol import COMMAND_KINDS
 from collector.channel import keys
 from collector.channel.errors import BadRequest
 from collector.channel.hooks import _audit
@@ -38,15 +39,7 @@ from collector.channel.remote_config import (
 from collector.channel.signing import Signer
 from collector.storage.sql import Row, Tx
 
-KINDS = (
-    "capture",
-    "selftest",
-    "logs",
-    "set-level",
-    "checkin-interval",
-    "rotate-token",
-    "rotate-signing-key",
-)
+KINDS = COMMAND_KINDS
 RESULTS = ("done", "refused", "failed")
 OPEN = ("queued", "delivered")
 DEFAULT_EXPIRES_S = 900

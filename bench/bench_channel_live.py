@@ -228,10 +228,7 @@ def measure(root: Path) -> dict[str, Any]:
             if not wait_until(op.device, 120.0, 0.5):
                 raise RuntimeError(f"{op.url}: the terminal never checked in")
         time.sleep(max(0.0, t_start + SETTLE_S - time.monotonic()))
-        out["rss_after_start_mib"] = {
-            "a": _mib(pa.memory_info().rss),
-            "b": _mib(pb.memory_info().rss),
-        }
+        out["rss_after_start_mib"] = _rss(pa, pb, pc)
         threads = [
             threading.Thread(target=_run_a, args=(op_a, t_start, out, errors)),
             threading.Thread(target=_run_b, args=(b, op_b, out, errors)),

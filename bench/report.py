@@ -735,6 +735,127 @@ def fleet_rows(res: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def channel_rows(res: dict[str, Any]) -> list[Row]:
+    """Issue 16: bench_channel (check-ins/s, bytes/day) and bench_channel_live (latencies, RSS)."""
+    rows: list[Row] = []
+    live = get(res, "channel_live") or {}
+    if "error" in live or not live:
+        rows.append(
+            Row("channel live (bench_channel_live)", "—", f"FAILED: {live.get('error', 'not run')}")
+        )
+    else:
+        lp, poll = live.get("capture_longpoll") or {}, live.get("capture_poll") or {}
+        t = live.get("targets") or {}
+        for name, mine, other, other_name, target in (
+            (
+                "with long-poll (default interval 300 s)",
+                lp,
+                poll,
+                "same, long-poll off",
+                t.get("capture_longpoll_p95_s"),
+            ),
+            (
+                "without long-poll (interval 30 s)",
+                poll,
+                lp,
+                "same, long-poll on",
+                t.get("capture_poll_p95_s"),
+            ),
+        ):
+            p95 = mine.get("p95_s")
+            rows.append(
+                Row(
+                    f"operator queues capture → bundle listed in GET /v1/bundles, {name}",
+                    f"p95 ≤ {_num(target, ' s', 0)} (issue 16)",
+                    f"p95 {_num(p95, ' s')}, p50 {_num(mine.get('p50_s'), ' s')} (N={mine.get('n')}; "
+                    f"screen {live.get('screen')})",
+                    other_name,
+                    f"p95 {_num(other.get('p95_s'), ' s')}",
+                    ratio(p95, other.get("p95_s")),
+                    verdict(p95 <= target if p95 is not None and target else None),
+                )
+            )
+        for key, name in (("silent_poll", "long-poll off"), ("silent_longpoll", "long-poll on")):
+            s = live.get(key) or {}
+            worst = s.get("cut_to_silent_max_s")
+            target = t.get("silent_s")
+            trials = s.get("trials") or []
+            rows.append(
+                Row(
+                    f"uplink cut → device.silent open ({name}; interval 30 s, silent_after_checkins 1)",
+                    f"≤ multiple × interval + 30 s = {_num(target, ' s', 0)} (issue 16)",
+                    f"max {_num(worst, ' s')}, p50 {_num(s.get('cut_to_silent_p50_s'), ' s')} "
+                    f"(N={len(trials)}; collector deadline {s.get('deadline_s')} s after the last "
+                    f"check-in; uplink restored → cleared in ≤ "
+                    f"{_num(s.get('restore_to_cleared_max_s'), ' s')})",
+                    verdict=verdict(worst <= target if worst is not None and target else None),
+                )
+            )
+        at, start = live.get("rss_at_run_s_mib") or {}, live.get("rss_after_start_mib") or {}
+        for k, name in (
+            ("a", "long-poll on, interval 300 s"),
+            ("b", "long-poll off, interval 30 s"),
+        ):
+            v, peer = at.get(k), at.get("c")
+            rows.append(
+                Row(
+                    f"daemon RSS {live.get('run_s', 600) / 60:.0f} minutes after start, channel on ({name}; "
+                    "captures and check-ins meanwhile)",
+                    f"≤ {_num(t.get('rss_10min_mib'), ' MiB', 0)} (issue 16)",
+                    f"{_num(v, ' MiB')} (after start {_num(start.get(k), ' MiB')})",
+                    "same daemon and twins, no endpoint (no channel, no uploads), same run",
+                    f"{_num(peer, ' MiB')} (after start {_num(start.get('c'), ' MiB')})",
+                    ratio(v, peer),
+                    verdict(
+                        v <= t["rss_10min_mib"]
+                        if v is not None and t.get("rss_10min_mib")
+                        else None
+                    ),
+                )
+            )
+        if live.get("errors"):
+            rows.append(Row("channel live errors", "—", "; ".join(live["errors"])))
+    ch = get(res, "channel") or {}
+    if "error" in ch or not ch:
+        rows.append(Row("channel (bench_channel)", "—", f"FAILED: {ch.get('error', 'not run')}"))
+        return rows
+    for key, name in (
+        ("sqlite_1", "SQLite, 1 instance"),
+        ("postgres_1", "PostgreSQL, 1 instance"),
+        ("postgres_2", "PostgreSQL, 2 instances"),
+    ):
+        v = ch.get(key)
+        if not isinstance(v, dict):
+            rows.append(
+                Row(f"check-ins handled per second, {name}", "≥ 1,667/s (issue 16)", str(v))
+            )
+            continue
+        rate = v.get("checkins_per_s")
+        rows.append(
+            Row(
+                f"check-ins handled per second, {name} (keep-alive clients on the same 2 cores)",
+                "≥ 1,667/s (issue 16: 100,000 terminals at one a minute)",
+                f"{_num(rate, '/s', 1)} (server CPU {v.get('server_cpu_ms_per_checkin')} ms per check-in; "
+                f"load avg {v.get('load_avg_1m')})",
+                verdict=verdict(rate >= 100_000 / 60 if rate is not None else None),
+            )
+        )
+    for tag, name in (("http", "plain HTTP"), ("tls", "TLS 1.3")):
+        kb = ch.get(f"checkin_{tag}_kb_per_day")
+        total = kb + ch.get("tcp_ip_headers_kb_per_day_est", 0) if kb is not None else None
+        rows.append(
+            Row(
+                f"check-in bytes per terminal per day at 300 s, {name}, a new connection each",
+                "≤ 200 KB/day incl. HTTP and TLS (issue 16)",
+                f"{_num(total, ' KB/day', 1)} ({ch.get(f'checkin_{tag}_up_bytes')} B up + "
+                f"{ch.get(f'checkin_{tag}_down_bytes')} B down per check-in, + TCP/IP est. "
+                f"{ch.get('tcp_ip_headers_kb_per_day_est')} KB/day)",
+                verdict=verdict(total <= 200 if total is not None else None),
+            )
+        )
+    return rows
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("Spool (bench/peers_spool.py)", spool_rows),
     ("Printer status (bench/peers_escpos.py)", escpos_rows),
@@ -742,6 +863,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("Screenshots (bench/peers_screen.py)", screen_rows),
     ("Upload and collector (bench/bench_upload.py, bench/bench_collector.py)", upload_rows),
     ("Collector at fleet scale (bench/bench_fleet.py)", fleet_rows),
+    ("Two-way channel (bench/bench_channel.py, bench/bench_channel_live.py)", channel_rows),
     ("Detection (bench/bench_detect.py)", detect_rows),
     ("Daemon (bench/bench_daemon.py)", daemon_rows),
     ("Flight recorder (bench/bench_recorder.py)", recorder_rows),

@@ -6,7 +6,8 @@ Terminals (no operator credentials):
   429 + Retry-After), then `collector.channel.enroll`; 503 + Retry-After while the
   collector has no command key (the terminal could not trust a command from it);
 - ``POST /v1/checkins[?wait=S]``: the checks of ingest (401 unknown token, 403 another
-  device's id, 429 + Retry-After per device), then `collector.channel.checkin`; with
+  device's id, 429 + Retry-After per device), then `collector.channel.checkin` (409
+  resend: a base that is not the stored state); with
   ``wait`` (0-55) and nothing to deliver, the long-poll (`collector.channel.waiters`);
 - ``POST /v1/devices/self/token``: a rotated device token (`devices.rotate_token`).
 
@@ -230,7 +231,8 @@ async def post_checkin(request: Request) -> Response:
         return bool(found)
 
     await ch.waiters.wait(device, wait, check)
-    return JSONResponse(checkin.Reply(found, reply.config, reply.next_checkin_s).to_json())
+    held = checkin.Reply(found, reply.config, reply.next_checkin_s, state=reply.state)
+    return JSONResponse(held.to_json())
 
 
 async def post_self_token(request: Request) -> Response:

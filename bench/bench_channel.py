@@ -3,7 +3,9 @@
 - Check-ins handled per second: `posagent collector serve` processes (uvicorn, their own
   processes) answer check-ins of DEVICES enrolled terminals, sent for RUN_S seconds by
   CLIENTS threads over keep-alive connections (a check-in with a realistic summary, no
-  command, the remote config unchanged: the common case). On the embedded store
+  command, the remote config unchanged: the common case), as the agent sends them
+  (only what changed since the collector's state: the payment host's latency) and,
+  beside it, whole every time (the first cut's). On the embedded store
   (SQLite, 1 instance) and on PostgreSQL with 1 and 2 instances. Beside the rate: the
   servers' CPU time per check-in, which says what a core would do without the load
   generator sharing the machine (2 cores here), and the load average.
@@ -163,24 +165,31 @@ def serving(
                 proc.wait(timeout=10)
 
 
-def load(ports: list[int], pids: list[int], tokens: dict[str, str]) -> dict[str, float]:
-    """CLIENTS threads checking in round-robin for RUN_S seconds; rate and server CPU."""
+def load(
+    ports: list[int], pids: list[int], tokens: dict[str, str], *, delta: bool = True
+) -> dict[str, float]:
+    """CLIENTS threads checking in round-robin for RUN_S seconds; rate and server CPU.
+
+    delta: each device's check-ins as the agent sends them (whole first, then only what
+    changed on the reply's state token: the payment latency); else whole every time."""
     devices = sorted(tokens)
-    bodies = {d: _body(d) for d in devices}
     counts = [0] * CLIENTS
     errors: list[str] = []
     stop = threading.Event()
 
     def client(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", ports[i % len(ports)], timeout=30)
+        acked: dict[str, Acked | None] = {}
         k = i
         while not stop.is_set():
             dev = devices[k % len(devices)]
+            fields = _fields(dev, k)
             k += CLIENTS
+            body = checkin_body(fields, [], acked.get(dev) if delta else None)
             conn.request(
                 "POST",
                 "/v1/checkins",
-                body=bodies[dev],
+                body=json.dumps(body, separators=(",", ":")),
                 headers={
                     "Content-Type": "application/json",
                     "Authorization": f"Bearer {tokens[dev]}",
@@ -188,10 +197,11 @@ def load(ports: list[int], pids: list[int], tokens: dict[str, str]) -> dict[str,
                 },
             )
             resp = conn.getresponse()
-            resp.read()
+            answer = resp.read()
             if resp.status != 200:
                 errors.append(f"{dev}: {resp.status}")
                 return
+            acked[dev] = acked_after(json.loads(answer), fields)
             counts[i] += 1
         conn.close()
 
@@ -452,6 +462,7 @@ def main() -> dict[str, Any]:
             store.close()
         with serving(root, 1) as (ports, pids):
             figures["sqlite_1"] = load(ports, pids, tokens)
+            figures["sqlite_1_whole"] = load(ports, pids, tokens, delta=False)
         with _postgres() as url:
             if url is None:
                 figures["postgres"] = "skipped: no PostgreSQL here"
@@ -468,6 +479,7 @@ def main() -> dict[str, Any]:
                     (root / f"pg{n}").mkdir()
                     with serving(root / f"pg{n}", n, url) as (ports, pids):
                         figures[f"postgres_{n}"] = load(ports, pids, tokens)
+                        figures[f"postgres_{n}_whole"] = load(ports, pids, tokens, delta=False)
     figures["cpus"] = float(os.cpu_count() or 0)
     for k, v in figures.items():
         print(f"   {k:34} {v}")

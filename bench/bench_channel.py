@@ -180,11 +180,12 @@ def load(
     def client(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", ports[i % len(ports)], timeout=30)
         acked: dict[str, Acked | None] = {}
-        k = i
+        mine = devices[i::CLIENTS]  # a terminal talks to one connection, as the agent does
+        k = 0
         while not stop.is_set():
-            dev = devices[k % len(devices)]
+            dev = mine[k % len(mine)]
             fields = _fields(dev, k)
-            k += CLIENTS
+            k += 1
             body = checkin_body(fields, [], acked.get(dev) if delta else None)
             conn.request(
                 "POST",

@@ -27,7 +27,10 @@ figure is the path, not the policy).
 3. Daemon RSS at 10 minutes after start (psutil: the daemon's own process; its upload
    child, which holds requests and TLS, apart): A and B beside C, the same daemon on the
    same twins with no endpoint (no channel and no uploads), run alongside; the target is
-   the issue's 36 MiB (the daemon held 36.09 MiB at 10 minutes before the channel).
+   the issue's 36 MiB (the daemon held 36.09 MiB at 10 minutes before the channel). D is
+   A without a capture, on a path where rich and pygments fail to import: structlog
+   imports them at start when installed (this venv has them for the tools; a terminal
+   need not), some 5 MiB of the daemon's RSS.
 
 Run: python -m bench.bench_channel_live   (about 14 minutes; BENCH_QUICK=1: 3)
 """
@@ -217,18 +220,23 @@ def measure(root: Path) -> dict[str, Any]:
     c = Stack(
         root / "c", screen=a.term.screen_mode, collector=False, agent_config=DEFAULT_INTERVALS
     )
-    with a, b, c:
-        assert a.agent_proc and b.agent_proc and c.agent_proc
+    # A's daemon as on a terminal without rich and pygments (structlog imports them when
+    # they are installed, as they are in this venv for the tools)
+    d = _stack(root, "d", longpoll=True, interval_s=300, silent_after=3)
+    hidden = _hide(root / "hidden", "rich", "pygments")
+    d.env["PYTHONPATH"] = f"{hidden}{os.pathsep}{d.env['PYTHONPATH']}"
+    with a, b, c, d:
+        assert a.agent_proc and b.agent_proc and c.agent_proc and d.agent_proc
         out["screen"] = a.term.screen.backend if a.term.screen else "none"
         pa, pb = psutil.Process(a.agent_proc.pid), psutil.Process(b.agent_proc.pid)
-        pc = psutil.Process(c.agent_proc.pid)
+        pc, pd = psutil.Process(c.agent_proc.pid), psutil.Process(d.agent_proc.pid)
         t_start = time.monotonic()
         op_a, op_b = _operator(a), _operator(b)
         for op in (op_a, op_b):
             if not wait_until(op.device, 120.0, 0.5):
                 raise RuntimeError(f"{op.url}: the terminal never checked in")
         time.sleep(max(0.0, t_start + SETTLE_S - time.monotonic()))
-        out["rss_after_start_mib"] = _rss(pa, pb, pc)
+        out["rss_after_start_mib"] = _rss(pa, pb, pc, pd)
         threads = [
             threading.Thread(target=_run_a, args=(op_a, t_start, out, errors)),
             threading.Thread(target=_run_b, args=(b, op_b, out, errors)),
@@ -238,8 +246,10 @@ def measure(root: Path) -> dict[str, Any]:
         for t in threads:
             t.join()
         time.sleep(max(0.0, t_start + RUN_S - time.monotonic()))
-        out["rss_at_run_s_mib"] = _rss(pa, pb, pc)
-        out["rss_hwm_mib"] = {k: _hwm_mib(p.pid) for k, p in zip("abc", (pa, pb, pc), strict=True)}
+        out["rss_at_run_s_mib"] = _rss(pa, pb, pc, pd)
+        out["rss_hwm_mib"] = {
+            k: _hwm_mib(p.pid) for k, p in zip("abcd", (pa, pb, pc, pd), strict=True)
+        }
         out["uptime_s"] = round(time.monotonic() - t_start, 1)
         out["checkin_failures_logged"] = {"a": _failures(a), "b": _failures(b)}
         # B again with long-poll on: its silent deadline holds the long-poll's wait
@@ -260,7 +270,15 @@ def measure(root: Path) -> dict[str, Any]:
 
 
 def _rss(*procs: psutil.Process) -> dict[str, float]:
-    return {k: _mib(p.memory_info().rss) for k, p in zip("abc", procs, strict=True)}
+    return {k: _mib(p.memory_info().rss) for k, p in zip("abcd", procs, strict=True)}
+
+
+def _hide(where: Path, *packages: str) -> Path:
+    """A directory whose packages of these names fail to import (put first on the path)."""
+    for name in packages:
+        (where / name).mkdir(parents=True)
+        (where / name / "__init__.py").write_text(f'raise ImportError("{name} hidden")\n')
+    return where
 
 
 def _hwm_mib(pid: int) -> float:

@@ -27,11 +27,9 @@ Run: python -m bench.bench_channel
 from __future__ import annotations
 
 import contextlib
-import datetime
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -43,11 +41,7 @@ from typing import Any
 
 import psutil
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 
 from agent.bundle.sealed import public_pem
 from agent.channel.delta import Acked, acked_after, checkin_body
@@ -59,6 +53,8 @@ from collector.config import CollectorConfig
 from collector.server import CollectorThread
 from collector.storage import open_store
 from collector.storage.sql import Database, database
+from tests.collector.hookserver import free_port, self_signed
+from tests.collector.proxy import TcpProxy
 from tests.conftest import posagent_argv
 
 DEVICES = 500
@@ -79,12 +75,6 @@ SUMMARY = {
     "active_faults": [],
     "config_digest": "sha256:6f1c0d9e2a4b7c31",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _body(device: str) -> bytes:
@@ -125,7 +115,7 @@ def serving(
     procs, ports = [], []
     try:
         for i in range(n):
-            port = _free_port()
+            port = free_port()
             cfg = root / f"serve-{i}.toml"
             cfg.write_text(
                 '[agent]\nlog_format = "json"\nlog_level = "warning"\n[collector]\n'
@@ -233,78 +223,6 @@ def load(
 # --------------------------------------------------------------------------- bytes on the wire
 
 
-class CountingProxy:
-    """A TCP proxy counting the bytes each way (one connection at a time is enough here)."""
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.up = 0
-        self.down = 0
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                with self._lock:
-                    if upward:
-                        self.up += len(data)
-                    else:
-                        self.down += len(data)
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                c, _ = self.sock.accept()
-                s = socket.create_connection(("127.0.0.1", self.target))
-                threading.Thread(target=self._pipe, args=(c, s, True), daemon=True).start()
-                threading.Thread(target=self._pipe, args=(s, c, False), daemon=True).start()
-
-    def take(self) -> tuple[int, int]:
-        with self._lock:
-            out = (self.up, self.down)
-            self.up = self.down = 0
-        return out
-
-
-def _self_signed(root: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "collector.example.com")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("collector.example.com")]), False)
-        .sign(key, hashes.SHA256())
-    )
-    c, k = root / "tls.crt", root / "tls.key"
-    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    k.chmod(0o600)
-    return str(c), str(k)
-
-
 def _fields(device: str, i: int) -> dict[str, Any]:
     """The i-th check-in's fields: the payment host's latency moves, the rest holds."""
     body = json.loads(_body(device))
@@ -337,9 +255,9 @@ def wire_bytes(root: Path) -> dict[str, float]:
     beside the first cut's (whole body, default headers) and the agent's on a kept-alive
     connection (a long-poll's, or a child kept between check-ins)."""
     figures: dict[str, float] = {}
-    cert, key = _self_signed(root)
+    cert, key = self_signed(root)
     for tls in (False, True):
-        figures.update(_wire(root, cert, key, tls))
+        figures.update(_wire(root, str(cert), str(key), tls))
     figures["checkin_json_body_bytes"] = len(_body("T-00001"))
     figures["tls_overhead_kb_per_day"] = round(
         figures["checkin_tls_kb_per_day"] - figures["checkin_http_kb_per_day"], 1
@@ -403,8 +321,7 @@ def _wire(root: Path, cert: str, key: str, tls: bool) -> dict[str, float]:
     finally:
         store.close()
     figures: dict[str, float] = {}
-    with CollectorThread(cfg) as server:
-        proxy = CountingProxy(server.port)
+    with CollectorThread(cfg) as server, TcpProxy(server.port) as proxy:
         url = f"{'https' if tls else 'http'}://127.0.0.1:{proxy.port}/v1/checkins"
         agent = _AgentWire(url, dev, token)
         kept = RequestsPutter()

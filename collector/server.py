@@ -93,6 +93,10 @@ class CoalescingTransport:
         if self._flush_at is None:
             self._flush_at = self._loop.call_soon(self.flush)
 
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
     def flush(self) -> None:
         """Write what is held now."""
         if self._flush_at is not None:

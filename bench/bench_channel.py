@@ -3,16 +3,23 @@
 - Check-ins handled per second: `posagent collector serve` processes (uvicorn, their own
   processes) answer check-ins of DEVICES enrolled terminals, sent for RUN_S seconds by
   CLIENTS threads over keep-alive connections (a check-in with a realistic summary, no
-  command, the remote config unchanged: the common case). On the embedded store
+  command, the remote config unchanged: the common case), as the agent sends them
+  (only what changed since the collector's state: the payment host's latency) and,
+  beside it, whole every time (the first cut's). On the embedded store
   (SQLite, 1 instance) and on PostgreSQL with 1 and 2 instances. Beside the rate: the
   servers' CPU time per check-in, which says what a core would do without the load
   generator sharing the machine (2 cores here), and the load average.
 - Check-in bytes per terminal per day at the default interval (300 s: 288 a day): a
   counting TCP proxy between a client and the collector sees every byte of the HTTP
-  exchange as the upload worker makes it (a new connection per check-in, requests),
-  in plain HTTP and over TLS 1.3 (a self-signed P-256 certificate: the handshake of a
-  real chain, with an intermediate, is some 1-2 KB more). TCP/IP headers are estimated
-  apart (about 12 packets of 52 bytes per connection).
+  exchange as the agent makes it (the body of agent.channel.delta: only what changed
+  since the collector's state; the upload child's RequestsPutter, a new one per
+  check-in as a fresh child: a new connection), in plain HTTP and over TLS 1.3 (a
+  self-signed P-256 certificate: the handshake of a real chain, with an intermediate,
+  is some 1-2 KB more). Beside it, in the same run: the first cut's check-in (the whole
+  body, requests' default headers) and the agent's on a kept-alive connection (no
+  handshake: a long-poll's connection). The payment host's latency changes at every
+  check-in, the rest holds. TCP/IP headers are estimated apart (about 12 packets of 52
+  bytes per connection).
 
 Run: python -m bench.bench_channel
 """
@@ -20,35 +27,34 @@ Run: python -m bench.bench_channel
 from __future__ import annotations
 
 import contextlib
-import datetime
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 
 from agent.bundle.sealed import public_pem
+from agent.channel.delta import Acked, acked_after, checkin_body
+from agent.upload.protocol import channel_headers
+from agent.upload.worker import PostJsonRequest, RequestsPutter, TlsSettings
 from collector.channel import enroll
 from collector.channel.signing import keygen
 from collector.config import CollectorConfig
 from collector.server import CollectorThread
 from collector.storage import open_store
 from collector.storage.sql import Database, database
+from tests.collector.hookserver import free_port, self_signed
+from tests.collector.proxy import TcpProxy
 from tests.conftest import posagent_argv
 
 DEVICES = 500
@@ -69,12 +75,6 @@ SUMMARY = {
     "active_faults": [],
     "config_digest": "sha256:6f1c0d9e2a4b7c31",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _body(device: str) -> bytes:
@@ -115,7 +115,7 @@ def serving(
     procs, ports = [], []
     try:
         for i in range(n):
-            port = _free_port()
+            port = free_port()
             cfg = root / f"serve-{i}.toml"
             cfg.write_text(
                 '[agent]\nlog_format = "json"\nlog_level = "warning"\n[collector]\n'
@@ -155,24 +155,32 @@ def serving(
                 proc.wait(timeout=10)
 
 
-def load(ports: list[int], pids: list[int], tokens: dict[str, str]) -> dict[str, float]:
-    """CLIENTS threads checking in round-robin for RUN_S seconds; rate and server CPU."""
+def load(
+    ports: list[int], pids: list[int], tokens: dict[str, str], *, delta: bool = True
+) -> dict[str, float]:
+    """CLIENTS threads checking in round-robin for RUN_S seconds; rate and server CPU.
+
+    delta: each device's check-ins as the agent sends them (whole first, then only what
+    changed on the reply's state token: the payment latency); else whole every time."""
     devices = sorted(tokens)
-    bodies = {d: _body(d) for d in devices}
     counts = [0] * CLIENTS
     errors: list[str] = []
     stop = threading.Event()
 
     def client(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", ports[i % len(ports)], timeout=30)
-        k = i
+        acked: dict[str, Acked | None] = {}
+        mine = devices[i::CLIENTS]  # a terminal talks to one connection, as the agent does
+        k = 0
         while not stop.is_set():
-            dev = devices[k % len(devices)]
-            k += CLIENTS
+            dev = mine[k % len(mine)]
+            fields = _fields(dev, k)
+            k += 1
+            body = checkin_body(fields, [], acked.get(dev) if delta else None)
             conn.request(
                 "POST",
                 "/v1/checkins",
-                body=bodies[dev],
+                body=json.dumps(body, separators=(",", ":")),
                 headers={
                     "Content-Type": "application/json",
                     "Authorization": f"Bearer {tokens[dev]}",
@@ -180,10 +188,11 @@ def load(ports: list[int], pids: list[int], tokens: dict[str, str]) -> dict[str,
                 },
             )
             resp = conn.getresponse()
-            resp.read()
+            answer = resp.read()
             if resp.status != 200:
                 errors.append(f"{dev}: {resp.status}")
                 return
+            acked[dev] = acked_after(json.loads(answer), fields)
             counts[i] += 1
         conn.close()
 
@@ -214,135 +223,126 @@ def load(ports: list[int], pids: list[int], tokens: dict[str, str]) -> dict[str,
 # --------------------------------------------------------------------------- bytes on the wire
 
 
-class CountingProxy:
-    """A TCP proxy counting the bytes each way (one connection at a time is enough here)."""
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.up = 0
-        self.down = 0
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                with self._lock:
-                    if upward:
-                        self.up += len(data)
-                    else:
-                        self.down += len(data)
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                c, _ = self.sock.accept()
-                s = socket.create_connection(("127.0.0.1", self.target))
-                threading.Thread(target=self._pipe, args=(c, s, True), daemon=True).start()
-                threading.Thread(target=self._pipe, args=(s, c, False), daemon=True).start()
-
-    def take(self) -> tuple[int, int]:
-        with self._lock:
-            out = (self.up, self.down)
-            self.up = self.down = 0
-        return out
+def _fields(device: str, i: int) -> dict[str, Any]:
+    """The i-th check-in's fields: the payment host's latency moves, the rest holds."""
+    body = json.loads(_body(device))
+    del body["results"]
+    body["summary"] = {**body["summary"], "payment_latency_ms": 40.0 + (i * 7) % 13 / 2}
+    return dict(body)
 
 
-def _self_signed(root: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "collector.example.com")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("collector.example.com")]), False)
-        .sign(key, hashes.SHA256())
-    )
-    c, k = root / "tls.crt", root / "tls.key"
-    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+def _v1_checkin(url: str, dev: str, token: str, i: int) -> None:
+    """The check-in as the agent sent it before (issue 16's first cut): the whole body
+    and requests' default headers, a new connection."""
+    with requests.Session() as s:
+        r = s.post(
+            url,
+            data=json.dumps({**_fields(dev, i), "results": []}, separators=(",", ":")),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token}",
+                "X-Posagent-Device": dev,
+            },
+            timeout=10,
+            verify=False,
         )
-    )
-    k.chmod(0o600)
-    return str(c), str(k)
+        r.raise_for_status()
 
 
 def wire_bytes(root: Path) -> dict[str, float]:
-    """Bytes of one check-in as the upload worker makes it (new connection, requests)."""
+    """Bytes of one check-in as the agent makes it (agent.channel.delta's body, the upload
+    child's RequestsPutter: a new one per check-in, as a fresh child; a new connection),
+    beside the first cut's (whole body, default headers) and the agent's on a kept-alive
+    connection (a long-poll's, or a child kept between check-ins)."""
     figures: dict[str, float] = {}
-    cert, key = _self_signed(root)
+    cert, key = self_signed(root)
     for tls in (False, True):
-        d = root / ("wire-tls" if tls else "wire")
-        d.mkdir()
-        cfg = CollectorConfig(
-            data_dir=str(d / "data"),
-            tokens_file=str(d / "tokens"),
-            signing_key_file=str(root / "command.key"),
-            rate_per_minute=1_000_000,
-            tls_cert_file=cert if tls else "",
-            tls_key_file=key if tls else "",
-        )
-        store = open_store(cfg)
-        try:
-            tokens = enroll_fleet(database(store), 1)
-        finally:
-            store.close()
-        ((dev, token),) = tokens.items()
-        with CollectorThread(cfg) as server:
-            proxy = CountingProxy(server.port)
-            scheme = "https" if tls else "http"
-            url = f"{scheme}://127.0.0.1:{proxy.port}/v1/checkins"
-            sizes = []
-            for _ in range(20):
-                with requests.Session() as s:  # a new connection, as the worker child makes
-                    r = s.post(
-                        url,
-                        data=_body(dev),
-                        headers={
-                            "Content-Type": "application/json",
-                            "Authorization": f"Bearer {token}",
-                            "X-Posagent-Device": dev,
-                        },
-                        timeout=10,
-                        verify=False,
-                    )
-                    r.raise_for_status()
-                time.sleep(0.05)  # the proxy sees the close
-                up, down = proxy.take()
-                sizes.append((up, down))
-            up = statistics.median(u for u, _ in sizes)
-            down = statistics.median(dn for _, dn in sizes)
-        tag = "tls" if tls else "http"
-        figures[f"checkin_{tag}_up_bytes"] = up
-        figures[f"checkin_{tag}_down_bytes"] = down
-        figures[f"checkin_{tag}_kb_per_day"] = round((up + down) * PER_DAY / 1000, 1)
+        figures.update(_wire(root, str(cert), str(key), tls))
     figures["checkin_json_body_bytes"] = len(_body("T-00001"))
     figures["tls_overhead_kb_per_day"] = round(
         figures["checkin_tls_kb_per_day"] - figures["checkin_http_kb_per_day"], 1
     )
     figures["tcp_ip_headers_kb_per_day_est"] = round(TCP_IP_PER_CONNECTION * PER_DAY / 1000, 1)
-    figures["checkin_total_kb_per_day_est"] = round(
-        figures["checkin_tls_kb_per_day"] + figures["tcp_ip_headers_kb_per_day_est"], 1
+    for mode in ("", "_v1"):
+        figures[f"checkin_total{mode}_kb_per_day_est"] = round(
+            figures[f"checkin_tls{mode}_kb_per_day"] + figures["tcp_ip_headers_kb_per_day_est"], 1
+        )
+    return figures
+
+
+class _AgentWire:
+    """Check-ins of one device as the agent sends them (its body, headers and client)."""
+
+    def __init__(self, url: str, device: str, token: str) -> None:
+        self.url, self.device, self.token = url, device, token
+        self.acked: Acked | None = None
+
+    def checkin(self, i: int, putter: RequestsPutter) -> None:
+        fields = _fields(self.device, i)
+        reply = putter.post_json(
+            PostJsonRequest(
+                url=self.url,
+                body=json.dumps(checkin_body(fields, [], self.acked), separators=(",", ":")),
+                headers=channel_headers(self.device, self.token),
+                connect_timeout_s=10,
+                read_timeout_s=10,
+                tls=TlsSettings(verify_tls=False),
+            )
+        )
+        if reply.status != 200:
+            raise RuntimeError(f"check-in: {reply.status} {reply.error} {reply.body}")
+        self.acked = acked_after(json.loads(reply.body), fields)
+
+    def fresh(self, i: int) -> None:
+        """A check-in from a fresh upload child: a new session, a new connection."""
+        putter = RequestsPutter()
+        try:
+            self.checkin(i, putter)
+        finally:
+            putter.close()
+
+
+def _wire(root: Path, cert: str, key: str, tls: bool) -> dict[str, float]:
+    """wire_bytes' figures over plain HTTP or TLS."""
+    tag = "tls" if tls else "http"
+    d = root / f"wire-{tag}"
+    d.mkdir()
+    cfg = CollectorConfig(
+        data_dir=str(d / "data"),
+        tokens_file=str(d / "tokens"),
+        signing_key_file=str(root / "command.key"),
+        rate_per_minute=1_000_000,
+        tls_cert_file=cert if tls else "",
+        tls_key_file=key if tls else "",
     )
+    store = open_store(cfg)
+    try:
+        ((dev, token),) = enroll_fleet(database(store), 1).items()
+    finally:
+        store.close()
+    figures: dict[str, float] = {}
+    with CollectorThread(cfg) as server, TcpProxy(server.port) as proxy:
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{proxy.port}/v1/checkins"
+        agent = _AgentWire(url, dev, token)
+        kept = RequestsPutter()
+        modes: list[tuple[str, Callable[[int], None]]] = [
+            ("_v1", lambda i: _v1_checkin(url, dev, token, i)),
+            ("", agent.fresh),
+            ("_keepalive", lambda i: agent.checkin(i, kept)),
+        ]
+        for mode, once in modes:
+            sizes = []
+            for i in range(21):
+                once(i)
+                time.sleep(0.05)  # the proxy sees the close (or the answer, kept alive)
+                sizes.append(proxy.take())
+            sizes = sizes[1:]  # the first: a whole check-in (or the kept one's handshake)
+            up = statistics.median(u for u, _ in sizes)
+            down = statistics.median(dn for _, dn in sizes)
+            figures[f"checkin_{tag}{mode}_up_bytes"] = up
+            figures[f"checkin_{tag}{mode}_down_bytes"] = down
+            figures[f"checkin_{tag}{mode}_kb_per_day"] = round((up + down) * PER_DAY / 1000, 1)
+        kept.close()
     return figures
 
 
@@ -380,6 +380,7 @@ def main() -> dict[str, Any]:
             store.close()
         with serving(root, 1) as (ports, pids):
             figures["sqlite_1"] = load(ports, pids, tokens)
+            figures["sqlite_1_whole"] = load(ports, pids, tokens, delta=False)
         with _postgres() as url:
             if url is None:
                 figures["postgres"] = "skipped: no PostgreSQL here"
@@ -396,6 +397,7 @@ def main() -> dict[str, Any]:
                     (root / f"pg{n}").mkdir()
                     with serving(root / f"pg{n}", n, url) as (ports, pids):
                         figures[f"postgres_{n}"] = load(ports, pids, tokens)
+                        figures[f"postgres_{n}_whole"] = load(ports, pids, tokens, delta=False)
     figures["cpus"] = float(os.cpu_count() or 0)
     for k, v in figures.items():
         print(f"   {k:34} {v}")

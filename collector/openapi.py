@@ -104,6 +104,12 @@ ENROLLED: Schema = {
 CHECKIN: Schema = {
     "type": "object",
     "properties": {
+        "base": {
+            "type": "string",
+            "maxLength": 64,
+            "description": "The state token of the previous reply: the fields left out "
+            "keep their stored values, summary's fields replace the stored ones",
+        },
         "device_id": {"type": "string"},
         "sent_at": {"type": "string"},
         "boot_id": {"type": "string", "maxLength": 64},
@@ -166,6 +172,7 @@ CHECKIN_REPLY: Schema = {
                 },
             },
         },
+        "state": {"type": "string", "description": "The next check-in's base"},
     },
 }
 COMMAND: Schema = {
@@ -401,6 +408,7 @@ def _channel_paths() -> dict[str, Schema]:
                 "responses": {
                     "200": reply("Commands to run and remote config", CHECKIN_REPLY),
                     "400": reply("Malformed body or wait"),
+                    "409": reply("resend: the base is not the state the collector holds"),
                     "413": reply("Body over 64 KiB"),
                     "429": reply("Rate limited", headers={"Retry-After": "seconds"}),
                     **terminal,

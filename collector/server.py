@@ -12,7 +12,10 @@ uvicorn closes a connection only between requests (``timeout_keep_alive``);
   the connection is closed, the handler sees a disconnect and nothing is stored;
 - a cap per client address on idle connections (waiting for a request, or
   holding half-sent headers): past ``max_idle_per_client`` the oldest is closed,
-  so one client cannot hold the ``limit_concurrency`` slots of everyone.
+  so one client cannot hold the ``limit_concurrency`` slots of everyone;
+- one write per answer (`CoalescingTransport`): uvicorn writes a response's head and
+  its body apart, two send() calls and two TCP segments (two TLS records) for a
+  small JSON answer; the writes of one event-loop step go out together.
 
 TLS (`TlsContext`): one `ssl.SSLContext` for the listener whose certificate
 chain `reload` loads again (SIGHUP in `serve`): new connections get the new
@@ -70,6 +73,61 @@ def bind(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+class CoalescingTransport:
+    """A transport whose writes within one event-loop step leave as one write.
+
+    Every write is held and flushed by a `call_soon` (or at once by close/write_eof);
+    abort drops what is held. Anything else is the wrapped transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+        self._flush_at: asyncio.Handle | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._held.append(bytes(data))
+        if self._flush_at is None:
+            self._flush_at = self._loop.call_soon(self.flush)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Write what is held now."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held.clear()
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 log = structlog.get_logger(__name__)
@@ -205,7 +263,8 @@ class GuardedH11Protocol(H11Protocol):
 
     # -- uvicorn's protocol
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        coalescing = CoalescingTransport(transport, asyncio.get_running_loop())
+        super().connection_made(coalescing)  # type: ignore[arg-type]
         self._arm_header_deadline()
         self._set_idle(True)
 
@@ -259,6 +318,10 @@ class TlsContext:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.context.set_alpn_protocols(["http/1.1"])
+        # no TLS 1.3 session tickets: OpenSSL sends two after every handshake (some 500
+        # bytes down), and the terminals, whose every check-in comes from a fresh upload
+        # child, can never use one (Python's ssl cannot keep a session across processes)
+        self.context.num_tickets = 0
         self.context.load_cert_chain(cert_file, key_file)  # OSError / ssl.SSLError
 
     def reload(self) -> bool:

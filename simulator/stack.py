@@ -2,7 +2,8 @@
 
 `Stack(workdir).start()`:
 1. starts the SimTerminal (twins in this process: ptys, sockets, Xvfb/Tk);
-2. writes the collector config, registers the device (`posagent collector
+2. writes the collector config (`collector_config`'s keys added to its
+   [collector] section), registers the device (`posagent collector
    add-device`, the token goes to the agent's token_file), shares the device
    HMAC key with the collector (device_keys_dir), makes an admin with a generated
    password and a personal API token for its own reads (`collector user add`,
@@ -11,7 +12,9 @@
 3. puts a NetCut proxy in front of the collector (the agent's upload endpoint);
 4. writes the agent config and starts `posagent run`, reading its JSON log
    lines on a thread (fault_raised / fault_cleared events, with times).
-`close()` stops everything it started, in reverse order, even after a failure.
+`close()` stops everything it started, in reverse order, even after a failure;
+`stop_agent()` / `start_agent()` stop and start the agent alone (a terminal
+powered off and on).
 
 Besides the terminal's devices, the stack itself can be acted on (STACK_DEVICES):
 the uplink (cut / restore), the agent (`kill9`: SIGKILL its whole process
@@ -171,6 +174,7 @@ class Stack:
         screen: str = "none",
         collector: bool = True,
         agent_config: dict[str, Any] | None = None,
+        collector_config: dict[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
         disk_mib: int = 0,
         netns: bool = False,
@@ -178,6 +182,7 @@ class Stack:
     ) -> None:
         self.workdir = Path(workdir)
         self.extra_config = agent_config or {}
+        self.extra_collector = collector_config or {}
         app_cfg = self.extra_config.get("app", {})
         net_cfg = self.extra_config.get("network", {})
         self._term_args: dict[str, Any] = {
@@ -312,6 +317,7 @@ class Stack:
                 "tokens_file": str(cdir / "tokens"),
                 "device_keys_dir": str(self.workdir / "keys"),
                 "rate_per_minute": 10000,
+                **self.extra_collector,
             },
         }
         self.collector_config_path.write_text(render_toml(cfg))
@@ -407,6 +413,18 @@ class Stack:
         self.faults.started.clear()
         self._start_agent()
         return old.pid
+
+    @property
+    def http(self) -> requests.Session:
+        """The admin's session on the collector (its API token in the headers)."""
+        return self._http
+
+    def start_agent(self) -> None:
+        """Start the agent again after `stop_agent` (same config and state dir)."""
+        if self.agent_proc is not None and self.agent_proc.poll() is None:
+            raise StackError("the agent is already running")
+        self.faults.started.clear()
+        self._start_agent()
 
     def _start_agent(self) -> None:
         argv = [*posagent_argv(), "run", "--config", str(self.agent_config_path)]

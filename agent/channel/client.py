@@ -13,7 +13,8 @@ A turn of the loop:
    later, nothing else happens; without one the channel waits;
 3. a check-in (`POST /v1/checkins`, `?wait=` with `[upload] longpoll`) carrying
    the summary (`summary` callback: the daemon's state) and the results not
-   yet acknowledged; a 200 acknowledges them, delivers commands (checked by
+   yet acknowledged, only what changed since the collector's last state token
+   (agent/channel/delta.py; a `409 resend` sends it whole at once); a 200 acknowledges them, delivers commands (checked by
    agent/channel/commands.py, run once, each outcome recorded) and remote
    config (checked by building the layered config strictly, then kept in
    remote.json and applied by a reload).
@@ -44,6 +45,7 @@ import structlog
 from agent import __version__
 from agent.bundle.keyfiles import RotationError, discard, promote, read_pending
 from agent.channel.commands import Command, Refused, check_command, envelope_id
+from agent.channel.delta import Acked, acked_after, checkin_body
 from agent.channel.store import Result, Results, Seen, one_line
 from agent.core.config import (
     Config,
@@ -100,6 +102,15 @@ def _header_safe(token: str) -> bool:
     return 0 < len(token) <= MAX_TOKEN_CHARS and all(32 < ord(c) < 127 for c in token)
 
 
+def _status_of(reply: PutReply) -> str:
+    """The `status` word of a JSON reply body ("" when there is none)."""
+    try:
+        doc = json.loads(reply.body)
+    except ValueError:
+        return ""
+    return str(doc.get("status", "")) if isinstance(doc, dict) else ""
+
+
 def _error_of(reply: PutReply) -> str:
     """One line for a reply that is not a success."""
     if reply.status is None:
@@ -144,6 +155,7 @@ class Channel:
         self._proofs: dict[str, dict[str, str]] = {}  # command id → its key rotation's proof
         self._reloading = False
         self._loaded_at = clock()  # the config (and its overrides) were read about now
+        self._acked: Acked | None = None  # the collector's state token: send only changes
         self.state: dict[str, Any] = {
             "enrolled": bool(device_token(self.up)),
             "checkins": 0,
@@ -362,7 +374,7 @@ class Channel:
         token = device_token(up)
         sent = self.results.pending()
         now = self._clock()
-        body = {
+        fields = {
             "device_id": self.cfg.agent.device_id,
             "sent_at": rfc3339(now),
             "boot_id": read_boot_id(self.cfg.fs_roots()) or "",
@@ -370,12 +382,14 @@ class Channel:
             "config_digest": self._remote_digest(),
             "interval_s": up.checkin_interval_s,
             "summary": self._summary(),
-            "results": sent,
         }
         # results go at once (no hold): their acknowledgement is what a key rotation waits for
         wait = LONGPOLL_WAIT_S if up.longpoll and not sent else 0
         t0 = time.monotonic()
-        reply = self._post(CHECKIN_PATH, body, token, wait)
+        reply = self._post(CHECKIN_PATH, checkin_body(fields, sent, self._acked), token, wait)
+        if reply.status == 409 and self._acked is not None and _status_of(reply) == "resend":
+            self._acked = None  # the collector holds another state: the whole check-in now
+            reply = self._post(CHECKIN_PATH, checkin_body(fields, sent, None), token, wait)
         if reply.status != 200:
             error = _error_of(reply)
             self._note_error(error, "channel_checkin_failed", status=reply.status)
@@ -393,6 +407,7 @@ class Channel:
         self.results.acknowledge(sent)
         self._rotation_verdicts(doc.get("key_rotations"))
         self._promote_rotation()
+        self._acked = acked_after(doc, fields)
         self.state["checkins"] += 1
         self.state["last_checkin_at"] = self._clock()
         self.state["last_error"] = None

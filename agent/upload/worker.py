@@ -557,8 +557,20 @@ class RequestsPutter:
             session = self.session(req.tls)
         except Exception as e:  # a CA or client-cert file requests cannot use
             return PutReply(error=describe_exception(e))
+        from urllib3.util import SKIP_HEADER  # lazy: urllib3 loads in the upload child only
+
         data = req.body.encode()
-        headers = {"Content-Type": "application/json", **req.headers}
+        # only what the collector reads (a check-in every few minutes on a metered link):
+        # no User-Agent, Accept, Accept-Encoding or Connection (keep-alive is HTTP/1.1's
+        # default); None drops requests' session header, SKIP_HEADER urllib3's own
+        headers: dict[str, str | None] = {
+            "User-Agent": SKIP_HEADER,
+            "Accept-Encoding": SKIP_HEADER,
+            "Accept": None,
+            "Connection": None,
+            "Content-Type": "application/json",
+            **req.headers,
+        }
         try:
             resp = session.post(
                 req.url,

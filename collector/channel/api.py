@@ -6,7 +6,8 @@ Terminals (no operator credentials):
   429 + Retry-After), then `collector.channel.enroll`; 503 + Retry-After while the
   collector has no command key (the terminal could not trust a command from it);
 - ``POST /v1/checkins[?wait=S]``: the checks of ingest (401 unknown token, 403 another
-  device's id, 429 + Retry-After per device), then `collector.channel.checkin`; with
+  device's id, 429 + Retry-After per device), then `collector.channel.checkin` (409
+  resend: a base that is not the stored state); with
   ``wait`` (0-55) and nothing to deliver, the long-poll (`collector.channel.waiters`);
 - ``POST /v1/devices/self/token``: a rotated device token (`devices.rotate_token`).
 
@@ -92,19 +93,32 @@ def _client(request: Request) -> str:
 
 async def read_json(request: Request, limit: int) -> Any:
     """The body as JSON; BadRequest (413 as ChannelError) when too large or malformed."""
+    raw = await read_body(request, limit)
+    if isinstance(raw, ChannelError):
+        raise raw
+    return parse_json(raw)
+
+
+async def read_body(request: Request, limit: int) -> bytes | ChannelError:
+    """The body's bytes, or the refusal to raise once the caller is known (413, 400)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ChannelError(413, "too_large", f"body over {limit} bytes")
+        return ChannelError(413, "too_large", f"body over {limit} bytes")
     body = b""
     try:
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise ChannelError(413, "too_large", f"body over {limit} bytes")
+                return ChannelError(413, "too_large", f"body over {limit} bytes")
     except ClientDisconnect:
-        raise BadRequest("client disconnected") from None
+        return BadRequest("client disconnected")
+    return body
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON of a body; BadRequest when malformed."""
     try:
-        return json.loads(body)
+        return json.loads(raw)
     except (ValueError, RecursionError):
         raise BadRequest("body is not JSON") from None
 
@@ -195,19 +209,25 @@ def _wait_param(request: Request) -> int:
 async def post_checkin(request: Request) -> Response:
     col = _col(request)
     ch: Channel = col.channel
-    try:
-        device, site = await run_in_threadpool(_device_of, request)
+    # the body first, then everything else in one worker-thread call (one hop, not two):
+    # the device's token, the rate limit, the wait, the body's checks, the transaction;
+    # refused in that order, as before
+    raw = await read_body(request, checkin.MAX_BODY)
+    address = _client(request)
+
+    def handle() -> tuple[str, int, checkin.Reply]:
+        device, site = _device_of(request)
         wait_s = ch.checkin_limiter.take(device)
         if wait_s > 0:
-            return error(
-                ChannelError(429, "rate_limited", "too many check-ins"),
-                {"Retry-After": str(int(wait_s))},
-            )
+            raise ChannelError(429, "rate_limited", "too many check-ins", int(wait_s))
         wait = _wait_param(request)
-        ci = checkin.parse(await read_json(request, checkin.MAX_BODY), device)
-        address = _client(request)
-        reply = await run_in_threadpool(
-            lambda: checkin.process(
+        if isinstance(raw, ChannelError):
+            raise raw
+        ci = checkin.parse(parse_json(raw), device)
+        return (
+            device,
+            wait,
+            checkin.process(
                 ch.db,
                 ci,
                 site=site,
@@ -216,11 +236,16 @@ async def post_checkin(request: Request) -> Response:
                 silent_after=ch.silent_after,
                 wait_s=wait,
                 keys_cfg=col.cfg,
-            )
+            ),
         )
+
+    try:
+        device, wait, reply = await run_in_threadpool(handle)
     except ChannelError as e:
         if e.code >= 500:
             return error(e, RETRY)
+        if e.retry_after_s is not None:
+            return error(e, {"Retry-After": str(e.retry_after_s)})
         headers = {"WWW-Authenticate": 'Bearer realm="posagent"'} if e.code == 401 else None
         return error(e, headers)
     if reply.came_back:
@@ -235,7 +260,11 @@ async def post_checkin(request: Request) -> Response:
 
     await ch.waiters.wait(device, wait, check)
     held = checkin.Reply(
-        found, reply.config, reply.next_checkin_s, key_rotations=reply.key_rotations
+        found,
+        reply.config,
+        reply.next_checkin_s,
+        key_rotations=reply.key_rotations,
+        state=reply.state,
     )
     return JSONResponse(held.to_json())
 

@@ -14,12 +14,20 @@ records the results (the outcome of a key rotation among them goes back in the r
 delivered) and the remote config for its site, sent only when its digest differs from
 the one the terminal holds.
 
+A check-in may name the collector's state (``base``: the ``state`` token of the reply
+to the device's previous check-in, `state_token` of the stored boot id, agent version,
+config digest, interval and summary) and send only what changed: a field left out keeps
+its stored value, the summary's fields sent replace the stored ones. A ``base`` that is
+not the stored state's token changes nothing and is answered ``409 resend`` (the
+terminal sends the whole check-in).
+
 A long-poll (``?wait=``, `collector.channel.waiters`) that found nothing to deliver asks
 again with `deliver` when woken.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -27,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.channel import commands, remote_config, silent
-from collector.channel.errors import BadRequest
+from collector.channel.errors import BadRequest, ChannelError
 from collector.channel.remote_config import MAX_INTERVAL_S, MIN_INTERVAL_S
 from collector.storage.sql import Database
 
@@ -38,17 +46,38 @@ MAX_FAULTS = 100
 MAX_TEXT = 200
 _NUMBERS = ("battery_pct", "payment_latency_ms", "queue_depth", "queue_oldest_age_s")
 _TEXTS = ("link", "printer")
+MAX_BASE = 64
 
 
 @dataclass(frozen=True)
 class CheckIn:
+    """A parsed check-in; with `base`, None is "unchanged" (the stored value)."""
+
     device_id: str
-    boot_id: str
-    agent_version: str
-    config_digest: str
-    interval_s: int
-    summary: dict[str, Any]
+    boot_id: str | None
+    agent_version: str | None
+    config_digest: str | None
+    interval_s: int | None
+    summary: dict[str, Any] | None
     results: list[commands.Result] = field(default_factory=list)
+    base: str = ""
+
+
+class Resend(ChannelError):
+    """A check-in whose base is not the stored state (409 resend)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409, "resend", "base is not the state this collector holds: send the whole check-in"
+        )
+
+
+def state_token(
+    boot_id: str, agent_version: str, config_digest: str, interval_s: int | None, summary: str
+) -> str:
+    """The token of a device's stored state (`summary` as stored: its JSON text)."""
+    text = json.dumps([boot_id, agent_version, config_digest, interval_s, summary])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _scalar(key: str, value: Any) -> Any:
@@ -113,21 +142,32 @@ def parse(body: Any, device: str, default_interval_s: int = 300) -> CheckIn:
     claimed = body.get("device_id", device)
     if claimed != device:
         raise BadRequest("device_id differs from X-Posagent-Device")
-    interval = body.get("interval_s", default_interval_s)
-    if (
-        isinstance(interval, bool)
-        or not isinstance(interval, int)
-        or not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S
-    ):
-        raise BadRequest(f"interval_s must be an integer {MIN_INTERVAL_S}-{MAX_INTERVAL_S}")
+    base = body.get("base", "")
+    if not isinstance(base, str) or len(base) > MAX_BASE:
+        raise BadRequest(f"base must be a string of at most {MAX_BASE} characters")
+    kept = bool(base)  # a field left out keeps its stored value
+
+    def text(name: str, limit: int) -> str | None:
+        return None if kept and name not in body else _text(body, name, limit)
+
+    interval: int | None = None
+    if not (kept and "interval_s" not in body):
+        interval = body.get("interval_s", default_interval_s)
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, int)
+            or not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S
+        ):
+            raise BadRequest(f"interval_s must be an integer {MIN_INTERVAL_S}-{MAX_INTERVAL_S}")
     return CheckIn(
         device_id=device,
-        boot_id=_text(body, "boot_id", 64),
-        agent_version=_text(body, "agent_version", 64),
-        config_digest=_text(body, "config_digest", 80),
+        boot_id=text("boot_id", 64),
+        agent_version=text("agent_version", 64),
+        config_digest=text("config_digest", 80),
         interval_s=interval,
-        summary=_summary(body.get("summary")),
+        summary=None if kept and "summary" not in body else _summary(body.get("summary")),
         results=commands.parse_results(body.get("results")),
+        base=base,
     )
 
 
@@ -141,6 +181,7 @@ class Reply:
     came_back: bool = False
     # the outcome of each rotate-signing-key result this check-in carried
     key_rotations: list[dict[str, str]] = field(default_factory=list)
+    state: str = ""  # the stored state's token, the next check-in's base
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -152,6 +193,8 @@ class Reply:
             out["config"] = self.config
         if self.key_rotations:
             out["key_rotations"] = self.key_rotations
+        if self.state:
+            out["state"] = self.state
         return out
 
 
@@ -166,37 +209,47 @@ def process(
     wait_s: int = 0,
     keys_cfg: Any = None,
 ) -> Reply:
-    """Store the check-in and build its reply (see the module docstring)."""
-    deadline = now + silent_after * ci.interval_s + wait_s
-    summary = json.dumps(ci.summary, ensure_ascii=False, allow_nan=False)
+    """Store the check-in and build its reply (see the module docstring); Resend."""
     with db.transaction() as tx:
         row = tx.one(
-            "SELECT site, tenant, boot_id, silent_since FROM devices WHERE id = ?", (ci.device_id,)
+            "SELECT site, tenant, boot_id, silent_since, agent_version, config_digest, "
+            "interval_s, summary FROM devices WHERE id = ?",
+            (ci.device_id,),
         )
         if row is None:  # registered in the tokens file, checking in for the first time
+            if ci.base:
+                raise Resend()
             tx.execute(
                 "INSERT INTO devices (id, site, tenant, token_hash, pubkeys, enrolled_at, "
                 "enroll_token_id) VALUES (?, ?, '', ?, '', ?, 'tokens_file') "
                 "ON CONFLICT (id) DO NOTHING",
                 (ci.device_id, site, f"file:{ci.device_id}", now),
             )
-            row = (site, "", "", None)
-        dev_site, tenant, old_boot, silent_since = str(row[0]), str(row[1]), str(row[2]), row[3]
+            row = (site, "", "", None, "", "", None, None)
+        dev_site, tenant, silent_since = str(row[0]), str(row[1]), row[3]
+        old_boot, old_version, old_digest = str(row[2] or ""), str(row[4] or ""), str(row[5] or "")
+        old_interval = None if row[6] is None else int(row[6])
+        if ci.base and ci.base != state_token(
+            old_boot, old_version, old_digest, old_interval, row[7] or ""
+        ):
+            raise Resend()
+        summary = ci.summary if ci.summary is not None else {}
+        if ci.base:
+            stored = json.loads(row[7]) if row[7] else {}
+            summary = {**(stored if isinstance(stored, dict) else {}), **summary}
+            if len(summary) > MAX_SUMMARY_KEYS:
+                raise BadRequest(f"summary must be an object of at most {MAX_SUMMARY_KEYS} fields")
+        boot_id = old_boot if ci.boot_id is None else ci.boot_id
+        version = old_version if ci.agent_version is None else ci.agent_version
+        digest = old_digest if ci.config_digest is None else ci.config_digest
+        interval = ci.interval_s if ci.interval_s is not None else (old_interval or 300)
+        text = json.dumps(summary, ensure_ascii=False, allow_nan=False)
+        deadline = now + silent_after * interval + wait_s
         tx.execute(
             "UPDATE devices SET last_seen = ?, interval_s = ?, summary = ?, agent_version = ?, "
             "boot_id = ?, config_digest = ?, address = ?, silent_deadline = ?, "
             "silent_since = NULL WHERE id = ?",
-            (
-                now,
-                ci.interval_s,
-                summary,
-                ci.agent_version,
-                ci.boot_id,
-                ci.config_digest,
-                address[:100],
-                deadline,
-                ci.device_id,
-            ),
+            (now, interval, text, version, boot_id, digest, address[:100], deadline, ci.device_id),
         )
         if silent_since is not None:
             silent.came_back(
@@ -205,7 +258,7 @@ def process(
                 site=dev_site,
                 tenant=tenant,
                 now=now,
-                rebooted=bool(ci.boot_id and old_boot and ci.boot_id != old_boot),
+                rebooted=bool(boot_id and old_boot and boot_id != old_boot),
             )
         rotations: list[dict[str, str]] = []
         if ci.results:
@@ -215,10 +268,15 @@ def process(
         cmds = commands.deliverable(tx, ci.device_id, now)
         commands.mark_delivered(tx, [c.id for c in cmds], now)
         values = remote_config.values_for(tx, dev_site)
-    digest = remote_config.digest(values)
-    config = None if digest == ci.config_digest else {"digest": digest, "values": values}
+    config_digest = remote_config.digest(values)
+    config = None if config_digest == digest else {"digest": config_digest, "values": values}
     return Reply(
-        cmds, config, ci.interval_s, came_back=silent_since is not None, key_rotations=rotations
+        cmds,
+        config,
+        interval,
+        came_back=silent_since is not None,
+        key_rotations=rotations,
+        state=state_token(boot_id, version, digest, interval, text),
     )
 
 

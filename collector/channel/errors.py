@@ -6,10 +6,11 @@ from __future__ import annotations
 class ChannelError(Exception):
     """A request refused: ``{"status": status, "error": str(self)}`` with HTTP ``code``."""
 
-    def __init__(self, code: int, status: str, message: str):
+    def __init__(self, code: int, status: str, message: str, retry_after_s: int | None = None):
         super().__init__(message)
         self.code = code
         self.status = status
+        self.retry_after_s = retry_after_s  # a 429's Retry-After
 
 
 class BadRequest(ChannelError):

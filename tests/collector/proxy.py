@@ -10,7 +10,8 @@ to the bytes of every connection, open or new, from the next chunk on:
   object, the acknowledgement never comes back).
 
 Held bytes are forwarded when the mode changes back. Threads, one per direction of a
-connection; `close` ends them all.
+connection; `close` ends them all. `take()` says how many bytes went each way since the
+last call (bench/bench_channel.py: a check-in's bytes on the wire).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class TcpProxy:
         self._closing = False
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
+        self._sent = [0, 0]  # bytes forwarded: to the server, to the client
         self._threads = [threading.Thread(target=self._accept, daemon=True, name="tcp-proxy")]
         self._threads[0].start()
 
@@ -103,9 +105,18 @@ class TcpProxy:
                 while self._held(replies) and not self._closing:
                     time.sleep(0.05)
                 dst.sendall(data)
+                with self._lock:
+                    self._sent[replies] += len(data)
         except (OSError, ValueError):
             _reset(src)
             _reset(dst)
+
+    def take(self) -> tuple[int, int]:
+        """(bytes to the server, bytes to the client) since the last call."""
+        with self._lock:
+            out = (self._sent[0], self._sent[1])
+            self._sent = [0, 0]
+        return out
 
     def close(self) -> None:
         """Stop accepting and cut every connection."""

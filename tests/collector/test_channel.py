@@ -22,6 +22,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.bundle.sealed import add_ed25519, load_public_key, public_pem
+from agent.channel.delta import acked_after, checkin_body
 from collector.access import Role
 from collector.accounts import tokens, users
 from collector.channel import checkin, commands, devices, enroll, remote_config, silent
@@ -306,7 +307,9 @@ def test_checkin_stores_state_and_delivers_signed_commands_until_answered(fleet:
         "status": "ok",
         "commands": [],
         "next_checkin_s": 60,
+        "state": r.json()["state"],  # the next check-in's base (the delta test)
     }
+    assert len(r.json()["state"]) == 16
     # a metered link pays every byte: nosniff, none of the browser headers of the pages
     assert r.headers["x-content-type-options"] == "nosniff"
     assert "content-security-policy" not in r.headers
@@ -808,3 +811,70 @@ def test_an_enrollment_token_with_a_tenant_places_its_site(fleet: Fleet) -> None
     assert users.site_tenants(db)["Store 7"] == "Acme"
     with pytest.raises(ValueError, match="belongs to tenant 'Acme'"):
         enroll.create_token(db, site="Store 7", tenant="Beta", by="test", now=time.time())
+
+
+def test_a_checkin_sends_only_what_changed_since_the_collectors_state(fleet: Fleet) -> None:
+    """docs/CHANNEL.md §2, both ends: the agent's bodies (agent.channel.delta) against the
+    real collector. Whole first; then on the reply's state token only what changed; a
+    base the collector no longer holds changes nothing and is answered 409 resend."""
+    t = fleet.terminal("T-0001")
+    h = {"Authorization": f"Bearer {t.token}", "X-Posagent-Device": t.device}
+
+    def post(body: dict[str, Any]) -> requests.Response:
+        return fleet.wire.post(f"{fleet.url}/v1/checkins", json=body, headers=h, timeout=10)
+
+    def stored() -> dict[str, Any]:
+        return dict(fleet.http.get(f"{fleet.url}/v1/devices/{t.device}", timeout=10).json())
+
+    first: dict[str, Any] = {
+        "device_id": t.device,
+        "sent_at": "2026-12-06T08:00:00Z",
+        "boot_id": "boot-1",
+        "agent_version": "0.1.0",
+        "config_digest": "",
+        "interval_s": 60,
+        "summary": {"battery_pct": 54, "ac_online": True, "link": "up", "active_faults": []},
+    }
+    r = post(checkin_body(first, [], None))
+    assert r.status_code == 200, r.text
+    acked = acked_after(r.json(), first)
+    assert acked is not None
+    later = {
+        **first,
+        "sent_at": "2026-12-06T08:05:00Z",
+        "summary": {**first["summary"], "battery_pct": 12, "active_faults": ["power.low"]},
+    }
+    body = checkin_body(later, [], acked)
+    assert body == {
+        "base": acked.token,
+        "summary": {"battery_pct": 12, "active_faults": ["power.low"]},
+    }
+    r = post(body)
+    assert r.status_code == 200, r.text
+    d = stored()
+    assert d["summary"] == later["summary"]
+    assert (d["boot_id"], d["agent_version"], d["interval_s"]) == ("boot-1", "0.1.0", 60)
+    acked2 = acked_after(r.json(), later)
+    assert acked2 is not None and acked2.token != acked.token
+    # the first token again: the collector's state has moved on since
+    seen = d["last_seen"]
+    r = post(checkin_body({**later, "summary": {"battery_pct": 1}}, [], acked))
+    assert (r.status_code, r.json()["status"]) == (409, "resend"), r.text
+    assert stored()["summary"] == later["summary"] and stored()["last_seen"] == seen
+    assert post({"base": 5}).status_code == 400
+    # a reboot: only the boot id goes, the summary stays
+    rebooted = {**later, "boot_id": "boot-2"}
+    body = checkin_body(rebooted, [], acked2)
+    assert body == {"base": acked2.token, "boot_id": "boot-2"}
+    assert post(body).status_code == 200
+    d = stored()
+    assert d["boot_id"] == "boot-2" and d["summary"] == later["summary"]
+    # a device the collector holds nothing of: resend
+    other = fleet.terminal("T-0002")
+    r = fleet.wire.post(
+        f"{fleet.url}/v1/checkins",
+        json={"base": acked2.token},
+        headers={"Authorization": f"Bearer {other.token}", "X-Posagent-Device": other.device},
+        timeout=10,
+    )
+    assert (r.status_code, r.json()["status"]) == (409, "resend"), r.text

@@ -32,6 +32,7 @@ from agent.bundle.sealed import public_pem
 from agent.core.timefmt import parse_rfc3339, rfc3339
 from collector.config import load_collector_config
 from collector.server import CollectorThread
+from tests.channel.operator import Operator
 from tests.channel.test_channel_daemon import Terminal
 from tests.collector.kit import admin_token, bearer
 from tests.conftest import posagent_argv, wait_until
@@ -58,67 +59,14 @@ def _cli(conf: Path, *args: str) -> str:
 
 
 @dataclass
-class Fleet:
-    """The real collector as the operator (an admin's API token) sees it, with the
-    enrollment token the CLI printed."""
+class Fleet(Operator):
+    """The real collector as the operator (an admin's API token) sees it
+    (tests/channel/operator.py), with the enrollment token the CLI printed."""
 
     tmp: Path
     server: CollectorThread
-    http: requests.Session
     enrollment_token: str
     public_key: str  # the command key's public half, as `collector keygen` printed it
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def get(self, path: str, **params: str) -> Any:
-        r = self.http.get(f"{self.url}{path}", params=params, timeout=30)
-        assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text[:300]}"
-        return r.json()
-
-    def device(self, device: str = DEVICE) -> dict[str, Any] | None:
-        found = [d for d in self.get("/v1/devices")["devices"] if d["device_id"] == device]
-        return found[0] if found else None
-
-    def command(self, kind: str, args: dict[str, Any] | None = None) -> str:
-        """Queue a command as the admin (POST /v1/devices/{id}/commands); its id."""
-        r = self.http.post(
-            f"{self.url}/v1/devices/{DEVICE}/commands",
-            json={"kind": kind, "args": args or {}, "expires_in_s": 900},
-            timeout=30,
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["command"]["command_id"])
-
-    def command_status(self, command_id: str) -> dict[str, Any] | None:
-        for c in self.get(f"/v1/devices/{DEVICE}/commands")["commands"]:
-            if c["command_id"] == command_id:
-                return dict(c)
-        return None
-
-    def answered(self, command_id: str) -> dict[str, Any]:
-        """The command once the terminal's result reached the collector."""
-        c = wait_until(
-            lambda: (
-                (s := self.command_status(command_id))
-                and s["status"] in ("done", "refused", "failed")
-                and s
-            ),
-            TIMEOUT_S,
-            0.2,
-        )
-        assert c, f"no result for {command_id}: {self.command_status(command_id)}"
-        return dict(c)
-
-    def manual_bundles(self) -> set[str]:
-        """The ids of the terminal's manual bundles listed (GET /v1/bundles?device=): here
-        only the capture commands make them (its faults may send others meanwhile)."""
-        listed = self.get("/v1/bundles", device=DEVICE, limit="500")["bundles"]
-        return {b["bundle_id"] for b in listed if b["trigger_kind"] == "manual"}
-
-    def silent_incidents(self) -> list[dict[str, Any]]:
-        return list(self.get("/v1/incidents", fault="device.silent")["incidents"])
 
 
 @dataclass
@@ -147,7 +95,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     http = requests.Session()
     http.headers.update(bearer(admin_token(cfg)))
     server = CollectorThread(cfg).start()
-    fleet = Fleet(tmp, server, http, enrollment, public_key)
+    fleet = Fleet(server.url, http, DEVICE, tmp, server, enrollment, public_key)
 
     term_dir = tmp / "terminal"
     term_dir.mkdir()

@@ -76,7 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     http = requests.Session()
     http.headers.update(bearer(admin_token(cfg)))
     server = CollectorThread(cfg).start()
-    fleet = Fleet(tmp, server, http, enrollment, public_key)
+    fleet = Fleet(server.url, http, DEVICE, tmp, server, enrollment, public_key)
     term_dir = tmp / "terminal"
     term_dir.mkdir()
     terminal = Terminal(term_dir, fleet, enrollment)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """The incidents' event log: every change of an incident is one append-only row of
 ``incident_events`` (id, incident_id, kind, at, actor, detail JSON), written by `append`
-and by nothing else, inside the transaction that makes the change.
+(or `record`, the same without the id read back) and by nothing else, inside the
+transaction that makes the change.
 
 Kinds (`model.EventKind`): ``opened``, ``reopened`` (a recurrence within the window, or a
 person reopening a resolved one), ``cleared`` (an episode ended: its duration),
@@ -24,7 +25,7 @@ from agent.core.timefmt import rfc3339
 from collector import notify
 from collector.incidents.model import Event, EventKind
 from collector.storage.base import StorageError
-from collector.storage.sql import Tx
+from collector.storage.sql import Row, Tx
 
 MAX_DETAIL_BYTES = 16384
 _COLUMNS = "id, incident_id, kind, at, actor, detail"
@@ -40,19 +41,54 @@ def append(
     at: float,
 ) -> Event:
     """Append one event in tx (the caller's transaction); the event as written."""
-    text = json.dumps(detail, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    if len(text.encode()) > MAX_DETAIL_BYTES:
-        raise ValueError(f"event detail over {MAX_DETAIL_BYTES} bytes")
+    text = _text(detail)
     row = tx.one(
-        "INSERT INTO incident_events (incident_id, kind, at, actor, detail) "
-        "VALUES (?, ?, ?, ?, ?) RETURNING id",
+        f"INSERT INTO incident_events ({_WRITTEN}) VALUES (?, ?, ?, ?, ?) RETURNING id",
         (incident_id, kind.value, at, actor[:200], text),
     )
     if row is None:
         raise StorageError("incident event not returned")
-    if kind in NOTIFIED:  # the notifications outbox, in this same transaction
-        notify.enqueue(tx, NOTIFIED[kind], _payload(tx, incident_id), at=at)
+    _notify(tx, incident_id, kind, at, None)
     return Event(int(row[0]), incident_id, kind, at, actor[:200], detail)
+
+
+def record(
+    tx: Tx,
+    incident_id: int,
+    kind: EventKind,
+    actor: str,
+    detail: dict[str, Any],
+    *,
+    at: float,
+    incident: Row | None = None,
+) -> None:
+    """`append` without reading the event's id back: statements only, so a pipelined
+    transaction (`collector.storage.sql`) sends it with the next without waiting.
+
+    incident: the incident's `PAYLOAD_COLUMNS` as the caller's own write returned them
+    (``RETURNING``), for a notified kind's payload; read here when None."""
+    tx.execute(
+        f"INSERT INTO incident_events ({_WRITTEN}) VALUES (?, ?, ?, ?, ?)",
+        (incident_id, kind.value, at, actor[:200], _text(detail)),
+    )
+    _notify(tx, incident_id, kind, at, incident)
+
+
+_WRITTEN = "incident_id, kind, at, actor, detail"
+
+
+def _text(detail: dict[str, Any]) -> str:
+    text = json.dumps(detail, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if len(text.encode()) > MAX_DETAIL_BYTES:
+        raise ValueError(f"event detail over {MAX_DETAIL_BYTES} bytes")
+    return text
+
+
+def _notify(tx: Tx, incident_id: int, kind: EventKind, at: float, incident: Row | None) -> None:
+    """The notifications outbox's rows of a notified kind, in this same transaction."""
+    if kind in NOTIFIED:
+        cols = incident if incident is not None else _payload_row(tx, incident_id)
+        notify.enqueue(tx, NOTIFIED[kind], payload(incident_id, cols), at=at)
 
 
 # The events people are told of (`collector.notify`: webhooks, email).
@@ -64,16 +100,22 @@ NOTIFIED = {
 }
 
 
-def _payload(tx: Tx, incident_id: int) -> dict[str, Any]:
-    """The incident as a notification's `IncidentPayload` (url relative: the notifier
-    puts the collector's public address before it)."""
-    row = tx.one(
-        "SELECT device, site, fault_key, severity, status, raised_at, cleared_at, repeats, "
-        "summary FROM incidents WHERE id = ?",
-        (incident_id,),
-    )
+# The incident's columns a notification's payload is made of (`payload`).
+PAYLOAD_COLUMNS = (
+    "device, site, fault_key, severity, status, raised_at, cleared_at, repeats, summary"
+)
+
+
+def _payload_row(tx: Tx, incident_id: int) -> Row:
+    row = tx.one(f"SELECT {PAYLOAD_COLUMNS} FROM incidents WHERE id = ?", (incident_id,))
     if row is None:
         raise StorageError(f"incident {incident_id} not found for its notification")
+    return row
+
+
+def payload(incident_id: int, row: Row) -> dict[str, Any]:
+    """The incident (its `PAYLOAD_COLUMNS` row) as a notification's `IncidentPayload`
+    (url relative: the notifier puts the collector's public address before it)."""
     device, site, fault_key, severity, status, raised_at, cleared_at, repeats, summary = row
     return {
         "id": incident_id,

@@ -195,7 +195,7 @@ class Incidents:
         with self.db.transaction() as tx:
             inc = self._writable(tx, incident_id, who)
             cols: dict[str, Any] = {}
-            written: list[Event] = []
+            todo: list[tuple[EventKind, dict[str, Any]]] = []
             if status is not None:
                 if status is inc.status:
                     raise InvalidTransition(f"incident {incident_id} is already {status.value}")
@@ -210,28 +210,10 @@ class Incidents:
                     cols["resolved_at"] = now
                 elif status is Status.OPEN:
                     cols.update(resolved_at=None, open_since=now)
-                written.append(
-                    events.append(
-                        tx,
-                        inc.id,
-                        _STATUS_EVENT[status],
-                        who.name,
-                        {"from": inc.status.value, "to": status.value},
-                        at=now,
-                    )
-                )
+                todo.append((_STATUS_EVENT[status], {"from": inc.status.value, "to": status.value}))
             if assignee is not None and assignee != inc.assignee:
                 cols["assignee"] = assignee
-                written.append(
-                    events.append(
-                        tx,
-                        inc.id,
-                        EventKind.ASSIGNED,
-                        who.name,
-                        {"assignee": assignee, "was": inc.assignee},
-                        at=now,
-                    )
-                )
+                todo.append((EventKind.ASSIGNED, {"assignee": assignee, "was": inc.assignee}))
             if not cols:
                 if status is None and assignee is None:
                     raise InvalidTransition("nothing to change: give status and/or assignee")
@@ -241,6 +223,8 @@ class Incidents:
                 f"UPDATE incidents SET {sets}, updated_at = ? WHERE id = ?",
                 [*cols.values(), now, inc.id],
             )
+            # the events after the change: a notification's payload is the incident after it
+            written = [events.append(tx, inc.id, k, who.name, d, at=now) for k, d in todo]
             after = grouping.get(tx, inc.id)
         if after is None:
             raise StorageError(f"incident {incident_id} vanished")

@@ -8,7 +8,11 @@ migration 0007): what is to be sent, claimed, retried, and the delivery log.
   (``lease_until``, ``claimed_by``) set by a compare-and-set UPDATE, so two workers (two
   instances on one PostgreSQL) never hold one row; PostgreSQL also skips the rows another
   claim has locked (``FOR UPDATE SKIP LOCKED``, `_claim_sql`: the one place the engines
-  differ). A worker that dies leaves its lease, which expires.
+  differ). A worker that dies leaves its lease, which expires. The claim is a durable
+  commit (the default ``db.transaction()``) and must stay one: a row written by a
+  transaction that did not wait for the disk (a bundle's grouping, ``durable=False``)
+  is on disk once the claim that leased it has committed, so nothing is sent for a
+  change a crash of the database could still undo.
 - `finish` records one attempt (``notify_attempts``) and the row's new state in one
   transaction: ``delivered`` on success; else ``pending`` again with the next attempt
   after `RetryPolicy.delay` (exponential, equal jitter, capped), or ``failed`` once

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 import psycopg
@@ -35,7 +35,7 @@ from collector.storage.base import (
     where_clause,
 )
 from collector.storage.retention import NOT_HELD, Cursor, Hold, Rule, check_scope
-from collector.storage.sql import BaseTx, Conflict, Dialect, to_pyformat
+from collector.storage.sql import BaseTx, Conflict, Dialect, Row, to_pyformat
 
 log = structlog.get_logger(__name__)
 MIGRATE_LOCK = 0x706F7361  # pg_advisory_xact_lock key of `collector migrate` ("posa")
@@ -368,10 +368,35 @@ class PostgresIndex(Timed):
         return PostgresRateLimiter(self, rate_per_minute, scope)
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[PgTx]:
-        """One transaction (`collector.storage.sql`) on a pooled connection."""
-        with self._conn() as conn, conn.transaction():
-            yield PgTx(conn)
+    def transaction(
+        self, *, write: bool = True, durable: bool = True, pipeline: bool = False
+    ) -> Iterator[PgTx]:
+        """One transaction (`collector.storage.sql`) on a pooled connection.
+
+        durable=False: ``SET LOCAL synchronous_commit = off`` after BEGIN (the setting
+        ends with the transaction: the pooled connection is as before). pipeline=True:
+        psycopg's pipeline mode, so BEGIN, the setting and every statement whose reply
+        is not read go to the server with the next read (or the COMMIT) in one round
+        trip; an error surfaces there, a unique violation as `Conflict` all the same."""
+        if durable and not pipeline:
+            with self._conn() as conn, conn.transaction():
+                yield PgTx(conn)
+            return
+        piped = pipeline and psycopg.Pipeline.is_supported()
+        with self._conn() as conn:
+            try:
+                with conn.pipeline() if piped else nullcontext():
+                    conn.execute("BEGIN")
+                    if not durable:
+                        conn.execute("SET LOCAL synchronous_commit = off")
+                    yield PgTx(conn)
+                    conn.execute("COMMIT")
+            except BaseException as e:
+                with suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(e, psycopg.errors.IntegrityError):
+                    raise Conflict(str(e).splitlines()[0]) from e
+                raise
 
     def close(self) -> None:
         self.pool.close()
@@ -388,6 +413,18 @@ class PgTx(BaseTx):
     def _run(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
         try:
             return self._conn.execute(to_pyformat(sql), tuple(params))
+        except psycopg.errors.IntegrityError as e:
+            raise Conflict(str(e).splitlines()[0]) from e
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        try:  # in a pipeline, an earlier statement's error arrives with this reply
+            return super().one(sql, params)
+        except psycopg.errors.IntegrityError as e:
+            raise Conflict(str(e).splitlines()[0]) from e
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            return super().all(sql, params)
         except psycopg.errors.IntegrityError as e:
             raise Conflict(str(e).splitlines()[0]) from e
 

@@ -13,6 +13,20 @@ committed on leaving the block and rolled back on an exception. ``tx.lock(name)`
 serialises writers on a name across every instance (PostgreSQL: a transaction-scoped
 advisory lock; SQLite: its write transaction already excludes every other writer).
 
+``db.transaction(pipeline=True)``: on PostgreSQL, a statement whose reply is not read
+(``tx.execute``, whose count is then -1) is sent with the next one that is read (or the
+COMMIT) in one round trip; an error surfaces there (a unique violation still as
+`Conflict`). Same statements, same order, same results: only the waits are fewer.
+
+``db.transaction(durable=False)`` is a write whose commit does not wait for the disk
+(PostgreSQL: ``SET LOCAL synchronous_commit = off``; SQLite: no difference). Use it only for a write that can be redone from what is
+durable (incident grouping: `collector.incidents.grouping`). Its rows are visible to
+others at once but a crash of the server may lose the last of them (up to three
+``wal_writer_delay``, 0.6 s by default); they are on disk as soon as any later durable
+commit on the same server is (the log is written in order), so a reader that acts on
+them outside the database (sends a webhook) must first commit a durable write (the
+notify outbox's claim does).
+
 Errors: every engine failure is a `StorageError` (the collector answers 503); a unique
 or foreign-key violation is its subtype `Conflict` (the caller answers 409 or retries).
 """
@@ -60,8 +74,12 @@ class Tx(Protocol):
 class Database(Protocol):
     """An engine that runs portable SQL (both index engines are)."""
 
-    def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]:
-        """One transaction; write=False for a read-only one (no writer lock on SQLite)."""
+    def transaction(
+        self, *, write: bool = True, durable: bool = True, pipeline: bool = False
+    ) -> AbstractContextManager[Tx]:
+        """One transaction; write=False for a read-only one (no writer lock on SQLite);
+        durable=False for a write whose commit need not wait for the disk, pipeline=True
+        for statements sent without waiting for their replies (both above)."""
 
 
 class Cursor(Protocol):

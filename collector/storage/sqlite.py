@@ -439,8 +439,11 @@ class SqliteIndex(Timed):
     # ----------------------------------------------------------------- portable SQL
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[SqliteTx]:
-        """One transaction (`collector.storage.sql`); BEGIN IMMEDIATE when it writes."""
+    def transaction(
+        self, *, write: bool = True, durable: bool = True, pipeline: bool = False
+    ) -> Iterator[SqliteTx]:
+        """One transaction (`collector.storage.sql`); BEGIN IMMEDIATE when it writes.
+        durable and pipeline change nothing here: there are no round trips to save."""
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")

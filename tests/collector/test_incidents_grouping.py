@@ -1,10 +1,12 @@
 """Incidents from bundles (`collector.incidents.grouping`, `service`) on both index engines
 (SQLite and a real PostgreSQL): episodes, reopening within the window, manual and startup
-bundles, idempotent and concurrent grouping, the catch-up pass, auto-resolve and
+bundles, the notifications grouping writes, idempotent and concurrent grouping, the
+catch-up pass, auto-resolve and
 escalation driven by a clock, and status changes by people."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +15,10 @@ import pytest
 
 from agent.bundle.format import new_bundle_id
 from agent.bundle.trigger import TriggerKind
+from agent.core.timefmt import rfc3339
+from collector import notify
 from collector.access import Principal, Role
-from collector.config import CollectorConfig
+from collector.config import NOTIFY_EVENTS, CollectorConfig
 from collector.incidents.grouping import SETTLE_S, Settings, Signal
 from collector.incidents.model import (
     Channel,
@@ -27,6 +31,7 @@ from collector.incidents.model import (
     Status,
 )
 from collector.incidents.service import Incidents
+from collector.notify.channels import Channels, Hook
 from collector.storage import BundleRecord, BundleStore, Query, open_store
 from collector.storage.sql import database
 
@@ -156,6 +161,38 @@ def test_recurrence_within_the_window_reopens_after_it_a_new_incident(
     assert inc.get(later, ADMIN).repeats == 0
     items, total = inc.page(IncidentFilter(Query(device=DEV)), ADMIN)
     assert total == 2 and [i.id for i in items] == [later, first]
+
+
+def test_notifications_carry_the_incident_as_grouping_left_it(
+    store: BundleStore, inc: Incidents
+) -> None:
+    """The outbox rows grouping writes (opened, reopened: their payload taken from the
+    write's RETURNING, no read after it) hold the incident as it then is in the index."""
+    hook = Hook("h", "http://127.0.0.1:9/", b"s" * 32, frozenset(NOTIFY_EVENTS))
+    before = notify.installed()
+    notify.install(notify.Notifier(Channels((hook,))))
+    try:
+        a = ingest(store, inc, rec("fault", T0, severity="critical", summary="paper out"))
+        opened = inc.get(a, ADMIN)
+        ingest(store, inc, rec("cleared", T0 + 60))
+        inc.set_status(a, ADMIN, Status.RESOLVED)
+        assert ingest(store, inc, rec("fault", T0 + 600, summary="paper out again")) == a
+        reopened = inc.get(a, ADMIN)
+    finally:
+        notify.install(before)
+    with database(store).transaction(write=False) as tx:
+        rows = tx.all("SELECT event, body FROM notify_outbox ORDER BY id")
+    got = [(str(e), json.loads(str(b))["incident"]) for e, b in rows]
+    assert [e for e, _ in got] == ["incident.opened", "incident.resolved", "incident.reopened"]
+    for (_, doc), want in ((got[0], opened), (got[2], reopened)):
+        assert doc["id"] == a and doc["device"] == DEV and doc["site"] == "Store 12"
+        assert doc["fault_key"] == "printer.paper_end" and doc["severity"] == "critical"
+        assert doc["status"] == want.status.value == "open"
+        assert doc["repeats"] == want.repeats and doc["summary"] == want.summary
+        assert doc["cleared_at"] is None and want.cleared_at is None
+        assert doc["opened_at"] == rfc3339(want.raised_at)
+    assert got[2][1]["repeats"] == 1 and got[2][1]["summary"] == "paper out again"
+    assert got[1][1]["status"] == "resolved" and got[1][1]["cleared_at"] == rfc3339(T0 + 60)
 
 
 def test_clear_without_raise_late_bundles_and_other_keys(

@@ -1,6 +1,8 @@
 """Portable SQL (`collector.storage.sql`) on both index engines: one statement text runs on
 SQLite and on a real PostgreSQL; constraints surface as Conflict; a failed block rolls
-back; `lock` serialises writers; `Query.sites` narrows the read side."""
+back; `lock` serialises writers; a pipelined transaction whose commit does not wait for
+the disk gives the same results and failures, and its setting ends with it;
+`Query.sites` narrows the read side."""
 
 from __future__ import annotations
 
@@ -73,9 +75,12 @@ def test_constraints_are_conflicts_and_a_failed_block_rolls_back(store: BundleSt
         tx.execute("SELECT no_such_column FROM t_uniq")
 
 
-def test_lock_serialises_writers(store: BundleStore) -> None:
-    """Two read-modify-write blocks under one lock name never lose an increment."""
+@pytest.mark.parametrize("fast", [False, True], ids=["durable", "pipelined-lazy"])
+def test_lock_serialises_writers(store: BundleStore, fast: bool) -> None:
+    """Two read-modify-write blocks under one lock name never lose an increment (also
+    when the lock is sent in a pipeline with the read after it)."""
     db = database(store)
+    how = {"durable": False, "pipeline": True} if fast else {}
     with db.transaction() as tx:
         tx.execute("CREATE TABLE t_counter (k TEXT PRIMARY KEY, n INTEGER NOT NULL)")
         tx.execute("INSERT INTO t_counter VALUES (?, ?)", ("x", 0))
@@ -84,7 +89,7 @@ def test_lock_serialises_writers(store: BundleStore) -> None:
     def bump() -> None:
         try:
             for _ in range(20):
-                with db.transaction() as tx:
+                with db.transaction(**how) as tx:
                     tx.lock("counter:x")
                     row = tx.one("SELECT n FROM t_counter WHERE k = ?", ("x",))
                     assert row is not None
@@ -101,6 +106,66 @@ def test_lock_serialises_writers(store: BundleStore) -> None:
     assert not errors
     with db.transaction(write=False) as tx:
         assert tx.one("SELECT n FROM t_counter WHERE k = ?", ("x",)) == (60,)
+
+
+def test_pipelined_lazy_transaction_keeps_results_and_failures(store: BundleStore) -> None:
+    """pipeline=True, durable=False: reads see the writes sent before them unanswered; a
+    unique violation whose reply comes with a later read or with the COMMIT is still a
+    Conflict; every failure rolls the whole block back; the pool goes on working."""
+    db = database(store)
+    fast = {"durable": False, "pipeline": True}
+    with db.transaction() as tx:
+        tx.execute("CREATE TABLE t_pipe (name TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+    with db.transaction(**fast) as tx:
+        tx.execute("INSERT INTO t_pipe VALUES (?, ?)", ("a", 1))
+        tx.execute("UPDATE t_pipe SET n = n + ? WHERE name = ?", (10, "a"))
+        assert tx.one("SELECT n FROM t_pipe WHERE name = ?", ("a",)) == (11,)
+        assert tx.one("INSERT INTO t_pipe VALUES (?, ?) RETURNING n", ("b", 2)) == (2,)
+        tx.execute("INSERT INTO t_pipe VALUES (?, ?)", ("c", 3))
+    with db.transaction(write=False) as tx:
+        assert tx.all("SELECT name, n FROM t_pipe ORDER BY name") == [
+            ("a", 11),
+            ("b", 2),
+            ("c", 3),
+        ]
+    with pytest.raises(Conflict), db.transaction(**fast) as tx:
+        tx.execute("INSERT INTO t_pipe VALUES (?, ?)", ("d", 4))
+        tx.execute("INSERT INTO t_pipe VALUES (?, ?)", ("a", 5))
+        tx.one("SELECT COUNT(*) FROM t_pipe")  # the violation's reply comes with this one
+    with pytest.raises(Conflict), db.transaction(**fast) as tx:
+        tx.execute("INSERT INTO t_pipe VALUES (?, ?)", ("e", 4))
+        tx.execute("INSERT INTO t_pipe VALUES (?, ?)", ("a", 5))  # ... with the COMMIT
+    with pytest.raises(RuntimeError), db.transaction(**fast) as tx:
+        tx.execute("INSERT INTO t_pipe VALUES (?, ?)", ("f", 6))
+        raise RuntimeError("the caller changed its mind")
+    with pytest.raises(StorageError), db.transaction(**fast) as tx:
+        tx.execute("INSERT INTO t_pipe VALUES (?, ?)", ("g", 7))
+        tx.execute("SELECT no_such_column FROM t_pipe")
+    with db.transaction(**fast) as tx:
+        tx.execute("INSERT INTO t_pipe VALUES (?, ?)", ("h", 8))
+    with db.transaction(write=False) as tx:
+        assert tx.all("SELECT name FROM t_pipe ORDER BY name") == [("a",), ("b",), ("c",), ("h",)]
+
+
+def test_lazy_commit_setting_ends_with_its_transaction(pg_url: str) -> None:
+    """On PostgreSQL durable=False is ``synchronous_commit = off`` for that transaction
+    only: the pool's one connection is back to ``on`` after it, committed or failed."""
+    from collector.storage.postgres import PostgresIndex, migrate  # lazy: PostgreSQL only
+
+    migrate(pg_url)
+    db = PostgresIndex(pg_url, pool_max=1)
+    try:
+        for pipeline in (False, True):
+            with db.transaction(durable=False, pipeline=pipeline) as tx:
+                assert tx.one("SHOW synchronous_commit") == ("off",)
+            with db.transaction() as tx:
+                assert tx.one("SHOW synchronous_commit") == ("on",)
+            with pytest.raises(RuntimeError), db.transaction(durable=False, pipeline=pipeline):
+                raise RuntimeError("the caller changed its mind")
+            with db.transaction(pipeline=pipeline) as tx:
+                assert tx.one("SHOW synchronous_commit") == ("on",)
+    finally:
+        db.close()
 
 
 def test_query_sites_narrows_every_read(store: BundleStore) -> None:

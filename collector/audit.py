@@ -16,7 +16,8 @@ and its entry commit together), or a `Database` to write it in a transaction of 
 
 Actions (``<object>.<verb>``): ``bundle.view`` (the page), ``bundle.manifest``,
 ``bundle.download``, ``bundle.screenshot``, ``bundle.entry``, ``bundle.diagnostics``,
-``bundle.denied`` (a per-bundle request for a bundle out of the caller's reach),
+``bundle.denied`` (a per-bundle request for a bundle out of the caller's reach;
+``incident.denied`` is the same for an incident),
 ``login.ok``, ``login.failed``, ``login.throttled``, ``logout``, ``password.change``,
 ``user.add``, ``user.disable``, ``user.enable``, ``user.passwd``, ``token.create``,
 ``token.revoke``, ``token.refused`` (a wrong Bearer token), ``device.add``,

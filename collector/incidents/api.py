@@ -36,9 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from collector import audit
 from collector.access import principal_of
-from collector.accounts.web import client_address
 from collector.incidents import export, views
 from collector.incidents.as_json import (
     detail_json,
@@ -62,9 +60,9 @@ from collector.incidents.model import (
     IncidentError,
     InvalidTransition,
     NotFound,
+    OutOfReach,
 )
 from collector.incidents.service import Incidents
-from collector.storage.sql import database
 
 MAX_DAYS = 366
 
@@ -113,10 +111,12 @@ async def list_incidents(request: Request) -> Response:
 
 async def get_incident(request: Request) -> Response:
     inc = service(request)
+    iid = 0
     try:
-        d = await run_in_threadpool(inc.detail, incident_id(request), principal_of(request))
+        iid = incident_id(request)
+        d = await run_in_threadpool(inc.detail, iid, principal_of(request))
     except IncidentError as e:
-        return answer(e)
+        return await _answer(request, e, iid)
     return JSONResponse(detail_json(d, inc.clock()))
 
 
@@ -136,17 +136,21 @@ async def _post(
         if form and not isinstance(e, NotFound | Forbidden):  # the page again: the error, and
             code = answer(e).status_code  # what was sent back in its form (nothing lost)
             return await views.incident_page_with(request, iid, str(e), code, data)
-        return answer(e)
+        return await _answer(request, e, iid)
     if form:
         return RedirectResponse(f"/incidents/{iid}", status_code=303)
     return JSONResponse(out, status_code=code)
 
 
-def _audit(request: Request, action: str, iid: int, detail: dict[str, Any]) -> None:
-    """A change of an incident in the audit log (who, from where)."""
-    col = request.app.state.collector
-    address = client_address(request, col.proxies)
-    audit.record(database(col.store), principal_of(request), action, str(iid), address, detail)
+_audit = views.audit_incident
+
+
+async def _answer(request: Request, e: Exception, iid: int) -> JSONResponse:
+    """The JSON answer of a package error; an incident out of the caller's reach is
+    audited first (``incident.denied``), then answered 404 like one that does not exist."""
+    if isinstance(e, OutOfReach):
+        await run_in_threadpool(views.audit_denied, request, iid)
+    return answer(e)
 
 
 async def add_note(request: Request) -> Response:
@@ -209,10 +213,12 @@ async def export_incident(request: Request) -> Response:
             raise
         return out, name
 
+    iid = 0
     try:
-        out, name = await run_in_threadpool(build, incident_id(request))
+        iid = incident_id(request)
+        out, name = await run_in_threadpool(build, iid)
     except IncidentError as e:
-        return answer(e)
+        return await _answer(request, e, iid)
 
     def chunks() -> Iterator[bytes]:
         try:

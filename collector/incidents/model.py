@@ -25,6 +25,11 @@ class NotFound(IncidentError):
     """No such incident, or one out of the principal's reach (404 either way)."""
 
 
+class OutOfReach(NotFound):
+    """An incident that exists, out of the principal's reach: answered as NotFound (its
+    existence is not told) and audited as ``incident.denied``."""
+
+
 class Forbidden(IncidentError):
     """A principal who may only read asked to change something (403)."""
 

@@ -50,6 +50,7 @@ from collector.incidents.model import (
     IncidentFilter,
     InvalidTransition,
     NotFound,
+    OutOfReach,
     Status,
     lock_name,
 )
@@ -71,6 +72,14 @@ _STATUS_EVENT = {
 
 def _sites(who: Principal) -> frozenset[str] | None:
     return who.restrict(Query()).sites
+
+
+def _missing(tx: Tx, incident_id: int, who: Principal) -> NotFound:
+    """What to raise for an incident who cannot see: OutOfReach when it exists (audited),
+    NotFound when it does not."""
+    if _sites(who) is not None and grouping.get(tx, incident_id) is not None:
+        return OutOfReach(f"no incident {incident_id}")
+    return NotFound(f"no incident {incident_id}")
 
 
 class Incidents:
@@ -174,7 +183,7 @@ class Incidents:
     def _writable(self, tx: Tx, incident_id: int, who: Principal) -> Incident:
         inc = queries.visible(tx, incident_id, _sites(who))
         if inc is None:
-            raise NotFound(f"no incident {incident_id}")
+            raise _missing(tx, incident_id, who)
         if not who.writes:
             raise Forbidden(f"a {who.role.value} may only read incidents")
         tx.lock(inc.lock_name)
@@ -272,8 +281,8 @@ class Incidents:
     def get(self, incident_id: int, who: Principal) -> Incident:
         with self.db.transaction(write=False) as tx:
             inc = queries.visible(tx, incident_id, _sites(who))
-        if inc is None:
-            raise NotFound(f"no incident {incident_id}")
+            if inc is None:
+                raise _missing(tx, incident_id, who)
         return inc
 
     def detail(
@@ -286,8 +295,8 @@ class Incidents:
     ) -> Detail:
         with self.db.transaction(write=False) as tx:
             d = queries.detail(tx, incident_id, _sites(who), bundles=bundles, history=history)
-        if d is None:
-            raise NotFound(f"no incident {incident_id}")
+            if d is None:
+                raise _missing(tx, incident_id, who)
         return d
 
     def fleet_faults(self, who: Principal, since: float) -> list[FaultLine]:

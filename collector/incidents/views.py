@@ -24,16 +24,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.bundle.style import esc
+from collector import audit
 from collector.access import Principal, principal_of
+from collector.accounts.web import client_address
 from collector.i18n import current_language
 from collector.i18n import gettext as _
 from collector.incidents import render
 from collector.incidents.inputs import list_filter
-from collector.incidents.model import BadInput, IncidentFilter, NotFound
+from collector.incidents.model import BadInput, IncidentFilter, NotFound, OutOfReach
 from collector.incidents.service import Incidents
 from collector.pages import layout, remedy_block
 from collector.remedies import remedy_for
 from collector.storage import Query
+from collector.storage.sql import database
 
 BUNDLE_FILTERS = ("device", "site", "fault", "severity", "since", "until", "limit", "offset")
 NO_STORE = {"Cache-Control": "no-store"}
@@ -110,12 +113,30 @@ async def incident_list(request: Request) -> Response:
     )
 
 
+def audit_incident(request: Request, action: str, iid: int, detail: dict[str, Any]) -> None:
+    """An action on an incident in the audit log (who, from where)."""
+    col = request.app.state.collector
+    address = client_address(request, col.proxies)
+    audit.record(database(col.store), principal_of(request), action, str(iid), address, detail)
+
+
+def audit_denied(request: Request, iid: int) -> None:
+    """An incident out of the caller's reach asked for (answered 404, as one that does
+    not exist): ``incident.denied``, as `collector.app` records ``bundle.denied``."""
+    audit_incident(
+        request, "incident.denied", iid, {"asked": f"{request.method} {request.url.path}"}
+    )
+
+
 def _incident_html(
     request: Request, iid: int, who: Principal, error: str, kept: Mapping[str, Any]
 ) -> str | None:
     inc, cfg = _service(request), request.app.state.collector.cfg
     try:
         d = inc.detail(iid, who)
+    except OutOfReach:
+        audit_denied(request, iid)
+        return None
     except NotFound:
         return None
     lang = current_language()  # the user's setting, else the browser's (collector.i18n)

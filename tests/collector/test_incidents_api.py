@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from collector import audit
 from collector.access import Principal, Role
 from collector.auth import add_device
 from collector.channel import views as channel_views
@@ -34,6 +35,7 @@ from collector.config import CollectorConfig
 from collector.incidents import api, views
 from collector.incidents.api import Handler
 from collector.server import CollectorThread, bind
+from collector.storage.sql import database
 from tests.bundle.kit import KEY, make_bundle
 from tests.collector.kit import ADMIN, admin_token, bearer, upload_headers
 from tests.conftest import wait_until
@@ -469,3 +471,11 @@ def test_every_read_and_write_is_narrowed_by_the_principal(fleet: Fleet) -> None
         ev = get("oscar", f"/v1/incidents/{theirs}").json()["events"][-1]
         assert ev["actor"] == "oscar" and ev["kind"] == "acknowledged"
         assert "id='note-form'" in get("sam", f"/incidents/{mine}").text
+        # each ask for an incident out of reach is in the audit log (answered 404 all the
+        # same); an id that exists nowhere is only a 404
+        assert get("mia", "/v1/incidents/999999").status_code == 404
+    denied = audit.entries(database(fleet.app.state.collector.store), action="incident.denied")
+    asked = sorted((e.actor, e.target, e.detail["asked"]) for e in denied if e.detail)
+    reads = [f"GET /v1/incidents/{theirs}", f"GET /v1/incidents/{theirs}/export"]
+    reads += [f"GET /incidents/{theirs}", f"POST /v1/incidents/{theirs}/status"]
+    assert asked == sorted((who, str(theirs), r) for who in ("sam", "mia") for r in reads)

@@ -49,6 +49,18 @@ WORDS = {
     "fault": N_("fault"),
     "manual": N_("manual"),
     "startup": N_("startup"),
+    # a device's channel states (collector.channel.devices.Device.state)
+    "ok": N_("ok"),
+    "late": N_("late"),
+    "silent": N_("silent"),
+    "never": N_("never"),
+    # a command's statuses (collector.channel.commands.Command.shown_status)
+    "queued": N_("queued"),
+    "delivered": N_("delivered"),
+    "done": N_("done"),
+    "refused": N_("refused"),
+    "failed": N_("failed"),
+    "expired": N_("expired"),
 }
 
 

@@ -40,14 +40,6 @@ def _heads(*names: str) -> str:
     return "<tr>" + "".join(f"<th>{esc(_(n))}</th>" for n in names) + "</tr>"
 
 
-# A device's states (`devices.Device.state`: never, ok, late, silent) in words.
-STATE_WORDS = {"ok": N_("ok"), "late": N_("late"), "silent": N_("silent"), "never": N_("never")}
-
-
-def _state(state: str) -> str:
-    return _(STATE_WORDS[state]) if state in STATE_WORDS else state
-
-
 def _summary_rows(summary: dict[str, Any] | None) -> str:
     if not summary:
         return "<p class='muted'>" + esc(_("No summary yet.")) + "</p>"
@@ -63,7 +55,7 @@ def _summary_rows(summary: dict[str, Any] | None) -> str:
 def render_list(found: list[devices.Device], total: int, now: float, login: bool) -> str:
     rows = "".join(
         f"<tr><td><a href='/devices/{quote(d.id)}'>{esc(d.id)}</a></td><td>{esc(d.site)}</td>"
-        f"<td>{esc(_state(d.state(now)))}</td><td>{esc(_t(d.last_seen))}</td>"
+        f"<td>{esc(pages.word(d.state(now)))}</td><td>{esc(_t(d.last_seen))}</td>"
         f"<td>{esc(d.agent_version)}</td></tr>"
         for d in found
     )
@@ -116,7 +108,7 @@ def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> s
     cmd_rows = "".join(
         f"<tr><td class='mono'>{esc(c.id[:8])}</td><td>{esc(c.kind)}</td>"
         f"<td>{esc(_t(c.issued_at))}</td><td>{esc(c.issued_by)}</td>"
-        f"<td>{esc(_command_status(c.shown_status(now)))}</td><td>{esc(c.detail)}</td></tr>"
+        f"<td>{esc(pages.word(c.shown_status(now)))}</td><td>{esc(c.detail)}</td></tr>"
         for c in v.commands
     )
     out_rows = "".join(
@@ -150,7 +142,7 @@ def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> s
         + f"</h1>{silent}{flash}<div class='card'><table>"
         + row(N_("Site"), esc(d.site))
         + row(N_("Tenant"), esc(d.tenant or "-"))
-        + row(N_("State"), esc(_state(d.state(now))))
+        + row(N_("State"), esc(pages.word(d.state(now))))
         + row(N_("Last seen"), f"{esc(_t(d.last_seen))} ({every})")
         + row(N_("Enrolled"), f"{esc(_t(d.enrolled_at))} ({d.enrollments}×)")
         + row(N_("Agent"), esc(d.agent_version))
@@ -171,21 +163,6 @@ def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> s
         + f"{out_rows}</table>"
     )
     return body
-
-
-# A command's statuses (`commands.Command.shown_status`) in words.
-COMMAND_WORDS = {
-    "queued": N_("queued"),
-    "delivered": N_("delivered"),
-    "done": N_("done"),
-    "refused": N_("refused"),
-    "failed": N_("failed"),
-    "expired": N_("expired"),
-}
-
-
-def _command_status(status: str) -> str:
-    return _(COMMAND_WORDS[status]) if status in COMMAND_WORDS else status
 
 
 async def devices_page(request: Request) -> Response:

@@ -74,6 +74,12 @@ def sev_badge(sev: str) -> str:
     return _sev_badge(sev, _)
 
 
+def heads(*names: str) -> str:
+    """A table's header cells, each name (marked with `N_`) in the reader's language; ""
+    an empty cell."""
+    return "".join(f"<th>{esc(_(n)) if n else ''}</th>" for n in names)
+
+
 def shown_time(ts: float) -> str:
     """short_utc, or '-' for a time no terminal can have made (a row stored before ingest
     checked created_at: 1e300 or NaN must not break the list)."""

@@ -36,6 +36,7 @@ translated.
 from __future__ import annotations
 
 import base64
+import contextlib
 import heapq
 import json
 import json.scanner
@@ -106,6 +107,17 @@ BAD_WHEN_FALSE = frozenset(
 # --------------------------------------------------------------------------- small helpers
 
 _TRANSLATE: ContextVar[Callable[[str], str]] = ContextVar("bundle_page_gettext", default=str)
+
+
+@contextlib.contextmanager
+def in_language(gettext: Callable[[str], str]) -> Iterator[None]:
+    """The pages' texts (`_`) made inside the block in gettext's language: `render_body`'s,
+    and a caller's of `timeline_svg` (the collector's dispute export)."""
+    token = _TRANSLATE.set(gettext)
+    try:
+        yield
+    finally:
+        _TRANSLATE.reset(token)
 
 
 def _(message: str) -> str:
@@ -791,11 +803,8 @@ def render_body(reader: BundleReader, ctx: PageContext) -> str:
     """The page's body: the lead (what, where, when, remedy, screenshot), the timeline,
     then the details folded, in ctx.gettext's language. Raises BundleError for a bundle it
     cannot read."""
-    token = _TRANSLATE.set(ctx.gettext)
-    try:
+    with in_language(ctx.gettext):
         return _body(reader, ctx)
-    finally:
-        _TRANSLATE.reset(token)
 
 
 def _body(reader: BundleReader, ctx: PageContext) -> str:

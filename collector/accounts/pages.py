@@ -18,7 +18,7 @@ from collector.accounts.users import User
 from collector.audit import Entry
 from collector.i18n import N_
 from collector.i18n import gettext as _
-from collector.pages import ROLE_WORDS, csrf_field, layout, shown_time
+from collector.pages import ROLE_WORDS, csrf_field, heads, layout, shown_time
 
 # The settings page's choices: '' follows the browser; each language named in itself.
 LANGUAGE_CHOICES = (("", N_("as the browser asks")), ("en", "English"), ("zh-Hans", "简体中文"))
@@ -150,14 +150,14 @@ def render_admin(
         + "<h2>"
         + esc(_("Users"))
         + "</h2><table class='list' id='users'><thead><tr>"
-        + _heads(N_("Name"), N_("Role"), N_("Sees"), N_("State"), "", "")
+        + heads(N_("Name"), N_("Role"), N_("Sees"), N_("State"), "", "")
         + "</tr></thead><tbody>"
         + "".join(rows)
         + f"</tbody></table><div class='card'>{add_user}</div>"
         + "<h2>"
         + esc(_("API tokens"))
         + "</h2><table class='list' id='tokens'><thead><tr>"
-        + _heads(N_("Id"), N_("User"), N_("Name"), N_("Created"), N_("Last used"), "")
+        + heads(N_("Id"), N_("User"), N_("Name"), N_("Created"), N_("Last used"), "")
         + "</tr></thead><tbody>"
         + (token_rows or "<tr><td colspan='6' class='muted'>" + esc(_("None.")) + "</td></tr>")
         + "</tbody></table><p class='muted'>"
@@ -166,7 +166,7 @@ def render_admin(
         + "<h2>"
         + esc(_("Devices"))
         + "</h2><table class='list' id='devices'><thead><tr>"
-        + _heads(N_("Device"), N_("Site"), N_("Tenant"))
+        + heads(N_("Device"), N_("Site"), N_("Tenant"))
         + "</tr></thead><tbody>"
         + (
             device_rows
@@ -176,7 +176,7 @@ def render_admin(
         + "<h2>"
         + esc(_("Sites"))
         + "</h2><table class='list' id='sites'><thead><tr>"
-        + _heads(N_("Site"), N_("Tenant"))
+        + heads(N_("Site"), N_("Tenant"))
         + "</tr></thead><tbody>"
         + (
             site_rows
@@ -185,11 +185,6 @@ def render_admin(
         + f"</tbody></table><div class='card'>{place}</div>"
     )
     return layout(_("posagent collector: admin"), body, operator_login=True)
-
-
-def _heads(*names: str) -> str:
-    """Table headers, each in the reader's language ("" an empty one)."""
-    return "".join(f"<th>{esc(_(n)) if n else ''}</th>" for n in names)
 
 
 def render_audit(entries: Sequence[Entry], params: dict[str, str], error: str = "") -> str:
@@ -217,7 +212,7 @@ def render_audit(entries: Sequence[Entry], params: dict[str, str], error: str = 
         "<h1>" + esc(_("Audit log")) + "</h1>"
         f"<div class='card'>{form}{err}<p><a href='/v1/audit'>{export}</a></p></div>"
         "<table class='list' id='audit'><thead><tr>"
-        + _heads(N_("When"), N_("Who"), N_("Action"), N_("Target"), N_("From"), N_("Detail"))
+        + heads(N_("When"), N_("Who"), N_("Action"), N_("Target"), N_("From"), N_("Detail"))
         + "</tr></thead><tbody>"
         + (rows or "<tr><td colspan='6' class='muted'>" + esc(_("No entries.")) + "</td></tr>")
         + "</tbody></table>"

@@ -26,18 +26,13 @@ from collector.channel.errors import ChannelError
 from collector.i18n import N_
 from collector.i18n import gettext as _
 from collector.incidents import views as incident_views
-from collector.pages import csrf_field
+from collector.pages import csrf_field, heads
 
 MAX_FORM = 4096
 
 
 def _t(ts: float | None) -> str:
     return "-" if ts is None else pages.shown_time(ts)
-
-
-def _heads(*names: str) -> str:
-    """A table's header row in the reader's language."""
-    return "<tr>" + "".join(f"<th>{esc(_(n))}</th>" for n in names) + "</tr>"
 
 
 def _summary_rows(summary: dict[str, Any] | None) -> str:
@@ -62,7 +57,8 @@ def render_list(found: list[devices.Device], total: int, now: float, login: bool
     heading = esc(_("Devices ({n})").format(n=total))
     body = (
         f"<h1>{heading}</h1><table>"
-        + _heads(N_("Device"), N_("Site"), N_("State"), N_("Last seen"), N_("Agent"))
+        + "<tr>"
+        + heads(N_("Device"), N_("Site"), N_("State"), N_("Last seen"), N_("Agent"))
         + f"{rows}</table>"
     )
     return pages.layout(_("posagent devices"), body, operator_login=login)
@@ -86,7 +82,8 @@ def _key_rows(d: devices.Device) -> str:
     )
     return (
         "<table>"
-        + _heads(N_("Key id"), N_("From"), N_("Until"))
+        + "<tr>"
+        + heads(N_("Key id"), N_("From"), N_("Until"))
         + f"{rows}</table><p><a href='/v1/devices/{quote(d.id)}/keys'>{pem}</a>, {use}.</p>"
     )
 
@@ -154,12 +151,14 @@ def device_body(v: DeviceView, now: float, *, writes: bool, note: str = "") -> s
         "<h2>"
         + esc(_("Commands"))
         + f"</h2>{form}<table>"
-        + _heads(N_("Id"), N_("Kind"), N_("Queued"), N_("By"), N_("Status"), N_("Result"))
+        + "<tr>"
+        + heads(N_("Id"), N_("Kind"), N_("Queued"), N_("By"), N_("Status"), N_("Result"))
         + f"{cmd_rows}</table>"
         "<h2>"
         + esc(_("Silences"))
         + "</h2><table>"
-        + _heads(N_("Last check-in"), N_("Silent at"), N_("Back at"), N_("Outage"))
+        + "<tr>"
+        + heads(N_("Last check-in"), N_("Silent at"), N_("Back at"), N_("Outage"))
         + f"{out_rows}</table>"
     )
     return body

@@ -28,21 +28,24 @@ import json
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from agent.bundle.format import BundleError, BundleReader
-from agent.bundle.html import timeline_svg
+from agent.bundle.html import in_language, timeline_svg
 from agent.bundle.style import CSS, esc
 from agent.core.timefmt import rfc3339
 from collector import sealed
 from collector.access import Principal
+from collector.i18n import N_, current_language
+from collector.i18n import gettext as _
 from collector.incidents import render
 from collector.incidents.as_json import detail_json
 from collector.incidents.model import EventKind, GroupedBundle
 from collector.incidents.queries import Detail
 from collector.incidents.service import Incidents
-from collector.pages import shown_time
+from collector.pages import heads, sev_badge, shown_time, word
 
 MAX_BUNDLES = 100
 MAX_BYTES = 256 * 1024 * 1024
@@ -50,6 +53,16 @@ MAX_INLINE_PNG = 512 * 1024  # a larger screenshot is linked, not inlined
 MAX_INLINE_TOTAL = 32 * 1024 * 1024  # past this, screenshots are linked
 MAX_READINGS = 2000
 MAX_REPORT = 256 * 1024
+
+# The checks in words: English in incident.json (facts, as the API gives them), the
+# reader's language on the page.
+VERIFIED = N_("verified with the device's key on file")
+NO_KEY = N_("entries verified; no device key on the collector to check the signature")
+FAILED = N_("FAILED: {reason}")
+DELETED = N_("deleted by retention before this export")
+MISSING = N_("its stored file is missing")
+UNREADABLE = N_("its contents are not readable on this collector: {reason}")
+FULL = N_("original left out: the export is full")
 
 
 @dataclass
@@ -62,11 +75,12 @@ class Checked:
     recorded_sha256: str = ""
     sha256: str = ""  # of the stored bytes, now
     size: int = 0
-    signature: str = ""  # the check made now, in words
+    signature: str = ""  # the check made now: VERIFIED, NO_KEY, FAILED or ""
+    signature_error: str = ""  # FAILED's reason
     signature_ok: bool | None = None  # True verified, False failed, None not checkable
     at_receipt: bool = False  # whether ingest verified its signature
     included: bool = False
-    note: str = ""  # why it is not included or not readable
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (message, its {reason})
     report: str = ""
     screenshot: bytes = b""
     timeline: bytes = b""
@@ -82,11 +96,19 @@ class Checked:
             "digest_matches": bool(self.sha256) and self.sha256 == self.recorded_sha256,
             "size_bytes": self.size,
             "signature_verified_at_receipt": self.at_receipt,
-            "signature_now": self.signature,
+            "signature_now": self.words(self.signature, self.signature_error, str),
             "signature_ok": self.signature_ok,
             "included": self.included,
-            "note": self.note,
+            "note": self.note(str),
         }
+
+    @staticmethod
+    def words(message: str, reason: str, translate: Callable[[str], str]) -> str:
+        return translate(message).format(reason=reason) if message else ""
+
+    def note(self, translate: Callable[[str], str]) -> str:
+        """Why the bundle is not included or not readable, "" when it is."""
+        return "; ".join(self.words(m, r, translate) for m, r in self.notes)
 
 
 def _check(col: Any, b: GroupedBundle, budget: int) -> tuple[Checked, bytes]:
@@ -94,24 +116,24 @@ def _check(col: Any, b: GroupedBundle, budget: int) -> tuple[Checked, bytes]:
     c = Checked(b.bundle_id, b.trigger_kind, b.at)
     r = b.record
     if r is None:
-        c.note = "deleted by retention before this export"
+        c.notes.append((DELETED, ""))
         return c, b""
     c.recorded_sha256, c.at_receipt = r.sha256, r.signature_checked
     try:
         data = col.store.read(r)
     except KeyError:
-        c.note = "its stored file is missing"
+        c.notes.append((MISSING, ""))
         return c, b""
     c.sha256, c.size = hashlib.sha256(data).hexdigest(), len(data)
     try:
         res = sealed.check_upload(col, r.device, data, col.device_key(r.device))
     except BundleError as e:
-        c.signature, c.signature_ok = f"FAILED: {e}", False
+        c.signature, c.signature_error, c.signature_ok = FAILED, str(e), False
     else:
         if res.signature_checked:
-            c.signature, c.signature_ok = "verified with the device's key on file", True
+            c.signature, c.signature_ok = VERIFIED, True
         else:
-            c.signature = "entries verified; no device key on the collector to check the signature"
+            c.signature = NO_KEY
     try:
         readable = sealed.readable(col, data)
         with BundleReader(readable) as reader:
@@ -124,9 +146,9 @@ def _check(col: Any, b: GroupedBundle, budget: int) -> tuple[Checked, bytes]:
                 c.timeline = reader.read("timeline.json")
                 c.readings = _readings(c.timeline)
     except BundleError as e:
-        c.note = f"its contents are not readable on this collector: {e}"
+        c.notes.append((UNREADABLE, str(e)))
     if len(data) > budget:
-        c.note = (c.note + "; " if c.note else "") + "original left out: the export is full"
+        c.notes.append((FULL, ""))
         return c, b""
     c.included = True
     return c, data
@@ -148,52 +170,49 @@ def _readings(raw: bytes) -> list[dict[str, Any]]:
 
 def _bundle_html(c: Checked, inline: bool) -> str:
     bid = esc(c.bundle_id)
-    if c.signature_ok is True:
-        sig = f"<span class='ok'>{esc(c.signature)}</span>"
-    elif c.signature_ok is False:
-        sig = f"<span class='error'>{esc(c.signature)}</span>"
+    said = esc(c.words(c.signature, c.signature_error, _) or _("not checked"))
+    if c.signature_ok is not None:
+        said = f"<span class='{'ok' if c.signature_ok else 'error'}'>{said}</span>"
+    if c.sha256 and c.sha256 == c.recorded_sha256:
+        digest = _("matches the digest recorded at receipt")
+    elif c.sha256:
+        digest = _("DIFFERS from the digest recorded at receipt")
     else:
-        sig = esc(c.signature or "not checked")
-    digest = (
-        "matches the digest recorded at receipt"
-        if c.sha256 and c.sha256 == c.recorded_sha256
-        else "DIFFERS from the digest recorded at receipt"
-        if c.sha256
-        else "not available"
-    )
-    parts = [
-        f"<section class='card' id='b-{bid}'><h3>{esc(c.trigger_kind)} bundle "
-        f"<span class='mono'>{bid}</span></h3><table class='facts'>"
-        f"<tr><th>Created</th><td>{esc(shown_time(c.at))}</td></tr>"
-        f"<tr><th>SHA-256 at receipt</th><td class='mono'>{esc(c.recorded_sha256 or '-')}</td></tr>"
-        f"<tr><th>SHA-256 now</th><td class='mono'>{esc(c.sha256 or '-')} ({esc(digest)})</td></tr>"
-        f"<tr><th>Signature at receipt</th><td>"
-        f"{'verified' if c.at_receipt else 'not checked (no key then)'}</td></tr>"
-        f"<tr><th>Signature now</th><td>{sig}</td></tr>"
+        digest = _("not available")
+    at_receipt = _("verified") if c.at_receipt else _("not checked (no key then)")
+    facts = [
+        (N_("Created"), esc(shown_time(c.at))),
+        (N_("SHA-256 at receipt"), f"<span class='mono'>{esc(c.recorded_sha256 or '-')}</span>"),
+        (N_("SHA-256 now"), f"<span class='mono'>{esc(c.sha256 or '-')}</span> ({esc(digest)})"),
+        (N_("Signature at receipt"), esc(at_receipt)),
+        (N_("Signature now"), said),
     ]
     if c.included:
-        parts.append(
-            f"<tr><th>Original</th><td><a href='bundles/{bid}.zip'>bundles/{bid}.zip</a></td></tr>"
-        )
-    if c.note:
-        parts.append(f"<tr><th>Note</th><td>{esc(c.note)}</td></tr>")
-    parts.append("</table>")
+        facts.append((N_("Original"), f"<a href='bundles/{bid}.zip'>bundles/{bid}.zip</a>"))
+    if c.notes:
+        facts.append((N_("Note"), esc(c.note(_))))
+    title = esc(_("{kind} bundle").format(kind=word(c.trigger_kind)))
+    parts = [
+        f"<section class='card' id='b-{bid}'><h3>{title} <span class='mono'>{bid}</span></h3>",
+        render.facts_table(facts, f"facts-{bid}"),
+    ]
     if c.report:
-        parts.append(f"<h4>Report</h4><pre>{esc(c.report)}</pre>")
+        parts.append("<h4>" + esc(_("Report")) + f"</h4><pre>{esc(c.report)}</pre>")
+    shot = esc(_("Screenshot"))
     if c.screenshot:
         if inline and len(c.screenshot) <= MAX_INLINE_PNG:
             b64 = base64.b64encode(c.screenshot).decode()
             parts.append(
-                f"<h4>Screenshot</h4><img class='shot' alt='screenshot' "
-                f"src='data:image/png;base64,{b64}'>"
+                f"<h4>{shot}</h4><img class='shot' alt='{shot}' src='data:image/png;base64,{b64}'>"
             )
         else:
             parts.append(
-                f"<h4>Screenshot</h4><p><a href='bundles/{bid}/screenshot.png'>screenshot.png</a>"
-                "</p>"
+                f"<h4>{shot}</h4><p><a href='bundles/{bid}/screenshot.png'>screenshot.png</a></p>"
             )
     if c.readings is not None:
-        parts.append(f"<h4>Timeline</h4><div class='svgwrap'>{timeline_svg(c.readings)}</div>")
+        with in_language(_):
+            svg = timeline_svg(c.readings)
+        parts.append("<h4>" + esc(_("Timeline")) + f"</h4><div class='svgwrap'>{svg}</div>")
     parts.append("</section>")
     return "".join(parts)
 
@@ -204,60 +223,63 @@ def _section(bundle_id: str) -> str:
 
 
 def page(d: Detail, sections: list[str], now: float, by: str) -> str:
+    """The export's index.html, in the language of the one who asked for it (`_`)."""
     inc = d.incident
+    shown = _("the newest {shown} of {total} bundle(s), below").format(
+        shown=len(sections), total=d.bundle_total
+    )
     facts = [
-        ("Incident", f"#{inc.id}"),
-        ("Fault", f"<span class='mono'>{esc(inc.fault_key)}</span> ({esc(inc.severity)})"),
-        ("What happened", esc(inc.summary)),
-        ("Terminal", esc(inc.device)),
-        ("Site", esc(inc.site or "(none registered)")),
-        ("Raised", esc(shown_time(inc.raised_at))),
-        (
-            "Cleared",
-            esc("still raised" if inc.active else shown_time(inc.cleared_at or 0)),
-        ),
-        ("Raised for", esc(render.fmt_duration(inc.total_duration_s(now)))),
-        ("Repeats", str(inc.repeats)),
-        ("Status", esc(inc.status.value)),
-        ("Bundles", f"{d.bundle_total} (the newest {len(sections)} below)"),
+        (N_("Status"), render.status_badge(inc.status.value)),
+        (N_("Severity"), sev_badge(inc.severity)),
+        *render.incident_facts(d, now, esc),
+        (N_("In this export"), esc(shown)),
     ]
     notes = "".join(
         f"<tr><td>{esc(shown_time(float(n.detail.get('contact_at') or n.at)))}</td>"
-        f"<td>{esc(n.actor)}</td><td>{esc(n.detail.get('channel'))}</td>"
+        f"<td>{esc(n.actor)}</td><td>{esc(word(str(n.detail.get('channel'))))}</td>"
         f"<td>{esc(n.detail.get('contact'))}</td>"
         f"<td style='white-space:pre-wrap'>{esc(n.detail.get('text'))}</td></tr>"
         for n in d.notes
     )
     history = "".join(
-        f"<tr><td>{esc(shown_time(e.at))}</td><td>{esc(e.kind.value)}</td><td>{esc(e.actor)}</td>"
-        f"<td>{render.event_words(e, _section)}</td></tr>"
+        f"<tr><td>{esc(shown_time(e.at))}</td><td>{esc(word(e.kind.value))}</td>"
+        f"<td>{esc(e.actor)}</td><td>{render.event_words(e, _section)}</td></tr>"
         for e in d.events
         if e.kind is not EventKind.NOTE
     )
+    title = _("Incident #{id}: {fault} on terminal {terminal}").format(
+        id=inc.id, fault=inc.fault_key, terminal=inc.device
+    )
+    intro = _(
+        "Exported {time} by {who} from the posagent collector. Each bundle below is the "
+        "terminal's own record, sealed on the terminal; its SHA-256 was recorded when the "
+        "collector received it, and its signature is checked again for this export. The "
+        "originals are in bundles/; SHA256SUMS lists the digest of every file (check them "
+        "with: sha256sum -c SHA256SUMS)."
+    ).format(time=shown_time(now), who=by)
     body = (
-        f"<h1>Incident #{inc.id}: {esc(inc.fault_key)} on terminal {esc(inc.device)}</h1>"
-        f"<p>Exported {esc(shown_time(now))} by {esc(by)} from the posagent collector. "
-        "Each bundle below is the terminal's own record, sealed on the terminal; its "
-        "SHA-256 was recorded when the collector received it, and its signature is checked "
-        "again for this export. The originals are in <code>bundles/</code>; "
-        "<code>SHA256SUMS</code> lists the digest of every file "
-        "(<code>sha256sum -c SHA256SUMS</code>).</p>"
-        "<table class='facts'>"
-        + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
-        + "</table><h2>Contacts with the merchant</h2>"
-        "<table class='list'><thead><tr><th>When</th><th>Who</th><th>Channel</th>"
-        "<th>With</th><th>What was said and agreed</th></tr></thead><tbody>"
-        + (notes or "<tr><td colspan='5'>None recorded.</td></tr>")
-        + "</tbody></table><h2>History</h2><table class='list'><thead><tr><th>When</th>"
-        "<th>What</th><th>Who</th><th>Detail</th></tr></thead><tbody>"
-        + history
-        + "</tbody></table><h2>Evidence</h2>"
+        f"<h1>{esc(title)}</h1><p>{esc(intro)}</p>"
+        + render.facts_table(facts)
+        + "<h2>"
+        + esc(_("Contacts with the merchant"))
+        + "</h2><table class='list'><thead><tr>"
+        + heads(N_("When"), N_("Who"), N_("Channel"), N_("With"), N_("What was said and agreed"))
+        + "</tr></thead><tbody>"
+        + (notes or "<tr><td colspan='5'>" + esc(_("None recorded.")) + "</td></tr>")
+        + "</tbody></table><h2>"
+        + esc(_("History"))
+        + "</h2><table class='list'><thead><tr>"
+        + heads(N_("When"), N_("What"), N_("Who"), N_("Detail"))
+        + f"</tr></thead><tbody>{history}</tbody></table>"
+        + "<h2>"
+        + esc(_("Evidence"))
+        + "</h2>"
         + "".join(sections)
     )
     return (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>Incident #{inc.id} {esc(inc.fault_key)} {esc(inc.device)}</title>"
-        f"<style>{CSS}</style></head><body class='page'>{body}</body></html>\n"
+        f"<!doctype html><html lang='{current_language()}'><head><meta charset='utf-8'>"
+        f"<title>{esc(title)}</title><style>{CSS}</style>{render.EXTRA_CSS}</head>"
+        f"<body class='page'>{body}</body></html>\n"
     )
 
 

@@ -27,7 +27,16 @@ from collector.incidents.model import (
     Status,
 )
 from collector.incidents.queries import Detail, FaultLine, Home, Trouble
-from collector.pages import SEVERITIES, csrf_field, fmt_size, layout, sev_badge, shown_time, word
+from collector.pages import (
+    SEVERITIES,
+    csrf_field,
+    fmt_size,
+    heads,
+    layout,
+    sev_badge,
+    shown_time,
+    word,
+)
 from collector.storage import BundleRecord
 
 EXTRA_CSS = (
@@ -90,11 +99,6 @@ def _device_link(device: str) -> str:
     return f"<a href='/devices/{quote(device, safe='')}'>{esc(device)}</a>"
 
 
-def _heads(*names: str) -> str:
-    """Table headers in the reader's language."""
-    return "".join(f"<th>{esc(_(n))}</th>" for n in names)
-
-
 def _none_row(cols: int, text: str) -> str:
     return f"<tr><td colspan='{cols}' class='muted'>{esc(text)}</td></tr>"
 
@@ -121,7 +125,7 @@ def _incident_row(i: Incident, now: float) -> str:
 def incident_table(items: Iterable[Incident], now: float, empty: str = "") -> str:
     """The incidents as a table; empty: what an empty one says (default "No incidents.")."""
     rows = "".join(_incident_row(i, now) for i in items)
-    heads = _heads(
+    header = heads(
         N_("Status"),
         N_("Severity"),
         N_("Fault"),
@@ -135,7 +139,7 @@ def incident_table(items: Iterable[Incident], now: float, empty: str = "") -> st
         N_("Summary"),
     )
     return (
-        f"<table class='list' id='incidents'><thead><tr><th>#</th>{heads}</tr></thead><tbody>"
+        f"<table class='list' id='incidents'><thead><tr><th>#</th>{header}</tr></thead><tbody>"
         + (rows or _none_row(12, empty or _("No incidents.")))
         + "</tbody></table>"
     )
@@ -216,11 +220,11 @@ def _trouble_sites(rows: list[Trouble]) -> str:
         f"<td class='mono'>{esc(shown_time(t.last_at))}</td></tr>"
         for t in rows
     )
-    heads = _heads(
+    header = heads(
         N_("Site"), N_("Terminals"), N_("Unresolved"), N_("Raised now"), N_("Worst"), N_("Last")
     )
     return (
-        f"<table class='list' id='trouble-sites'><thead><tr>{heads}</tr></thead><tbody>"
+        f"<table class='list' id='trouble-sites'><thead><tr>{header}</tr></thead><tbody>"
         + (body or _none_row(6, _("No site in trouble.")))
         + "</tbody></table>"
     )
@@ -234,7 +238,7 @@ def _trouble_terminals(rows: list[Trouble]) -> str:
         f"<td class='mono'>{esc(shown_time(t.last_at))}</td></tr>"
         for t in rows
     )
-    heads = _heads(
+    header = heads(
         N_("Terminal"),
         N_("Site"),
         N_("Faults"),
@@ -244,7 +248,7 @@ def _trouble_terminals(rows: list[Trouble]) -> str:
         N_("Last"),
     )
     return (
-        f"<table class='list' id='trouble-terminals'><thead><tr>{heads}</tr></thead><tbody>"
+        f"<table class='list' id='trouble-terminals'><thead><tr>{header}</tr></thead><tbody>"
         + (body or _none_row(7, _("No terminal in trouble.")))
         + "</tbody></table>"
     )
@@ -497,22 +501,12 @@ def _note_form(inc: Incident, kept: Mapping[str, str]) -> str:
     )
 
 
-def incident(
-    d: Detail,
-    now: float,
-    *,
-    can_write: bool,
-    error: str = "",
-    kept: Mapping[str, Any] | None = None,
-    remedy_html: str = "",
-    operator_login: bool = False,
-) -> str:
-    """One incident: what, where, when, how long, how often; what to do (remedy_html, made
-    by the caller); its notes, bundles, events.
-
-    kept: the fields of a form that came back with `error`, shown again in its form
-    (nothing typed is lost)."""
-    sent = {k: v for k, v in (kept or {}).items() if isinstance(v, str)}
+def incident_facts(
+    d: Detail, now: float, device: Callable[[str], str] = _device_link
+) -> list[tuple[str, str]]:
+    """An incident's facts as (label, HTML) rows, the label marked for translation (`_`
+    it when shown): what, where (the terminal through `device`), when, how long, how
+    often, who has it. The incident page's and the dispute export's."""
     inc = d.incident
     if inc.active:
         state = _("still raised, for {duration} in this episode").format(
@@ -521,7 +515,7 @@ def incident(
     else:
         state = _("cleared at {time}").format(time=shown_time(inc.cleared_at or 0))
     where = esc(_("terminal {terminal}, site {site}")).format(
-        terminal=_device_link(inc.device), site=esc(inc.site or _("(none registered)"))
+        terminal=device(inc.device), site=esc(inc.site or _("(none registered)"))
     )
     duration = _("{duration} raised in all").format(
         duration=fmt_duration(inc.total_duration_s(now))
@@ -543,6 +537,33 @@ def incident(
         facts.append((N_("Escalated"), esc(shown_time(inc.escalated_at))))
     if inc.resolved_at:
         facts.append((N_("Resolved"), esc(shown_time(inc.resolved_at))))
+    return facts
+
+
+def facts_table(facts: list[tuple[str, str]], table_id: str = "facts") -> str:
+    """(label, HTML) rows as the pages' facts table, the labels in the reader's language."""
+    rows = "".join(f"<tr><th>{esc(_(k))}</th><td>{v}</td></tr>" for k, v in facts)
+    return f"<table class='facts' id='{table_id}'>{rows}</table>"
+
+
+def incident(
+    d: Detail,
+    now: float,
+    *,
+    can_write: bool,
+    error: str = "",
+    kept: Mapping[str, Any] | None = None,
+    remedy_html: str = "",
+    operator_login: bool = False,
+) -> str:
+    """One incident: what, where, when, how long, how often; what to do (remedy_html, made
+    by the caller); its notes, bundles, events.
+
+    kept: the fields of a form that came back with `error`, shown again in its form
+    (nothing typed is lost)."""
+    sent = {k: v for k, v in (kept or {}).items() if isinstance(v, str)}
+    inc = d.incident
+    facts = incident_facts(d, now)
     notes = "".join(
         f"<div class='card note' data-note='{n.id}'><p><b>{esc(shown_time(float(n.detail.get('contact_at') or n.at)))}</b> · "
         f"{esc(word(str(n.detail.get('channel'))))} · {esc(n.actor)}"
@@ -565,9 +586,7 @@ def incident(
     parts = [
         f"<h1>#{inc.id} {on} {sev_badge(inc.severity)} {status_badge(inc.status.value)}</h1>",
         err,
-        "<div class='card'><table class='facts' id='facts'>"
-        + "".join(f"<tr><th>{esc(_(k))}</th><td>{v}</td></tr>" for k, v in facts)
-        + "</table></div>",
+        f"<div class='card'>{facts_table(facts)}</div>",
         remedy_html,
         f"<p><a class='button light' id='export' href='/v1/incidents/{inc.id}/export'>"
         + esc(_("Export for a dispute (.zip)"))
@@ -587,7 +606,7 @@ def incident(
     parts.append(
         "<h2>" + esc(_("Bundles")) + f"</h2><p class='muted'>{esc(bundles_shown)}</p>"
         "<table class='list' id='incident-bundles'><thead><tr>"
-        + _heads(
+        + heads(
             N_("Created"),
             N_("Trigger"),
             N_("Severity"),
@@ -605,7 +624,7 @@ def incident(
     parts.append(
         "<h2>" + esc(_("History")) + f"</h2><p class='muted'>{esc(events_shown)}</p>"
         "<table class='list' id='events'><thead><tr>"
-        + _heads(N_("When"), N_("What"), N_("Who"), N_("Detail"))
+        + heads(N_("When"), N_("What"), N_("Who"), N_("Detail"))
         + f"</tr></thead><tbody>{event_rows}</tbody></table>"
     )
     title = f"posagent incident #{inc.id} {inc.fault_key} {inc.device}"
@@ -642,7 +661,7 @@ def device_sections(
         "<h2>" + esc(_("Bundles")) + f"</h2><p class='muted'>{esc(of_bundles)} "
         f"<a href='{esc(_q('/bundles', device=name))}'>{all_of_them}</a></p>"
         "<table class='list' id='device-bundles'><thead><tr>"
-        + _heads(
+        + heads(
             N_("Created"), N_("Fault"), N_("Severity"), N_("Trigger"), N_("Summary"), N_("Size")
         )
         + "</tr></thead><tbody>"

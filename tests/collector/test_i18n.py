@@ -13,6 +13,7 @@ import re
 import subprocess
 import tempfile
 import tokenize
+import zipfile
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -541,6 +542,27 @@ def test_every_page_reads_in_chinese_for_a_chinese_browser(env: Env) -> None:
     assert missing.status_code == 404 and "404: 页面不存在" in missing.text
     gone = _get(get, f"{env.url}/incidents/999999", 404, **ZH_BROWSER)
     assert "没有这个事件。" in gone
+
+
+def test_the_dispute_export_reads_in_the_language_of_who_asked(env: Env) -> None:
+    """The export's page is in the asker's language (a support team reading Chinese hands a
+    Chinese page to the merchant); incident.json, facts for machines, stays English."""
+    bid, iid = _fleet_with_an_incident(env)
+    r = env.http.get(f"{env.url}/v1/incidents/{iid}/export", headers=ZH_BROWSER, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    zf = zipfile.ZipFile(io.BytesIO(r.content))
+    page = zf.read(f"incident-{iid}/index.html").decode()
+    assert "<html lang='zh-Hans'>" in page and not _english_left(page), _english_left(page)
+    for w in ("沟通记录", "处理经过", "接收时的 SHA-256", "当前的签名", "本次导出"):
+        assert w in page, w
+    assert f"事件 #{iid}：终端 {DEV} 上的 printer.paper_end" in page and bid in page
+    facts = json.loads(zf.read(f"incident-{iid}/incident.json"))
+    check = facts["bundle_checks"][0]  # Env keeps no device keys: entries checked only
+    assert check["signature_now"].startswith("entries verified; no device key"), check
+    assert "内容已校验；collector 上没有该设备的密钥" in page
+    english = env.http.get(f"{env.url}/v1/incidents/{iid}/export", timeout=60)
+    page_en = zipfile.ZipFile(io.BytesIO(english.content)).read(f"incident-{iid}/index.html")
+    assert b"<html lang='en'>" in page_en and not CJK.search(page_en.decode())
 
 
 def test_english_by_default(env: Env) -> None:

@@ -121,7 +121,7 @@ from collector.metrics import CONTENT_TYPE, Metrics
 from collector.notify import api as notify_api
 from collector.notify.worker import start_delivery
 from collector.ratelimit import RateLimiter
-from collector.reads import parse_time, record_json
+from collector.reads import BadQuery, parse_time, record_json
 from collector.reads import query_from as _query_from
 from collector.remedies import remedy_for
 from collector.storage import (
@@ -714,8 +714,8 @@ async def index_page(request: Request) -> Response:
     error = ""
     try:
         q = _query_from(params)
-    except ValueError as e:
-        error = str(e)
+    except BadQuery as e:
+        error = e.words()
         q = Query()
     records, total, counts = await run_in_threadpool(_list, col, principal_of(request).restrict(q))
     return HTMLResponse(

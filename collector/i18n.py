@@ -20,6 +20,8 @@
 - `gettext(message)` (imported as ``_``): message in the request's language; `N_(message)`
   marks a text translated later (a table of labels, a reason passed along); `ngettext` is
   not used: Chinese has one form, and the English texts say "bundle(s)".
+- `Phrased`: the base of errors a page shows (a form refused with its reason): English in
+  `str(e)` for the API and the logs, `e.words()` in the reader's language.
 
 The catalogs: posagent.po is the source people edit; posagent.mo is compiled from it and
 committed, so a fresh clone or an installed wheel has it without a build step. `make
@@ -138,6 +140,39 @@ def current_language() -> str:
 def gettext(message: str) -> str:
     """message in the request's language (`LANGUAGE`); as is when no catalog has it."""
     return translator(LANGUAGE.get()).gettext(message)
+
+
+class Word(str):
+    """A value (a status) that an error's words show as its word: `gettext` of it (marked
+    `N_` where its words are listed, `collector.pages.WORDS`); the value in `str()`."""
+
+    __slots__ = ()
+
+
+class Phrased(Exception):
+    """An error people read on a page: `message` is English, marked with `N_`, with
+    ``{name}`` fields filled from `params` (values: ids, limits, a parser's reason). `str(e)`
+    is the English (the API's answer, the logs); `e.words()` the request's language."""
+
+    def __init__(self, message: str = "", **params: object) -> None:
+        self.message, self.params = message, params
+        super().__init__(message.format(**params) if params else message)
+
+    def words(self) -> str:
+        """The message in the request's language; a param that is itself `Phrased` (the
+        reason of an error wrapped in another) or a `Word` in its words too."""
+        if not self.params:
+            return gettext(self.message)
+        said = {k: _said(v) for k, v in self.params.items()}
+        return gettext(self.message).format(**said)
+
+
+def _said(value: object) -> object:
+    if isinstance(value, Phrased):
+        return value.words()
+    if isinstance(value, Word):
+        return gettext(str(value))
+    return value
 
 
 class Negotiated:

@@ -8,10 +8,11 @@ from typing import Any
 
 from agent.core.timefmt import rfc3339
 from collector import pages
+from collector.i18n import N_
 from collector.storage import BundleRecord, Query
-from collector.timeparse import parse_time
+from collector.timeparse import BadQuery, parse_time
 
-__all__ = ["parse_time", "query_from", "record_json"]
+__all__ = ["BadQuery", "parse_time", "query_from", "record_json"]
 
 MAX_LIST_LIMIT = 500
 
@@ -37,12 +38,12 @@ def query_from(params: dict[str, str]) -> Query:
         if not raw:
             return default
         if not (raw.isascii() and raw.isdigit()):
-            raise ValueError(f"{name} must be a non-negative integer")
+            raise BadQuery(N_("{name} must be a non-negative integer"), name=name)
         return max(lo, min(hi, int(raw)))
 
     sev = params.get("severity", "")
     if sev and sev not in pages.SEVERITIES:
-        raise ValueError(f"severity must be one of {', '.join(pages.SEVERITIES)}")
+        raise BadQuery(N_("severity must be one of {values}"), values=", ".join(pages.SEVERITIES))
     return Query(
         device=params.get("device", "").strip(),
         site=params.get("site", "").strip(),

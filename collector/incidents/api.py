@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from collector.access import principal_of
+from collector.i18n import N_
 from collector.incidents import export, views
 from collector.incidents.as_json import (
     detail_json,
@@ -46,7 +47,6 @@ from collector.incidents.as_json import (
     time_json,
 )
 from collector.incidents.inputs import (
-    MAX_BODY,
     TooLarge,
     incident_id,
     list_filter,
@@ -87,7 +87,7 @@ def answer(e: Exception) -> JSONResponse:
     if isinstance(e, InvalidTransition):
         return _error(409, "conflict", str(e))
     if isinstance(e, TooLarge):
-        return _error(413, "too_large", f"body over {MAX_BODY} bytes")
+        return _error(413, "too_large", str(e))
     return _error(400, "bad_request", str(e))
 
 
@@ -135,7 +135,7 @@ async def _post(
     except (IncidentError, TooLarge) as e:
         if form and not isinstance(e, NotFound | Forbidden):  # the page again: the error, and
             code = answer(e).status_code  # what was sent back in its form (nothing lost)
-            return await views.incident_page_with(request, iid, str(e), code, data)
+            return await views.incident_page_with(request, iid, e.words(), code, data)
         return await _answer(request, e, iid)
     if form:
         return RedirectResponse(f"/incidents/{iid}", status_code=303)
@@ -159,7 +159,7 @@ async def add_note(request: Request) -> Response:
     def act(inc: Incidents, iid: int, data: dict[str, Any], form: bool) -> dict[str, Any]:
         if not who.writes:  # 404 before 403: checked again in the service
             inc.get(iid, who)
-            raise Forbidden(f"a {who.role.value} may only read incidents")
+            raise Forbidden(N_("a {role} may only read incidents"), role=who.role.value)
         n = note_input(data, form, time.time())
         out = event_json(inc.add_note(iid, who, **n))
         _audit(request, "incident.note", iid, {"channel": str(n.get("channel", ""))})
@@ -174,7 +174,7 @@ async def set_status(request: Request) -> Response:
     def act(inc: Incidents, iid: int, data: dict[str, Any], form: bool) -> dict[str, Any]:
         if not who.writes:
             inc.get(iid, who)
-            raise Forbidden(f"a {who.role.value} may only read incidents")
+            raise Forbidden(N_("a {role} may only read incidents"), role=who.role.value)
         status, assignee = status_input(data, form)
         after, _ = inc.set_status(iid, who, status, assignee)
         detail = {"status": status.value if status else None, "assignee": assignee}

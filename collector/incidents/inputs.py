@@ -13,20 +13,22 @@ from urllib.parse import parse_qs
 from starlette.requests import ClientDisconnect, Request
 
 from agent.bundle.schema import plausible_time
+from collector.i18n import N_, Phrased, Word
 from collector.incidents.model import STATUS_FILTERS, BadInput, Channel, IncidentFilter, Status
-from collector.reads import parse_time, query_from
+from collector.reads import BadQuery, parse_time, query_from
 
 MAX_BODY = 16384
 MAX_NOTE = 4000
 MAX_CONTACT = 200
 MAX_ASSIGNEE = 100
 FORM = "application/x-www-form-urlencoded"
+FIELDS = (N_("text"), N_("contact"), N_("assignee"))  # named in errors, in the reader's words
 
 
 def incident_id(request: Request) -> int:
     raw = str(request.path_params.get("incident_id", ""))
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 15 or int(raw) < 1:
-        raise BadInput("incident id must be a positive integer")
+        raise BadInput(N_("incident id must be a positive integer"))
     return int(raw)
 
 
@@ -34,11 +36,11 @@ def list_filter(params: Mapping[str, str]) -> IncidentFilter:
     """The filters of a list from query parameters; BadInput names what is off."""
     try:
         q = query_from(dict(params))
-    except ValueError as e:
-        raise BadInput(str(e)) from None
+    except BadQuery as e:
+        raise BadInput(e.message, **e.params) from None
     status = params.get("status", "").strip()
     if status and status not in STATUS_FILTERS:
-        raise BadInput(f"status must be one of {', '.join(STATUS_FILTERS)}")
+        raise BadInput(N_("status must be one of {values}"), values=", ".join(STATUS_FILTERS))
     assignee = params.get("assignee")
     if assignee is not None:
         assignee = _name(assignee, "assignee", MAX_ASSIGNEE)
@@ -48,24 +50,24 @@ def list_filter(params: Mapping[str, str]) -> IncidentFilter:
 def _name(value: Any, what: str, limit: int) -> str:
     """A short single-line text: no control characters, at most limit characters."""
     if not isinstance(value, str):
-        raise BadInput(f"{what} must be a string")
+        raise BadInput(N_("{field} must be a string"), field=Word(what))
     text = value.strip()
     if len(text) > limit:
-        raise BadInput(f"{what} longer than {limit} characters")
+        raise BadInput(N_("{field} longer than {limit} characters"), field=Word(what), limit=limit)
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
-        raise BadInput(f"{what} has control characters")
+        raise BadInput(N_("{field} has control characters"), field=Word(what))
     return text
 
 
 def _text(value: Any, what: str, limit: int) -> str:
     """A note's text: 1 to limit characters, line breaks and tabs allowed."""
     if not isinstance(value, str) or not value.strip():
-        raise BadInput(f"{what} is required")
+        raise BadInput(N_("{field} is required"), field=Word(what))
     text = value.strip().replace("\r\n", "\n")
     if len(text) > limit:
-        raise BadInput(f"{what} longer than {limit} characters")
+        raise BadInput(N_("{field} longer than {limit} characters"), field=Word(what), limit=limit)
     if any(unicodedata.category(c) in ("Cc", "Cs") and c not in "\n\t" for c in text):
-        raise BadInput(f"{what} has control characters")
+        raise BadInput(N_("{field} has control characters"), field=Word(what))
     return text
 
 
@@ -74,44 +76,46 @@ async def read_body(request: Request) -> tuple[dict[str, Any], bool]:
     does not read; a body over MAX_BODY raises _TooLarge."""
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype not in ("application/json", FORM):
-        raise BadInput("Content-Type must be application/json or " + FORM)
+        raise BadInput(N_("Content-Type must be application/json or {form}"), form=FORM)
     declared = request.headers.get("content-length", "")
     if (declared.isascii() and declared.isdigit()) and int(declared) > MAX_BODY:
-        raise TooLarge()
+        raise TooLarge(N_("body over {limit} bytes"), limit=MAX_BODY)
     body = b""
     try:
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY:
-                raise TooLarge()
+                raise TooLarge(N_("body over {limit} bytes"), limit=MAX_BODY)
     except ClientDisconnect:
-        raise BadInput("client disconnected") from None
+        raise BadInput(N_("client disconnected")) from None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadInput("body is not UTF-8") from None
+        raise BadInput(N_("body is not UTF-8")) from None
     if ctype == FORM:
         try:
             fields = parse_qs(text, keep_blank_values=True, max_num_fields=50, strict_parsing=False)
         except ValueError as e:
-            raise BadInput(f"form does not read: {e}") from None
+            raise BadInput(N_("form does not read: {reason}"), reason=str(e)) from None
         out: dict[str, Any] = {}
         for k, v in fields.items():
             if len(v) != 1:
-                raise BadInput(f"form field {k[:40]!r} given {len(v)} times")
+                raise BadInput(
+                    N_("form field {field} given {n} times"), field=repr(k[:40]), n=len(v)
+                )
             out[k] = v[0]
         return out, True
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
-        raise BadInput("body is not JSON") from None
+        raise BadInput(N_("body is not JSON")) from None
     if not isinstance(data, dict):
-        raise BadInput("body must be a JSON object")
+        raise BadInput(N_("body must be a JSON object"))
     return data, False
 
 
-class TooLarge(Exception):
-    pass
+class TooLarge(Phrased):
+    """A body over MAX_BODY (413)."""
 
 
 def _only(data: Mapping[str, Any], known: set[str], form: bool) -> None:
@@ -119,7 +123,9 @@ def _only(data: Mapping[str, Any], known: set[str], form: bool) -> None:
         return  # a form carries fields of its own (a CSRF token): ignored
     extra = sorted(set(data) - known)
     if extra:
-        raise BadInput(f"unknown field(s): {', '.join(k[:40] for k in extra[:5])}")
+        raise BadInput(
+            N_("unknown field(s): {fields}"), fields=", ".join(k[:40] for k in extra[:5])
+        )
 
 
 def note_input(data: Mapping[str, Any], form: bool, now: float) -> dict[str, Any]:
@@ -128,20 +134,22 @@ def note_input(data: Mapping[str, Any], form: bool, now: float) -> dict[str, Any
     try:
         channel = Channel(str(data.get("channel", "")))
     except ValueError:
-        raise BadInput(f"channel must be one of {', '.join(c.value for c in Channel)}") from None
+        raise BadInput(
+            N_("channel must be one of {values}"), values=", ".join(c.value for c in Channel)
+        ) from None
     at = data.get("at")
     when: float | None = None
     if isinstance(at, bool) or (at is not None and not isinstance(at, str | int | float)):
-        raise BadInput("at must be RFC 3339 text or epoch seconds")
+        raise BadInput(N_("at must be RFC 3339 text or epoch seconds"))
     if isinstance(at, int | float):
         when = float(at)
     elif isinstance(at, str) and at.strip():
         try:
             when = parse_time(at[:60])
-        except ValueError as e:
-            raise BadInput(f"at: {e}") from None
+        except BadQuery as e:
+            raise BadInput(N_("at: {reason}"), reason=e) from None
     if when is not None and (not math.isfinite(when) or not plausible_time(when, now)):
-        raise BadInput("at must be between 2000-01-01 and a day from now")
+        raise BadInput(N_("at must be between 2000-01-01 and a day from now"))
     return {
         "channel": channel,
         "text": _text(data.get("text"), "text", MAX_NOTE),
@@ -160,10 +168,12 @@ def status_input(data: Mapping[str, Any], form: bool) -> tuple[Status | None, st
         except ValueError:
             status = None
         if status is None:
-            raise BadInput(f"status must be one of {', '.join(s.value for s in Status)}")
+            raise BadInput(
+                N_("status must be one of {values}"), values=", ".join(s.value for s in Status)
+            )
     assignee = data.get("assignee")
     if assignee is not None:
         assignee = _name(assignee, "assignee", MAX_ASSIGNEE)
     if status is None and assignee is None:
-        raise BadInput("give status and/or assignee")
+        raise BadInput(N_("give status and/or assignee"))
     return status, assignee

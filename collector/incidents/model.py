@@ -14,11 +14,13 @@ from enum import StrEnum
 from typing import Any
 
 from agent.core.model import Severity
+from collector.i18n import Phrased
 from collector.storage.base import Query
 
 
-class IncidentError(Exception):
-    """Base of the package's errors (each maps to one HTTP answer)."""
+class IncidentError(Phrased):
+    """Base of the package's errors (each maps to one HTTP answer): English in `str(e)`, the
+    reader's language in `e.words()` (a form's error on the page)."""
 
 
 class NotFound(IncidentError):

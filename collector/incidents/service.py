@@ -37,6 +37,7 @@ from typing import Any
 import structlog
 
 from collector.access import Principal
+from collector.i18n import N_, Word
 from collector.incidents import events, grouping, queries
 from collector.incidents.grouping import Settings
 from collector.incidents.model import (
@@ -185,11 +186,11 @@ class Incidents:
         if inc is None:
             raise _missing(tx, incident_id, who)
         if not who.writes:
-            raise Forbidden(f"a {who.role.value} may only read incidents")
+            raise Forbidden(N_("a {role} may only read incidents"), role=who.role.value)
         tx.lock(inc.lock_name)
         again = grouping.get(tx, incident_id)  # as it is under the lock
         if again is None:
-            raise NotFound(f"no incident {incident_id}")
+            raise NotFound(N_("no incident {id}"), id=incident_id)
         return again
 
     def set_status(
@@ -207,12 +208,18 @@ class Incidents:
             todo: list[tuple[EventKind, dict[str, Any]]] = []
             if status is not None:
                 if status is inc.status:
-                    raise InvalidTransition(f"incident {incident_id} is already {status.value}")
+                    raise InvalidTransition(
+                        N_("incident {id} is already {status}"),
+                        id=incident_id,
+                        status=Word(status.value),
+                    )
                 if status not in TRANSITIONS[inc.status]:
                     allowed = ", ".join(sorted(s.value for s in TRANSITIONS[inc.status]))
                     raise InvalidTransition(
-                        f"{inc.status.value} -> {status.value} is not allowed "
-                        f"(from {inc.status.value}: {allowed})"
+                        N_("{was} -> {status} is not allowed (from {was}: {allowed})"),
+                        was=Word(inc.status.value),
+                        status=Word(status.value),
+                        allowed=allowed,
                     )
                 cols["status"] = status.value
                 if status is Status.RESOLVED:
@@ -225,7 +232,7 @@ class Incidents:
                 todo.append((EventKind.ASSIGNED, {"assignee": assignee, "was": inc.assignee}))
             if not cols:
                 if status is None and assignee is None:
-                    raise InvalidTransition("nothing to change: give status and/or assignee")
+                    raise InvalidTransition(N_("nothing to change: give status and/or assignee"))
                 return inc, []
             sets = ", ".join(f"{k} = ?" for k in cols)
             tx.execute(

@@ -27,7 +27,7 @@ from agent.bundle.style import esc
 from collector import audit
 from collector.access import Principal, principal_of
 from collector.accounts.web import client_address
-from collector.i18n import current_language
+from collector.i18n import N_, current_language
 from collector.i18n import gettext as _
 from collector.incidents import render
 from collector.incidents.inputs import list_filter
@@ -79,9 +79,9 @@ def page_filter(params: Mapping[str, str], who: Principal) -> IncidentFilter:
     taken = params.get("taken", "")
     if taken:
         if taken not in render.TAKEN:
-            raise BadInput(f"taken must be one of {', '.join(render.TAKEN)}")
+            raise BadInput(N_("taken must be one of {values}"), values=", ".join(render.TAKEN))
         if "assignee" in api:
-            raise BadInput("give an assignee or choose 'taken by', not both")
+            raise BadInput(N_("give an assignee or choose 'taken by', not both"))
         api["assignee"] = who.name if taken == "me" else ""
     return list_filter(api)
 
@@ -93,7 +93,7 @@ async def incident_list(request: Request) -> Response:
     try:
         f = page_filter(params, who)
     except BadInput as e:
-        error, f = str(e), IncidentFilter()
+        error, f = e.words(), IncidentFilter()
 
     def go() -> str:
         items, total = inc.page(f, who)

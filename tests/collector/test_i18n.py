@@ -565,6 +565,39 @@ def test_the_dispute_export_reads_in_the_language_of_who_asked(env: Env) -> None
     assert b"<html lang='en'>" in page_en and not CJK.search(page_en.decode())
 
 
+def test_a_refused_form_says_why_in_the_readers_language(env: Env) -> None:
+    """A note or a status form refused on the page says why in the reader's language (the
+    note's text kept in its form); the API answers the same refusal in English."""
+    _, iid = _fleet_with_an_incident(env)
+    s = _session(env)
+    s.headers.update(ZH_BROWSER)
+    csrf = form_csrf(_get(s, f"{env.url}/incidents/{iid}"))
+    note = {"channel": "phone", "text": "已电话联系商户", "at": "yesterday", "csrf": csrf}
+    r = s.post(f"{env.url}/v1/incidents/{iid}/notes", data=note, timeout=30)
+    assert r.status_code == 400, r.text[:300]
+    assert "时间：不是有效时间（RFC 3339 或 Unix 秒数）：&#x27;yesterday&#x27;" in r.text
+    assert "已电话联系商户" in r.text  # nothing typed is lost
+    r = s.post(f"{env.url}/v1/incidents/{iid}/notes", data={**note, "at": "", "text": " "})
+    assert r.status_code == 400 and "记录内容为必填项" in r.text
+    ack = {"status": "acknowledged", "csrf": csrf}
+    url = f"{env.url}/v1/incidents/{iid}/status"
+    assert s.post(url, data=ack, allow_redirects=False, timeout=30).status_code == 303
+    again = s.post(url, data=ack, allow_redirects=False, timeout=30)
+    assert again.status_code == 409 and f"事件 {iid} 已经是已确认状态" in again.text
+    api = env.http.post(
+        f"{env.url}/v1/incidents/{iid}/notes",
+        json={"channel": "phone", "text": "x", "at": "yesterday"},
+        headers=ZH_BROWSER,
+        timeout=30,
+    )
+    assert api.status_code == 400
+    assert api.json()["error"] == "at: not a time (RFC 3339 or epoch seconds): 'yesterday'"
+    api = env.http.post(url, json={"status": "acknowledged"}, headers=ZH_BROWSER, timeout=30)
+    assert api.json()["error"] == f"incident {iid} is already acknowledged"
+    listing = _get(s, f"{env.url}/incidents?severity=loud", 400)
+    assert "严重程度必须是以下之一：" in listing
+
+
 def test_english_by_default(env: Env) -> None:
     """No Accept-Language, English or a language not spoken here: every page is English,
     without a Chinese character (the settings page names 简体中文 in itself)."""

@@ -92,6 +92,7 @@ class EmailConfig:
     to: list[str] = _f([])
     events: list[str] = _f(list(NOTIFY_EVENTS))
     timeout_s: float = _f(30.0, min=1.0, max=300.0)
+    language: str = DEFAULT_LANGUAGE  # the messages' words: "en" or "zh-Hans"
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,10 @@ def _check_notify(cfg: CollectorConfig, file: str) -> None:
                 "username needs password_file", file=file, key="collector.email.password_file"
             )
         _check_events(e.events, file, "collector.email.events")
+    if e.language not in LANGUAGES:
+        raise ConfigError(
+            f"must be one of {', '.join(LANGUAGES)}", file=file, key="collector.email.language"
+        )
     if cfg.notify.backoff_max_s < cfg.notify.backoff_base_s:
         raise ConfigError(
             "must not be below backoff_base_s", file=file, key="collector.notify.backoff_max_s"

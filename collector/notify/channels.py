@@ -48,6 +48,7 @@ class Mail:
     username: str = ""
     password: str = field(default="", repr=False)
     timeout_s: float = 30.0
+    language: str = "en"  # the messages' words (collector.i18n.LANGUAGES)
 
 
 @dataclass(frozen=True)
@@ -137,5 +138,6 @@ def load_channels(cfg: CollectorConfig) -> Channels:
             username=e.username,
             password=password,
             timeout_s=e.timeout_s,
+            language=e.language,
         )
     return Channels(hooks, mail)

@@ -449,6 +449,30 @@ def test_email_without_tls_and_a_refused_login_is_a_failed_attempt(engine: Engin
     assert last["status"] == "pending" and last["last_status"] == 535
 
 
+def test_email_in_the_channels_language(engine: Engine) -> None:
+    """`language = "zh-Hans"`: the subject, the labels and the words in Simplified Chinese;
+    the fault key, ids, times and the link as they are."""
+    sink = SmtpSink()
+    with smtp_server(sink) as port:
+        mail = Mail(
+            "127.0.0.1", port, "p@example.com", ("ops@example.com",), frozenset(NOTIFY_EVENTS),
+            language="zh-Hans",
+        )  # fmt: skip
+        db = engine.db()
+        put(db, Channels((), mail), "incident.opened", incident(3, site="上海 12号店"), T0)
+        put(db, Channels((), mail), "incident.resolved", incident(3, site=""), T0)
+        assert DeliveryWorker(db, Channels((), mail)).run_once(T0) == 2
+    subjects = [m["Subject"] for _, _, m in sink.messages]
+    assert subjects == [
+        "[posagent] 新事件：上海 12号店（T-0001）的 printer.paper_end",
+        "[posagent] 已解决：未登记门店（T-0001）的 printer.paper_end",
+    ]
+    text = sink.messages[0][2].get_content()
+    assert text.startswith("新事件 3：printer.paper_end（严重）")
+    assert "门店：上海 12号店" in text and "设备：T-0001" in text and "状态：未处理" in text
+    assert "https://collector.example/incidents/3" in text
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -487,6 +511,12 @@ backoff_base_s = 5.0
     assert ch.hooks[0].secret == b"k" * MIN_SECRET and ch.hooks[0].timeout_s == 3.0
     assert ch.hooks[0].events == {"incident.opened", "incident.resolved"}
     assert ch.mail is not None and ch.mail.password == "hunter2" and ch.mail.port == 587
+    assert ch.mail.language == "en"
+    chinese = text.replace(
+        'to = ["ops@example.com"]', 'to = ["ops@example.com"]\nlanguage = "zh-Hans"'
+    )
+    zh = load_channels(parse_collector_config(chinese, "c.toml")).mail
+    assert zh is not None and zh.language == "zh-Hans"
     assert cfg.notify.backoff_base_s == 5.0
     for mode, content, says in [
         (0o640, "k" * MIN_SECRET, "readable by group or others"),
@@ -503,6 +533,7 @@ backoff_base_s = 5.0
         (text.replace('"incident.resolved"]', '"incident.closed"]'), "webhooks[0].events"),
         (text.replace('name = "ops"', 'name = "no spaces"'), "webhooks[0].name"),
         (text.replace('to = ["ops@example.com"]', "to = []"), "email.to"),
+        (chinese.replace('"zh-Hans"', '"zh-TW"'), "email.language"),
         (text + '[[collector.webhooks]]\nname = "ops"\nurl = "http://x/"\nsecret_file = "/s"\n',
          "webhooks[1].name"),
     ]:  # fmt: skip

@@ -16,10 +16,11 @@ incident cleared.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,17 +77,20 @@ class World:
     pin_flag: Path
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("channel_e2e")
+@contextlib.contextmanager
+def running(
+    tmp: Path, collector_lines: str, before_start: Callable[[Terminal], object]
+) -> Iterator[tuple[Fleet, Terminal, Path]]:
+    """A real collector (in a thread; its config: the store in tmp, a command key, plus
+    collector_lines) and the daemon test's terminal enrolled at it with the token the CLI
+    made; before_start(terminal) readies the terminal's files. Yields (the fleet, the
+    terminal, the collector's config) once the collector has the device; stops both."""
     conf = tmp / "collector.toml"
     conf.write_text(
         "[collector]\n"
         f'data_dir = "{tmp / "store"}"\n'
         f'tokens_file = "{tmp / "tokens"}"\n'
-        f'signing_key_file = "{tmp / "command.key"}"\n'
-        f"silent_after_checkins = {SILENT_AFTER}\n"
-        "silent_check_interval_s = 0.5\n"
+        f'signing_key_file = "{tmp / "command.key"}"\n' + collector_lines
     )
     public_key = _cli(conf, "keygen")
     assert "BEGIN PUBLIC KEY" in public_key
@@ -96,28 +100,40 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     http.headers.update(bearer(admin_token(cfg)))
     server = CollectorThread(cfg).start()
     fleet = Fleet(server.url, http, DEVICE, tmp, server, enrollment, public_key)
-
     term_dir = tmp / "terminal"
     term_dir.mkdir()
-    pin_flag = term_dir / "pin.flag"
     # the daemon test's terminal, its collector the real one (Terminal reads only .url)
     terminal = Terminal(term_dir, fleet, enrollment)  # type: ignore[arg-type]
-    terminal.cfg.write_text(
-        terminal.cfg.read_text().replace(
-            '[screen]\nbackend = "none"\n',
-            f'[screen]\nbackend = "none"\npin_flag_file = "{pin_flag}"\n',
-        )
-    )
-    assert f"checkin_interval_s = {INTERVAL_S}\n" in terminal.cfg.read_text()
-    assert "longpoll = true\n" in terminal.cfg.read_text()
-    terminal.start()
     try:
-        assert wait_until(lambda: fleet.device(), TIMEOUT_S, 0.2), terminal.log.read_text()[-3000:]
-        yield World(fleet, terminal, pin_flag)
+        before_start(terminal)
+        terminal.start()
+        seen = wait_until(lambda: fleet.device(), TIMEOUT_S, 0.2)
+        assert seen, terminal.log.read_text()[-3000:]
+        yield fleet, terminal, conf
     finally:
         terminal.stop()
         server.stop()
         http.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("channel_e2e")
+    pin_flag = tmp / "terminal" / "pin.flag"
+
+    def ready(terminal: Terminal) -> None:
+        terminal.cfg.write_text(
+            terminal.cfg.read_text().replace(
+                '[screen]\nbackend = "none"\n',
+                f'[screen]\nbackend = "none"\npin_flag_file = "{pin_flag}"\n',
+            )
+        )
+        assert f"checkin_interval_s = {INTERVAL_S}\n" in terminal.cfg.read_text()
+        assert "longpoll = true\n" in terminal.cfg.read_text()
+
+    lines = f"silent_after_checkins = {SILENT_AFTER}\nsilent_check_interval_s = 0.5\n"
+    with running(tmp, lines, ready) as (fleet, terminal, _):
+        yield World(fleet, terminal, pin_flag)
 
 
 def checked_in(world: World) -> dict[str, Any]:

@@ -34,12 +34,9 @@ from agent.bundle.sealed import (
     rotation_statement,
 )
 from agent.core.timefmt import rfc3339
-from collector.config import load_collector_config
-from collector.server import CollectorThread
 from tests.channel.test_channel_daemon import Terminal
-from tests.collector.kit import admin_token, bearer
 from tests.conftest import posagent_argv, wait_until
-from tests.e2e.test_channel_e2e import DEVICE, SITE, TIMEOUT_S, Fleet, _cli
+from tests.e2e.test_channel_e2e import DEVICE, SITE, TIMEOUT_S, Fleet, _cli, running
 
 pytestmark = pytest.mark.slow
 
@@ -60,42 +57,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     identity = tmp / "collector.age"
     identity.write_text(f"{x25519.Identity.generate()}\n")
     identity.chmod(0o600)
-    conf = tmp / "collector.toml"
-    conf.write_text(
-        "[collector]\n"
-        f'data_dir = "{tmp / "store"}"\n'
-        f'tokens_file = "{tmp / "tokens"}"\n'
-        f'signing_key_file = "{tmp / "command.key"}"\n'
-        f'age_identity_file = "{identity}"\n'
-        f'device_pubkeys_dir = "{tmp / "pubkeys"}"\n'
-    )
     (tmp / "pubkeys").mkdir()
-    public_key = _cli(conf, "keygen")
-    enrollment = _cli(conf, "enroll-token", "create", "--site", SITE).strip()
-    cfg = load_collector_config(str(conf))
-    http = requests.Session()
-    http.headers.update(bearer(admin_token(cfg)))
-    server = CollectorThread(cfg).start()
-    fleet = Fleet(server.url, http, DEVICE, tmp, server, enrollment, public_key)
-    term_dir = tmp / "terminal"
-    term_dir.mkdir()
-    terminal = Terminal(term_dir, fleet, enrollment)  # type: ignore[arg-type]
-    legacy = term_dir / "device.ed25519"  # where install.sh made it before (beside device.key)
-    generate_signing_key(legacy)
-    home = terminal.state / "keys" / "device.ed25519"
-    terminal.start()
-    try:
+    lines = f'age_identity_file = "{identity}"\ndevice_pubkeys_dir = "{tmp / "pubkeys"}"\n'
+    legacy = tmp / "terminal" / "device.ed25519"  # where install.sh made it (beside device.key)
+    with running(tmp, lines, lambda _: generate_signing_key(legacy)) as (fleet, terminal, conf):
         assert wait_until(lambda: (d := fleet.device()) and d["last_seen"], TIMEOUT_S, 0.2), (
             terminal.log.read_text()[-3000:]
         )
         # the fleet's recipient from the enrollment applies from the reload it causes
         reloaded = wait_until(lambda: terminal.events("config_reloaded"), TIMEOUT_S, 0.2)
         assert reloaded, terminal.log.read_text()[-3000:]
+        home = terminal.state / "keys" / "device.ed25519"
         yield World(fleet, terminal, conf, legacy, home, tmp / "pubkeys")
-    finally:
-        terminal.stop()
-        server.stop()
-        http.close()
 
 
 def capture(fleet: Fleet, note: str) -> str:

@@ -17,8 +17,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +27,9 @@ import pytest
 import requests
 
 from agent.bundle.sealed import generate_signing_key, key_id, load_signing_key
-from tests.conftest import ROOT, VENV_BIN
+from tests.conftest import ROOT
 from tests.field.debian import build_tree, build_wheelhouse
+from tests.field.host import admin_auth, collector_cli, serve
 from tests.field.nspawn import Container, booted, wait_until
 from tests.field.test_systemd_unit import (
     CONFIG,
@@ -51,18 +50,6 @@ pytestmark = [
 DEVICE = "T-KEYS"
 LEGACY = "/etc/posagent/device.ed25519"
 HOME = "/var/lib/posagent/keys/device.ed25519"
-
-
-def _cli(conf: Path, *args: str, stdin: str | None = None) -> str:
-    r = subprocess.run(
-        [str(VENV_BIN / "posagent"), "collector", *args, "--config", str(conf)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, f"collector {' '.join(args)}: {r.stderr}"
-    return r.stdout.strip()
 
 
 @dataclass
@@ -106,40 +93,12 @@ def _collector(stack: contextlib.ExitStack, work: Path) -> tuple[Fleet, str]:
         f'tokens_file = "{work / "tokens"}"\n'
         f'signing_key_file = "{work / "command.key"}"\n'
     )
-    _cli(conf, "keygen")
-    enrollment = _cli(conf, "enroll-token", "create", "--site", "nspawn")
-    _cli(conf, "user", "add", "keys-admin", "--role", "admin", "--password-stdin",
-         stdin="keys admin password\n")  # fmt: skip
-    auth = {"Authorization": f"Bearer {_cli(conf, 'token', 'create', 'keys-admin')}"}
-    log = work / "collector.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "posagent"), "collector", "serve", "--config", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop() -> None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    stack.callback(stop)
+    collector_cli(conf, "keygen")
+    enrollment = collector_cli(conf, "enroll-token", "create", "--site", "nspawn")
+    auth = admin_auth(conf, "keys-admin")
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool | None:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return requests.get(url + "/healthz", timeout=2).status_code == 200 or None
-        except requests.RequestException:
-            return None
-
-    wait_until(healthy, 60, "the collector's /healthz", poll_s=0.5)
-    return Fleet(url, auth, log), enrollment
+    serve(stack, conf, url, work / "collector.log")
+    return Fleet(url, auth, work / "collector.log"), enrollment
 
 
 def agent_config(port: str) -> str:

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -38,8 +37,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ROOT, VENV_BIN
+from tests.conftest import ROOT
 from tests.field.debian import BASE_INCLUDE, build_tree, build_wheelhouse, debootstrap_path
+from tests.field.host import admin_auth, collector_cli, serve
 from tests.field.nspawn import Container, booted, wait_until
 
 
@@ -219,54 +219,10 @@ tokens_file = "{work / "tokens"}"
 device_keys_dir = "{keys}"
 """
     )
-    posagent = str(VENV_BIN / "posagent")
-    r = subprocess.run(
-        [posagent, "collector", "add-device", DEVICE, "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    token = r.stdout.strip()
-    subprocess.run(
-        [posagent, "collector", "user", "add", "field-admin", "--role", "admin",
-         "--password-stdin", "--config", str(cfg)],
-        input="field admin password\n", capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    made = subprocess.run(
-        [posagent, "collector", "token", "create", "field-admin", "--config", str(cfg)],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    auth = {"Authorization": f"Bearer {made.stdout.strip()}"}
-    log = work / "collector.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [posagent, "collector", "serve", "--config", str(cfg)],
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop() -> None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    stack.callback(stop)
-    col = Collector(f"http://127.0.0.1:{port}", proc, keys, log, auth)
-
-    def healthy() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return requests.get(col.url + "/healthz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(healthy, 60, "the collector's /healthz")
-    return col, token
+    token = collector_cli(cfg, "add-device", DEVICE)
+    auth = admin_auth(cfg, "field-admin")
+    url, log = f"http://127.0.0.1:{port}", work / "collector.log"
+    return Collector(url, serve(stack, cfg, url, log), keys, log, auth), token
 
 
 def _install(c: Container, wheel: str, port: int, token: str) -> None:

@@ -327,16 +327,14 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
     written, 69 when the store is unreachable.
     """
     ccfg = load_collector_config(args.config)
+    return _on_store(ccfg, "revoke-key", lambda st: _revoke_key(args, ccfg, st))
+
+
+def _revoke_key(args: argparse.Namespace, ccfg: CollectorConfig, store: BundleStore) -> int:
     # lazy: collector.sealed needs the collector extra (prometheus-client)
     from collector.sealed import revoke_key
 
-    store = _open(ccfg, "revoke-key")
-    if isinstance(store, int):
-        return store
-    try:
-        enrolled = channel_devices.pem_of(database(store), args.device_id)
-    finally:
-        store.close()
+    enrolled = channel_devices.pem_of(database(store), args.device_id)
     try:
         block = revoke_key(ccfg, args.device_id, args.key_id, enrolled)
     except LookupError as e:
@@ -409,9 +407,10 @@ def cmd_add_device(args: argparse.Namespace) -> int:
     """Print a new token for DEVICE_ID once; tokens_file keeps only its SHA-256; with
     --tenant, the device's site belongs to that tenant (a database row)."""
     cfg = load_collector_config(args.config)
-    store = _open(cfg, "add-device")
-    if isinstance(store, int):
-        return store
+    return _on_store(cfg, "add-device", lambda st: _add_device(args, cfg, st))
+
+
+def _add_device(args: argparse.Namespace, cfg: CollectorConfig, store: BundleStore) -> int:
     try:
         token = place_device(
             database(store),
@@ -434,14 +433,9 @@ def cmd_add_device(args: argparse.Namespace) -> int:
     except TokenFileError as e:
         _err(f"posagent collector add-device: {e}")
         return EX_DATAERR
-    except StorageError as e:
-        _err(f"posagent collector add-device: {e}")
-        return EX_UNAVAILABLE
     except OSError as e:
         _err(f"posagent collector add-device: cannot write {cfg.tokens_file}: {e.strerror or e}")
         return EX_CANTCREAT
-    finally:
-        store.close()
     sys.stdout.write(token + "\n")
     _err(
         f"device {args.device_id} registered in {cfg.tokens_file}; "
@@ -470,9 +464,11 @@ def cmd_user(args: argparse.Namespace) -> int:
             passwords.check_strength(password)
         except AccountError as e:
             return _account_exit(what, e)
-    store = _open(cfg, what)
-    if isinstance(store, int):
-        return store
+    return _on_store(cfg, what, lambda st: _user(args, st, password, generated))
+
+
+def _user(args: argparse.Namespace, store: BundleStore, password: str, generated: str) -> int:
+    what = f"user {args.user_cmd}"
     db = database(store)
     actor = audit.cli_actor()
     try:
@@ -511,11 +507,6 @@ def cmd_user(args: argparse.Namespace) -> int:
             done = f"user {args.name}: password replaced, sessions ended"
     except AccountError as e:
         return _account_exit(what, e)
-    except StorageError as e:
-        _err(f"posagent collector {what}: {e}")
-        return EX_UNAVAILABLE
-    finally:
-        store.close()
     if generated:
         sys.stdout.write(generated + "\n")
         _err(f"{done}; the one-time password above is shown once (changed at first login)")

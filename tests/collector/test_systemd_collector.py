@@ -5,43 +5,27 @@ file readable by the unit's user."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from collector.auth import TokenStore, add_device
 from tests.conftest import ROOT, is_root
+from tests.unitfiles import exposure, needs_analyze, verify_problems
 
 UNIT = ROOT / "systemd" / "posagent-collector.service"
-needs_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
-)
 
 
 @needs_analyze
 def test_collector_unit_verifies(tmp_path: Path) -> None:
-    exe = Path(sys.executable).parent / "posagent"
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("/opt/posagent/venv/bin/posagent", str(exe)))
-    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-    problems = [ln for ln in (r.stdout + r.stderr).splitlines() if UNIT.name in ln]
-    assert r.returncode == 0, r.stdout + r.stderr
+    problems = verify_problems(UNIT, tmp_path)
     assert not problems, problems
 
 
 @needs_analyze
 def test_collector_unit_exposure_at_most_1_5() -> None:
-    r = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(UNIT)], capture_output=True, text=True
-    )
-    m = re.search(rf"Overall exposure level for {UNIT.name}: ([0-9.]+)", r.stdout + r.stderr)
-    assert m, r.stdout + r.stderr
-    assert float(m.group(1)) <= 1.5
+    assert exposure(UNIT) <= 1.5
 
 
 def test_collector_unit_settings() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,45 +10,22 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.unitfiles import exposure, needs_analyze, verify_problems
 
 UNIT = ROOT / "systemd" / "posagent.service"
-needs_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
-)
-
-
-def _unit_with_real_exec(tmp_path: Path) -> Path:
-    """A copy of the unit whose ExecStart points at this venv's posagent (verify checks it exists)."""
-    exe = Path(sys.executable).parent / "posagent"
-    text = UNIT.read_text().replace("/opt/posagent/venv/bin/posagent", str(exe))
-    out = tmp_path / "posagent.service"
-    out.write_text(text)
-    return out
 
 
 @needs_analyze
 def test_unit_verifies(tmp_path: Path) -> None:
     """`systemd-analyze verify` accepts the unit."""
-    unit = _unit_with_real_exec(tmp_path)
-    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-    problems = [
-        line
-        for line in (r.stdout + r.stderr).splitlines()
-        if "posagent.service" in line and "Unknown" not in line.split(":")[0]
-    ]
-    assert r.returncode == 0, r.stdout + r.stderr
+    problems = verify_problems(UNIT, tmp_path)
     assert not problems, problems
 
 
 @needs_analyze
 def test_unit_exposure_at_most_2_5() -> None:
     """`systemd-analyze security --offline=true` rates the unit 2.5 or better."""
-    r = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(UNIT)], capture_output=True, text=True
-    )
-    m = re.search(r"Overall exposure level for posagent.service: ([0-9.]+)", r.stdout + r.stderr)
-    assert m, r.stdout + r.stderr
-    assert float(m.group(1)) <= 2.5
+    assert exposure(UNIT) <= 2.5
 
 
 def test_unit_has_required_settings() -> None:

@@ -81,7 +81,14 @@ class Fleet:
         )
         assert r.status_code == 201, r.text
         self.uploaded[b.bundle_id] = b.data
+        self.grouped()
         return b.bundle_id
+
+    def grouped(self) -> None:
+        """Wait until the incident worker has grouped every bundle handed to it (the
+        upload is answered before its grouping)."""
+        backlog = self.app.state.collector.incidents.backlog
+        assert wait_until(lambda: backlog.pending == 0, timeout_s=60)
 
     def get(self, path: str, **kw: Any) -> requests.Response:
         return self.http.get(self.url + path, timeout=30, **kw)

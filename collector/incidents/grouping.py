@@ -51,8 +51,10 @@ Batches: a transaction groups up to ``TX_SIGNALS`` signals (one advisory lock ea
 PostgreSQL's lock table is not filled), taking their locks in name order (each
 (device, key)'s signals still in their order): two instances' batches never wait on each
 other in a cycle. A startup signal, which may take a second key's lock, gets a
-transaction of its own. A transaction that fails is rolled back and its signals grouped
-again one by one: one bad signal costs only itself (logged, left to `catch_up`).
+transaction of its own. A batch's links, events and outbox rows go at its end as one
+multi-row INSERT per statement (`Coalesced`: half the statements on PostgreSQL). A
+transaction that fails is rolled back and its signals grouped again one by one: one bad
+signal costs only itself (logged, left to `catch_up`).
 """
 
 from __future__ import annotations
@@ -401,13 +403,23 @@ def observe_many(
 ) -> list[int | None]:
     """Group signals in few transactions (module docstring: Batches); each one's incident
     id, None where its grouping failed (logged; never raises). Durable like `observe`:
-    a transaction with a fleet-side signal in it commits durably."""
+    a transaction with a fleet-side signal in it commits durably. A bundle given twice
+    is grouped once (the second gets the first's answer)."""
     out: list[int | None] = [None] * len(sigs)
-    for part in _parts(sigs):
+    first: dict[str, int] = {}
+    again: dict[int, int] = {}
+    for i, sig in enumerate(sigs):
+        if sig.bundle_id in first:
+            again[i] = first[sig.bundle_id]
+        elif sig.bundle_id:
+            first[sig.bundle_id] = i
+    for part in _parts(sigs, [i for i in range(len(sigs)) if i not in again]):
         durable = any(not sigs[i].bundle_id for i in part)
         try:
             with db.transaction(durable=durable, pipeline=True) as tx:
-                ids = [apply(tx, sigs[i], settings, now) for i in part]
+                held = Coalesced(tx)
+                ids = [apply(held, sigs[i], settings, now) for i in part]
+                held.flush()
         except Exception as e:  # grouped again one by one: only the bad one is left
             if len(part) > 1:
                 log.warning("incident_batch_failed", signals=len(part), error=str(e)[:300])
@@ -416,7 +428,52 @@ def observe_many(
         else:
             for i, inc in zip(part, ids, strict=True):
                 out[i] = inc
+    for i, j in again.items():
+        out[i] = out[j]
     return out
+
+
+class Coalesced:
+    """A `Tx` that holds back its single-row INSERTs without RETURNING (a batch's links,
+    events and outbox rows) and sends them at `flush` as one multi-row INSERT per
+    statement, each statement's rows in their order (ids as they would have been):
+    fewer statements, the same rows. Everything else goes through at once. Sound for a
+    batch of grouping because nothing in it reads those rows back before the end: a
+    signal reads only its own bundle's link, and a bundle is in a batch once."""
+
+    ROWS = 200  # rows in one statement at most
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+        self.dialect = tx.dialect
+        self._held: dict[str, list[Sequence[Any]]] = {}
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        _, sep, values = sql.partition(" VALUES ")
+        if sql.startswith("INSERT INTO ") and sep and values[:1] == "(" and values[-1:] == ")":
+            self._held.setdefault(sql, []).append(params)
+            return 1
+        return self._tx.execute(sql, params)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return self._tx.one(sql, params)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._tx.all(sql, params)
+
+    def lock(self, name: str) -> None:
+        self._tx.lock(name)
+
+    def flush(self) -> None:
+        """Send what is held."""
+        for sql, rows in self._held.items():
+            head, _, row = sql.partition(" VALUES ")
+            for k in range(0, len(rows), self.ROWS):
+                part = rows[k : k + self.ROWS]
+                self._tx.execute(
+                    f"{head} VALUES {', '.join([row] * len(part))}", [v for r in part for v in r]
+                )
+        self._held.clear()
 
 
 def _observe_logged(
@@ -438,9 +495,9 @@ def _observe_logged(
     return None
 
 
-def _parts(sigs: Sequence[Signal]) -> list[list[int]]:
-    """The signals' indexes by transaction: runs between startup signals, each sorted by
-    lock name (stable) and cut at TX_SIGNALS; each startup signal alone."""
+def _parts(sigs: Sequence[Signal], todo: list[int]) -> list[list[int]]:
+    """The indexes todo of sigs by transaction: runs between startup signals, each sorted
+    by lock name (stable) and cut at TX_SIGNALS; each startup signal alone."""
     parts: list[list[int]] = []
     run: list[int] = []
 
@@ -449,8 +506,8 @@ def _parts(sigs: Sequence[Signal]) -> list[list[int]]:
         parts.extend(run[k : k + TX_SIGNALS] for k in range(0, len(run), TX_SIGNALS))
         run.clear()
 
-    for i, sig in enumerate(sigs):
-        if sig.kind is TriggerKind.STARTUP:
+    for i in todo:
+        if sigs[i].kind is TriggerKind.STARTUP:
             flush()
             parts.append([i])
         else:

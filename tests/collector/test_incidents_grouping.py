@@ -328,15 +328,32 @@ def _shape(inc: Incidents, device: str) -> list[tuple[object, ...]]:
 
 def test_a_batch_groups_as_one_at_a_time_would(store: BundleStore, inc: Incidents) -> None:
     """The incident worker's batches (locks in name order, a startup signal in a
-    transaction of its own) leave each device's incidents as grouping them one by one."""
+    transaction of its own, links, events and notifications written as multi-row
+    INSERTs) leave each device's incidents, and its notifications, as grouping them one
+    by one; a bundle twice in a batch is grouped once."""
     one, batch = _story("T-0001", T0), _story("T-0002", T0)
     mixed = [r for pair in zip(one, batch, strict=True) for r in pair]
     for r in mixed:
         assert store.index.add(r)
-    for r in one:
-        assert inc.group(r) is not None
-    assert None not in inc.group_many(batch)
+    hook = Hook("h", "http://127.0.0.1:9/", b"s" * 32, frozenset(NOTIFY_EVENTS))
+    before = notify.installed()
+    notify.install(notify.Notifier(Channels((hook,))))
+    try:
+        for r in one:
+            assert inc.group(r) is not None
+        ids = inc.group_many([*batch, batch[0]])
+    finally:
+        notify.install(before)
+    assert None not in ids and ids[-1] == ids[0]
     assert _shape(inc, "T-0002") == _shape(inc, "T-0001")
+    with database(store).transaction(write=False) as tx:
+        rows = tx.all("SELECT event, body FROM notify_outbox ORDER BY id")
+    sent: dict[str, list[tuple[str, str, int]]] = {"T-0001": [], "T-0002": []}
+    for event, body in rows:
+        doc = json.loads(str(body))["incident"]
+        sent[doc["device"]].append((str(event), doc["fault_key"], doc["repeats"]))
+    by_key = {d: sorted(v, key=lambda n: n[1]) for d, v in sent.items()}  # stable: per key
+    assert by_key["T-0002"] == by_key["T-0001"] and len(sent["T-0001"]) == 5  # in its order
     shape = _shape(inc, "T-0001")  # the unclean shutdown joined cover.open, raised then
     assert [(k, n, rep) for k, n, rep, *_ in shape] == [
         ("cover.open", 3, 0),

@@ -21,13 +21,14 @@ reported beside the other's.
    (`collector.incidents.service.IncidentWorker`). The figure (target: ingest within 10 %
    of the rate without grouping) is the sustained ingest rate with the worker running
    and keeping up, the time until the last bundle of a round is grouped counted, against
-   the rate with grouping off (the hand-over a no-op), in the same run: 4 rounds of 300
-   uploads over HTTP (verify + store + index; grouping on or off), off and on in turns
-   (off, on, on, off: a drift of the machine's load weighs on both alike). An "on"
-   round's time includes its tail: the worker's wait for more (`backlog.QUIET_S`) and
-   its last batch. Each mode's CPU time per upload beside it (this process: the client,
-   the collector and its worker; and the PostgreSQL server's, from /proc), which the
-   machine's other load does not move as it moves the rates.
+   the rate with grouping off (the hand-over a no-op), in the same run: 8 pairs of
+   rounds of 150 uploads over HTTP (verify + store + index; grouping off then on, or on
+   then off, in turns), the median of the pairs' time on ÷ off (a burst of the
+   machine's other load spoils a pair, not the figure). An "on" round's time includes
+   its tail: the worker's wait for more (`backlog.QUIET_S`) and its last batch. Each
+   round's CPU time beside it (this process: the client, the collector and its worker;
+   and the PostgreSQL server's, from /proc), which the machine's other load moves less
+   than it moves the rates.
    Beside them: grouping's time per bundle there (1,000 new bundles grouped one at a time,
    and in batches of 20), and uploads on a fresh collector of the same engine (grouping
    on, off, on again, the last bundle grouped counted; on a shared machine these vary
@@ -123,8 +124,9 @@ LINK_COLUMNS = ("bundle_id", "incident_id", "trigger_kind", "at")
 EVENT_COLUMNS = ("incident_id", "kind", "at", "actor", "detail")
 TABLES = ("bundles", "incidents", "incident_bundles", "incident_events", "incident_cursor")
 CHUNK = 50_000  # bundles per chunk written
-UPLOADS_AT_SCALE = 1200  # uploads into the built index, in rounds (grouping off/on)
-ROUNDS = ("off", "on", "on", "off")
+PAIRS = 8  # pairs of rounds of uploads into the built index, grouping off and on
+PER_ROUND = 150
+UPLOADS_AT_SCALE = 2 * PAIRS * PER_ROUND
 
 
 def _p(values: list[float], q: float) -> float:
@@ -435,12 +437,12 @@ def paired_rounds(
     uploads: list[Any],
     server_cpu: Callable[[], float],
 ) -> dict[str, Any]:
-    """Rounds of uploads with grouping off and on in turns (ABBA): each mode's sustained
-    rate, an "on" round's time running until its last bundle is grouped; the worker's
-    batches counted; and each mode's CPU time per upload, this process's (the client,
-    the collector and its worker) and the database server's: what the machine's other
-    load does not move."""
-    per = len(uploads) // len(ROUNDS)
+    """Pairs of rounds of uploads, grouping off and on (off first in one pair, on first
+    in the next): each pair's time with grouping ÷ without, an "on" round's time running
+    until its last bundle is grouped; the median of the pairs is the figure (a burst of
+    the machine's other load spoils a pair, not the figure). The same for the CPU time
+    of each round, this process's (the client, the collector and its worker) and the
+    database server's. The worker's batches counted."""
     handed = inc.on_stored
     group_many = inc.group_many
     batches: list[int] = []
@@ -454,44 +456,55 @@ def paired_rounds(
             grouping_ms.append((time.perf_counter() - t0) * 1000)
             batches.append(len(records))
 
+    def round_(mode: str, bundles: list[Any]) -> tuple[float, float]:
+        inc.on_stored = handed if mode == "on" else (lambda record: None)  # type: ignore[method-assign]
+        c0, t0 = time.process_time() + server_cpu(), time.perf_counter()
+        for b in bundles:
+            _upload(http, base, b, token)
+        if mode == "on":
+            _until_grouped(inc)
+        return time.perf_counter() - t0, time.process_time() + server_cpu() - c0
+
     inc.group_many = counted  # type: ignore[method-assign]
-    took = {"off": 0.0, "on": 0.0}
-    cpu = {"off": 0.0, "on": 0.0}
+    took: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
     try:
-        for n, mode in enumerate(ROUNDS):
-            inc.on_stored = handed if mode == "on" else (lambda record: None)  # type: ignore[method-assign]
-            c0, t0 = time.process_time() + server_cpu(), time.perf_counter()
-            for b in uploads[n * per : (n + 1) * per]:
-                _upload(http, base, b, token)
-            if mode == "on":
-                _until_grouped(inc)
-            took[mode] += time.perf_counter() - t0
-            cpu[mode] += time.process_time() + server_cpu() - c0
+        for n in range(PAIRS):
+            for k, mode in enumerate(("off", "on") if n % 2 == 0 else ("on", "off")):
+                start = (2 * n + k) * PER_ROUND
+                t, c = round_(mode, uploads[start : start + PER_ROUND])
+                took[mode].append(t)
+                cpu[mode].append(c)
     finally:
         del inc.on_stored, inc.group_many  # the methods again
-    count = per * len(ROUNDS) // 2
+    count = PAIRS * PER_ROUND
     if sum(batches) != count:
         raise RuntimeError(f"the worker grouped {sum(batches)} bundles of {count} handed over")
-    rate = {m: count / took[m] for m in took}
+    slower = [100 * (on / off - 1) for on, off in zip(took["on"], took["off"], strict=True)]
+    more = [100 * (on / off - 1) for on, off in zip(cpu["on"], cpu["off"], strict=True)]
     out = {
         "n_per_mode": count,
-        "rounds": len(ROUNDS),
-        "ingest_per_s_off": round(rate["off"], 1),
-        "ingest_per_s_on": round(rate["on"], 1),
-        "slower_pct": round(100 * (took["on"] / took["off"] - 1), 1),
-        "cpu_ms_per_upload_off": round(1000 * cpu["off"] / count, 2),
-        "cpu_ms_per_upload_on": round(1000 * cpu["on"] / count, 2),
-        "cpu_more_pct": round(100 * (cpu["on"] / cpu["off"] - 1), 1),
+        "pairs": PAIRS,
+        "ingest_per_s_off": round(count / sum(took["off"]), 1),
+        "ingest_per_s_on": round(count / sum(took["on"]), 1),
+        "slower_pct": round(statistics.median(slower), 1),
+        "slower_pct_pairs": [round(x, 1) for x in slower],
+        "slower_pct_of_totals": round(100 * (sum(took["on"]) / sum(took["off"]) - 1), 1),
+        "cpu_ms_per_upload_off": round(1000 * sum(cpu["off"]) / count, 2),
+        "cpu_ms_per_upload_on": round(1000 * sum(cpu["on"]) / count, 2),
+        "cpu_more_pct": round(statistics.median(more), 1),
         "batches": len(batches),
         "batch_mean": round(statistics.fmean(batches), 1),
         "worker_ms_per_bundle": round(sum(grouping_ms) / count, 3),
     }
     print(
-        f"   ingest into the built index, rounds off/on in turns: off {out['ingest_per_s_off']}/s, "
-        f"on {out['ingest_per_s_on']}/s (last bundle grouped counted): {out['slower_pct']} % "
-        f"slower; {out['batches']} batches of {out['batch_mean']} on average; CPU per upload "
+        f"   ingest into the built index, {PAIRS} pairs of rounds off/on: off "
+        f"{out['ingest_per_s_off']}/s, on {out['ingest_per_s_on']}/s (last bundle grouped "
+        f"counted): {out['slower_pct']} % slower (median of the pairs "
+        f"{out['slower_pct_pairs']}; of the totals {out['slower_pct_of_totals']} %); "
+        f"{out['batches']} batches of {out['batch_mean']} on average; CPU per upload "
         f"{out['cpu_ms_per_upload_off']} ms off, {out['cpu_ms_per_upload_on']} ms on "
-        f"(+{out['cpu_more_pct']} %)"
+        f"(+{out['cpu_more_pct']} %, median of the pairs)"
     )
     return out
 

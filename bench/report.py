@@ -682,12 +682,13 @@ def incidents_rows(res: dict[str, Any]) -> list[Row]:
                 f"grouped) vs off, {ENGINE_NAMES[engine]}",
                 "≤ 10 % slower (issue 15: ingest within 10 % of the rate without grouping)",
                 f"{_num(slower, ' %', 1)} slower ({_num(up.get('ingest_per_s_on'), '/s', 1)} vs "
-                f"{_num(up.get('ingest_per_s_off'), '/s', 1)}; {up.get('n_per_mode')} uploads "
-                f"each, {up.get('rounds')} rounds off/on in turns; the worker's "
+                f"{_num(up.get('ingest_per_s_off'), '/s', 1)}; median of {up.get('pairs')} "
+                f"pairs of rounds off/on, {up.get('n_per_mode')} uploads each way; of the "
+                f"totals {_num(up.get('slower_pct_of_totals'), ' %', 1)}; the worker's "
                 f"{up.get('batches')} batches of {up.get('batch_mean')} on average, "
                 f"{up.get('worker_ms_per_bundle')} ms per bundle); CPU per upload "
                 f"{up.get('cpu_ms_per_upload_on')} vs {up.get('cpu_ms_per_upload_off')} ms "
-                f"(+{up.get('cpu_more_pct')} %); grouping at scale "
+                f"(+{up.get('cpu_more_pct')} %, median of the pairs); grouping at scale "
                 f"{get(e, 'reads', 'grouping_ms_per_bundle_batches_of_20', 'mean_ms')} ms per "
                 f"bundle in batches of 20, "
                 f"{get(e, 'reads', 'grouping_ms_per_bundle_one_at_a_time', 'mean_ms')} ms one "

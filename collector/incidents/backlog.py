@@ -27,7 +27,7 @@ from collector.storage.base import BundleRecord
 
 LIMIT = 100_000  # records held at most (a few hundred bytes each)
 LINGER_S = 0.25  # a batch waits at most this long from its first record for more,
-QUIET_S = 0.03  # and no longer than this after the last record came
+QUIET_S = 0.01  # and no longer than this after the last record came
 
 
 class Backlog:

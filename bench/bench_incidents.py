@@ -21,11 +21,11 @@ reported beside the other's.
    (`collector.incidents.service.IncidentWorker`). The figure (target: ingest within 10 %
    of the rate without grouping) is the sustained ingest rate with the worker running
    and keeping up, the time until the last bundle of a round is grouped counted, against
-   the rate with grouping off (the hand-over a no-op), in the same run: 8 pairs of
-   rounds of 150 uploads over HTTP (verify + store + index; grouping off then on, or on
+   the rate with grouping off (the hand-over a no-op), in the same run: 6 pairs of
+   rounds of 200 uploads over HTTP (verify + store + index; grouping off then on, or on
    then off, in turns), the median of the pairs' time on ÷ off (a burst of the
    machine's other load spoils a pair, not the figure). An "on" round's time includes
-   its tail: the worker's wait for more (`backlog.QUIET_S`) and its last batch. Each
+   its tail: the worker's wait for more (`backlog.Backlog.take`) and its last batch. Each
    round's CPU time beside it (this process: the client, the collector and its worker;
    and the PostgreSQL server's, from /proc), which the machine's other load moves less
    than it moves the rates.
@@ -124,8 +124,8 @@ LINK_COLUMNS = ("bundle_id", "incident_id", "trigger_kind", "at")
 EVENT_COLUMNS = ("incident_id", "kind", "at", "actor", "detail")
 TABLES = ("bundles", "incidents", "incident_bundles", "incident_events", "incident_cursor")
 CHUNK = 50_000  # bundles per chunk written
-PAIRS = 8  # pairs of rounds of uploads into the built index, grouping off and on
-PER_ROUND = 150
+PAIRS = 6  # pairs of rounds of uploads into the built index, grouping off and on
+PER_ROUND = 200
 UPLOADS_AT_SCALE = 2 * PAIRS * PER_ROUND
 
 

@@ -11,8 +11,11 @@ sees a drop).
 
 `take` waits for a first record, then for more while they keep coming (a batch is one
 transaction: the fewer and larger, the less grouping costs per bundle): it hands the
-batch when ``n`` are queued, when none came for ``quiet_s``, or when the first is
-``linger_s`` old, whichever is first. ``pending`` counts what was put and is not yet
+batch when ``n`` are queued, when none came for a quiet time, or when the first is
+``LINGER_S`` old, whichever is first. The quiet time follows the hand-overs' pace:
+``QUIET_GAPS`` times their usual gap (a moving average), within ``QUIET_MIN_S`` and
+``QUIET_MAX_S``: the batch waits about as long as two or three more uploads would take
+to arrive, so a burst's last batch is not held back for long. ``pending`` counts what was put and is not yet
 `done` (queued or being grouped): 0 means every bundle handed over so far has been grouped (or failed, logged).
 """
 
@@ -27,7 +30,9 @@ from collector.storage.base import BundleRecord
 
 LIMIT = 100_000  # records held at most (a few hundred bytes each)
 LINGER_S = 0.25  # a batch waits at most this long from its first record for more,
-QUIET_S = 0.01  # and no longer than this after the last record came
+QUIET_GAPS = 2.5  # and no longer than this many usual gaps between records after the last,
+QUIET_MIN_S = 0.005  # within these bounds
+QUIET_MAX_S = 0.05
 
 
 class Backlog:
@@ -39,6 +44,7 @@ class Backlog:
         self._items: deque[tuple[float, BundleRecord]] = deque()
         self._busy = 0  # taken and not yet done
         self._last_at = 0.0  # when the newest record came (monotonic)
+        self._gap_s = QUIET_MAX_S  # the usual gap between records (moving average)
         self._want = 1  # how many records a waiting take hands at most
         self._cond = threading.Condition()
 
@@ -49,8 +55,11 @@ class Backlog:
                 self.dropped += 1
                 self._cond.notify()  # the worker runs the catch-up pass for it
                 return False
-            self._last_at = time.monotonic()
-            self._items.append((self._last_at, record))
+            now = time.monotonic()
+            gap = min(QUIET_MAX_S, now - self._last_at)  # a pause counts as a long gap
+            self._gap_s += (gap - self._gap_s) / 8
+            self._last_at = now
+            self._items.append((now, record))
             if len(self._items) == 1 or len(self._items) >= self._want:
                 self._cond.notify()
         return True
@@ -61,7 +70,6 @@ class Backlog:
         *,
         timeout_s: float,
         linger_s: float = LINGER_S,
-        quiet_s: float = QUIET_S,
         stop: Callable[[], bool] = lambda: False,
     ) -> list[BundleRecord]:
         """Up to n records: waits up to timeout_s for the first, then for more (module
@@ -77,6 +85,7 @@ class Backlog:
                     return []
                 self._cond.wait(left)
             while self._items and len(self._items) < n and not stop():
+                quiet_s = min(QUIET_MAX_S, max(QUIET_MIN_S, QUIET_GAPS * self._gap_s))
                 until = min(self._items[0][0] + linger_s, self._last_at + quiet_s)
                 left = until - time.monotonic()
                 if left <= 0:

@@ -1055,7 +1055,12 @@ SECTION_TEXT = {
         "run of 12:54Z this section replaced gave 11.4 % and 22.0 %. After, at "
         "scale 0.1 at load 3.2-7.1: 3.8 % (totals 3.0 %, CPU +6.6 %) on SQLite and 7.0 % "
         "(totals 7.7 %, CPU +7.6 %) on PostgreSQL. Grouping per bundle at scale: SQLite "
-        "0.71 ms one at a time, 0.28 ms in batches of 20; PostgreSQL 1.52 and 0.82 ms."
+        "0.71 ms one at a time, 0.28 ms in batches of 20; PostgreSQL 1.52 and 0.82 ms. "
+        "The verdict moves with the machine's other load: a second run right after "
+        "(14:59Z, load 2.4-5.5, the reads' p95 up to 96 ms) gave SQLite -1.6 % (totals "
+        "10.1 %, CPU +11.2 %) and PostgreSQL 25.6 % (totals 12.3 %, CPU +12.5 %), in "
+        "smaller batches (12 and 18): under contention the worker's CPU per bundle grows "
+        "and, on PostgreSQL, each signal's state query is still a round trip of its own."
     ),
 }
 

@@ -367,7 +367,7 @@ def _verify_and_commit(
         return _reply(422, "invalid_bundle", bid, str(e))
     result = col.store.commit(record, staged)
     if result != "conflict":
-        col.incidents.on_stored(record)  # never raises: the catch-up pass retries it
+        col.incidents.on_stored(record)  # grouped by the incident worker: never waits
     if result == "created":
         col.metrics.stored_bytes.inc(size)
         log.info("bundle_stored", bundle_id=bid, device=device, size_bytes=size)

@@ -62,7 +62,7 @@ class IncidentsConfig:
     auto_resolve_after_s: float = _f(86400.0, min=0.0, max=366 * 86400.0)
     # a critical incident still raised and open (not acknowledged) this long: escalated once
     escalate_after_s: float = _f(1800.0, min=0.0, max=366 * 86400.0)
-    # how often each `collector serve` groups what ingest could not, resolves, escalates
+    # how often each `collector serve` groups what was left ungrouped, resolves, escalates
     interval_s: float = _f(60.0, min=0.0, max=86400.0)
 
 

@@ -38,18 +38,29 @@ its own key's lock, then the lock of the incident it joins (no writer takes two 
 the other order). Idempotent: ``incident_bundles`` has the bundle id as primary key and
 a bundle already there is not grouped again; re-running grouping changes nothing.
 
-When: ingest groups a bundle right after its commit (`group_record`; a failure is logged,
-never the upload's); `catch_up` groups what ingest could not (the index down for a
-moment, an instance killed between the two) from a cursor over (received_at, bundle_id):
-at start and every ``[collector.incidents] interval_s``. The cursor never passes
-``now - SETTLE_S``: a bundle received but committed later than that is still found.
+When: ingest hands the stored bundle over (`collector.incidents.backlog`) and answers;
+the collector's incident worker (`collector.incidents.service.IncidentWorker`) groups what
+it was handed in batches (`observe_many`), an incident a few tens of milliseconds after
+its upload. `catch_up` groups what was never grouped (the index down for a moment, an
+instance killed between the bundle's commit and its grouping: the hand-over is in memory)
+from a cursor over (received_at, bundle_id): at start and every ``[collector.incidents]
+interval_s``. The cursor never passes ``now - SETTLE_S``: a bundle received but committed
+later than that is still found.
+
+Batches: a transaction groups up to ``TX_SIGNALS`` signals (one advisory lock each, so
+PostgreSQL's lock table is not filled), taking their locks in name order (each
+(device, key)'s signals still in their order): two instances' batches never wait on each
+other in a cycle. A startup signal, which may take a second key's lock, gets a
+transaction of its own. A batch's links, events and outbox rows go at its end as one
+multi-row INSERT per statement (`Coalesced`: half the statements on PostgreSQL). A
+transaction that fails is rolled back and its signals grouped again one by one: one bad
+signal costs only itself (logged, left to `catch_up`).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +87,7 @@ log = structlog.get_logger(__name__)
 CURSOR = "grouping"
 SETTLE_S = 600.0  # a bundle is committed within this of its received_at
 BATCH = 500
+TX_SIGNALS = 64  # signals grouped in one transaction at most
 
 
 @dataclass(frozen=True)
@@ -386,17 +398,122 @@ def observe(db: Database, sig: Signal, settings: Settings, now: float) -> int:
         return apply(tx, sig, settings, now)
 
 
-def group_record(
-    db: Database, record: BundleRecord, settings: Settings, clock: Callable[[], float] = time.time
-) -> int | None:
-    """Ingest's call after a commit: group the bundle; None (logged) when that failed.
+def observe_many(
+    db: Database, sigs: Sequence[Signal], settings: Settings, now: float
+) -> list[int | None]:
+    """Group signals in few transactions (module docstring: Batches); each one's incident
+    id, None where its grouping failed (logged; never raises). Durable like `observe`:
+    a transaction with a fleet-side signal in it commits durably. A bundle given twice
+    is grouped once (the second gets the first's answer)."""
+    out: list[int | None] = [None] * len(sigs)
+    first: dict[str, int] = {}
+    again: dict[int, int] = {}
+    for i, sig in enumerate(sigs):
+        if sig.bundle_id in first:
+            again[i] = first[sig.bundle_id]
+        elif sig.bundle_id:
+            first[sig.bundle_id] = i
+    for part in _parts(sigs, [i for i in range(len(sigs)) if i not in again]):
+        durable = any(not sigs[i].bundle_id for i in part)
+        try:
+            with db.transaction(durable=durable, pipeline=True) as tx:
+                held = Coalesced(tx)
+                ids = [apply(held, sigs[i], settings, now) for i in part]
+                held.flush()
+        except Exception as e:  # grouped again one by one: only the bad one is left
+            if len(part) > 1:
+                log.warning("incident_batch_failed", signals=len(part), error=str(e)[:300])
+            for i in part:
+                out[i] = _observe_logged(db, sigs[i], settings, now, None if len(part) > 1 else e)
+        else:
+            for i, inc in zip(part, ids, strict=True):
+                out[i] = inc
+    for i, j in again.items():
+        out[i] = out[j]
+    return out
 
-    Never raises: the bundle is stored, and `catch_up` groups it later."""
-    try:
-        return observe(db, Signal.of_record(record), settings, clock())
-    except Exception as e:  # the upload must not fail for it (catch-up retries)
-        log.error("incident_grouping_failed", bundle_id=record.bundle_id, error=str(e)[:300])
-        return None
+
+class Coalesced:
+    """A `Tx` that holds back its single-row INSERTs without RETURNING (a batch's links,
+    events and outbox rows) and sends them at `flush` as one multi-row INSERT per
+    statement, each statement's rows in their order (ids as they would have been):
+    fewer statements, the same rows. Everything else goes through at once. Sound for a
+    batch of grouping because nothing in it reads those rows back before the end: a
+    signal reads only its own bundle's link, and a bundle is in a batch once."""
+
+    ROWS = 200  # rows in one statement at most
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+        self.dialect = tx.dialect
+        self._held: dict[str, list[Sequence[Any]]] = {}
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        _, sep, values = sql.partition(" VALUES ")
+        if sql.startswith("INSERT INTO ") and sep and values[:1] == "(" and values[-1:] == ")":
+            self._held.setdefault(sql, []).append(params)
+            return 1
+        return self._tx.execute(sql, params)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return self._tx.one(sql, params)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._tx.all(sql, params)
+
+    def lock(self, name: str) -> None:
+        self._tx.lock(name)
+
+    def flush(self) -> None:
+        """Send what is held."""
+        for sql, rows in self._held.items():
+            head, _, row = sql.partition(" VALUES ")
+            for k in range(0, len(rows), self.ROWS):
+                part = rows[k : k + self.ROWS]
+                self._tx.execute(
+                    f"{head} VALUES {', '.join([row] * len(part))}", [v for r in part for v in r]
+                )
+        self._held.clear()
+
+
+def _observe_logged(
+    db: Database, sig: Signal, settings: Settings, now: float, failed: Exception | None
+) -> int | None:
+    """`observe`, its failure logged (failed: the error of a try already made)."""
+    if failed is None:
+        try:
+            return observe(db, sig, settings, now)
+        except Exception as e:  # logged; catch_up tries again
+            failed = e
+    log.error(
+        "incident_grouping_failed",
+        bundle_id=sig.bundle_id,
+        device=sig.device,
+        fault_key=sig.key,
+        error=str(failed)[:300],
+    )
+    return None
+
+
+def _parts(sigs: Sequence[Signal], todo: list[int]) -> list[list[int]]:
+    """The indexes todo of sigs by transaction: runs between startup signals, each sorted
+    by lock name (stable) and cut at TX_SIGNALS; each startup signal alone."""
+    parts: list[list[int]] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        run.sort(key=lambda i: lock_name(sigs[i].device, sigs[i].key))
+        parts.extend(run[k : k + TX_SIGNALS] for k in range(0, len(run), TX_SIGNALS))
+        run.clear()
+
+    for i in todo:
+        if sigs[i].kind is TriggerKind.STARTUP:
+            flush()
+            parts.append([i])
+        else:
+            run.append(i)
+    flush()
+    return parts
 
 
 def _record(row: tuple[Any, ...]) -> BundleRecord:
@@ -432,12 +549,10 @@ def catch_up(
                 "ORDER BY b.received_at, b.bundle_id LIMIT ?",
                 (pos[0], pos[0], pos[1], batch),
             )
-        for r in rows:
-            rec = _record(r)
-            try:
-                observe(db, Signal.of_record(rec), settings, now)
-            except Exception as e:  # one bundle must not stop the others
-                log.error("incident_catch_up_failed", bundle_id=rec.bundle_id, error=str(e)[:300])
+        recs = [_record(r) for r in rows]
+        ids = observe_many(db, [Signal.of_record(r) for r in recs], settings, now)
+        for rec, inc in zip(recs, ids, strict=True):
+            if inc is None:  # logged; one bundle must not stop the others
                 failed = True
             else:
                 done += 1

@@ -409,6 +409,7 @@ class PgTx(BaseTx):
 
     def __init__(self, conn: psycopg.Connection[Any]):
         self._conn = conn
+        self._locks: set[str] = set()  # held until the transaction ends
 
     def _run(self, sql: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
         try:
@@ -429,8 +430,12 @@ class PgTx(BaseTx):
             raise Conflict(str(e).splitlines()[0]) from e
 
     def lock(self, name: str) -> None:
-        """A transaction-scoped advisory lock on the name's 64-bit hash."""
+        """A transaction-scoped advisory lock on the name's 64-bit hash (one statement the
+        first time in the transaction; a name already locked in it is held still)."""
+        if name in self._locks:
+            return
         self._run("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
+        self._locks.add(name)
 
 
 _TAKE = """

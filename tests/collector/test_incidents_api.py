@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import re
+import signal
+import subprocess
 import threading
 import time
 import zipfile
@@ -34,11 +36,13 @@ from collector.channel import views as channel_views
 from collector.config import CollectorConfig
 from collector.incidents import api, views
 from collector.incidents.api import Handler
+from collector.incidents.model import lock_name
 from collector.server import CollectorThread, bind
 from collector.storage.sql import database
 from tests.bundle.kit import KEY, make_bundle
+from tests.collector.hookserver import free_port
 from tests.collector.kit import ADMIN, admin_token, bearer, upload_headers
-from tests.conftest import wait_until
+from tests.conftest import posagent_argv, wait_until, write_config
 
 DEVICES = {"T-0001": "Store 12", "T-0002": "Store 12", "T-0003": "Store 99"}
 EVIL = "<script>alert(1)</script>"
@@ -73,7 +77,8 @@ class Fleet:
     def app(self) -> Any:
         return self.server.server.config.app
 
-    def upload(self, device: str = "T-0001", **kw: Any) -> str:
+    def upload(self, device: str = "T-0001", *, wait_grouped: bool = True, **kw: Any) -> str:
+        """A bundle uploaded (201), then, unless told not to, grouped (`grouped`)."""
         b = make_bundle(device=device, site=DEVICES[device], **kw)
         h = upload_headers(b.bundle_id, b.data, self.tokens[device], device)
         r = self.http.put(
@@ -81,7 +86,15 @@ class Fleet:
         )
         assert r.status_code == 201, r.text
         self.uploaded[b.bundle_id] = b.data
+        if wait_grouped:
+            self.grouped()
         return b.bundle_id
+
+    def grouped(self) -> None:
+        """Wait until the incident worker has grouped every bundle handed to it (the
+        upload is answered before its grouping)."""
+        backlog = self.app.state.collector.incidents.backlog
+        assert wait_until(lambda: backlog.pending == 0, timeout_s=60)
 
     def get(self, path: str, **kw: Any) -> requests.Response:
         return self.http.get(self.url + path, timeout=30, **kw)
@@ -389,6 +402,130 @@ def test_ingest_never_fails_for_grouping_and_catch_up_groups_later(tmp_path: Pat
         assert g.incidents()[0]["bundles"] == 1
     finally:
         g.close()
+
+
+# ------------------------------------------------------- grouping after the answer (PostgreSQL)
+# The test's own session holds the advisory lock grouping takes for (device, fault key):
+# grouping waits for it, and the test sees it waiting in pg_locks.
+
+PAPER = ("T-0001", "printer.paper_end")
+
+
+@contextlib.contextmanager
+def _holding(url: str, device: str, key: str) -> Iterator[None]:
+    import psycopg  # lazy: the fleet extra
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_name(device, key),))
+        yield  # released with the session
+
+
+def _grouping_waits(url: str) -> bool:
+    import psycopg  # lazy: the fleet extra
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+    return row is not None and int(row[0]) >= 1
+
+
+def _grouped(url: str) -> tuple[int, int, int, int]:
+    """(incidents, their bundles, incident_bundles rows, bundle events) in the index."""
+    import psycopg  # lazy: the fleet extra
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM incidents), (SELECT COALESCE(SUM(bundles), 0) FROM "
+            "incidents), (SELECT COUNT(*) FROM incident_bundles), (SELECT COUNT(*) FROM "
+            "incident_events WHERE kind = 'bundle')"
+        ).fetchone()
+    assert row is not None
+    return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+def test_an_upload_is_answered_before_its_grouping(pg_url: str, tmp_path: Path) -> None:
+    """Grouping held up (its lock taken by another session): the upload is stored and
+    answered 201 all the same; the incident appears once grouping can go on."""
+    from collector.storage.postgres import migrate  # lazy: the fleet extra
+
+    migrate(pg_url)
+    f = Fleet(tmp_path, index_url=pg_url)
+    try:
+        with _holding(pg_url, *PAPER):
+            bid = f.upload(created_at=1_767_000_000.0, wait_grouped=False)
+            assert wait_until(lambda: _grouping_waits(pg_url), timeout_s=60)
+            assert f.get(f"/v1/bundles/{bid}").status_code == 200
+            assert f.incidents() == []
+            assert f.app.state.collector.incidents.backlog.pending == 1
+        assert wait_until(lambda: len(f.incidents()) == 1, timeout_s=60)
+        assert f.incidents()[0]["bundles"] == 1
+    finally:
+        f.close()
+
+
+def test_a_collector_killed_before_grouping_groups_the_bundle_at_its_next_start(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """`collector serve` stores and answers an upload, and is killed (SIGKILL) while its
+    grouping waits for a lock: nothing of the grouping is committed. Started again, its
+    start-up pass groups the bundle: one incident, the bundle in it once, also after the
+    terminal sends the same bundle again."""
+    from collector.storage.postgres import migrate  # lazy: the fleet extra
+
+    migrate(pg_url)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "T-0001.key").write_bytes(KEY)
+    token = add_device(tmp_path / "tokens", "T-0001", site="Store 12")
+    port = free_port()
+    conf = write_config(
+        tmp_path,
+        f'[collector]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'tokens_file = "{tmp_path / "tokens"}"\ndevice_keys_dir = "{tmp_path / "keys"}"\n'
+        f'index_url = "{pg_url}"\n',
+    )
+    url = f"http://127.0.0.1:{port}"
+    b = make_bundle(device="T-0001", site="Store 12", created_at=1_767_000_000.0)
+    h = upload_headers(b.bundle_id, b.data, token, "T-0001")
+
+    def serve(n: int) -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"serve-{n}.log").open("wb")
+        proc = subprocess.Popen(
+            posagent_argv("collector", "serve", "--config", str(conf)), stdout=log, stderr=log
+        )
+
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / f"serve-{n}.log").read_text()
+            with contextlib.suppress(requests.ConnectionError):
+                return requests.get(url + "/healthz", timeout=5).status_code == 200
+            return False
+
+        assert wait_until(up, timeout_s=60)
+        return proc
+
+    first = serve(1)
+    try:
+        with _holding(pg_url, *PAPER):
+            r = requests.put(f"{url}/v1/bundles/{b.bundle_id}", data=b.data, headers=h, timeout=30)
+            assert r.status_code == 201, r.text
+            assert wait_until(lambda: _grouping_waits(pg_url), timeout_s=60)
+            first.kill()
+            first.wait(30)
+        assert _grouped(pg_url) == (0, 0, 0, 0)  # the bundle is stored, not grouped
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = serve(2)
+    try:
+        assert wait_until(lambda: _grouped(pg_url) == (1, 1, 1, 1), timeout_s=60)
+        r = requests.put(f"{url}/v1/bundles/{b.bundle_id}", data=b.data, headers=h, timeout=30)
+        assert r.status_code == 200 and r.json()["status"] == "already_stored"
+    finally:
+        second.send_signal(signal.SIGTERM)  # the worker groups what it holds, then ends
+        second.wait(60)
+    assert second.returncode == 0
+    assert _grouped(pg_url) == (1, 1, 1, 1)
 
 
 # --------------------------------------------------------------------------- scoping

@@ -30,10 +30,11 @@ from collector.incidents.model import (
     Source,
     Status,
 )
-from collector.incidents.service import Incidents
+from collector.incidents.service import Incidents, IncidentWorker
 from collector.notify.channels import Channels, Hook
 from collector.storage import BundleRecord, BundleStore, Query, open_store
 from collector.storage.sql import database
+from tests.conftest import wait_until
 
 DEV = "T-0001"
 T0 = 1_767_000_000.0  # the terminal's and the collector's clock at the start of a test
@@ -113,9 +114,9 @@ def rec(
 
 
 def ingest(store: BundleStore, inc: Incidents, r: BundleRecord) -> int:
-    """What ingest does: the index row, then grouping."""
+    """What ingest and the incident worker do: the index row, then its grouping."""
     assert store.index.add(r)
-    found = inc.on_stored(r)
+    found = inc.group(r)
     assert found is not None
     return found
 
@@ -236,7 +237,7 @@ def test_grouping_is_idempotent_and_catch_up_groups_what_ingest_missed(
 ) -> None:
     r1 = rec("fault", T0)
     a = ingest(store, inc, r1)
-    assert inc.on_stored(r1) == a  # again: nothing changes
+    assert inc.group(r1) == a  # again: nothing changes
     got = inc.get(a, ADMIN)
     assert got.bundles == 1 and kinds(inc, a) == ["opened", "bundle"]
     # stored but never grouped (an instance killed between the two)
@@ -277,7 +278,7 @@ def test_instances_racing_on_one_device_and_key_make_one_incident(
                 barrier.wait()
                 mine = records if n == 0 else list(reversed(records))
                 for r in mine:
-                    assert instances[n].on_stored(r) is not None
+                    assert instances[n].group(r) is not None
             except BaseException as e:
                 errors.append(e)
 
@@ -296,6 +297,185 @@ def test_instances_racing_on_one_device_and_key_make_one_incident(
     finally:
         for s in stores:
             s.close()
+
+
+def _story(device: str, t0: float) -> list[BundleRecord]:
+    """A device's mixed day: two keys raised and cleared, a late upload, a recurrence, a
+    manual report and an unclean shutdown during a raised fault."""
+    return [
+        rec("fault", t0, device=device, severity="critical"),
+        rec("fault", t0 + 5, device=device, key="cover.open"),
+        rec("cleared", t0 + 60, device=device),
+        rec("startup", t0 + 70, device=device, key="power.unclean_shutdown"),
+        rec("fault", t0 + 30, device=device),  # late: the same episode
+        rec("manual", t0 + 80, device=device, key="manual.report"),
+        rec("cleared", t0 + 90, device=device, key="cover.open"),
+        rec("fault", t0 + 600, device=device),  # a recurrence within the window
+        rec("cleared", t0 + 660, device=device),
+        rec("cleared", t0 + 700, device=device, key="network.link_down"),  # no raise seen
+    ]
+
+
+def _shape(inc: Incidents, device: str) -> list[tuple[object, ...]]:
+    """A device's incidents as grouping left them (no ids, times or names of devices)."""
+    items, _ = inc.page(IncidentFilter(Query(device=device)), ADMIN)
+    return sorted(
+        (i.fault_key, i.bundles, i.repeats, i.active, i.duration_s, i.status.value, i.severity)
+        + tuple(kinds(inc, i.id))
+        for i in items
+    )
+
+
+def test_a_batch_groups_as_one_at_a_time_would(store: BundleStore, inc: Incidents) -> None:
+    """The incident worker's batches (locks in name order, a startup signal in a
+    transaction of its own, links, events and notifications written as multi-row
+    INSERTs) leave each device's incidents, and its notifications, as grouping them one
+    by one; a bundle twice in a batch is grouped once."""
+    one, batch = _story("T-0001", T0), _story("T-0002", T0)
+    mixed = [r for pair in zip(one, batch, strict=True) for r in pair]
+    for r in mixed:
+        assert store.index.add(r)
+    hook = Hook("h", "http://127.0.0.1:9/", b"s" * 32, frozenset(NOTIFY_EVENTS))
+    before = notify.installed()
+    notify.install(notify.Notifier(Channels((hook,))))
+    try:
+        for r in one:
+            assert inc.group(r) is not None
+        ids = inc.group_many([*batch, batch[0]])
+    finally:
+        notify.install(before)
+    assert None not in ids and ids[-1] == ids[0]
+    assert _shape(inc, "T-0002") == _shape(inc, "T-0001")
+    with database(store).transaction(write=False) as tx:
+        rows = tx.all("SELECT event, body FROM notify_outbox ORDER BY id")
+    sent: dict[str, list[tuple[str, str, int]]] = {"T-0001": [], "T-0002": []}
+    for event, body in rows:
+        doc = json.loads(str(body))["incident"]
+        sent[doc["device"]].append((str(event), doc["fault_key"], doc["repeats"]))
+    by_key = {d: sorted(v, key=lambda n: n[1]) for d, v in sent.items()}  # stable: per key
+    assert by_key["T-0002"] == by_key["T-0001"] and len(sent["T-0001"]) == 5  # in its order
+    shape = _shape(inc, "T-0001")  # the unclean shutdown joined cover.open, raised then
+    assert [(k, n, rep) for k, n, rep, *_ in shape] == [
+        ("cover.open", 3, 0),
+        ("manual.report", 1, 0),
+        ("network.link_down", 1, 0),
+        ("printer.paper_end", 5, 1),
+    ]
+    assert inc.group_many(mixed) == inc.group_many(mixed)  # again: nothing changes
+    items, total = inc.page(IncidentFilter(), ADMIN)
+    assert total == 8 and sum(i.bundles for i in items) == 20
+
+
+def test_a_bad_bundle_in_a_batch_costs_only_itself(store: BundleStore, inc: Incidents) -> None:
+    """One bundle whose grouping fails (its event would exceed the detail limit): the
+    batch's transaction is rolled back and the others grouped one by one; it is not."""
+    good = [rec("fault", T0 + i, device=f"T-000{i}") for i in range(1, 5)]
+    bad = rec("fault", T0, device="T-0009", summary="x" * 20_000)
+    batch = [*good[:2], bad, *good[2:]]
+    for r in batch:
+        assert store.index.add(r)
+    ids = inc.group_many(batch)
+    assert ids[2] is None and None not in ids[:2] + ids[3:]
+    assert len(set(ids)) == 5
+    assert inc.page(IncidentFilter(Query(device="T-0009")), ADMIN)[1] == 0
+    assert inc.page(IncidentFilter(), ADMIN)[1] == 4
+
+
+def test_instances_grouping_the_same_backlog_in_batches_group_each_bundle_once(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two instances (their own connections to one index) group the same 120 bundles of
+    six devices at once, in batches (one forwards, one backwards), then both run the
+    catch-up pass: no batch fails (no lock cycle), every bundle in one incident once."""
+    stores = [open_engine(engine, tmp_path, request) for _ in range(2)]
+    try:
+        instances = [Incidents(database(s), Settings(), Clock(T0 + 3600)) for s in stores]
+        records = [r for d in range(6) for r in _story(f"T-00{d:02d}", T0 + d)]
+        records += [
+            rec(k, T0 + 900 + i, device=f"T-00{i % 6:02d}", key=f"key.{i % 5}")
+            for i, k in enumerate(["fault", "cleared"] * 30)
+        ]
+        for r in records:
+            assert stores[0].index.add(r)
+        barrier = threading.Barrier(2)
+        results: list[list[int | None]] = [[], []]
+        errors: list[BaseException] = []
+
+        def run(n: int) -> None:
+            try:
+                barrier.wait()
+                mine = records if n == 0 else list(reversed(records))
+                for k in range(0, len(mine), 30):
+                    results[n] += instances[n].group_many(mine[k : k + 30])
+                barrier.wait()
+                instances[n].catch_up()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        assert not errors
+        assert None not in results[0] + results[1]
+        with database(stores[0]).transaction(write=False) as tx:
+            links = tx.one("SELECT COUNT(*), COUNT(DISTINCT bundle_id) FROM incident_bundles")
+            ev = tx.one("SELECT COUNT(*) FROM incident_events WHERE kind = 'bundle'")
+            total = tx.one("SELECT SUM(bundles) FROM incidents")
+        assert links == (120, 120) and ev == (120,) and total is not None
+        assert int(total[0]) == 120
+    finally:
+        for s in stores:
+            s.close()
+
+
+def _worker(inc: Incidents) -> IncidentWorker:
+    w = IncidentWorker(inc, interval_s=0).start()  # the pass at start only
+    assert wait_until(lambda: w.passes == 1, timeout_s=60)
+    return w
+
+
+def test_the_worker_groups_what_ingest_hands_over_and_drains_when_stopped(
+    store: BundleStore, inc: Incidents
+) -> None:
+    w = _worker(inc)
+    try:
+        first = [rec("fault" if i % 2 == 0 else "cleared", T0 + i) for i in range(30)]
+        for r in first:
+            assert store.index.add(r)
+            inc.on_stored(r)  # answered at once: grouped by the worker
+        assert wait_until(lambda: inc.backlog.pending == 0, timeout_s=60)
+        assert w.grouped == 30 and w.failed == 0
+        (only,), _ = inc.page(IncidentFilter(), ADMIN)
+        assert only.bundles == 30 and only.repeats == 14
+        last = [rec("fault", T0 + 100 + i, device=f"T-1{i:03d}") for i in range(20)]
+        for r in last:
+            assert store.index.add(r)
+            inc.on_stored(r)
+    finally:
+        w.stop()  # groups what is still handed over, then ends
+    assert inc.backlog.pending == 0 and w.grouped == 50
+    assert inc.page(IncidentFilter(), ADMIN)[1] == 21
+
+
+def test_a_full_backlog_leaves_the_bundle_to_the_catch_up_pass(
+    store: BundleStore, inc: Incidents
+) -> None:
+    """The hand-over refuses a bundle (the backlog full): the worker runs the catch-up
+    pass at once, which groups it."""
+    inc.backlog.limit = 0
+    w = _worker(inc)
+    try:
+        r = rec("fault", T0)
+        assert store.index.add(r)
+        inc.on_stored(r)
+        assert inc.backlog.dropped == 1 and inc.backlog.pending == 0
+        assert wait_until(lambda: w.passes == 2, timeout_s=60)
+        assert wait_until(lambda: inc.page(IncidentFilter(), ADMIN)[1] == 1, timeout_s=60)
+    finally:
+        w.stop()
+    assert w.grouped == 0  # none by the hand-over
 
 
 def test_auto_resolve_and_escalation_follow_the_clock(

@@ -365,8 +365,8 @@ class TlsContext:
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.context.set_alpn_protocols(["http/1.1"])
         # no TLS 1.3 session tickets: OpenSSL sends two after every handshake (some 500
-        # bytes down), and the terminals, whose every check-in comes from a fresh upload
-        # child, can never use one (Python's ssl cannot keep a session across processes)
+        # bytes down), and the terminals never use one (urllib3 resumes no session; their
+        # connection is kept between check-ins instead, keepalive_s)
         self.context.num_tickets = 0
         self.context.load_cert_chain(cert_file, key_file)  # OSError / ssl.SSLError
 

@@ -267,6 +267,7 @@ def test_a_result_whose_answer_was_lost_is_recorded_once(plain: Fleet, tmp_path:
         assert channel.state["last_error"] is None
         assert channel.results.pending() == []
         assert plain.proxy.accepted == 2
+        assert channel._transport.spawned == 1  # one child for the channel's life
     finally:
         channel.stop()
     assert ran == [cmd.id]

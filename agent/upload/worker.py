@@ -72,6 +72,7 @@ START_TIMEOUT_S = 20.0  # first line from a fresh child (python + requests impor
 JSON_BODY_LIMIT_BYTES = 64 * 1024  # docs/CHANNEL.md: bodies are at most 64 KiB each way
 MAX_LINE_BYTES = 8 * JSON_BODY_LIMIT_BYTES  # a reply line: the body JSON-escaped
 LOCAL_TIMEOUT_S = 10.0  # a request that touches no network (verify, public key)
+SWALLOWED_MEMORY_S = 6 * 3600.0  # how long a swallowing path is remembered (RequestsPutter)
 
 
 class Aborted(Exception):
@@ -567,6 +568,9 @@ class RequestsPutter:
         self._tls: TlsSettings | None = None
         self._wire = _Wire()
         self._failure: BaseException | None = None  # what the last POST's request raised
+        self._answered_at = 0.0  # monotonic time of the last answer: idle since
+        self._swallowed_idle_s = float("inf")  # an idle after which a kept one was swallowed
+        self._swallowed_until = 0.0  # when that lesson is forgotten
 
     def session(self, tls: TlsSettings) -> requests.Session:
         """The pooled session for these settings."""
@@ -649,9 +653,19 @@ class RequestsPutter:
         """One JSON POST; transport trouble becomes PutReply.error, never an exception.
 
         A `resend_safe` one whose kept connection broke before the answer's head is
-        sent once more on a new connection (`on_resend` first)."""
+        sent once more on a new connection (`on_resend` first). A kept connection that
+        swallowed a request (no answer within the read timeout: a NAT that forgot it)
+        teaches how long an idle connection lives on this path: for SWALLOWED_MEMORY_S
+        one idle that long is not used again, a new connection is opened instead (one
+        slow answer each time, not at every check-in)."""
         import requests  # lazy: requests and its TLS stack load in the upload child only
 
+        now = time.monotonic()
+        idle = now - self._answered_at
+        if now >= self._swallowed_until:
+            self._swallowed_idle_s = float("inf")
+        if self._session is not None and idle >= self._swallowed_idle_s:
+            self.close()  # a connection idle this long was swallowed before
         reply = self._post_json(req)
         if (
             reply.status is None
@@ -659,11 +673,16 @@ class RequestsPutter:
             and self._wire.reused
             and isinstance(self._failure, requests.ConnectionError | requests.Timeout)
         ):
+            if isinstance(self._failure, requests.ReadTimeout):
+                self._swallowed_idle_s = min(self._swallowed_idle_s, idle)
+                self._swallowed_until = time.monotonic() + SWALLOWED_MEMORY_S
             on_resend()
             again = self._post_json(req)
             if again.status is None:
                 again = replace(again, error=f"{again.error} (resent after: {reply.error})"[:400])
-            return again
+            reply = again
+        if reply.status is not None:
+            self._answered_at = time.monotonic()
         return reply
 
     def _post_json(self, req: PostJsonRequest) -> PutReply:

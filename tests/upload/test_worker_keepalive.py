@@ -196,6 +196,29 @@ def test_an_idle_connection_that_died_costs_one_reconnect(
     assert plain.proxy.take()[0] == one * (2 if fate == "drop_reply" else 1)
 
 
+def test_a_path_that_swallows_idle_connections_is_learned(
+    plain: Fleet, transport: WorkerTransport
+) -> None:
+    """A kept connection swallowed after some idle: that check-in waits its read timeout
+    and goes again; the next one idle as long opens a new connection at once (no
+    request lost in the dead one), and one sooner still reuses the connection."""
+    reply, _ = _send(transport, plain.request(0))
+    assert reply.status == 200
+    time.sleep(0.2)  # the idle that kills (with what the cut adds)
+    plain.proxy.cut("blackhole")
+    reply, progress = _send(transport, plain.request(1, read_timeout_s=3))
+    assert reply.status == 200 and progress == [0]
+    time.sleep(3.0)  # idle longer than the connection that was swallowed
+    plain.proxy.cut("blackhole")
+    reply, progress = _send(transport, plain.request(2, read_timeout_s=30))
+    # no resend: the request went on a new connection, never into the swallowed one
+    assert reply.status == 200 and progress == [], (reply, progress)
+    assert plain.proxy.accepted == 3
+    reply, progress = _send(transport, plain.request(3))  # idle far shorter: reused
+    assert reply.status == 200 and progress == []
+    assert plain.proxy.accepted == 3
+
+
 def test_a_request_not_safe_to_resend_is_sent_once(
     plain: Fleet, transport: WorkerTransport
 ) -> None:

@@ -23,7 +23,9 @@ with an intermediate adds some 1-2 KB to each handshake):
   one on a new connection (a reconnect a day: a NAT or a restart); new = 288 new ones.
 The child's RSS (and USS, the pages no other process shares) after the kept check-ins
 is reported too: it lives as long as the channel (the daemon's own RSS is
-bench_channel_live's).
+bench_channel_live's). And what the kept connections cost the collector: the RSS of a
+`posagent collector serve` before and after IDLE_CONNECTIONS connections (loopback) each
+made one request and stayed open, per connection, plain and TLS.
 
 Needs root (network namespaces); without it the figures say so.
 """
@@ -58,6 +60,7 @@ from collector.storage import open_store
 from collector.storage.sql import database
 
 PER_DAY = 86400 // 300
+IDLE_CONNECTIONS = 2000
 ROUNDS = 12
 IDLE_S = 20.0
 SETTLE_S = 0.6  # counters unchanged this long: the exchange (and its last ACK) is over
@@ -296,6 +299,81 @@ def _summarize(out: dict[str, float], key: str, per: list[tuple[int, ...]]) -> N
     out[f"{key}_packets"] = statistics.median_low(p[1] + p[3] for p in per)
 
 
+def idle_connection_cost(root: Path, tls: bool) -> float:
+    """KiB of a collector's RSS per idle kept connection (IDLE_CONNECTIONS of them)."""
+    import resource  # lazy: only this figure raises the descriptor limit
+    import socket  # lazy: as above
+    import ssl  # lazy: as above
+
+    import requests  # lazy: as above
+
+    from tests.collector.hookserver import free_port  # lazy: as above
+    from tests.conftest import posagent_argv  # lazy: as above
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * IDLE_CONNECTIONS + 256
+    if hard != resource.RLIM_INFINITY and hard < want:
+        raise RuntimeError(f"needs {want} file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    tag = "tls" if tls else "http"
+    d = root / f"idle-{tag}"
+    d.mkdir()
+    cert, key = self_signed(d) if tls else ("", "")
+    port = free_port()
+    conf = d / "serve.toml"
+    conf.write_text(
+        '[agent]\nlog_format = "json"\nlog_level = "warning"\n[collector]\n'
+        f'listen = "127.0.0.1:{port}"\ndata_dir = "{d / "data"}"\n'
+        f'tokens_file = "{d / "tokens"}"\nmax_idle_per_client = 0\n'
+        + (f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\n' if tls else "")
+    )
+    proc = subprocess.Popen(
+        posagent_argv("collector", "serve", "--config", str(conf)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    socks: list[socket.socket] = []
+    try:
+        url = f"{tag.replace('tls', 'https')}://127.0.0.1:{port}/healthz"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url, timeout=2, verify=False).ok:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"collector serve did not start: {conf}")
+            time.sleep(0.1)
+        server = psutil.Process(proc.pid)
+        time.sleep(1.0)
+        before = server.memory_info().rss
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        for _ in range(IDLE_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            if tls:
+                s = ctx.wrap_socket(s)
+            socks.append(s)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: c\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError("collector closed a connection before its answer")
+                got += chunk
+        time.sleep(2.0)
+        after = server.memory_info().rss
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return round((after - before) / IDLE_CONNECTIONS / 1024, 1)
+
+
 def wire_bytes(root: Path) -> dict[str, Any]:
     """Both transports' figures, or why they were not measured."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
@@ -306,6 +384,10 @@ def wire_bytes(root: Path) -> dict[str, Any]:
     with netns_link() as link:
         for tls in (False, True):
             figures.update(_transport(link, root, tls))
+    for tls in (False, True):
+        figures[f"collector_kib_per_idle_{'tls' if tls else 'http'}"] = idle_connection_cost(
+            root, tls
+        )
     return figures
 
 

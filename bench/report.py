@@ -993,6 +993,17 @@ def channel_rows(res: dict[str, Any]) -> list[Row]:
                 verdict(kept <= 200 if kept is not None else None),
             )
         )
+    if ch.get("collector_kib_per_idle_tls") is not None:
+        rows.append(
+            Row(
+                "the collector's RSS per idle kept connection (`collector serve`, 2,000 "
+                "connections that each made one request)",
+                "(reported: a terminal holds one between check-ins)",
+                f"{ch.get('collector_kib_per_idle_tls')} KiB over TLS, "
+                f"{ch.get('collector_kib_per_idle_http')} KiB plain",
+                verdict="reported",
+            )
+        )
     if ch.get("tls_child_rss_mib") is not None:
         rows.append(
             Row(
@@ -1209,7 +1220,11 @@ def notes(res: dict[str, Any]) -> list[str]:
         "(360 s, above the 300 s interval) and the channel's child, which lives as long as "
         "the channel, reuses it. The kept rows allow one new connection a day (a NAT that "
         "forgot it, a restart); a real certificate chain adds some 1-2 KB to that one "
-        "handshake. What is left per check-in: the request's HTTP some 270 B (Host, "
+        "handshake. Each terminal then holds an idle connection on whatever terminates its "
+        "TLS: some 60 KiB of a collector's RSS over TLS (asyncio's read buffer, 256 KiB a "
+        "connection by default, is cut to 32 KiB: it was some 280 KiB), 8 KiB plain; a fleet "
+        "of 100,000 terminals puts a balancer in front (docs/haproxy.cfg). What is left per "
+        "check-in: the request's HTTP some 270 B (Host, "
         "Content-Type, X-Posagent-Device, a 43-character bearer token, Content-Length; a "
         "body of only what changed, some 65 B), the answer's some 185 B (status line, Date, "
         "Content-Length, Content-Type; a 77-byte body), TLS 22 B a record each way. A "

@@ -19,7 +19,9 @@ Protocol, one JSON object per line, parent → child, each answered by one
   `resend_safe` (a check-in) that fails on a connection kept from an earlier
   request, before its answer's head (the server or a NAT dropped the idle
   connection), is sent once more on a new connection, after a `{"sent": 0}` line
-  (the parent's wait starts again);
+  (the parent's wait starts again); a kept connection that swallowed one (no answer
+  in the read timeout) teaches the idle a connection does not survive on this path,
+  and for SWALLOWED_MEMORY_S one idle that long is replaced before a request goes;
 - a `VerifyRequest` (`"kind": "verify_ed25519"`): checks collector command
   signatures against a public key file; the reply's `body` is a JSON list,
   per item "" (verified) or why not;

@@ -11,8 +11,8 @@ to the bytes of every connection, open or new, from the next chunk on:
 
 Held bytes are forwarded when the mode changes back. Threads, one per direction of a
 connection; `close` ends them all. `take()` says how many bytes went each way since the
-last call (bench/bench_channel.py: a check-in's bytes on the wire), `accepted` how many
-connections came.
+last call, `accepted` how many connections came, `server_closed` how many the server
+closed.
 
 `cut(fate)` decides what becomes of the connections open now (new ones pass), the ways an
 idle kept-alive connection dies between a terminal's check-ins:
@@ -66,6 +66,7 @@ class TcpProxy:
         self._pumps: dict[socket.socket, list[threading.Thread]] = {}  # client socket -> its
         self._sent = [0, 0]  # bytes forwarded: to the server, to the client
         self.accepted = 0
+        self.server_closed = 0  # connections whose server side closed (its FIN passed on)
         self._threads = [threading.Thread(target=self._accept, daemon=True, name="tcp-proxy")]
         self._threads[0].start()
 
@@ -151,6 +152,9 @@ class TcpProxy:
                 if not data:
                     with contextlib.suppress(OSError):
                         dst.shutdown(socket.SHUT_WR)
+                    if replies:
+                        with self._lock:
+                            self.server_closed += 1
                     return
                 fate = self._fates.get(client, "pass")
                 if fate == "blackhole":

@@ -55,15 +55,15 @@ def _answer(s: socket.socket) -> bytes:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path, header_timeout_s=1, keepalive_s=4)
+    e = Env(tmp_path, header_timeout_s=1, keepalive_s=6)
     yield e
     e.close()
 
 
 def test_an_idle_connection_is_kept_past_the_header_deadline_until_keepalive(env: Env) -> None:
-    """After an answer the connection waits for the next request keepalive_s (4 s), not
+    """After an answer the connection waits for the next request keepalive_s (6 s), not
     header_timeout_s (1 s): a second request 2 s later is answered on it; then it is
-    closed some 4 s after the last answer."""
+    closed, not before keepalive_s after the last answer."""
     s = socket.create_connection(("127.0.0.1", env.server.port), timeout=10)
     s.sendall(HEALTH)
     assert _answer(s).startswith(b"HTTP/1.1 200")
@@ -74,24 +74,27 @@ def test_an_idle_connection_is_kept_past_the_header_deadline_until_keepalive(env
     assert head.startswith(b"HTTP/1.1 200")
     assert b"\r\nserver:" not in head.lower()
     t0 = time.monotonic()
-    assert wait_until(lambda: _closed(s), timeout_s=30, step_s=0.1)
-    assert time.monotonic() - t0 >= 3.0  # not at the 1 s header deadline
+    assert wait_until(lambda: _closed(s), timeout_s=60, step_s=0.1)
+    assert time.monotonic() - t0 >= 5.0  # keep-alive's end, not the 1 s header deadline
     s.close()
 
 
-def test_silent_or_trickling_connections_still_meet_the_header_deadline(env: Env) -> None:
+def test_silent_or_trickling_connections_still_meet_the_header_deadline(tmp_path: Path) -> None:
     """A new connection that sends nothing, and a kept one whose next request's head
-    stops half-way, are both closed at the header deadline (1 s), long before keepalive."""
-    silent = socket.create_connection(("127.0.0.1", env.server.port), timeout=10)
-    kept = socket.create_connection(("127.0.0.1", env.server.port), timeout=10)
-    kept.sendall(HEALTH)
-    assert _answer(kept).startswith(b"HTTP/1.1 200")
-    kept.sendall(b"GET /healthz HTTP/1.1\r\nHo")
-    t0 = time.monotonic()
-    assert wait_until(lambda: _closed(silent) and _closed(kept), timeout_s=30, step_s=0.05)
-    assert time.monotonic() - t0 < 3.5  # keepalive_s is 4: the header deadline cut them
-    silent.close()
-    kept.close()
+    stops half-way, are both closed at the header deadline (1 s), not kept the
+    keepalive_s (10 minutes) of an idle one."""
+    env = Env(tmp_path, header_timeout_s=1, keepalive_s=600)
+    try:
+        silent = socket.create_connection(("127.0.0.1", env.server.port), timeout=10)
+        kept = socket.create_connection(("127.0.0.1", env.server.port), timeout=10)
+        kept.sendall(HEALTH)
+        assert _answer(kept).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        assert wait_until(lambda: _closed(silent) and _closed(kept), timeout_s=120, step_s=0.05)
+        silent.close()
+        kept.close()
+    finally:
+        env.close()
 
 
 def test_idle_connections_do_not_count_against_limit_concurrency(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from collector.storage import open_store
 from collector.storage.sql import database
 from tests.collector.hookserver import self_signed
 from tests.collector.proxy import Fate, TcpProxy
-from tests.conftest import write_config
+from tests.conftest import wait_until, write_config
 
 DEV = "T-TEST"
 
@@ -238,14 +238,18 @@ def test_the_collector_closing_after_keepalive_costs_no_error(
 ) -> None:
     """A collector whose keepalive_s (1 s) is shorter than the interval closes the idle
     connection; the next check-in opens a new one without any failed attempt."""
-    for fleet in _fleet(tmp_path, False, keepalive_s=1):
+    fleets = _fleet(tmp_path, False, keepalive_s=1)
+    fleet = next(fleets)
+    try:
         reply, _ = _send(transport, fleet.request(0))
         assert reply.status == 200
-        time.sleep(2.5)  # past keepalive_s: the span under test
+        assert wait_until(lambda: fleet.proxy.server_closed == 1, timeout_s=60)
         reply, progress = _send(transport, fleet.request(1))
         assert reply.status == 200, reply
         assert progress == []
         assert fleet.proxy.accepted == 2
+    finally:
+        fleets.close()  # the collector and the proxy stop
 
 
 def test_a_result_whose_answer_was_lost_is_recorded_once(plain: Fleet, tmp_path: Path) -> None:

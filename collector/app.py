@@ -862,15 +862,16 @@ def _relative(location: bytes) -> bytes:
 
 
 # The terminals' JSON routes (issue 16): no browser renders them, and a check-in on a
-# metered link pays for every byte, so they carry nosniff alone.
+# metered link pays for every byte, so they carry nosniff alone, and their 200 answers
+# (JSON the collector makes of its own data, 288 a day per terminal) not even that.
 TERMINAL_PATHS = frozenset({"/v1/checkins", "/v1/enroll", "/v1/devices/self/token"})
 TERMINAL_HEADERS = SECURITY_HEADERS[:1]
 
 
 class SecurityHeaders:
     """Pure ASGI middleware adding nosniff, CSP and friends to every HTTP response (nosniff
-    alone on TERMINAL_PATHS), and making every redirect's Location relative (never the
-    request's Host header)."""
+    alone on TERMINAL_PATHS, none on their 200s), and making every redirect's Location
+    relative (never the request's Host header)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -879,14 +880,16 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = TERMINAL_HEADERS if scope.get("path") in TERMINAL_PATHS else SECURITY_HEADERS
+        terminal = scope.get("path") in TERMINAL_PATHS
+        extra = TERMINAL_HEADERS if terminal else SECURITY_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                ok = terminal and message.get("status") == 200
                 message["headers"] = [
                     (k, _relative(v) if k.lower() == b"location" else v)
                     for k, v in message.get("headers", [])
-                ] + extra
+                ] + ([] if ok else extra)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

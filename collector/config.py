@@ -143,6 +143,9 @@ class CollectorConfig:
     tls_key_file: str = ""
     # slow or idle clients (collector.server.GuardedH11Protocol)
     header_timeout_s: int = _f(10, min=1, max=3600)
+    # an idle connection is kept this long after an answer: above the terminals' check-in
+    # interval, so each check-in reuses its connection (no TCP/TLS handshake, docs/CHANNEL.md)
+    keepalive_s: int = _f(360, min=1, max=86400)
     body_timeout_s: int = _f(120, min=1, max=86400)
     max_idle_per_client: int = _f(32, min=0, max=1_000_000)
     # issue 15: a fleet's own "what to do" per fault key (collector.remedies.remedy_for)

@@ -4,9 +4,13 @@ uvicorn closes a connection only between requests (``timeout_keep_alive``);
 `GuardedH11Protocol` adds what it lacks against slow or idle clients:
 
 - a header deadline: a request's headers must be complete within
-  ``header_timeout_s`` of the connection's start or of the previous response
-  (a socket that sends nothing, or never finishes a body the server already
-  answered, is closed too; keep-alive is thus at most that long);
+  ``header_timeout_s`` of the connection's start or of their first byte (a socket
+  that sends nothing, or trickles its headers, is closed);
+- keep-alive: after an answer the connection is kept idle up to ``keepalive_s``
+  (above the terminals' check-in interval: each check-in reuses its connection, no
+  TCP or TLS handshake, docs/CHANNEL.md), then closed;
+- ``limit_concurrency`` counts requests in progress, not open connections (uvicorn
+  counts both; every terminal holds an idle connection between its check-ins);
 - a body deadline: the body must be complete within ``body_timeout_s`` of the
   headers; past it the request is answered ``408`` (when no answer was started),
   the connection is closed, the handler sees a disconnect and nothing is stored;
@@ -25,6 +29,7 @@ certificate, open ones and the listening socket are untouched.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import json
 import signal
 import socket
@@ -37,6 +42,7 @@ from typing import Any, ClassVar
 import h11
 import structlog
 import uvicorn
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from collector.app import create_app
@@ -141,14 +147,24 @@ class GuardedH11Protocol(H11Protocol):
     """
 
     header_timeout_s: ClassVar[float] = 10.0
+    keepalive_s: ClassVar[float] = 360.0
     body_timeout_s: ClassVar[float] = 120.0
     max_idle_per_client: ClassVar[int] = 32
     # client host -> its idle connections, oldest first (one registry per server)
     idle: ClassVar[dict[str, OrderedDict[GuardedH11Protocol, None]]] = {}
 
-    _header_timer: asyncio.TimerHandle | None = None
+    _header_timer: asyncio.TimerHandle | None = None  # the header deadline, or keep-alive's
+    _keeping: bool = False  # _header_timer is the keep-alive's (idle after an answer)
     _body_timer: asyncio.TimerHandle | None = None
     _body_cycle: object = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn answers 503 once open connections reach limit_concurrency, idle ones
+        # included: only requests in progress count here
+        limit, self.limit_concurrency = self.limit_concurrency, None
+        if limit is not None:
+            self.app = _Limited(self.app, self.tasks, limit)
 
     # -- state
     def _busy(self) -> bool:
@@ -193,14 +209,23 @@ class GuardedH11Protocol(H11Protocol):
             timer.cancel()
             setattr(self, which, None)
 
-    def _arm_header_deadline(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_expired)
+    def _arm_header_deadline(self, ends_keepalive: bool = False) -> None:
+        """The header deadline, unless one runs; `ends_keepalive`: it replaces keep-alive's."""
+        if self._header_timer is not None and not (ends_keepalive and self._keeping):
+            return
+        self._cancel("_header_timer")
+        self._keeping = False
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_expired)
+
+    def _arm_keepalive(self) -> None:
+        self._cancel("_header_timer")
+        self._keeping = True
+        self._header_timer = self.loop.call_later(self.keepalive_s, self._header_expired)
 
     def _header_expired(self) -> None:
         self._header_timer = None
         if not self._busy():
-            self._close("header_timeout")
+            self._close("keepalive_timeout" if self._keeping else "header_timeout")
 
     def _body_expired(self) -> None:
         self._body_timer = None
@@ -270,7 +295,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._busy():
-            self._arm_header_deadline()  # the first bytes of the next request
+            self._arm_header_deadline(ends_keepalive=True)  # the next request's first bytes
         super().data_received(data)
 
     def handle_events(self) -> None:
@@ -280,6 +305,12 @@ class GuardedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         self._cancel("_body_timer")
         super().on_response_complete()
+        if (
+            not self.transport.is_closing()
+            and self.conn.their_state is h11.IDLE  # the next cycle began: nothing owed
+            and not self.conn.trailing_data[0]  # and none of its bytes came yet
+        ):
+            self._arm_keepalive()  # idle between requests (a terminal's check-ins)
         self._after_events()
 
     def shutdown(self) -> None:
@@ -296,6 +327,21 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+class _Limited:
+    """The app, or uvicorn's 503 when more than `limit` requests are in progress (`tasks`
+    holds the one asking too)."""
+
+    def __init__(self, app: Any, tasks: set[asyncio.Task[None]], limit: int) -> None:
+        self.app, self.tasks, self.limit = app, tasks, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if len(self.tasks) > self.limit:
+            log.warning("concurrency_limit", limit=self.limit)
+            await service_unavailable(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def guarded_protocol(cfg: CollectorConfig) -> type[GuardedH11Protocol]:
     """A GuardedH11Protocol class with cfg's deadlines and cap, and its own registry."""
     return type(
@@ -303,6 +349,7 @@ def guarded_protocol(cfg: CollectorConfig) -> type[GuardedH11Protocol]:
         (GuardedH11Protocol,),
         {
             "header_timeout_s": float(cfg.header_timeout_s),
+            "keepalive_s": float(cfg.keepalive_s),
             "body_timeout_s": float(cfg.body_timeout_s),
             "max_idle_per_client": cfg.max_idle_per_client,
             "idle": {},
@@ -310,17 +357,31 @@ def guarded_protocol(cfg: CollectorConfig) -> type[GuardedH11Protocol]:
     )
 
 
+# asyncio's TLS protocol gives every connection a 256 KiB read buffer, filled as it is
+# made: some 280 KiB of RSS per open connection, idle ones included (each terminal holds
+# one between its check-ins, keepalive_s). With 32 KiB (two TLS records) an idle TLS
+# connection holds some 60 KiB; reading one connection on loopback went from some 250-400
+# MiB/s to 210-235 MiB/s (16 KiB: 44 KiB, 125-290 MiB/s), far above any terminal's link.
+TLS_READ_BUFFER_BYTES = 32 * 1024
+
+
+def small_tls_buffers() -> None:
+    """Make asyncio's TLS connections in this process use TLS_READ_BUFFER_BYTES buffers."""
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER_BYTES
+
+
 class TlsContext:
     """The listener's server-side SSLContext; `reload` re-reads the certificate and key."""
 
     def __init__(self, cert_file: str, key_file: str):
+        small_tls_buffers()
         self.cert_file, self.key_file = cert_file, key_file
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.context.set_alpn_protocols(["http/1.1"])
         # no TLS 1.3 session tickets: OpenSSL sends two after every handshake (some 500
-        # bytes down), and the terminals, whose every check-in comes from a fresh upload
-        # child, can never use one (Python's ssl cannot keep a session across processes)
+        # bytes down), and the terminals never use one (urllib3 resumes no session; their
+        # connection is kept between check-ins instead, keepalive_s)
         self.context.num_tickets = 0
         self.context.load_cert_chain(cert_file, key_file)  # OSError / ssl.SSLError
 
@@ -353,7 +414,9 @@ def uvicorn_config(
         "log_config": None,
         "access_log": False,
         "server_header": False,
-        "timeout_keep_alive": 15,
+        # GuardedH11Protocol closes idle connections after keepalive_s; uvicorn's own timer
+        # (a graceful TLS close, which can wait on the peer) comes later and never fires
+        "timeout_keep_alive": cfg.keepalive_s + 1,
         "limit_concurrency": 512,
         "lifespan": "on",
         "timeout_graceful_shutdown": 30,  # answers in flight on stop, at most this long

@@ -261,7 +261,10 @@ class Channel:
     # ------------------------------------------------------------------ requests
 
     def _request(self, req: WorkerRequest) -> PutReply:
-        self._in_request_s = req.connect_timeout_s + req.read_timeout_s + 30.0
+        bound = req.connect_timeout_s + req.read_timeout_s
+        if isinstance(req, PostJsonRequest) and req.resend_safe:
+            bound *= 2  # sent once more when its kept connection broke
+        self._in_request_s = bound + 30.0
         try:
             return self._transport.put(req, lambda _n: None, self._stop)
         finally:
@@ -278,6 +281,9 @@ class Channel:
                 connect_timeout_s=self.up.connect_timeout_s,
                 read_timeout_s=self.up.read_timeout_s + wait_s,
                 tls=tls_settings(self.up),
+                # a check-in is safe to send again (its results are acknowledged by the
+                # reply's state); an enrollment or a token rotation is not
+                resend_safe=path == CHECKIN_PATH,
             )
         )
 

@@ -15,7 +15,13 @@ Protocol, one JSON object per line, parent → child, each answered by one
   `{"sent": N}` lines while the body goes out (at most every PROGRESS_EVERY_S);
 - a `PostJsonRequest` (`"kind": "post_json"`): one small JSON POST of the
   two-way channel (docs/CHANNEL.md: enrollment, check-in, token rotation);
-  the reply carries up to JSON_BODY_LIMIT_BYTES of the answer's body;
+  the reply carries up to JSON_BODY_LIMIT_BYTES of the answer's body. One marked
+  `resend_safe` (a check-in) that fails on a connection kept from an earlier
+  request, before its answer's head (the server or a NAT dropped the idle
+  connection), is sent once more on a new connection, after a `{"sent": 0}` line
+  (the parent's wait starts again); a kept connection that swallowed one (no answer
+  in the read timeout) teaches the idle a connection does not survive on this path,
+  and for SWALLOWED_MEMORY_S one idle that long is replaced before a request goes;
 - a `VerifyRequest` (`"kind": "verify_ed25519"`): checks collector command
   signatures against a public key file; the reply's `body` is a JSON list,
   per item "" (verified) or why not;
@@ -25,6 +31,11 @@ Protocol, one JSON object per line, parent → child, each answered by one
   `rotate-signing-key` command; the reply's `body` is its public key and the
   old key's signature vouching for it (JSON).
 The last three keep `cryptography` out of the daemon as requests is kept out.
+
+The child keeps its connection between requests (the channel's child lives as long
+as the channel: a check-in every few minutes reuses it, no TCP or TLS handshake),
+and a request leaves in one write: its head is held for the body's first chunk
+(one TCP segment, one TLS record for a check-in, instead of two).
 
 The parent never waits unbounded: no line for connect + read timeout +
 STALL_GRACE_S kills the child (a retriable failure); the uploader stopping
@@ -46,7 +57,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -63,6 +74,7 @@ START_TIMEOUT_S = 20.0  # first line from a fresh child (python + requests impor
 JSON_BODY_LIMIT_BYTES = 64 * 1024  # docs/CHANNEL.md: bodies are at most 64 KiB each way
 MAX_LINE_BYTES = 8 * JSON_BODY_LIMIT_BYTES  # a reply line: the body JSON-escaped
 LOCAL_TIMEOUT_S = 10.0  # a request that touches no network (verify, public key)
+SWALLOWED_MEMORY_S = 6 * 3600.0  # how long a swallowing path is remembered (RequestsPutter)
 
 
 class Aborted(Exception):
@@ -122,6 +134,7 @@ class PostJsonRequest:
     connect_timeout_s: float
     read_timeout_s: float
     tls: TlsSettings = field(default_factory=TlsSettings)
+    resend_safe: bool = False  # sent again after a kept connection broke (a check-in)
     kind: str = "post_json"
 
     def to_json(self) -> bytes:
@@ -422,15 +435,95 @@ class _Body:
         self._f.close()
 
 
-def _adapter() -> requests.adapters.HTTPAdapter:
-    """requests' adapter, sending bodies in SEND_BLOCK_BYTES blocks (urllib3's default is 16 KiB)."""
+@dataclass
+class _Wire:
+    """What the session's connections say about the last request."""
+
+    reused: bool = False  # it went out on a connection an earlier request used
+
+
+def _one_write(base: type[Any], wire: _Wire) -> type[Any]:
+    """urllib3's connection class `base`, holding a request's head until the body's first
+    chunk (or the response is awaited), so both leave in one send, and telling `wire`
+    whether each request reused the connection."""
+
+    def request(self: Any, *args: Any, **kwargs: Any) -> Any:
+        wire.reused = self.sock is not None and self.sock is self._posagent_sock
+        try:
+            return base.request(self, *args, **kwargs)
+        finally:
+            self._posagent_sock = self.sock
+
+    def endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._posagent_hold = True  # http.client sends the head in its next send()
+        return base.endheaders(self, *args, **kwargs)
+
+    def send(self: Any, data: Any) -> Any:
+        held, self._posagent_held = self._posagent_held, b""
+        if self._posagent_hold and isinstance(data, bytes | bytearray):
+            self._posagent_hold = False
+            self._posagent_held = bytes(data)
+            return None
+        self._posagent_hold = False
+        if held and isinstance(data, bytes | bytearray | memoryview):
+            return base.send(self, held + bytes(data))
+        if held:
+            base.send(self, held)
+        return base.send(self, data)
+
+    def getresponse(self: Any) -> Any:
+        self._posagent_hold = False
+        held, self._posagent_held = self._posagent_held, b""
+        if held:
+            base.send(self, held)
+        return base.getresponse(self)
+
+    def close(self: Any) -> Any:
+        self._posagent_hold, self._posagent_held = False, b""
+        return base.close(self)
+
+    return type(
+        f"OneWrite{base.__name__}",
+        (base,),
+        {
+            "_posagent_sock": None,
+            "_posagent_hold": False,
+            "_posagent_held": b"",
+            "request": request,
+            "endheaders": endheaders,
+            "send": send,
+            "getresponse": getresponse,
+            "close": close,
+        },
+    )
+
+
+def _adapter(wire: _Wire) -> requests.adapters.HTTPAdapter:
+    """requests' adapter, sending bodies in SEND_BLOCK_BYTES blocks (urllib3's default is
+    16 KiB) and each request in one write (`_one_write`)."""
     # lazy: requests and its TLS stack load in the upload child only
     from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection  # lazy: as requests
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool  # lazy: as requests
+
+    pools = {
+        "http": type(
+            "OneWriteHTTPPool",
+            (HTTPConnectionPool,),
+            {"ConnectionCls": _one_write(HTTPConnection, wire)},
+        ),
+        "https": type(
+            "OneWriteHTTPSPool",
+            (HTTPSConnectionPool,),
+            {"ConnectionCls": _one_write(HTTPSConnection, wire)},
+        ),
+    }
 
     class _BigBlocks(HTTPAdapter):
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             kwargs["blocksize"] = SEND_BLOCK_BYTES
             super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
 
     return _BigBlocks(max_retries=0)
 
@@ -475,6 +568,11 @@ class RequestsPutter:
     def __init__(self) -> None:
         self._session: requests.Session | None = None
         self._tls: TlsSettings | None = None
+        self._wire = _Wire()
+        self._failure: BaseException | None = None  # what the last POST's request raised
+        self._answered_at = 0.0  # monotonic time of the last answer: idle since
+        self._swallowed_idle_s = float("inf")  # an idle after which a kept one was swallowed
+        self._swallowed_until = 0.0  # when that lesson is forgotten
 
     def session(self, tls: TlsSettings) -> requests.Session:
         """The pooled session for these settings."""
@@ -484,8 +582,8 @@ class RequestsPutter:
             return self._session
         self.close()
         s = requests.Session()
-        s.mount("https://", _adapter())
-        s.mount("http://", _adapter())
+        s.mount("https://", _adapter(self._wire))
+        s.mount("http://", _adapter(self._wire))
         s.trust_env = False  # the config is the only source: no env proxies, no .netrc
         if not tls.verify_tls:
             s.verify = False
@@ -551,8 +649,47 @@ class RequestsPutter:
         finally:
             resp.close()
 
-    def post_json(self, req: PostJsonRequest) -> PutReply:
-        """One JSON POST; transport trouble becomes PutReply.error, never an exception."""
+    def post_json(
+        self, req: PostJsonRequest, on_resend: Callable[[], None] = lambda: None
+    ) -> PutReply:
+        """One JSON POST; transport trouble becomes PutReply.error, never an exception.
+
+        A `resend_safe` one whose kept connection broke before the answer's head is
+        sent once more on a new connection (`on_resend` first). A kept connection that
+        swallowed a request (no answer within the read timeout: a NAT that forgot it)
+        teaches how long an idle connection lives on this path: for SWALLOWED_MEMORY_S
+        one idle that long is not used again, a new connection is opened instead (one
+        slow answer each time, not at every check-in)."""
+        import requests  # lazy: requests and its TLS stack load in the upload child only
+
+        now = time.monotonic()
+        idle = now - self._answered_at
+        if now >= self._swallowed_until:
+            self._swallowed_idle_s = float("inf")
+        if self._session is not None and idle >= self._swallowed_idle_s:
+            self.close()  # a connection idle this long was swallowed before
+        reply = self._post_json(req)
+        if (
+            reply.status is None
+            and req.resend_safe
+            and self._wire.reused
+            and isinstance(self._failure, requests.ConnectionError | requests.Timeout)
+        ):
+            if isinstance(self._failure, requests.ReadTimeout):
+                self._swallowed_idle_s = min(self._swallowed_idle_s, idle)
+                self._swallowed_until = time.monotonic() + SWALLOWED_MEMORY_S
+            on_resend()
+            again = self._post_json(req)
+            if again.status is None:
+                again = replace(again, error=f"{again.error} (resent after: {reply.error})"[:400])
+            reply = again
+        if reply.status is not None:
+            self._answered_at = time.monotonic()
+        return reply
+
+    def _post_json(self, req: PostJsonRequest) -> PutReply:
+        self._failure = None
+        self._wire.reused = False
         try:
             session = self.session(req.tls)
         except Exception as e:  # a CA or client-cert file requests cannot use
@@ -581,6 +718,7 @@ class RequestsPutter:
                 stream=True,
             )
         except Exception as e:  # requests' and urllib3's errors, ssl, socket: all retriable
+            self._failure = e
             self.close()
             return PutReply(error=describe_exception(e))
         try:
@@ -679,7 +817,8 @@ def main() -> int:
             kind = d.pop("kind", "put")
             if kind == "post_json":
                 d["tls"] = TlsSettings(**d.pop("tls"))
-                _write(out, {"reply": vars(putter.post_json(PostJsonRequest(**d)))})
+                reply = putter.post_json(PostJsonRequest(**d), lambda: _write(out, {"sent": 0}))
+                _write(out, {"reply": vars(reply)})
                 continue
             if kind == "verify_ed25519":
                 _write(out, {"reply": vars(verify_signatures(VerifyRequest(**d)))})

@@ -11,7 +11,19 @@ to the bytes of every connection, open or new, from the next chunk on:
 
 Held bytes are forwarded when the mode changes back. Threads, one per direction of a
 connection; `close` ends them all. `take()` says how many bytes went each way since the
-last call (bench/bench_channel.py: a check-in's bytes on the wire).
+last call, `accepted` how many connections came, `server_closed` how many the server
+closed.
+
+`cut(fate)` decides what becomes of the connections open now (new ones pass), the ways an
+idle kept-alive connection dies between a terminal's check-ins:
+
+- ``blackhole``: whatever either side sends from now on is swallowed, nothing is closed
+  (a NAT that forgot the connection);
+- ``reset``: both sides reset at once;
+- ``reset_at_request``: the client's next bytes are not forwarded, both sides are reset
+  (the server closed it just as the request came);
+- ``drop_reply``: the client's next request reaches the server, the reply does not: the
+  client is reset as it comes (the request was handled, its answer lost).
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import time
 from typing import Literal
 
 Mode = Literal["pass", "delay", "stall", "stall_replies"]
+Fate = Literal["pass", "blackhole", "reset", "reset_at_request", "drop_reply"]
 
 
 def _reset(s: socket.socket) -> None:
@@ -49,7 +62,11 @@ class TcpProxy:
         self._closing = False
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
+        self._fates: dict[socket.socket, Fate] = {}  # client socket -> its fate
+        self._pumps: dict[socket.socket, list[threading.Thread]] = {}  # client socket -> its
         self._sent = [0, 0]  # bytes forwarded: to the server, to the client
+        self.accepted = 0
+        self.server_closed = 0  # connections whose server side closed (its FIN passed on)
         self._threads = [threading.Thread(target=self._accept, daemon=True, name="tcp-proxy")]
         self._threads[0].start()
 
@@ -76,17 +93,53 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._socks += [client, upstream]
+                self._fates[client] = "pass"
+                self.accepted += 1
             for src, dst, replies in ((client, upstream, False), (upstream, client, True)):
                 t = threading.Thread(
-                    target=self._pump, args=(src, dst, replies), daemon=True, name="tcp-proxy"
+                    target=self._pump,
+                    args=(src, dst, replies, client, upstream),
+                    daemon=True,
+                    name="tcp-proxy",
                 )
                 t.start()
                 self._threads.append(t)
+                self._pumps.setdefault(client, []).append(t)
 
     def _held(self, replies: bool) -> bool:
         return self.mode == "stall" or (self.mode == "stall_replies" and replies)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+    def cut(self, fate: Fate) -> int:
+        """Give the connections open now this fate; how many there were."""
+        with self._lock:
+            open_now = [c for c, f in self._fates.items() if f == "pass"]
+            for c in open_now:
+                self._fates[c] = fate
+        if fate == "reset":
+            with self._lock:
+                pairs = [
+                    (c, u)
+                    for c, u in zip(self._socks[::2], self._socks[1::2], strict=True)
+                    if c in open_now
+                ]
+            for c, u in pairs:
+                _reset(c)
+                _reset(u)
+            # a socket closed while its pump waits in select() is released (and the reset
+            # sent) only when that select returns: wait for the pumps to see it
+            for c, _ in pairs:
+                for t in self._pumps.get(c, []):
+                    t.join(timeout=5)
+        return len(open_now)
+
+    def _pump(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        replies: bool,
+        client: socket.socket,
+        upstream: socket.socket,
+    ) -> None:
         try:
             while not self._closing:
                 ready, _, _ = select.select([src], [], [], 0.1)
@@ -99,6 +152,16 @@ class TcpProxy:
                 if not data:
                     with contextlib.suppress(OSError):
                         dst.shutdown(socket.SHUT_WR)
+                    if replies:
+                        with self._lock:
+                            self.server_closed += 1
+                    return
+                fate = self._fates.get(client, "pass")
+                if fate == "blackhole":
+                    continue
+                if fate == "reset_at_request" or (fate == "drop_reply" and replies):
+                    _reset(client)
+                    _reset(upstream)
                     return
                 if self.mode == "delay":
                     time.sleep(self.delay_s)

@@ -947,15 +947,18 @@ def channel_rows(res: dict[str, Any]) -> list[Row]:
             continue
         rate = v.get("checkins_per_s")
         other = whole.get("checkins_per_s") if isinstance(whole, dict) else None
+        pg = v.get("postgres_cpu_ms_per_checkin")
         rows.append(
             Row(
-                f"check-ins handled per second, {name} (8 keep-alive clients on the same 2 cores; "
-                "the agent's check-ins: only what changed)",
+                f"check-ins handled per second, {name} (wrk, 8 keep-alive connections, on the "
+                "same 2 cores; the agent's check-ins: only what changed)",
                 "≥ 1,667/s (issue 16: 100,000 terminals at one a minute)",
-                f"{_num(rate, '/s', 1)} (server CPU {v.get('server_cpu_ms_per_checkin')} ms per "
-                f"check-in; load avg {v.get('load_avg_1m')})",
+                f"{_num(rate, '/s', 1)} (collector CPU {v.get('server_cpu_ms_per_checkin')} ms per "
+                "check-in"
+                + (f", PostgreSQL's {pg} ms" if pg is not None else "")
+                + f"; p99 {v.get('p99_ms')} ms; load avg {v.get('load_avg_1m')})",
                 "whole check-ins every time (the first cut's body), same servers" if other else "—",
-                f"{_num(other, '/s', 1)} (server CPU {whole.get('server_cpu_ms_per_checkin')} ms)"
+                f"{_num(other, '/s', 1)} (collector CPU {whole.get('server_cpu_ms_per_checkin')} ms)"
                 if isinstance(whole, dict)
                 else "—",
                 ratio(rate, other),

@@ -4,7 +4,15 @@
 fields by type (unknown scalar fields are kept, for newer agents), at most
 `MAX_SUMMARY_KEYS`; the results (`collector.channel.commands.parse_results`).
 
-`process` then, in one transaction: stores the device's state (last_seen, summary, boot
+`receive` (the HTTP handler's) then does everything else in one transaction: resolves
+the device token (an enrolled device's, `Caller.token_hash`; a tokens-file device is known
+before), runs the handler's checks (`Admit`: 403, 429, the body's 400) and `process`'s
+work, reading the device in one statement (`Stored`: its state, whether a command may be
+deliverable, the remote config for its site joined), pipelined on PostgreSQL: three round
+trips with the pool's check, where a separate token lookup and a statement per read took
+about eleven.
+
+`process`, in one transaction: stores the device's state (last_seen, summary, boot
 id, agent version, config digest, interval, address; a device registered in the tokens
 file rather than enrolled gets its registry row on its first check-in), sets when it
 will be silent (``silent_deadline``: now + silent_after_checkins × interval + the

@@ -8,9 +8,9 @@ fields by type (unknown scalar fields are kept, for newer agents), at most
 the device token (an enrolled device's, `Caller.token_hash`; a tokens-file device is known
 before), runs the handler's checks (`Admit`: 403, 429, the body's 400) and `process`'s
 work, reading the device in one statement (`Stored`: its state, whether a command may be
-deliverable, the remote config for its site joined), pipelined on PostgreSQL: three round
-trips with the pool's check, where a separate token lookup and a statement per read took
-about eleven.
+deliverable, the remote config for its site joined), pipelined on PostgreSQL: two round
+trips (BEGIN and the SELECT, the UPDATE and COMMIT), where a separate token lookup and a
+statement per read took about eleven.
 
 `process`, in one transaction: stores the device's state (last_seen, summary, boot
 id, agent version, config digest, interval, address; a device registered in the tokens

@@ -65,6 +65,7 @@ DEVICES = 500
 CLIENTS = 8
 RUN_S = 10.0
 WARM_S = 3.0
+REPEATS = 3  # the shared machine's other work moves a run by a third: the median of 3
 WRK_SCRIPT = Path(__file__).with_name("checkin_wrk.lua")
 PER_DAY = 86400 // 300
 TARGET_PER_S = 100_000 / 60  # 100,000 terminals at one check-in a minute
@@ -168,9 +169,10 @@ def load(
     *,
     delta: bool = True,
     postgres_port: int | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """wrk (`WRK_SCRIPT`: CLIENTS connections, one a thread) checking in the devices of the
-    devices file round-robin for RUN_S seconds, after WARM_S of the same; the rate, the
+    devices file round-robin for RUN_S seconds, REPEATS times after WARM_S of the same;
+    the run of the median rate (with every run's rate beside it): the rate, the
     collectors' CPU per check-in (and PostgreSQL's, its server processes', when
     postgres_port is given) and the load average. Several ports: one wrk per port, the
     connections shared out, every instance as loaded as the others (a TCP balancer's
@@ -234,23 +236,29 @@ def load(
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return usage.ru_utime + usage.ru_stime
 
+    def once() -> dict[str, float]:
+        c0, p0, w0 = cpu(servers), cpu(pg_procs()), reaped()
+        results = wrk(RUN_S)
+        c1, p1, w1 = cpu(servers), cpu(pg_procs()), reaped()
+        n = sum(r["requests"] for r in results)
+        dt = max(r["seconds"] for r in results)
+        out = {
+            "checkins_per_s": round(n / dt, 1),
+            "server_cpu_ms_per_checkin": round((c1 - c0) / n * 1000, 3),
+            "wrk_cpu_ms_per_checkin": round((w1 - w0) / n * 1000, 3),
+            "p50_ms": max(r["p50_ms"] for r in results),
+            "p99_ms": max(r["p99_ms"] for r in results),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        }
+        if pg is not None:
+            out["postgres_cpu_ms_per_checkin"] = round((p1 - p0) / n * 1000, 3)
+        return out
+
     wrk(WARM_S)
-    c0, p0, w0 = cpu(servers), cpu(pg_procs()), reaped()
-    results = wrk(RUN_S)
-    c1, p1, w1 = cpu(servers), cpu(pg_procs()), reaped()
-    n = sum(r["requests"] for r in results)
-    dt = max(r["seconds"] for r in results)
-    out = {
-        "checkins_per_s": round(n / dt, 1),
-        "server_cpu_ms_per_checkin": round((c1 - c0) / n * 1000, 3),
-        "wrk_cpu_ms_per_checkin": round((w1 - w0) / n * 1000, 3),
-        "p50_ms": max(r["p50_ms"] for r in results),
-        "p99_ms": max(r["p99_ms"] for r in results),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
-    if pg is not None:
-        out["postgres_cpu_ms_per_checkin"] = round((p1 - p0) / n * 1000, 3)
-    return out
+    runs = sorted((once() for _ in range(REPEATS)), key=lambda r: r["checkins_per_s"])
+    median: dict[str, Any] = dict(runs[len(runs) // 2])
+    median["checkins_per_s_runs"] = [r["checkins_per_s"] for r in runs]
+    return median
 
 
 def _share(devices: Path, i: int, n: int) -> Path:

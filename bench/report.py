@@ -948,13 +948,15 @@ def channel_rows(res: dict[str, Any]) -> list[Row]:
         rate = v.get("checkins_per_s")
         other = whole.get("checkins_per_s") if isinstance(whole, dict) else None
         pg = v.get("postgres_cpu_ms_per_checkin")
+        runs = v.get("checkins_per_s_runs") or []
         rows.append(
             Row(
                 f"check-ins handled per second, {name} (wrk, 8 keep-alive connections, on the "
                 "same 2 cores; the agent's check-ins: only what changed)",
                 "≥ 1,667/s (issue 16: 100,000 terminals at one a minute)",
-                f"{_num(rate, '/s', 1)} (collector CPU {v.get('server_cpu_ms_per_checkin')} ms per "
-                "check-in"
+                f"{_num(rate, '/s', 1)} ("
+                + (f"median of {', '.join(f'{x:,.1f}' for x in runs)}/s; " if runs else "")
+                + f"collector CPU {v.get('server_cpu_ms_per_checkin')} ms per check-in"
                 + (f", PostgreSQL's {pg} ms" if pg is not None else "")
                 + f"; p99 {v.get('p99_ms')} ms; load avg {v.get('load_avg_1m')})",
                 "whole check-ins every time (the first cut's body), same servers" if other else "—",

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := xvfb x11-utils x11-xserver-utils xdotool socat adb grim cage \
 	tesseract-ocr tesseract-ocr-eng strace iproute2 chromium systemd imagemagick procps util-linux \
 	python3-tk fonts-dejavu-core openssl libfaketime debootstrap systemd-container postgresql haproxy \
-	age
+	age wrk
 # the qemu guest of `make field` and the power-cut family of `make reliability`
 FIELD_DEB_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs debootstrap
 PYTEST_ARGS ?=

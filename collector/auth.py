@@ -132,8 +132,12 @@ class TokenStore:
                 return None
             return self._sites.get(device, "")
 
-    def resolve(self, token: str, *, recheck_s: float = 1.0) -> str | None:
-        """device_for with the file re-checked at most every recheck_s, and on every miss.
+    def resolve(
+        self, token: str, *, recheck_s: float = 1.0, reread_on_miss: bool = True
+    ) -> str | None:
+        """device_for with the file re-checked at most every recheck_s, and on every miss
+        (reread_on_miss=False: not on a miss, for a caller that looks elsewhere first and
+        re-reads only when that fails too: `DeviceTokens.in_file`).
 
         A device added while the collector runs works on its first upload; a
         rotated or removed token stops working within recheck_s.
@@ -144,7 +148,7 @@ class TokenStore:
             self.reload()
             return self.device_for(token)
         device = self.device_for(token)
-        if device is None:
+        if device is None and reread_on_miss:
             self.reload()
             device = self.device_for(token)
         return device
@@ -194,11 +198,17 @@ class DeviceTokens:
         return None if found is None else found[0]
 
     def resolve_with_site(self, token: str) -> tuple[str, str] | None:
-        """(device, site) of a token in one lookup (the check-in's path), or None."""
-        device = self.file.resolve(token)
-        if device is not None:
-            return device, self.file.registered_site(device) or ""
-        return self._enrolled(token) if token else None
+        """(device, site) of a token in one lookup, or None."""
+        return self.in_file(token) or (self._enrolled(token) if token else None)
+
+    def in_file(self, token: str, *, reread_on_miss: bool = True) -> tuple[str, str] | None:
+        """(device, site) of a token of the tokens file, or None (TokenFileError). The
+        check-in looks with reread_on_miss=False, then in the index (in its transaction),
+        then here again when both missed: a check-in of an enrolled device costs no stat()."""
+        device = self.file.resolve(token, reread_on_miss=reread_on_miss)
+        if device is None:
+            return None
+        return device, self.file.registered_site(device) or ""
 
     def site_for(self, device: str) -> str:
         """The device's site: the file's when it names the device, else its enrollment's."""

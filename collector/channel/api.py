@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from agent.bundle.format import BundleError, key_id
 from agent.bundle.sealed import public_pem
 from collector.access import principal_of
-from collector.auth import TokenFileError, valid_device_id
+from collector.auth import TokenFileError, hash_token, valid_device_id
 from collector.channel import checkin, commands, devices, enroll, remote_config
 from collector.channel.errors import BadRequest, ChannelError, NotFound
 from collector.channel.hooks import _audit
@@ -181,19 +181,51 @@ def _values(db: Database, site: str) -> dict[str, Any]:
         return remote_config.values_for(tx, site)
 
 
+class Mismatch(ChannelError):
+    """A device token presented for another device's id (403)."""
+
+    def __init__(self) -> None:
+        super().__init__(403, "forbidden", "X-Posagent-Device does not match the token's device")
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _tokens_file(col: Any, request: Request, *, reread: bool) -> tuple[str, str] | None:
+    """(device, site) of the bearer token in the tokens file, or None; 503 unreadable."""
+    try:
+        return col.tokens.in_file(_bearer(request), reread_on_miss=reread)  # type: ignore[no-any-return]
+    except TokenFileError as e:
+        log.error("tokens_file_unreadable", error=str(e))
+        raise ChannelError(503, "unavailable", "device tokens unavailable") from None
+
+
+def _caller(request: Request) -> checkin.Caller:
+    """The check-in's caller: a tokens-file device (the file as last read), else the
+    token's hash for the check-in's transaction to resolve; 401 without a token."""
+    token = _bearer(request)
+    if not token:
+        raise checkin.Unknown()
+    found = _tokens_file(_col(request), request, reread=False)
+    if found is not None:
+        return checkin.Caller(device=found[0], site=found[1])
+    return checkin.Caller(token_hash=hash_token(token))
+
+
 def _device_of(request: Request) -> tuple[str, str]:
     """(device, site) of the bearer token, which the request must claim; ChannelError."""
     col = _col(request)
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     try:
-        found = col.tokens.resolve_with_site(token.strip()) if scheme.lower() == "bearer" else None
+        found = col.tokens.resolve_with_site(_bearer(request))
     except TokenFileError as e:
         log.error("tokens_file_unreadable", error=str(e))
         raise ChannelError(503, "unavailable", "device tokens unavailable") from None
     if found is None:
-        raise ChannelError(401, "unauthorized", "missing or unknown device token")
+        raise checkin.Unknown()
     if request.headers.get("x-posagent-device", "") != found[0]:
-        raise ChannelError(403, "forbidden", "X-Posagent-Device does not match the token's device")
+        raise Mismatch()
     return str(found[0]), str(found[1])
 
 
@@ -209,34 +241,42 @@ def _wait_param(request: Request) -> int:
 async def post_checkin(request: Request) -> Response:
     col = _col(request)
     ch: Channel = col.channel
-    # the body first, then everything else in one worker-thread call (one hop, not two):
-    # the device's token, the rate limit, the wait, the body's checks, the transaction;
-    # refused in that order, as before
+    # the body first, then everything else in one worker-thread call (one hop, not two)
+    # and one transaction (`checkin.receive`): the device's token, the rate limit, the
+    # wait, the body's checks, the check-in's work; refused in that order, as before
     raw = await read_body(request, checkin.MAX_BODY)
     address = _client(request)
+    claimed = request.headers.get("x-posagent-device", "")
+    # parsed before the transaction (no writer waits on it), refused in order within it
+    parsed: checkin.CheckIn | ChannelError
+    try:
+        if isinstance(raw, ChannelError):
+            raise raw
+        parsed = checkin.parse(parse_json(raw), claimed)
+    except ChannelError as e:
+        parsed = e
 
-    def handle() -> tuple[str, int, checkin.Reply]:
-        device, site = _device_of(request)
+    def admit(device: str, site: str) -> tuple[checkin.CheckIn, int]:
+        if claimed != device:
+            raise Mismatch()
         wait_s = ch.checkin_limiter.take(device)
         if wait_s > 0:
             raise ChannelError(429, "rate_limited", "too many check-ins", int(wait_s))
         wait = _wait_param(request)
-        if isinstance(raw, ChannelError):
-            raise raw
-        ci = checkin.parse(parse_json(raw), device)
-        return (
-            device,
-            wait,
-            checkin.process(
-                ch.db,
-                ci,
-                site=site,
-                address=address,
-                now=time.time(),
-                silent_after=ch.silent_after,
-                wait_s=wait,
-                keys_cfg=col.cfg,
-            ),
+        if isinstance(parsed, ChannelError):
+            raise parsed
+        return parsed, wait
+
+    def handle() -> tuple[str, int, checkin.Reply]:
+        return checkin.receive(
+            ch.db,
+            _caller(request),
+            admit,
+            reread=lambda: _tokens_file(col, request, reread=True),
+            address=address,
+            now=time.time(),
+            silent_after=ch.silent_after,
+            keys_cfg=col.cfg,
         )
 
     try:

@@ -4,7 +4,15 @@
 fields by type (unknown scalar fields are kept, for newer agents), at most
 `MAX_SUMMARY_KEYS`; the results (`collector.channel.commands.parse_results`).
 
-`process` then, in one transaction: stores the device's state (last_seen, summary, boot
+`receive` (the HTTP handler's) then does everything else in one transaction: resolves
+the device token (an enrolled device's, `Caller.token_hash`; a tokens-file device is known
+before), runs the handler's checks (`Admit`: 403, 429, the body's 400) and `process`'s
+work, reading the device in one statement (`Stored`: its state, whether a command may be
+deliverable, the remote config for its site joined), pipelined on PostgreSQL: two round
+trips (BEGIN and the SELECT, the UPDATE and COMMIT), where a separate token lookup and a
+statement per read took about eleven.
+
+`process`, in one transaction: stores the device's state (last_seen, summary, boot
 id, agent version, config digest, interval, address; a device registered in the tokens
 file rather than enrolled gets its registry row on its first check-in), sets when it
 will be silent (``silent_deadline``: now + silent_after_checkins × interval + the
@@ -28,16 +36,17 @@ again with `deliver` when woken.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from collector.channel import commands, remote_config, silent
 from collector.channel.errors import BadRequest, ChannelError
 from collector.channel.remote_config import MAX_INTERVAL_S, MIN_INTERVAL_S
-from collector.storage.sql import Database
+from collector.storage.sql import Database, Row, Tx
 
 MAX_BODY = 64 * 1024
 MAX_WAIT_S = 55
@@ -198,6 +207,132 @@ class Reply:
         return out
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What a check-in reads of its device in one statement: its state (`_STATE`'s
+    columns), whether any command may be deliverable, the remote config values for its
+    site."""
+
+    state: Row
+    pending: bool
+    values: dict[str, Any]
+
+
+_STATE = (
+    "d.site, d.tenant, d.boot_id, d.silent_since, d.agent_version, d.config_digest, "
+    "d.interval_s, d.summary"
+)
+# a device's row with its count of commands neither answered nor expired and, joined,
+# the remote config rows of the fleet and of its site (one row with NULLs when none)
+_READ = (
+    f"SELECT d.id, d.token_hash, d.next_token_hash, {_STATE}, "
+    "(SELECT COUNT(*) FROM device_commands c WHERE c.device = d.id "
+    "AND c.status IN ('queued', 'delivered') AND c.expires_at > ?), rc.site, rc.key, rc.value "
+    "FROM devices d LEFT JOIN remote_config rc ON rc.site = '' OR rc.site = d.site WHERE "
+)
+_BY_TOKEN = _READ + "d.token_hash = ? OR d.next_token_hash = ?"
+_BY_ID = _READ + "d.id = ?"
+
+
+def _stored(rows: list[Row]) -> Stored:
+    """Stored of `_READ`'s rows (one device's)."""
+    head = rows[0]
+    return Stored(head[3:11], bool(head[11]), remote_config.merged([r[12:15] for r in rows]))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who presents a check-in: a device of the tokens file (`device`, `site`), known
+    before the transaction, or the SHA-256 of a device token (`token_hash`) that the
+    check-in's transaction resolves to an enrolled device."""
+
+    device: str = ""
+    site: str = ""
+    token_hash: str = ""
+
+
+class Unknown(ChannelError):
+    """No device has this token (401)."""
+
+    def __init__(self) -> None:
+        super().__init__(401, "unauthorized", "missing or unknown device token")
+
+
+# (device, site) -> the parsed check-in and the long-poll's wait; the refusals due after
+# the token's (403 another device's id, 429, 400), as ChannelError
+Admit = Callable[[str, str], tuple[CheckIn, int]]
+
+
+def receive(
+    db: Database,
+    caller: Caller,
+    admit: Admit,
+    *,
+    reread: Callable[[], tuple[str, str] | None],
+    address: str,
+    now: float,
+    silent_after: int,
+    keys_cfg: Any = None,
+) -> tuple[str, int, Reply]:
+    """A check-in over HTTP in one transaction: its token resolved (`Unknown`; an enrolled
+    device's rotated token promoted on first use, as `devices.resolve_token` does), then
+    `admit`'s checks, then `process`'s work; (device, wait, reply).
+
+    reread: the tokens file read again when the token is neither in it (as last read) nor
+    the index's ((device, site) or None). A refusal by admit leaves the promotion done."""
+    refused: ChannelError | None = None
+    with db.transaction(pipeline=True) as tx:
+        device, site, stored = _identify(tx, caller, reread, now)
+        try:
+            ci, wait_s = admit(device, site)
+        except ChannelError as e:
+            refused = e
+        else:
+            reply = _store(
+                tx,
+                ci,
+                stored,
+                site=site,
+                address=address,
+                now=now,
+                silent_after=silent_after,
+                wait_s=wait_s,
+                keys_cfg=keys_cfg,
+            )
+    if refused is not None:
+        raise refused
+    return device, wait_s, reply
+
+
+def _identify(
+    tx: Tx, caller: Caller, reread: Callable[[], tuple[str, str] | None], now: float
+) -> tuple[str, str, Stored | None]:
+    """(device, site, what is stored of it or None) of the caller; Unknown."""
+    if caller.token_hash:
+        rows = tx.all(_BY_TOKEN, (now, caller.token_hash, caller.token_hash))
+        if rows:
+            device, current, nxt = str(rows[0][0]), str(rows[0][1]), rows[0][2]
+            if hmac.compare_digest(current, caller.token_hash):
+                return device, str(rows[0][3]), _stored(rows)
+            if nxt is not None and hmac.compare_digest(str(nxt), caller.token_hash):
+                tx.execute(
+                    "UPDATE devices SET token_hash = next_token_hash, next_token_hash = NULL "
+                    "WHERE id = ? AND next_token_hash = ?",
+                    (device, caller.token_hash),
+                )
+                return device, str(rows[0][3]), _stored(rows)
+        again = reread()
+        if again is None:
+            raise Unknown()
+        caller = Caller(device=again[0], site=again[1])
+    return caller.device, caller.site, _by_id(tx, caller.device, now)
+
+
+def _by_id(tx: Tx, device: str, now: float) -> Stored | None:
+    rows = tx.all(_BY_ID, (now, device))
+    return _stored(rows) if rows else None
+
+
 def process(
     db: Database,
     ci: CheckIn,
@@ -209,65 +344,90 @@ def process(
     wait_s: int = 0,
     keys_cfg: Any = None,
 ) -> Reply:
-    """Store the check-in and build its reply (see the module docstring); Resend."""
-    with db.transaction() as tx:
-        row = tx.one(
-            "SELECT site, tenant, boot_id, silent_since, agent_version, config_digest, "
-            "interval_s, summary FROM devices WHERE id = ?",
-            (ci.device_id,),
+    """Store the check-in of a known device and build its reply (see the module
+    docstring); Resend."""
+    with db.transaction(pipeline=True) as tx:
+        return _store(
+            tx,
+            ci,
+            _by_id(tx, ci.device_id, now),
+            site=site,
+            address=address,
+            now=now,
+            silent_after=silent_after,
+            wait_s=wait_s,
+            keys_cfg=keys_cfg,
         )
-        if row is None:  # registered in the tokens file, checking in for the first time
-            if ci.base:
-                raise Resend()
-            tx.execute(
-                "INSERT INTO devices (id, site, tenant, token_hash, pubkeys, enrolled_at, "
-                "enroll_token_id) VALUES (?, ?, '', ?, '', ?, 'tokens_file') "
-                "ON CONFLICT (id) DO NOTHING",
-                (ci.device_id, site, f"file:{ci.device_id}", now),
-            )
-            row = (site, "", "", None, "", "", None, None)
-        dev_site, tenant, silent_since = str(row[0]), str(row[1]), row[3]
-        old_boot, old_version, old_digest = str(row[2] or ""), str(row[4] or ""), str(row[5] or "")
-        old_interval = None if row[6] is None else int(row[6])
-        if ci.base and ci.base != state_token(
-            old_boot, old_version, old_digest, old_interval, row[7] or ""
-        ):
-            raise Resend()
-        summary = ci.summary if ci.summary is not None else {}
+
+
+def _store(
+    tx: Tx,
+    ci: CheckIn,
+    stored: Stored | None,
+    *,
+    site: str,
+    address: str,
+    now: float,
+    silent_after: int,
+    wait_s: int,
+    keys_cfg: Any,
+) -> Reply:
+    """`process` in tx, what is stored of the device read (`Stored`, None: no row yet)."""
+    if stored is None:  # registered in the tokens file, checking in for the first time
         if ci.base:
-            stored = json.loads(row[7]) if row[7] else {}
-            summary = {**(stored if isinstance(stored, dict) else {}), **summary}
-            if len(summary) > MAX_SUMMARY_KEYS:
-                raise BadRequest(f"summary must be an object of at most {MAX_SUMMARY_KEYS} fields")
-        boot_id = old_boot if ci.boot_id is None else ci.boot_id
-        version = old_version if ci.agent_version is None else ci.agent_version
-        digest = old_digest if ci.config_digest is None else ci.config_digest
-        interval = ci.interval_s if ci.interval_s is not None else (old_interval or 300)
-        text = json.dumps(summary, ensure_ascii=False, allow_nan=False)
-        deadline = now + silent_after * interval + wait_s
+            raise Resend()
         tx.execute(
-            "UPDATE devices SET last_seen = ?, interval_s = ?, summary = ?, agent_version = ?, "
-            "boot_id = ?, config_digest = ?, address = ?, silent_deadline = ?, "
-            "silent_since = NULL WHERE id = ?",
-            (now, interval, text, version, boot_id, digest, address[:100], deadline, ci.device_id),
+            "INSERT INTO devices (id, site, tenant, token_hash, pubkeys, enrolled_at, "
+            "enroll_token_id) VALUES (?, ?, '', ?, '', ?, 'tokens_file') "
+            "ON CONFLICT (id) DO NOTHING",
+            (ci.device_id, site, f"file:{ci.device_id}", now),
         )
-        if silent_since is not None:
-            silent.came_back(
-                tx,
-                ci.device_id,
-                site=dev_site,
-                tenant=tenant,
-                now=now,
-                rebooted=bool(boot_id and old_boot and boot_id != old_boot),
-            )
-        rotations: list[dict[str, str]] = []
-        if ci.results:
-            rotations = commands.acknowledge(
-                tx, ci.device_id, ci.results, address=address, now=now, keys_cfg=keys_cfg
-            )
-        cmds = commands.deliverable(tx, ci.device_id, now)
-        commands.mark_delivered(tx, [c.id for c in cmds], now)
-        values = remote_config.values_for(tx, dev_site)
+        stored = Stored(
+            (site, "", "", None, "", "", None, None), True, remote_config.values_for(tx, site)
+        )
+    row = stored.state
+    dev_site, tenant, silent_since = str(row[0]), str(row[1]), row[3]
+    old_boot, old_version, old_digest = str(row[2] or ""), str(row[4] or ""), str(row[5] or "")
+    old_interval = None if row[6] is None else int(row[6])
+    if ci.base and ci.base != state_token(
+        old_boot, old_version, old_digest, old_interval, row[7] or ""
+    ):
+        raise Resend()
+    summary = ci.summary if ci.summary is not None else {}
+    if ci.base:
+        kept = json.loads(row[7]) if row[7] else {}
+        summary = {**(kept if isinstance(kept, dict) else {}), **summary}
+        if len(summary) > MAX_SUMMARY_KEYS:
+            raise BadRequest(f"summary must be an object of at most {MAX_SUMMARY_KEYS} fields")
+    boot_id = old_boot if ci.boot_id is None else ci.boot_id
+    version = old_version if ci.agent_version is None else ci.agent_version
+    digest = old_digest if ci.config_digest is None else ci.config_digest
+    interval = ci.interval_s if ci.interval_s is not None else (old_interval or 300)
+    text = json.dumps(summary, ensure_ascii=False, allow_nan=False)
+    deadline = now + silent_after * interval + wait_s
+    tx.execute(
+        "UPDATE devices SET last_seen = ?, interval_s = ?, summary = ?, agent_version = ?, "
+        "boot_id = ?, config_digest = ?, address = ?, silent_deadline = ?, "
+        "silent_since = NULL WHERE id = ?",
+        (now, interval, text, version, boot_id, digest, address[:100], deadline, ci.device_id),
+    )
+    if silent_since is not None:
+        silent.came_back(
+            tx,
+            ci.device_id,
+            site=dev_site,
+            tenant=tenant,
+            now=now,
+            rebooted=bool(boot_id and old_boot and boot_id != old_boot),
+        )
+    rotations: list[dict[str, str]] = []
+    if ci.results:
+        rotations = commands.acknowledge(
+            tx, ci.device_id, ci.results, address=address, now=now, keys_cfg=keys_cfg
+        )
+    cmds = commands.deliverable(tx, ci.device_id, now) if stored.pending else []
+    commands.mark_delivered(tx, [c.id for c in cmds], now)
+    values = stored.values
     config_digest = remote_config.digest(values)
     config = None if config_digest == digest else {"digest": config_digest, "values": values}
     return Reply(

@@ -349,12 +349,14 @@ def acknowledge(
         rotation = str(row[0]) == keys.KIND
         if rotation and status == "done":
             status, detail, extra = _rotation(tx, device, r, keys_cfg, now)
-        changed = tx.execute(
+        # RETURNING, not the row count: the check-in's transaction is pipelined
+        # (`collector.storage.sql`), where a statement's count is not read
+        changed = tx.one(
             "UPDATE device_commands SET status = ?, detail = ?, result_at = ? "
-            "WHERE id = ? AND device = ? AND status IN ('queued', 'delivered')",
+            "WHERE id = ? AND device = ? AND status IN ('queued', 'delivered') RETURNING id",
             (status, detail, now, r.command_id, device),
         )
-        if changed == 1:
+        if changed is not None:
             if rotation:
                 rotations.append({"command_id": r.command_id, "status": status, "detail": detail})
             _audit(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,10 +125,17 @@ def values_for(tx: Tx, site: str) -> dict[str, Any]:
         "SELECT site, key, value FROM remote_config WHERE site = '' OR site = ? ORDER BY site",
         (site,),
     )
+    return merged(rows)
+
+
+def merged(rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """`values_for` of its rows (site, key, value) for one device's site, in any order
+    (the check-in reads them joined to the device's row: `collector.channel.checkin`)."""
+    rows = [r for r in rows if r[1] is not None]
     fleet = {str(k): json.loads(v) for s, k, v in rows if s == ""}
-    merged = dict(fleet)
-    merged.update({str(k): json.loads(v) for s, k, v in rows if s != ""})
-    return dict(sorted(merged.items()))
+    out = dict(fleet)
+    out.update({str(k): json.loads(v) for s, k, v in rows if s != ""})
+    return dict(sorted(out.items()))
 
 
 def set_value(db: Database, site: str, key: str, value: Any, *, by: str, now: float) -> None:

@@ -12,6 +12,7 @@ Needs the fleet extra (``pip install 'posagent[fleet]'``).
 from __future__ import annotations
 
 import math
+import select
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -102,12 +103,13 @@ def migrate(url: str, *, connect_timeout_s: int = 10) -> tuple[int, int]:
 class PostgresIndex(Timed):
     """The index in PostgreSQL; a pool of autocommit connections (one per running query).
 
-    Every connection is checked as it leaves the pool (one empty round trip). A broken
-    one (the server restarted, or cut its sessions) is replaced, and every idle connection
-    of the pool is checked at once in the background, so the next queries after a restart
-    get fresh connections instead of failing one stale connection each. While the server is
-    down a query waits up to connect_timeout_s for a connection, then raises StorageError
-    (ingest answers 503 with Retry-After).
+    Every connection is checked as it leaves the pool (`_check`: its socket polled, no
+    round trip). A broken one (the server restarted, or cut its sessions) is replaced, and
+    every idle connection of the pool is checked at once in the background (an empty
+    query each), so the next queries after a restart get fresh connections instead of
+    failing one stale connection each. While the server is down a query waits up to
+    connect_timeout_s for a connection, then raises StorageError (ingest answers 503 with
+    Retry-After).
     """
 
     engine = "postgres"
@@ -141,9 +143,19 @@ class PostgresIndex(Timed):
             schema.check(version, self.where)
 
     def _check(self, conn: psycopg.Connection[Any]) -> None:
-        """The pool's check of a connection it hands out (raising: it is replaced)."""
+        """The pool's check of a connection it hands out (raising: it is replaced), without
+        a round trip: an idle connection has nothing to read, and one the server closed or
+        is closing (a restart, a crash, a terminated session) has its goodbye or its end of
+        file waiting on the socket. Something else there (an asynchronous notice) costs a
+        new connection, never a wrong answer."""
         try:
-            ConnectionPool.check_connection(conn)
+            if conn.closed or conn.broken:
+                raise psycopg.OperationalError("the connection is closed")
+            poll = select.poll()
+            poll.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+            if poll.poll(0):
+                conn.close()  # closed, the pool discards it (an open one would come back)
+                raise psycopg.OperationalError("the server closed or spoke on an idle connection")
         except Exception:
             self._check_all_soon()
             raise

@@ -669,6 +669,33 @@ def test_rotate_token_old_works_until_the_new_is_used(fleet: Fleet) -> None:
     assert fleet.checkin(new).status_code == 200
 
 
+def test_a_new_token_refused_for_its_body_still_retires_the_old(fleet: Fleet) -> None:
+    """The token is resolved in the check-in's transaction: a check-in with the new token
+    that is then refused (its body) keeps the promotion, as a separate lookup did; the
+    remote config reaches the terminal merged (the fleet's, its site's on top)."""
+    t = fleet.terminal("T-0001")
+    h = {"Authorization": f"Bearer {t.token}", "X-Posagent-Device": t.device}
+    r = fleet.wire.post(f"{fleet.url}/v1/devices/self/token", headers=h, timeout=10)
+    assert r.status_code == 200, r.text
+    new = replace(t, token=r.json()["device_token"])
+    bad = fleet.checkin(new, interval_s="soon")
+    assert bad.status_code == 400 and "interval_s" in bad.json()["error"]
+    assert fleet.checkin(t).status_code == 401  # retired by the refused check-in
+    now = time.time()
+    remote_config.set_value(fleet.db, "", "upload.checkin_interval_s", 600, by="test", now=now)
+    remote_config.set_value(fleet.db, SITE, "upload.checkin_interval_s", 900, by="test", now=now)
+    remote_config.set_value(fleet.db, "", "capture.cooldown_s", 60, by="test", now=now)
+    remote_config.set_value(fleet.db, "Elsewhere", "capture.cooldown_s", 5, by="test", now=now)
+    r = fleet.checkin(new)
+    assert r.status_code == 200, r.text
+    with fleet.db.transaction(write=False) as tx:
+        assert r.json()["config"]["values"] == remote_config.values_for(tx, SITE)
+    assert r.json()["config"]["values"] == {
+        "capture.cooldown_s": 60,
+        "upload.checkin_interval_s": 900,
+    }
+
+
 def test_devices_and_commands_are_scoped_by_principal(fleet: Fleet) -> None:
     """Users of tenant Acme (which owns Store A) reach Store A's devices only, through the
     functions and over HTTP: support queues commands there, a merchant only reads, a

@@ -1,17 +1,42 @@
 """structlog set-up: JSON lines to stdout (journald keeps them), a console renderer on a TTY.
 
 Every event passes the redaction processor before it is rendered.
+
+`import structlog` imports `structlog.stdlib` (and `structlog._native`), which import asyncio
+for their async logging methods, never called here; asyncio imports ssl, and with it
+libssl: some 5 MiB of the daemon's RSS (docs/BENCHMARKS.md, "Where the daemon's memory
+goes"). So structlog is imported with a stand-in for asyncio (`_AsyncioOnUse`) that
+imports the real one on its first attribute access; the stand-in is only in those two
+modules' globals: it leaves sys.modules right after, and any other `import asyncio` (the
+collector's uvicorn) gets the real module.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+import types
 from typing import Any
 
-import structlog
+from agent.core.redact import Redactor  # imports no structlog (tests/daemon/test_footprint.py)
 
-from agent.core.redact import Redactor
+
+class _AsyncioOnUse(types.ModuleType):
+    """Stands in for asyncio in structlog's modules: imports it when an attribute is read."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(importlib.import_module("asyncio"), name)
+
+
+if "asyncio" in sys.modules:
+    import structlog
+else:
+    sys.modules["asyncio"] = _AsyncioOnUse("asyncio")
+    try:
+        import structlog
+    finally:
+        del sys.modules["asyncio"]
 
 _LEVELS = {
     "debug": logging.DEBUG,

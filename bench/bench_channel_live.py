@@ -29,7 +29,8 @@ figure is the path, not the policy).
    same twins with no endpoint (no channel and no uploads), run alongside; the target is
    the issue's 36 MiB (the daemon held 36.09 MiB at 10 minutes before the channel, from
    the dev venv). Every daemon runs as a terminal runs it (bench/installed.py: a venv made
-   as install.sh makes it, the systemd unit's environment).
+   as install.sh makes it, the systemd unit's environment). Beside RSS, the daemons' own
+   pages (USS: RSS less the shared libraries' clean pages, which other processes map too).
 
 Run: python -m bench.bench_channel_live   (about 14 minutes; BENCH_QUICK=1: 3)
 """
@@ -48,7 +49,7 @@ from typing import Any
 
 from agent.core.timefmt import parse_rfc3339
 from bench.bench_daemon import DEFAULT_INTERVALS
-from bench.installed import daemon_stack_args, hwm_mib, rss_mib
+from bench.installed import daemon_stack_args, hwm_mib, private_mib, rss_mib
 from collector.channel.signing import keygen
 from simulator.stack import Stack
 from simulator.terminal import merge_sections
@@ -245,6 +246,7 @@ def measure(root: Path) -> dict[str, Any]:
         time.sleep(max(0.0, t_start + RUN_S - time.monotonic()))
         out["rss_at_run_s_mib"] = {k: rss_mib(pid) for k, pid in pids.items()}
         out["rss_hwm_mib"] = {k: hwm_mib(pid) for k, pid in pids.items()}
+        out["private_at_run_s_mib"] = {k: private_mib(pid) for k, pid in pids.items()}
         out["uptime_s"] = round(time.monotonic() - t_start, 1)
         out["checkin_failures_logged"] = {"a": _failures(a), "b": _failures(b)}
         # B again with long-poll on: its silent deadline holds the long-poll's wait

@@ -5,7 +5,7 @@ A terminal runs the agent from /opt/posagent/venv, which systemd/install.sh make
 systemd/posagent.service's environment. The dev venv differs in what it holds: rich and
 pygments (structlog imports them at start when installed, some 5 MiB of RSS), the collector's
 and the tests' packages. So bench_daemon and bench_channel_live start their daemons with
-`daemon_stack_args()` and read their memory with `rss_mib` / `hwm_mib`:
+`daemon_stack_args()` and read their memory with `rss_mib` / `hwm_mib` / `private_mib`:
 
 - `installed_venv()`: such a venv, built from a clean copy of the source the wheel is made of
   (tests.field.debian.source_items: an in-place build would reuse build/lib) with the dev
@@ -130,6 +130,16 @@ def rss_mib(pid: int) -> float:
 def hwm_mib(pid: int) -> float:
     """The process's peak resident set (VmHWM), MiB, 2 decimals."""
     return round(_status_kib(pid, "VmHWM") / 1024, 2)
+
+
+def private_mib(pid: int) -> float:
+    """The process's own pages (USS: Private_Clean + Private_Dirty of smaps_rollup), MiB: its
+    RSS without the shared libraries' clean pages, which other processes map too."""
+    kib = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            kib += int(line.split()[1])
+    return round(kib / 1024, 2)
 
 
 if __name__ == "__main__":  # `python -m bench.installed`: build (or reuse) the venv, print it

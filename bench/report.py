@@ -1004,6 +1004,29 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
 
 # What a section's rows need said once, under its heading.
 SECTION_TEXT = {
+    "Daemon (bench/bench_daemon.py)": (
+        "The daemon runs as a terminal runs it (bench/installed.py, shared with "
+        "bench_channel_live): from a venv made as systemd/install.sh makes it (`pip install` "
+        "of the source, runtime dependencies only) under the unit's environment. Where its "
+        "memory goes (RSS read from /proc after each import of the daemon's import graph in "
+        "order, and on live daemons with the channel on and ten captures, 2026-12-06): the "
+        "interpreter alone 8.5 MiB; the daemon's modules at start 27.9 MiB; libcrypto, which "
+        "hashlib loads, 3.6 MiB of it (2.9 MiB of them clean pages shared with every process "
+        "that maps it; its own 0.4 MiB): kept, as Python's built-in sha256 hashes some 20 "
+        "times slower. Cut: rich and pygments, which structlog imports when installed (the dev "
+        "venv has them; a terminal does not): some 5 MiB; asyncio and with it ssl, imported by "
+        "structlog.stdlib for async methods the agent never calls and by drivers.network for "
+        "the TLS probe: 2.5 MiB (agent/core/log.py imports structlog with a stand-in that "
+        "loads asyncio on first use; ssl is imported by the TLS probe); email.utils (a "
+        "Retry-After date): 0.3 MiB; the flight recorder's 10-minute window, kept as the "
+        "readings' JSON lines instead of dicts: 0.4 MiB instead of 1.9 at 10 minutes; glibc's "
+        "mmap threshold kept at 128 KiB (by default it rises after a large free and a "
+        "capture's buffers then fragment the heap): 34.10 against 35.45 MiB at 10 minutes, one "
+        "run each. Tried and not kept: MALLOC_ARENA_MAX=2 in the environment (the daemon "
+        "already caps its arenas at 2 with mallopt: 37.23 against 36.42 MiB, noise); one "
+        "arena (34.71 against 35.45). Between runs of the same code the 10-minute figure "
+        "moves by about 1 MiB."
+    ),
     "Incidents (bench/bench_incidents.py)": (
         "Both index engines hold the same generated rows (SQLite: executemany; PostgreSQL: "
         "COPY, then VACUUM ANALYZE as autovacuum would) and are read by the same collector "

@@ -9,9 +9,11 @@ and the tests' packages. So bench_daemon and bench_channel_live start their daem
 
 - `installed_venv()`: such a venv, built from a clean copy of the source the wheel is made of
   (tests.field.debian.source_items: an in-place build would reuse build/lib) with the dev
-  venv's base interpreter, cached as build/bench-venv (gitignored, removed by `make clean`):
-  its stamp holds a digest of that source and the Python version, so a second run reuses it
-  (a CI runner that keeps the workspace too) and a changed source rebuilds it, under a lock.
+  venv's base interpreter, cached as build/bench-venv/<digest> (gitignored, removed by
+  `make clean`), the digest of that source and the Python version: a second run reuses it
+  (a CI runner that keeps the workspace too), a changed source builds another beside it
+  (under a lock) and never replaces one a running bench's daemons use; the two newest are
+  kept.
   pip itself is not upgraded as install.sh does (nothing of it is in the daemon).
 - `unit_environ()`: what the unit gives the daemon: systemd's PATH and a UTF-8 LANG, the
   unit's `Environment=` assignments (PYTHONDONTWRITEBYTECODE, MALLOC_ARENA_MAX), no
@@ -32,6 +34,7 @@ from typing import Any
 from tests.field.debian import PROJECT, locked, source_items
 
 CACHE = PROJECT / "build" / "bench-venv"
+KEEP = 2  # venvs of different sources kept in CACHE
 UNIT = PROJECT / "systemd" / "posagent.service"
 # systemd's PATH for system services (systemd.exec(5), "Environment variables in spawned processes")
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
@@ -72,11 +75,12 @@ def _base_python() -> str:
 def installed_venv(cache: Path = CACHE) -> Path:
     """A venv with the package installed as install.sh installs it; built once per source."""
     digest = source_digest()
-    stamp = cache / ".source-digest"
+    venv = cache / digest[:16]
+    stamp = venv / ".complete"
     with locked(cache.parent / ".bench-venv.lock"):
-        if stamp.exists() and stamp.read_text() == digest and (cache / "bin/posagent").exists():
-            return cache
-        shutil.rmtree(cache, ignore_errors=True)
+        if stamp.exists():
+            return venv
+        shutil.rmtree(venv, ignore_errors=True)  # a build that did not finish
         with tempfile.TemporaryDirectory(prefix="posagent-src-") as td:
             src = Path(td) / "src"
             src.mkdir()
@@ -86,15 +90,22 @@ def installed_venv(cache: Path = CACHE) -> Path:
                 else:
                     shutil.copy2(PROJECT / item, src / item)
             for argv in (
-                [_base_python(), "-m", "venv", str(cache)],
-                [str(cache / "bin/python"), "-m", "pip", "install", "--quiet", str(src)],
+                [_base_python(), "-m", "venv", str(venv)],
+                [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", str(src)],
             ):
                 r = subprocess.run(argv, capture_output=True, text=True, timeout=900)
                 if r.returncode != 0:
                     tail = " | ".join((r.stdout + r.stderr).strip().splitlines()[-3:])
                     raise InstallError(f"{' '.join(argv[:4])}: exit {r.returncode}: {tail}")
         stamp.write_text(digest)
-    return cache
+        older = sorted(
+            (p for p in cache.iterdir() if (p / "pyvenv.cfg").exists() and p != venv),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for old in older[KEEP - 1 :]:
+            shutil.rmtree(old, ignore_errors=True)
+    return venv
 
 
 def unit_environ(unit: Path = UNIT) -> dict[str, str]:

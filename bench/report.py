@@ -1004,9 +1004,9 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
 
 # What a section's rows need said once, under its heading.
 SECTION_TEXT = {
-    "Daemon (bench/bench_daemon.py)": (
-        "The daemon runs as a terminal runs it (bench/installed.py, shared with "
-        "bench_channel_live): from a venv made as systemd/install.sh makes it (`pip install` "
+    "Two-way channel (bench/bench_channel.py, bench/bench_channel_live.py)": (
+        "The daemons of bench_channel_live and bench_daemon run as a terminal runs them "
+        "(bench/installed.py): from a venv made as systemd/install.sh makes it (`pip install` "
         "of the source, runtime dependencies only) under the unit's environment. Where its "
         "memory goes (RSS read from /proc after each import of the daemon's import graph in "
         "order, and on live daemons with the channel on and ten captures, 2026-12-06): the "

@@ -4,7 +4,7 @@ Every event passes the redaction processor before it is rendered.
 
 `import structlog` imports `structlog.stdlib` (and `structlog._native`), which import asyncio
 for their async logging methods, never called here; asyncio imports ssl, and with it
-libssl: 2.5 MiB of the daemon's RSS (docs/BENCHMARKS.md, "Daemon"). So structlog is
+libssl: 2.5 MiB of the daemon's RSS (docs/BENCHMARKS.md, "Two-way channel"). So structlog is
 imported with a stand-in for asyncio (`_AsyncioOnUse`) that imports the real one on its
 first attribute access; the stand-in is only in those two modules' globals: it leaves
 sys.modules right after, and any other `import asyncio` (the collector's uvicorn) gets the

@@ -665,7 +665,7 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> None:
     back whole. Fixed, a block of 128 KiB or more is always its own mapping, returned to
     the OS when freed: an mmap and a munmap per large buffer, a few per capture. Measured
     on bench_channel_live's terminal with ten captures: 34.10 MiB at 10 minutes against
-    35.45 for the same code with the default (docs/BENCHMARKS.md, "Daemon").
+    35.45 for the same code with the default (docs/BENCHMARKS.md, "Two-way channel").
     """
     lib = _glibc()
     if lib is not None:

@@ -24,20 +24,19 @@ figure is the path, not the policy).
    SILENT_TRIALS without long-poll, then B restarted with long-poll on and the same again
    (its deadline holds the long-poll's wait). Target: silent_after × interval + 30 s,
    from the cut.
-3. Daemon RSS at 10 minutes after start (psutil: the daemon's own process; its upload
+3. Daemon RSS at 10 minutes after start (VmRSS of the daemon's own process; its upload
    child, which holds requests and TLS, apart): A and B beside C, the same daemon on the
    same twins with no endpoint (no channel and no uploads), run alongside; the target is
-   the issue's 36 MiB (the daemon held 36.09 MiB at 10 minutes before the channel). D is
-   A without a capture, on a path where rich and pygments fail to import: structlog
-   imports them at start when installed (this venv has them for the tools; a terminal
-   need not), some 5 MiB of the daemon's RSS.
+   the issue's 36 MiB (the daemon held 36.09 MiB at 10 minutes before the channel, from
+   the dev venv). Every daemon runs as a terminal runs it (bench/installed.py: a venv made
+   as install.sh makes it, the systemd unit's environment). Beside RSS, the daemons' own
+   pages (USS: RSS less the shared libraries' clean pages, which other processes map too).
 
 Run: python -m bench.bench_channel_live   (about 14 minutes; BENCH_QUICK=1: 3)
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -48,10 +47,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from agent.core.timefmt import parse_rfc3339
 from bench.bench_daemon import DEFAULT_INTERVALS
+from bench.installed import daemon_stack_args, hwm_mib, private_mib, rss_mib
 from collector.channel.signing import keygen
 from simulator.stack import Stack
 from simulator.terminal import merge_sections
@@ -75,10 +73,6 @@ TARGETS = {
 }
 RSS_BEFORE_CHANNEL_MIB = 36.09  # bench_daemon, RSS 10 minutes after start (docs/BENCHMARKS.md)
 OPEN_MANUAL: dict[str, Any] = {"capture": {"manual_per_hour": 3600.0, "manual_burst": 100}}
-
-
-def _mib(n: float) -> float:
-    return round(n / 2**20, 2)
 
 
 def _p95(xs: list[float]) -> float:
@@ -116,7 +110,13 @@ def _stack(root: Path, name: str, *, longpoll: bool, interval_s: int, silent_aft
         "silent_check_interval_s": 1.0,
     }
     screen = "x11" if shutil.which("Xvfb") else "none"
-    return Stack(root / name, screen=screen, agent_config=agent, collector_config=collector)
+    return Stack(
+        root / name,
+        screen=screen,
+        agent_config=agent,
+        collector_config=collector,
+        **daemon_stack_args(),
+    )
 
 
 def _operator(stack: Stack) -> Operator:
@@ -218,25 +218,23 @@ def measure(root: Path) -> dict[str, Any]:
     b = _stack(root, "b", longpoll=False, interval_s=POLL_INTERVAL_S, silent_after=SILENT_AFTER)
     # the peer of the RSS: the same daemon with no endpoint (no channel, no uploads)
     c = Stack(
-        root / "c", screen=a.term.screen_mode, collector=False, agent_config=DEFAULT_INTERVALS
+        root / "c",
+        screen=a.term.screen_mode,
+        collector=False,
+        agent_config=DEFAULT_INTERVALS,
+        **daemon_stack_args(),
     )
-    # A's daemon as on a terminal without rich and pygments (structlog imports them when
-    # they are installed, as they are in this venv for the tools)
-    d = _stack(root, "d", longpoll=True, interval_s=300, silent_after=3)
-    hidden = _hide(root / "hidden", "rich", "pygments")
-    d.env["PYTHONPATH"] = f"{hidden}{os.pathsep}{d.env['PYTHONPATH']}"
-    with a, b, c, d:
-        assert a.agent_proc and b.agent_proc and c.agent_proc and d.agent_proc
+    with a, b, c:
+        assert a.agent_proc and b.agent_proc and c.agent_proc
         out["screen"] = a.term.screen.backend if a.term.screen else "none"
-        pa, pb = psutil.Process(a.agent_proc.pid), psutil.Process(b.agent_proc.pid)
-        pc, pd = psutil.Process(c.agent_proc.pid), psutil.Process(d.agent_proc.pid)
+        pids = {"a": a.agent_proc.pid, "b": b.agent_proc.pid, "c": c.agent_proc.pid}
         t_start = time.monotonic()
         op_a, op_b = _operator(a), _operator(b)
         for op in (op_a, op_b):
             if not wait_until(op.device, 120.0, 0.5):
                 raise RuntimeError(f"{op.url}: the terminal never checked in")
         time.sleep(max(0.0, t_start + SETTLE_S - time.monotonic()))
-        out["rss_after_start_mib"] = _rss(pa, pb, pc, pd)
+        out["rss_after_start_mib"] = {k: rss_mib(pid) for k, pid in pids.items()}
         threads = [
             threading.Thread(target=_run_a, args=(op_a, t_start, out, errors)),
             threading.Thread(target=_run_b, args=(b, op_b, out, errors)),
@@ -246,10 +244,9 @@ def measure(root: Path) -> dict[str, Any]:
         for t in threads:
             t.join()
         time.sleep(max(0.0, t_start + RUN_S - time.monotonic()))
-        out["rss_at_run_s_mib"] = _rss(pa, pb, pc, pd)
-        out["rss_hwm_mib"] = {
-            k: _hwm_mib(p.pid) for k, p in zip("abcd", (pa, pb, pc, pd), strict=True)
-        }
+        out["rss_at_run_s_mib"] = {k: rss_mib(pid) for k, pid in pids.items()}
+        out["rss_hwm_mib"] = {k: hwm_mib(pid) for k, pid in pids.items()}
+        out["private_at_run_s_mib"] = {k: private_mib(pid) for k, pid in pids.items()}
         out["uptime_s"] = round(time.monotonic() - t_start, 1)
         out["checkin_failures_logged"] = {"a": _failures(a), "b": _failures(b)}
         # B again with long-poll on: its silent deadline holds the long-poll's wait
@@ -267,26 +264,6 @@ def measure(root: Path) -> dict[str, Any]:
     if errors:
         out["errors"] = errors
     return out
-
-
-def _rss(*procs: psutil.Process) -> dict[str, float]:
-    return {k: _mib(p.memory_info().rss) for k, p in zip("abcd", procs, strict=True)}
-
-
-def _hide(where: Path, *packages: str) -> Path:
-    """A directory whose packages of these names fail to import (put first on the path)."""
-    for name in packages:
-        (where / name).mkdir(parents=True)
-        (where / name / "__init__.py").write_text(f'raise ImportError("{name} hidden")\n')
-    return where
-
-
-def _hwm_mib(pid: int) -> float:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 2)
-    return 0.0
 
 
 def _failures(stack: Stack) -> int:

@@ -1,7 +1,8 @@
 """Daemon figures: start to READY with 10,000 queued, idle RSS and CPU, fault → bundle, capture RSS.
 
-Every figure is taken on `posagent run` (its own process) pointed at the
-simulated terminal (sysfs power/net trees, pty printer and PIN pad, loopback
+Every figure is taken on `posagent run` (its own process) as a terminal runs it
+(bench/installed.py: a venv made as install.sh makes it, the systemd unit's environment),
+pointed at the simulated terminal (sysfs power/net trees, pty printer and PIN pad, loopback
 payment host, Xvfb + Tk screen when Xvfb is installed), with the default
 monitor intervals of agent/data/agent.toml (power 5 s, network 5 s, printer
 and serial 2 s, peripherals 5 s, system 10 s, app 5 s).
@@ -37,7 +38,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,6 +46,7 @@ from typing import Any
 
 import psutil
 
+from bench.installed import daemon_stack_args, hwm_mib, rss_mib
 from simulator.stack import Stack, read_manifest
 from simulator.terminal import SimTerminal, merge_sections, render_toml
 
@@ -101,11 +102,15 @@ def _ready_once(cfg: Path, notify_path: Path, log: Path) -> float:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify_path))
     sock.settimeout(0.5)
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "30000000"}
-    env.pop("WATCHDOG_PID", None)
+    daemon = daemon_stack_args()
+    env = {
+        **daemon["agent_environ"],
+        "NOTIFY_SOCKET": str(notify_path),
+        "WATCHDOG_USEC": "30000000",
+    }
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.commands.main", "run", "--config", str(cfg)],
+        [*daemon["agent_argv"], "run", "--config", str(cfg)],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -225,13 +230,6 @@ def _cpu_window(proc: psutil.Process, seconds: float) -> float:
     return round((cpu() - c0) / (time.monotonic() - w0) * 100, 3)
 
 
-def _hwm_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 2)
-    return 0.0
-
-
 def _spool_names(spool: Path) -> set[str]:
     names: set[str] = set()
     for where in ("new", "cur", "sent"):
@@ -319,12 +317,12 @@ def measure_running(tmp: Path) -> dict[str, Any]:
     screen = "x11" if shutil.which("Xvfb") else "none"
     extra = merge_sections(DEFAULT_INTERVALS, OPEN_POLICY)
     out: dict[str, Any] = {"screen": screen, "idle_window_s": IDLE_S, "long_run": LONG}
-    with Stack(tmp / "stack", screen=screen, agent_config=extra) as stack:
+    with Stack(tmp / "stack", screen=screen, agent_config=extra, **daemon_stack_args()) as stack:
         assert stack.agent_proc is not None
         proc = psutil.Process(stack.agent_proc.pid)
         t_start = time.monotonic()
         time.sleep(SETTLE_S)
-        out["rss_after_start_mib"] = _mib(proc.memory_info().rss)
+        out["rss_after_start_mib"] = rss_mib(proc.pid)
         out["cpu_pct_idle"] = _cpu_window(proc, IDLE_S if not LONG else 60.0)
         idle_rss = proc.memory_info().rss
         out["rss_idle_before_captures_mib"] = _mib(idle_rss)
@@ -344,7 +342,7 @@ def measure_running(tmp: Path) -> dict[str, Any]:
         out["screenshots"] = sorted({c.get("raised_screenshot", "?") for c in captures})
         out["capture_peak_rss_mib"] = _mib(max(sampler.samples))
         out["capture_peak_above_idle_mib"] = _mib(max(sampler.samples) - idle_rss)
-        out["vm_hwm_mib"] = _hwm_mib(proc.pid)
+        out["vm_hwm_mib"] = hwm_mib(proc.pid)
         out["workers_peak_rss_mib"] = _mib(max(sampler.children, default=0))
 
         # uploads: wait until the collector holds every bundle the spool made
@@ -355,17 +353,16 @@ def measure_running(tmp: Path) -> dict[str, Any]:
         out["bundles_made"] = made
         out["bundles_uploaded"] = len(stack.collector_bundles())
         time.sleep(2.0)
-        rss_a = proc.memory_info().rss
-        out["rss_after_captures_uploads_mib"] = _mib(rss_a)
+        rss_a = rss_mib(proc.pid)
+        out["rss_after_captures_uploads_mib"] = rss_a
         if LONG:
             # BENCH_LONG: RSS at 10 minutes after start, then growth over 30 minutes
             time.sleep(max(0.0, 600 - (time.monotonic() - t_start)))
-            out["rss_at_10_min_mib"] = _mib(proc.memory_info().rss)
-            rss_a = proc.memory_info().rss
+            rss_a = out["rss_at_10_min_mib"] = rss_mib(proc.pid)
         out["cpu_pct_after_captures"] = _cpu_window(proc, IDLE_S)
-        rss_b = proc.memory_info().rss
-        out["rss_end_mib"] = _mib(rss_b)
-        out["rss_growth_over_window_mib"] = _mib(rss_b - rss_a)
+        rss_b = rss_mib(proc.pid)
+        out["rss_end_mib"] = rss_b
+        out["rss_growth_over_window_mib"] = round(rss_b - rss_a, 2)
         out["agent_uptime_s"] = round(time.monotonic() - t_start, 1)
     out["targets"] = TARGETS
     return out

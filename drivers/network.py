@@ -14,13 +14,16 @@ import errno
 import ipaddress
 import re
 import socket
-import ssl
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import ssl
 
 from drivers.roots import Roots
 
@@ -497,7 +500,8 @@ class ConnectResult:
 def _classify(e: BaseException) -> ErrorKind:
     if isinstance(e, TimeoutError | socket.timeout):
         return ErrorKind.TIMEOUT
-    if isinstance(e, ssl.SSLError | ssl.CertificateError):
+    ssl_mod = sys.modules.get("ssl")  # an SSL error means a TLS probe imported ssl
+    if ssl_mod is not None and isinstance(e, ssl_mod.SSLError | ssl_mod.CertificateError):
         return ErrorKind.TLS_FAILURE
     if isinstance(e, ConnectionRefusedError):
         return ErrorKind.REFUSED
@@ -515,6 +519,8 @@ def _classify(e: BaseException) -> ErrorKind:
 
 def tls_context(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
     """A client context: the system store, or `ca_file` alone when given; verify off on request."""
+    import ssl  # lazy: only a TLS probe needs ssl (and libssl, ~4 MiB of the daemon's RSS)
+
     if not verify:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False

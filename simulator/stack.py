@@ -28,6 +28,11 @@ POS app process (its pid file and heartbeat are filled in), `[network] tls =
 true` makes the payment host speak TLS with a throw-away certificate the
 agent trusts through SSL_CERT_FILE.
 
+`agent_argv` runs the agent from elsewhere (the `posagent` command of an installed venv
+instead of this interpreter's `-m agent.commands.main`) and `agent_environ` gives it that
+whole environment instead of the stack's (e.g. the one its systemd unit gives): the benches
+measure the daemon as a terminal runs it (bench/installed.py).
+
 Two options change where the agent runs (root / libfaketime needed):
 - `netns=True`: the agent runs in a fresh network namespace (SimNetns,
   `ip netns exec`) whose resolv.conf names only the DNS twin (SimDns on the
@@ -179,6 +184,8 @@ class Stack:
         disk_mib: int = 0,
         netns: bool = False,
         fake_clock: bool = False,
+        agent_argv: list[str] | None = None,
+        agent_environ: dict[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.extra_config = agent_config or {}
@@ -215,6 +222,8 @@ class Stack:
         root = str(Path(__file__).resolve().parent.parent)
         self.env["PYTHONPATH"] = root + os.pathsep + self.env.get("PYTHONPATH", "")
         self.env.pop("POSAGENT_CONFIG", None)
+        self.agent_argv = agent_argv or posagent_argv()
+        self.agent_environ = agent_environ
 
     # ----------------------------------------------------------------- start
 
@@ -288,8 +297,11 @@ class Stack:
         )
 
     def agent_env(self) -> dict[str, str]:
-        """The agent's environment: the stack's, plus libfaketime under fake_clock."""
-        env = dict(self.env)
+        """The agent's environment: the stack's (or agent_environ), plus libfaketime under
+        fake_clock."""
+        env = dict(self.env if self.agent_environ is None else self.agent_environ)
+        if self.term.payment_ca_file:
+            env["SSL_CERT_FILE"] = self.term.payment_ca_file
         if self.clock is not None:
             env.update(self.clock.env())
         return env
@@ -427,7 +439,7 @@ class Stack:
         self._start_agent()
 
     def _start_agent(self) -> None:
-        argv = [*posagent_argv(), "run", "--config", str(self.agent_config_path)]
+        argv = [*self.agent_argv, "run", "--config", str(self.agent_config_path)]
         if self.netns is not None:
             argv = self.netns.exec_argv(argv)
         self.agent_proc = subprocess.Popen(

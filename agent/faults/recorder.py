@@ -12,6 +12,12 @@ Two files in the state dir (docs/ARCHITECTURE.md §7):
   the two leaves rows in both: `load()` keeps journal rows only past the
   snapshot's `seq`. A torn last line is skipped.
 
+In memory each reading is kept as its compact JSON line (with its time apart), some 300
+bytes where the dict it came from takes about 1,600: a full 10-minute window of the default
+monitors (some 1,200 readings) costs the daemon 0.4 MiB instead of 1.9. It is decoded only
+when asked for (`snapshot()`, `previous()`: a capture's timeline), and the journal and the
+snapshot are joined from the same lines without encoding them again.
+
 `load()` also keeps the previous run's window, cut relative to its *last
 persisted reading* rather than to now, so the unclean-shutdown bundle carries
 the minutes before the cut however long the outage (`previous()`). The daemon
@@ -44,6 +50,18 @@ JOURNAL_SUFFIX = ".journal"
 def journal_path(path: Path) -> Path:
     """The journal beside a snapshot path (recorder.json → recorder.journal)."""
     return path.with_suffix(JOURNAL_SUFFIX)
+
+
+# one reading in memory: its time and its compact JSON (the journal's and snapshot's bytes)
+_Row = tuple[float, bytes]
+
+
+def _encode(row: dict[str, Any]) -> _Row:
+    return (row["ts"], json.dumps(row, separators=(",", ":")).encode())
+
+
+def _decode(rows: list[_Row]) -> list[dict[str, Any]]:
+    return [json.loads(b) for _, b in rows]
 
 
 def _rows(items: Any) -> list[dict[str, Any]]:
@@ -90,15 +108,15 @@ class FlightRecorder:
         self.window_s = window_s
         self.journal_interval_s = journal_interval_s
         self.compact_every_s = window_s if compact_every_s is None else compact_every_s
-        self._buf: deque[dict[str, Any]] = deque(maxlen=max_readings)
-        self._pending: list[tuple[int, dict[str, Any]]] = []
+        self._buf: deque[_Row] = deque(maxlen=max_readings)
+        self._pending: list[tuple[int, _Row]] = []
         self._seq = 0
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()  # one writer of the files at a time
         self._dirty = False  # the buffer changed since the last compaction
         self._journal_bytes = 0
         self._jfd: int | None = None
-        self._previous: list[dict[str, Any]] = []
+        self._previous: list[_Row] = []
         self._next_flush: float | None = None
         self._next_compact: float | None = None
         self.loaded_journal_rows = 0
@@ -107,14 +125,14 @@ class FlightRecorder:
 
     def add(self, reading: Reading) -> None:
         """Record one reading and drop the ones older than the window."""
-        row = reading.to_json()
+        row = _encode(reading.to_json())
         with self._lock:
             self._seq += 1
             self._buf.append(row)
             self._pending.append((self._seq, row))
             self._dirty = True
             cutoff = reading.ts - self.window_s
-            while self._buf and self._buf[0]["ts"] < cutoff:
+            while self._buf and self._buf[0][0] < cutoff:
                 self._buf.popleft()
             if len(self._pending) > 2 * (self._buf.maxlen or MAX_READINGS):
                 del self._pending[: len(self._pending) // 2]  # the disk is gone: bound memory
@@ -123,7 +141,8 @@ class FlightRecorder:
         """The readings inside the window ending now, oldest first."""
         cutoff = (time.time() if now is None else now) - self.window_s
         with self._lock:
-            return [r for r in self._buf if r["ts"] >= cutoff]
+            rows = [r for r in self._buf if r[0] >= cutoff]
+        return _decode(rows)
 
     def previous(self) -> list[dict[str, Any]]:
         """The window `load()` found on disk, cut relative to its last reading (not to now),
@@ -131,10 +150,10 @@ class FlightRecorder:
         or of a report made while no daemon runs."""
         with self._lock:
             prev = list(self._previous)
-            last = prev[-1]["ts"] if prev else float("-inf")
+            last = prev[-1][0] if prev else float("-inf")
             ids = {id(r) for r in prev}
-            since = [r for r in self._buf if id(r) not in ids and r["ts"] >= last]
-        return prev + since
+            since = [r for r in self._buf if id(r) not in ids and r[0] >= last]
+        return _decode(prev + since)
 
     def forget_previous(self) -> None:
         """Drop the loaded window once its bundle is made (it may hold 20,000 rows)."""
@@ -172,10 +191,8 @@ class FlightRecorder:
                 if not self._pending:
                     return False
                 pending, self._pending = self._pending, []
-            data = b"".join(
-                json.dumps({"s": s, "r": r}, separators=(",", ":")).encode() + b"\n"
-                for s, r in pending
-            )
+            # the bytes json.dumps({"s": s, "r": row}, separators=(",", ":")) gives
+            data = b"".join(b'{"s":%d,"r":%b}\n' % (s, r[1]) for s, r in pending)
             try:
                 fd = self._journal_fd()
                 view = memoryview(data)
@@ -203,9 +220,10 @@ class FlightRecorder:
                 rows = list(self._buf)
                 seq = self._seq
                 self._dirty = False
-            data = json.dumps({"version": 2, "seq": seq, "readings": rows}, separators=(",", ":"))
+            readings = b",".join(r[1] for r in rows)
+            data = b'{"version":2,"seq":%d,"readings":[%b]}' % (seq, readings)
             try:
-                atomic_write(self.path, data.encode())
+                atomic_write(self.path, data)
             except OSError as e:
                 log.error("recorder_persist_failed", path=str(self.path), error=str(e))
                 with self._lock:
@@ -273,15 +291,15 @@ class FlightRecorder:
         last = rows[-1]["ts"]
         keep = [r for r in rows if r["ts"] >= last - self.window_s]
         maxlen = self._buf.maxlen or MAX_READINGS
-        keep = keep[-maxlen:]
+        kept = [_encode(r) for r in keep[-maxlen:]]
         with self._lock:
-            self._buf.extend(keep)
+            self._buf.extend(kept)
             self._seq = max(self._seq, seq)
-            self._previous = keep
+            self._previous = kept
             if journal_rows:
                 self._dirty = True
         self.loaded_journal_rows = journal_rows  # the daemon compacts them at start
-        return len(keep)
+        return len(kept)
 
     def _load_snapshot(self) -> tuple[list[dict[str, Any]], int]:
         try:

@@ -29,7 +29,6 @@ loop), waking at least every `HEARTBEAT_S` to report progress to the watchdog.
 
 from __future__ import annotations
 
-import email.utils
 import os
 import random
 import threading
@@ -140,6 +139,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
     if text.isascii() and text.isdigit():
         return min(float(text), MAX_RETRY_AFTER_S)
+    import email.utils  # lazy: a Retry-After date is rare; the email package stays out of the daemon
+
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -77,3 +77,39 @@ def test_trim_heap_returns_freed_memory_to_the_os() -> None:
     trim_heap()
     after = rss_kib()
     assert keep and before - after > 16 * 1024, (before, after)
+
+
+_MMAP_CHILD = r"""
+import ctypes, sys
+sys.path.insert(0, sys.argv[1])
+from agent.daemon.runner import fix_mmap_threshold
+if sys.argv[2] == "fixed":
+    fix_mmap_threshold()
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+big = ctypes.create_string_buffer(4 << 20)  # mmapped, then freed: glibc's default raises
+del big                                     # its threshold to 4 MiB
+held = [ctypes.create_string_buffer(256 << 10) for _ in range(8)]
+print(libc.mallinfo2().hblks)
+"""
+
+
+def _mmapped_blocks(mode: str) -> int:
+    root = str(Path(__file__).resolve().parents[2])
+    r = subprocess.run(
+        [sys.executable, "-c", _MMAP_CHILD, root, mode], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+@pytest.mark.skipif(not _glibc(), reason="mallopt and mallinfo2 are glibc's")
+def test_fixed_mmap_threshold_keeps_large_buffers_out_of_the_heap() -> None:
+    """After a 4 MiB buffer is freed, 256 KiB buffers are their own mappings only when the
+    threshold is fixed (by default glibc has raised it and serves them from the heap)."""
+    assert _mmapped_blocks("fixed") >= 8
+    assert _mmapped_blocks("default") < 8

@@ -152,6 +152,35 @@ def test_recorder_journal_appends_only_new_readings_and_compacts(tmp_path: Path)
     assert again.load() == 5
 
 
+def test_recorder_files_are_the_json_of_the_readings_kept_as_lines(tmp_path: Path) -> None:
+    """The readings live in memory as their compact JSON lines: the journal and the snapshot
+    are byte for byte what json.dumps of the readings gives, and snapshot() decodes them to
+    fresh dicts equal to Reading.to_json()."""
+    path = tmp_path / "recorder.json"
+    rec = FlightRecorder(path, window_s=60, journal_interval_s=4, compact_every_s=60)
+    made = [
+        Reading("printer:receipt", {"paper": "end", "note": "näh ✓", "ms": 0.25}, ts=1000.5),
+        Reading("power", {"battery_pct": None, "ac": False, "nested": {"a": [1, 2]}}, ts=1001.0),
+    ]
+    for r in made:
+        rec.add(r)
+    rows = [r.to_json() for r in made]
+    sep = (",", ":")
+    assert rec.tick(now=0.0) is False and rec.tick(now=4.0)
+    journal = (tmp_path / "recorder.journal").read_bytes()
+    assert journal == b"".join(
+        json.dumps({"s": i + 1, "r": row}, separators=sep).encode() + b"\n"
+        for i, row in enumerate(rows)
+    )
+    assert rec.tick(now=60.0)
+    want = json.dumps({"version": 2, "seq": 2, "readings": rows}, separators=sep)
+    assert path.read_bytes() == want.encode()
+    snap = rec.snapshot(now=1001.0)
+    assert snap == rows
+    snap[0]["values"]["paper"] = "changed"  # a caller's change stays the caller's
+    assert rec.snapshot(now=1001.0) == rows
+
+
 def test_recorder_cut_between_snapshot_and_truncate_and_torn_tail(tmp_path: Path) -> None:
     """Rows both in the snapshot and the journal count once (seq); a line torn by a cut is
     skipped and the next append starts on a line of its own."""

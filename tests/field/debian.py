@@ -227,7 +227,7 @@ def dependency_wheels() -> Path:
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 
 
-def _source_items() -> list[str]:
+def source_items() -> list[str]:
     """What the wheel is built from: pyproject.toml, its readme and the packages it includes."""
     data = tomllib.loads((PROJECT / "pyproject.toml").read_text())
     patterns = data["tool"]["setuptools"]["packages"]["find"]["include"]
@@ -247,7 +247,7 @@ def build_wheelhouse(dest: Path) -> Path:
         # that were moved or deleted since and would ship them in the wheel.
         src = Path(td) / "src"
         src.mkdir()
-        for item in _source_items():
+        for item in source_items():
             if (PROJECT / item).is_dir():
                 shutil.copytree(PROJECT / item, src / item, ignore=_IGNORE)
             else:

@@ -58,33 +58,6 @@ WRK_SCRIPT = Path(__file__).with_name("checkin_wrk.lua")
 PER_DAY = 86400 // 300
 TARGET_PER_S = 100_000 / 60  # 100,000 terminals at one check-in a minute
 TARGET_BYTES_DAY = 200_000
-SUMMARY = {
-    "battery_pct": 54,
-    "ac_online": True,
-    "link": "up",
-    "payment_latency_ms": 41.5,
-    "printer": "ok",
-    "queue_depth": 0,
-    "queue_oldest_age_s": None,
-    "active_faults": [],
-    "config_digest": "sha256:6f1c0d9e2a4b7c31",
-}
-
-
-def _body(device: str) -> bytes:
-    return json.dumps(
-        {
-            "device_id": device,
-            "sent_at": "2026-12-06T08:00:00.000Z",
-            "boot_id": "8d3c2f7e-6a51-4a0e-9b7b-3f1d2c4e5a60",
-            "agent_version": "0.1.0",
-            "config_digest": "",
-            "interval_s": 300,
-            "summary": SUMMARY,
-            "results": [],
-        },
-        separators=(",", ":"),
-    ).encode()
 
 
 def enroll_fleet(db: Database, n: int) -> dict[str, str]:
@@ -274,14 +247,6 @@ def devices_file(root: Path, tokens: dict[str, str]) -> Path:
 
 
 # --------------------------------------------------------------------------- check-in bodies
-
-
-def _fields(device: str, i: int) -> dict[str, Any]:
-    """The i-th check-in's fields: the payment host's latency moves, the rest holds."""
-    body = json.loads(_body(device))
-    del body["results"]
-    body["summary"] = {**body["summary"], "payment_latency_ms": 40.0 + (i * 7) % 13 / 2}
-    return dict(body)
 
 
 def psycopg_port(url: str) -> int:

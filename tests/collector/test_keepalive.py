@@ -15,21 +15,10 @@ import uvicorn
 
 from collector.server import bind, uvicorn_config
 from tests.collector.test_app import Env
+from tests.collector.test_ingest_guard import _closed
 from tests.conftest import wait_until
 
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: c\r\n\r\n"
-
-
-def _closed(s: socket.socket) -> bool:
-    s.setblocking(False)
-    try:
-        while chunk := s.recv(65536):  # an answer before the close is read past
-            del chunk
-        return True
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def _answer(s: socket.socket) -> bytes:

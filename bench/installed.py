@@ -31,14 +31,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.field.debian import PROJECT, locked, source_items
+from tests.field.debian import PROJECT, copy_source, locked, source_items
 
 CACHE = PROJECT / "build" / "bench-venv"
 KEEP = 2  # venvs of different sources kept in CACHE
 UNIT = PROJECT / "systemd" / "posagent.service"
 # systemd's PATH for system services (systemd.exec(5), "Environment variables in spawned processes")
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 
 
 class InstallError(RuntimeError):
@@ -84,11 +83,7 @@ def installed_venv(cache: Path = CACHE) -> Path:
         with tempfile.TemporaryDirectory(prefix="posagent-src-") as td:
             src = Path(td) / "src"
             src.mkdir()
-            for item in source_items():
-                if (PROJECT / item).is_dir():
-                    shutil.copytree(PROJECT / item, src / item, ignore=_IGNORE)
-                else:
-                    shutil.copy2(PROJECT / item, src / item)
+            copy_source(src)
             for argv in (
                 [_base_python(), "-m", "venv", str(venv)],
                 [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", str(src)],

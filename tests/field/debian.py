@@ -238,6 +238,15 @@ def source_items() -> list[str]:
     return items
 
 
+def copy_source(src: Path) -> None:
+    """A clean copy of the project's source (`source_items`, no caches) into src."""
+    for item in source_items():
+        if (PROJECT / item).is_dir():
+            shutil.copytree(PROJECT / item, src / item, ignore=_IGNORE)
+        else:
+            shutil.copy2(PROJECT / item, src / item)
+
+
 def build_wheelhouse(dest: Path) -> Path:
     """Fill `dest` with the project wheel (built now) and the dependency wheels; return the
     project wheel's path."""
@@ -247,11 +256,7 @@ def build_wheelhouse(dest: Path) -> Path:
         # that were moved or deleted since and would ship them in the wheel.
         src = Path(td) / "src"
         src.mkdir()
-        for item in source_items():
-            if (PROJECT / item).is_dir():
-                shutil.copytree(PROJECT / item, src / item, ignore=_IGNORE)
-            else:
-                shutil.copy2(PROJECT / item, src / item)
+        copy_source(src)
         _pip(["wheel", "--quiet", "--no-deps", "-w", td, str(src)])
         built = sorted(Path(td).glob("posagent-*.whl"))
         if len(built) != 1:

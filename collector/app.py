@@ -980,6 +980,7 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         silent_after=cfg.silent_after_checkins,
         encrypt_to=_fleet_recipients(cfg),
         silent_check_s=cfg.silent_check_interval_s,
+        keys_cfg=cfg,
     )
     store.set_observer(col.metrics.observe_storage)
     pool_size = getattr(store.index, "connections", None)

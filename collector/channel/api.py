@@ -45,6 +45,7 @@ from collector.channel.hooks import _audit
 from collector.channel.signing import NoSigningKey, Signer
 from collector.channel.silent import SilentWorker, outages
 from collector.channel.waiters import Waiters
+from collector.channel.writer import CheckinWriter
 from collector.sealed import device_keyring
 from collector.storage import Limiter
 from collector.storage.sql import Database
@@ -67,7 +68,12 @@ class Channel:
     silent_after: int
     encrypt_to: list[str] = field(default_factory=list)
     silent_check_s: float = 10.0
+    keys_cfg: Any = None  # the collector's config: device_pubkeys_dir for key rotations
     worker: SilentWorker | None = None
+    writer: CheckinWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = CheckinWriter(self.db, silent_after=self.silent_after, keys_cfg=self.keys_cfg)
 
     def start(self) -> None:
         """The silent sweep of this instance (`collector serve`'s lifespan)."""
@@ -76,6 +82,7 @@ class Channel:
     async def stop(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+        await run_in_threadpool(self.writer.stop)
         await self.waiters.close()
 
 
@@ -241,9 +248,10 @@ def _wait_param(request: Request) -> int:
 async def post_checkin(request: Request) -> Response:
     col = _col(request)
     ch: Channel = col.channel
-    # the body first, then everything else in one worker-thread call (one hop, not two)
-    # and one transaction (`checkin.receive`): the device's token, the rate limit, the
-    # wait, the body's checks, the check-in's work; refused in that order, as before
+    # the body first, then everything else in the check-in writer's thread, in one
+    # transaction with the check-ins that came with it (`collector.channel.writer`): the
+    # device's token, the rate limit, the wait, the body's checks, the check-in's work;
+    # refused in that order, as before
     raw = await read_body(request, checkin.MAX_BODY)
     address = _client(request)
     claimed = request.headers.get("x-posagent-device", "")
@@ -267,20 +275,15 @@ async def post_checkin(request: Request) -> Response:
             raise parsed
         return parsed, wait
 
-    def handle() -> tuple[str, int, checkin.Reply]:
-        return checkin.receive(
-            ch.db,
-            _caller(request),
+    try:
+        incoming = checkin.Incoming(
+            _caller(request),  # the tokens file as last read (memory)
             admit,
             reread=lambda: _tokens_file(col, request, reread=True),
             address=address,
             now=time.time(),
-            silent_after=ch.silent_after,
-            keys_cfg=col.cfg,
         )
-
-    try:
-        device, wait, reply = await run_in_threadpool(handle)
+        device, wait, reply = await ch.writer.submit(incoming)
     except ChannelError as e:
         if e.code >= 500:
             return error(e, RETRY)

@@ -39,7 +39,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,44 +263,67 @@ class Unknown(ChannelError):
 Admit = Callable[[str, str], tuple[CheckIn, int]]
 
 
-def receive(
-    db: Database,
-    caller: Caller,
-    admit: Admit,
-    *,
-    reread: Callable[[], tuple[str, str] | None],
-    address: str,
-    now: float,
-    silent_after: int,
-    keys_cfg: Any = None,
-) -> tuple[str, int, Reply]:
-    """A check-in over HTTP in one transaction: its token resolved (`Unknown`; an enrolled
-    device's rotated token promoted on first use, as `devices.resolve_token` does), then
-    `admit`'s checks, then `process`'s work; (device, wait, reply).
+@dataclass(frozen=True)
+class Incoming:
+    """One check-in over HTTP, its body parsed or refused (`admit` says which): who
+    presents it, the handler's checks, the tokens file read again when the token is
+    neither in it (as last read) nor the index's (`reread`: (device, site) or None),
+    the client's address and the time it came."""
 
-    reread: the tokens file read again when the token is neither in it (as last read) nor
-    the index's ((device, site) or None). A refusal by admit leaves the promotion done."""
-    refused: ChannelError | None = None
+    caller: Caller
+    admit: Admit
+    reread: Callable[[], tuple[str, str] | None]
+    address: str
+    now: float
+
+
+Received = tuple[str, int, Reply]  # (device, the long-poll's wait, the reply)
+
+
+def receive(db: Database, item: Incoming, *, silent_after: int, keys_cfg: Any = None) -> Received:
+    """A check-in over HTTP in its own transaction: its token resolved (`Unknown`; an
+    enrolled device's rotated token promoted on first use, as `devices.resolve_token`
+    does), then `admit`'s checks, then `process`'s work; the refusal raised. A refusal by
+    admit leaves the promotion done."""
+    outcome = receive_many(db, [item], silent_after=silent_after, keys_cfg=keys_cfg)[0]
+    if isinstance(outcome, ChannelError):
+        raise outcome
+    return outcome
+
+
+def receive_many(
+    db: Database, items: Sequence[Incoming], *, silent_after: int, keys_cfg: Any = None
+) -> list[Received | ChannelError]:
+    """Check-ins in one transaction (a group commit, `collector.channel.writer`), each as
+    `receive` does it, in their order (a device's second check-in sees its first); each
+    one's outcome, a refusal as the ChannelError. A refusal comes before any write of its
+    check-in but a promoted token's (`_identify`, `admit`, `_store`'s checks), so the
+    others' work commits with it. Anything else (the database's errors) is raised and
+    the transaction rolled back: nothing of any of them is stored."""
+    out: list[Received | ChannelError] = []
     with db.transaction(pipeline=True) as tx:
-        device, site, stored = _identify(tx, caller, reread, now)
-        try:
-            ci, wait_s = admit(device, site)
-        except ChannelError as e:
-            refused = e
-        else:
-            reply = _store(
-                tx,
-                ci,
-                stored,
-                site=site,
-                address=address,
-                now=now,
-                silent_after=silent_after,
-                wait_s=wait_s,
-                keys_cfg=keys_cfg,
-            )
-    if refused is not None:
-        raise refused
+        for item in items:
+            try:
+                out.append(_receive(tx, item, silent_after=silent_after, keys_cfg=keys_cfg))
+            except ChannelError as e:
+                out.append(e)
+    return out
+
+
+def _receive(tx: Tx, item: Incoming, *, silent_after: int, keys_cfg: Any) -> Received:
+    device, site, stored = _identify(tx, item.caller, item.reread, item.now)
+    ci, wait_s = item.admit(device, site)
+    reply = _store(
+        tx,
+        ci,
+        stored,
+        site=site,
+        address=item.address,
+        now=item.now,
+        silent_after=silent_after,
+        wait_s=wait_s,
+        keys_cfg=keys_cfg,
+    )
     return device, wait_s, reply
 
 

@@ -299,19 +299,54 @@ def receive_many(
     one's outcome, a refusal as the ChannelError. A refusal comes before any write of its
     check-in but a promoted token's (`_identify`, `admit`, `_store`'s checks), so the
     others' work commits with it. Anything else (the database's errors) is raised and
-    the transaction rolled back: nothing of any of them is stored."""
+    the transaction rolled back: nothing of any of them is stored.
+
+    The devices of the enrolled tokens are read in one statement for the group (one
+    round trip on PostgreSQL, not one each); a device's later check-in in the group is
+    read again, after its first one's writes."""
     out: list[Received | ChannelError] = []
     with db.transaction(pipeline=True) as tx:
+        read = _Read(tx, items)
         for item in items:
             try:
-                out.append(_receive(tx, item, silent_after=silent_after, keys_cfg=keys_cfg))
+                out.append(_receive(tx, item, read, silent_after=silent_after, keys_cfg=keys_cfg))
             except ChannelError as e:
                 out.append(e)
     return out
 
 
-def _receive(tx: Tx, item: Incoming, *, silent_after: int, keys_cfg: Any) -> Received:
-    device, site, stored = _identify(tx, item.caller, item.reread, item.now)
+class _Read:
+    """The `_BY_TOKEN` rows of a group's enrolled tokens, read at once (the count of
+    deliverable commands as of the group's first check-in: one more at most, which
+    `commands.deliverable` checks again) until a check-in of the device is written."""
+
+    def __init__(self, tx: Tx, items: Sequence[Incoming]) -> None:
+        self.tx = tx
+        self.written: set[str] = set()
+        hashes = list(dict.fromkeys(i.caller.token_hash for i in items if i.caller.token_hash))
+        self.rows: dict[str, list[Row]] | None = None
+        if len(hashes) > 1:
+            self.rows = {h: [] for h in hashes}
+            marks = ", ".join("?" * len(hashes))
+            now = min(i.now for i in items)
+            for row in tx.all(
+                f"{_READ}d.token_hash IN ({marks}) OR d.next_token_hash IN ({marks})",
+                (now, *hashes, *hashes),
+            ):
+                for h in (row[1], row[2]):
+                    if h in self.rows:
+                        self.rows[h].append(row)
+
+    def by_token(self, token_hash: str, now: float) -> list[Row]:
+        rows = None if self.rows is None else self.rows.get(token_hash)
+        if rows is None or (rows and str(rows[0][0]) in self.written):
+            return self.tx.all(_BY_TOKEN, (now, token_hash, token_hash))
+        return rows
+
+
+def _receive(tx: Tx, item: Incoming, read: _Read, *, silent_after: int, keys_cfg: Any) -> Received:
+    device, site, stored = _identify(tx, item.caller, item.reread, item.now, read)
+    read.written.add(device)  # its token may be promoted; its state is written next
     ci, wait_s = item.admit(device, site)
     reply = _store(
         tx,
@@ -328,11 +363,15 @@ def _receive(tx: Tx, item: Incoming, *, silent_after: int, keys_cfg: Any) -> Rec
 
 
 def _identify(
-    tx: Tx, caller: Caller, reread: Callable[[], tuple[str, str] | None], now: float
+    tx: Tx,
+    caller: Caller,
+    reread: Callable[[], tuple[str, str] | None],
+    now: float,
+    read: _Read,
 ) -> tuple[str, str, Stored | None]:
     """(device, site, what is stored of it or None) of the caller; Unknown."""
     if caller.token_hash:
-        rows = tx.all(_BY_TOKEN, (now, caller.token_hash, caller.token_hash))
+        rows = read.by_token(caller.token_hash, now)
         if rows:
             device, current, nxt = str(rows[0][0]), str(rows[0][1]), rows[0][2]
             if hmac.compare_digest(current, caller.token_hash):

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.bundle.sealed import public_pem
 from collector.auth import hash_token
-from collector.channel import checkin, enroll
+from collector.channel import checkin, devices, enroll
 from collector.channel.errors import ChannelError
 from collector.channel.writer import CheckinWriter
 from collector.config import CollectorConfig
@@ -116,6 +116,35 @@ def test_a_refused_checkin_leaves_the_others_of_its_transaction_stored(db: Datab
     assert row is not None and row[0] == "b2"
 
 
+def test_a_token_promoted_in_a_group_is_the_only_one_for_the_rest_of_it(db: Database) -> None:
+    """The group's tokens are read at once; the first use of a rotated token promotes it,
+    and the old one, read before, no longer opens the device later in the group."""
+    tok = enrolled(db, "T-1", "T-2")
+    with db.transaction() as tx:
+        new = devices.rotate_token(tx, "T-1")
+    out = checkin.receive_many(
+        db,
+        [
+            incoming(tok["T-1"], "T-1"),  # the old token still works until the new is used
+            incoming(tok["T-2"], "T-2"),
+            incoming(new, "T-1", {"boot_id": "b2"}),  # promoted
+            incoming(tok["T-1"], "T-1", {"boot_id": "b3"}),  # the old one: gone
+            incoming(new, "T-1", {"boot_id": "b4"}),
+        ],
+        silent_after=3,
+    )
+    assert [o.code if isinstance(o, ChannelError) else 200 for o in out] == [
+        200,
+        200,
+        200,
+        401,
+        200,
+    ]
+    with db.transaction(write=False) as tx:
+        row = tx.one("SELECT token_hash, next_token_hash, boot_id FROM devices WHERE id = 'T-1'")
+    assert row is not None and tuple(row) == (hash_token(new), None, "b4")
+
+
 class Gate:
     """An admit that holds the writer's group (after `entered`) until `behind` more
     check-ins are queued behind it: the next group is then exactly those."""
@@ -203,7 +232,7 @@ def test_the_writer_stops_after_answering_and_starts_again(db: Database) -> None
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
     try:
-        held = Gate(writer, 1)
+        held = Gate(writer, 2)  # T-2 and the stop
         first = asyncio.run_coroutine_threadsafe(
             writer.submit(incoming(tok["T-1"], "T-1", admit=held)), loop
         )

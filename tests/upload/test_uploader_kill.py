@@ -115,14 +115,25 @@ def test_kill9_loop_stores_every_bundle_exactly_once(tmp_path: Path, store_serve
         spool.enqueue(b.bundle_id, b.data, rng.choice((0, 1, 2)))
         ids.add(b.bundle_id)
     kills = worker_kills = 0
-    for _ in range(KILLS):
+
+    def left() -> bool:
+        return any(spool.items("new")) or any(spool.items("cur"))
+
+    def truncated() -> int:
+        n = store_state(store_server)["truncated_bodies"]
+        assert isinstance(n, int)
+        return n
+
+    # KILLS kills, and more (up to 3 x KILLS) while fewer than 10 landed mid-body: on a
+    # busy machine more of them land before a worker sends or between bundles
+    while kills < KILLS or (kills < 3 * KILLS and left() and truncated() < 10):
         pid = os.fork()
         if pid == 0:
             _child_upload_forever(cfg_path, store_server)
         worker_kills += kill_uploading_child(pid, rng, spool)
         kills += 1
     mid = store_state(store_server)
-    assert kills == KILLS and worker_kills >= 5
+    assert kills >= KILLS and worker_kills >= 5
     # a final clean drain, as the restarted daemon would do
     spool = Spool(cfg.agent.state_dir, Limits(reserve_bytes=0)).open()
     up_cfg = dataclasses.replace(cfg, upload=dataclasses.replace(cfg.upload, endpoint=store_server))

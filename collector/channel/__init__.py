@@ -13,6 +13,7 @@ collector answers each check-in with signed commands and remote config. Modules:
 | `commands` | kinds and their args (§3), queueing, delivery, results (``device_commands``) |
 | `remote_config` | the safe keys (§4), fleet-wide and per-site values (``remote_config``) |
 | `checkin` | ``POST /v1/checkins``: state stored, results acknowledged, commands delivered |
+| `writer` | the check-ins' group commit: the check-ins queued, in one transaction |
 | `waiters` | the long-poll: wake a waiting check-in when a command is queued (any instance) |
 | `silent` | silent devices (§5): the sweep on a clock, outages (``device_outages``) |
 | `api` | the HTTP handlers; `views` the device pages |

@@ -1,16 +1,19 @@
-"""``POST /v1/checkins`` (docs/CHANNEL.md §2): one transaction per check-in.
+"""``POST /v1/checkins`` (docs/CHANNEL.md §2): the check-ins that came together in one
+transaction (`receive_many`, the group commit of `collector.channel.writer`).
 
 `parse` checks the body (64 KiB at most, read by the handler): the summary's known
 fields by type (unknown scalar fields are kept, for newer agents), at most
 `MAX_SUMMARY_KEYS`; the results (`collector.channel.commands.parse_results`).
 
-`receive` (the HTTP handler's) then does everything else in one transaction: resolves
-the device token (an enrolled device's, `Caller.token_hash`; a tokens-file device is known
-before), runs the handler's checks (`Admit`: 403, 429, the body's 400) and `process`'s
-work, reading the device in one statement (`Stored`: its state, whether a command may be
-deliverable, the remote config for its site joined), pipelined on PostgreSQL: two round
-trips (BEGIN and the SELECT, the UPDATE and COMMIT), where a separate token lookup and a
-statement per read took about eleven.
+`receive_many` then does everything else of each check-in, in one transaction for the
+group (`receive`: one alone): resolves the device token (an enrolled device's,
+`Caller.token_hash`; a tokens-file device is known before), runs the handler's checks
+(`Admit`: 403, 429, the body's 400) and `process`'s work, reading the device in one
+statement (`Stored`: its state, whether a command may be deliverable, the remote config
+for its site joined; the group's enrolled devices in one statement), pipelined on
+PostgreSQL: a check-in alone is two round trips (BEGIN and the SELECT, the UPDATE and
+COMMIT), where a separate token lookup and a statement per read took about eleven; a
+group is two as well.
 
 `process`, in one transaction: stores the device's state (last_seen, summary, boot
 id, agent version, config digest, interval, address; a device registered in the tokens

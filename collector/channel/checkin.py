@@ -308,14 +308,77 @@ def receive_many(
     round trip on PostgreSQL, not one each); a device's later check-in in the group is
     read again, after its first one's writes."""
     out: list[Received | ChannelError] = []
-    with db.transaction(pipeline=True) as tx:
+    with db.transaction(pipeline=True) as opened:
+        tx = _Held(opened)
         read = _Read(tx, items)
         for item in items:
             try:
                 out.append(_receive(tx, item, read, silent_after=silent_after, keys_cfg=keys_cfg))
             except ChannelError as e:
                 out.append(e)
+        tx.flush()
     return out
+
+
+_STATE_COLUMNS = (
+    "last_seen",
+    "interval_s",
+    "summary",
+    "agent_version",
+    "boot_id",
+    "config_digest",
+    "address",
+    "silent_deadline",
+)
+_SET_STATE = (
+    f"UPDATE devices SET {' = ?, '.join(_STATE_COLUMNS)} = ?, silent_since = NULL WHERE id = ?"
+)
+
+
+class _Held:
+    """A `Tx` that holds the group's `_SET_STATE` updates (one per device: a device's
+    later check-in in the group reads it again first) and sends them as one statement
+    before any other statement, and at `flush`: the same rows written, in their order
+    relative to every read, one statement where there were as many as check-ins."""
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+        self.dialect = tx.dialect
+        self._rows: list[Sequence[Any]] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if sql is _SET_STATE:
+            self._rows.append(params)
+            return 1
+        self.flush()
+        return self._tx.execute(sql, params)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        self.flush()
+        return self._tx.one(sql, params)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.flush()
+        return self._tx.all(sql, params)
+
+    def lock(self, name: str) -> None:
+        self.flush()
+        self._tx.lock(name)
+
+    def flush(self) -> None:
+        """Send the held updates."""
+        rows, self._rows = self._rows, []
+        if len(rows) == 1:
+            self._tx.execute(_SET_STATE, rows[0])
+        elif rows:
+            mark = f"({', '.join('?' * (len(_STATE_COLUMNS) + 1))})"
+            sets = ", ".join(f"{c} = v.{c}" for c in _STATE_COLUMNS)
+            self._tx.execute(
+                f"WITH v ({', '.join(_STATE_COLUMNS)}, id) AS (VALUES "
+                f"{', '.join([mark] * len(rows))}) UPDATE devices SET {sets}, "
+                "silent_since = NULL FROM v WHERE devices.id = v.id",
+                [value for row in rows for value in row],
+            )
 
 
 class _Read:
@@ -471,9 +534,7 @@ def _store(
     text = json.dumps(summary, ensure_ascii=False, allow_nan=False)
     deadline = now + silent_after * interval + wait_s
     tx.execute(
-        "UPDATE devices SET last_seen = ?, interval_s = ?, summary = ?, agent_version = ?, "
-        "boot_id = ?, config_digest = ?, address = ?, silent_deadline = ?, "
-        "silent_since = NULL WHERE id = ?",
+        _SET_STATE,
         (now, interval, text, version, boot_id, digest, address[:100], deadline, ci.device_id),
     )
     if silent_since is not None:

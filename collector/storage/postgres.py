@@ -449,6 +449,20 @@ class PgTx(BaseTx):
         self._run("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
         self._locks.add(name)
 
+    def lock_all(self, names: Sequence[str]) -> None:
+        """`lock` of each name not yet held, in the order given, in one statement (the
+        function scan gives the array's elements in order; ORDER BY says so)."""
+        todo = [n for n in dict.fromkeys(names) if n not in self._locks]
+        if len(todo) == 1:
+            self.lock(todo[0])
+        elif todo:
+            self._run(
+                "SELECT pg_advisory_xact_lock(hashtextextended(t.name, 0)) FROM "
+                "unnest(CAST(? AS text[])) WITH ORDINALITY AS t(name, i) ORDER BY t.i",
+                (todo,),
+            )
+            self._locks.update(todo)
+
 
 _TAKE = """
 INSERT INTO rate_buckets AS b (key, tokens, granted, updated_at)

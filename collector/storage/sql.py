@@ -11,7 +11,10 @@ identity column, a type), the difference lives in the versioned migration files
 An index engine is a `Database`: ``with db.transaction() as tx:`` runs one transaction,
 committed on leaving the block and rolled back on an exception. ``tx.lock(name)``
 serialises writers on a name across every instance (PostgreSQL: a transaction-scoped
-advisory lock; SQLite: its write transaction already excludes every other writer).
+advisory lock; SQLite: its write transaction already excludes every other writer);
+``tx.lock_all(names)`` takes several, in the order given, in one statement (callers
+that take several give them in one order, name order, so no two wait on each other in
+a cycle).
 
 ``db.transaction(pipeline=True)``: on PostgreSQL, a statement whose reply is not read
 (``tx.execute``, whose count is then -1) is sent with the next one that is read (or the
@@ -68,6 +71,9 @@ class Tx(Protocol):
 
     def lock(self, name: str) -> None:
         """Hold an exclusive lock on name until the transaction ends (every instance)."""
+
+    def lock_all(self, names: Sequence[str]) -> None:
+        """`lock` each name, in the order given, in one statement (PostgreSQL)."""
 
 
 @runtime_checkable

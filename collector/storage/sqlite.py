@@ -488,3 +488,6 @@ class SqliteTx(BaseTx):
 
     def lock(self, name: str) -> None:
         """Nothing to do: BEGIN IMMEDIATE already excludes every other writer."""
+
+    def lock_all(self, names: Sequence[str]) -> None:
+        """Nothing to do (`lock`)."""

@@ -167,8 +167,9 @@ def test_recurrence_within_the_window_reopens_after_it_a_new_incident(
 def test_notifications_carry_the_incident_as_grouping_left_it(
     store: BundleStore, inc: Incidents
 ) -> None:
-    """The outbox rows grouping writes (opened, reopened: their payload taken from the
-    write's RETURNING, no read after it) hold the incident as it then is in the index."""
+    """The outbox rows grouping writes (opened, reopened: their payload taken from what
+    grouping knows of the incident, no read after its write) hold the incident as it then
+    is in the index."""
     hook = Hook("h", "http://127.0.0.1:9/", b"s" * 32, frozenset(NOTIFY_EVENTS))
     before = notify.installed()
     notify.install(notify.Notifier(Channels((hook,))))
@@ -364,6 +365,103 @@ def test_a_batch_groups_as_one_at_a_time_would(store: BundleStore, inc: Incident
     assert inc.group_many(mixed) == inc.group_many(mixed)  # again: nothing changes
     items, total = inc.page(IncidentFilter(), ADMIN)
     assert total == 8 and sum(i.bundles for i in items) == 20
+
+
+def _episodes(device: str, t0: float) -> list[BundleRecord]:
+    """Many signals of the same (device, key) in a row, and of a second key between them:
+    raise, repeat, clear, a late raise and a repeated clear, a reopen, a repeat raising
+    the severity, a clear, a raise past the window (a new incident), its clear; a clear
+    whose raise never came, then its reopen; two manual reports (the second reopens)."""
+    cover = "printer.cover_open"
+    return [
+        rec("fault", t0, device=device, summary="paper out"),
+        rec("cleared", t0 + 1, device=device, key=cover),  # no raise seen
+        rec("fault", t0 + 10, device=device, summary="still out"),
+        rec("cleared", t0 + 60, device=device),
+        rec("fault", t0 + 30, device=device),  # late: the same episode
+        rec("fault", t0 + 40, device=device, key=cover),  # reopens the cleared one
+        rec("cleared", t0 + 70, device=device),  # a repeated clear
+        rec("fault", t0 + 600, device=device, summary="out again"),  # reopened
+        rec("manual", t0 + 601, device=device, key="manual.report"),
+        rec("fault", t0 + 620, device=device, severity="critical", summary="worse"),
+        rec("cleared", t0 + 700, device=device),
+        rec("manual", t0 + 900, device=device, key="manual.report"),  # reopens the report
+        rec("cleared", t0 + 905, device=device, key=cover),
+        rec("fault", t0 + 700 + 3601, device=device, summary="new day"),  # a new incident
+        rec("cleared", t0 + 700 + 3700, device=device),
+    ]
+
+
+def _tables(store: BundleStore) -> dict[str, list[tuple[object, ...]]]:
+    """Every row grouping writes (the outbox's: its event and incident, not the random
+    delivery id)."""
+    with database(store).transaction(write=False) as tx:
+        out = {
+            t: [tuple(r) for r in tx.all(f"SELECT * FROM {t} ORDER BY {key}")]
+            for t, key in (
+                ("incidents", "id"),
+                ("incident_events", "id"),
+                ("incident_bundles", "bundle_id"),
+            )
+        }
+        rows = tx.all("SELECT id, event, ref, body, created_at FROM notify_outbox ORDER BY id")
+    out["notify_outbox"] = [
+        (i, e, ref, json.loads(str(b))["incident"], at) for i, e, ref, b, at in rows
+    ]
+    return out
+
+
+def test_a_batch_of_one_key_s_episodes_writes_what_one_by_one_writes(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two indexes given the same bundles: one groups them one at a time, the other in one
+    batch (each signal of a (device, key) seeing the ones before it in the batch, every
+    changed incident written once at its end). Their incidents, events, links and
+    notifications are the same, row for row, ids and times included (the one-by-one side
+    takes the bundles in the batch's order, by lock name: keys are independent)."""
+    hook = Hook("h", "http://127.0.0.1:9/", b"s" * 32, frozenset(NOTIFY_EVENTS))
+    before = notify.installed()
+    notify.install(notify.Notifier(Channels((hook,))))
+    stores: list[BundleStore] = []
+    try:
+        for n in range(2):
+            if engine == "postgres":
+                from collector.storage.postgres import migrate  # lazy: the fleet extra
+
+                url = request.getfixturevalue("postgres").create_database()
+                migrate(url)
+                over = {"index_url": url}
+            else:
+                over = {}
+            cfg = CollectorConfig(data_dir=str(tmp_path / f"{n}" / "data"), **over)
+            stores.append(open_store(cfg))
+        clock = Clock(T0 + 10_000)
+        instances = [
+            Incidents(database(s), Settings(3600.0, 86400.0, 1800.0), clock) for s in stores
+        ]
+        earlier = [rec("fault", T0 - 500, summary="before"), rec("cleared", T0 - 400)]
+        records = _episodes(DEV, T0)
+        for s, i in zip(stores, instances, strict=True):
+            assert s.index.add(earlier[0]) and s.index.add(earlier[1])
+            resolved = i.group(earlier[0])
+            assert resolved is not None and i.group(earlier[1]) == resolved
+            i.set_status(resolved, ADMIN, Status.RESOLVED)  # reopened by the batch
+            for r in records:
+                assert s.index.add(r)
+        ordered = sorted(records, key=lambda r: f"{r.device}:{r.fault_key}")
+        one = [instances[0].group(r) for r in ordered]
+        batch = instances[1].group_many([*ordered, earlier[0]])  # one grouped before
+        assert None not in one and one == batch[:-1] and batch[-1] == resolved
+        got, want = _tables(stores[1]), _tables(stores[0])
+        assert got == want
+        kinds_of = [str(r[2]) for r in got["incident_events"]]
+        assert kinds_of.count("reopened") == 4 and kinds_of.count("cleared") == 6
+        paper = [r for r in got["incidents"] if r[3] == "printer.paper_end"]
+        assert len(paper) == 2 and len(got["notify_outbox"]) == 9
+    finally:
+        notify.install(before)
+        for s in stores:
+            s.close()
 
 
 def test_a_bad_bundle_in_a_batch_costs_only_itself(store: BundleStore, inc: Incidents) -> None:

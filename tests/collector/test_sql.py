@@ -1,6 +1,6 @@
 """Portable SQL (`collector.storage.sql`) on both index engines: one statement text runs on
 SQLite and on a real PostgreSQL; constraints surface as Conflict; a failed block rolls
-back; `lock` serialises writers; a pipelined transaction whose commit does not wait for
+back; `lock` serialises writers, `lock_all` takes its names in order; a pipelined transaction whose commit does not wait for
 the disk gives the same results and failures, and its setting ends with it;
 `Query.sites` narrows the read side."""
 
@@ -18,6 +18,7 @@ from collector.storage import BundleStore, Query, StorageError, open_store
 from collector.storage.sql import Conflict, Database, database
 from tests.bundle.kit import make_bundle
 from tests.collector.test_storage import record_for, stage
+from tests.conftest import wait_until
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -179,3 +180,63 @@ def test_query_sites_narrows_every_read(store: BundleStore) -> None:
     assert idx.count(Query(sites=frozenset({"north", "south"}))) == 2
     assert idx.count(Query(sites=frozenset())) == 0
     assert sum(idx.counts(Query(sites=frozenset({"south"}))).values()) == 1
+
+
+@pytest.mark.parametrize("names", [["a", "m", "z"], ["z", "m", "a"]], ids=["az", "za"])
+def test_lock_all_takes_the_names_in_the_order_given(pg_url: str, names: list[str]) -> None:
+    """On PostgreSQL `lock_all` is one statement that takes its locks one after the other
+    in the order given: with "m" held elsewhere it waits there, holding the names before
+    it and not those after; once "m" is free it holds all three."""
+    from collector.storage.postgres import PostgresIndex, migrate  # lazy: PostgreSQL only
+
+    migrate(pg_url)
+    db = PostgresIndex(pg_url, pool_max=4)
+    try_lock = "SELECT pg_try_advisory_xact_lock(hashtextextended(?, 0))"
+
+    def free(name: str) -> bool:
+        with db.transaction() as tx:  # its own connection; its lock ends with it
+            row = tx.one(try_lock, (name,))
+        return row == (True,)
+
+    held, done = threading.Event(), threading.Event()
+    release, end = threading.Event(), threading.Event()  # the holder's, the taker's
+    errors: list[BaseException] = []
+
+    def holder() -> None:
+        try:
+            with db.transaction() as tx:
+                tx.lock("m")
+                held.set()
+                release.wait(120)
+        except BaseException as e:
+            errors.append(e)
+
+    def taker() -> None:
+        try:
+            with db.transaction(pipeline=True) as tx:
+                tx.lock_all(names)
+                tx.one("SELECT 1")  # the locks' reply comes with this one
+                done.set()
+                end.wait(120)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    try:
+        assert held.wait(60)
+        threads.append(threading.Thread(target=taker))
+        threads[1].start()
+        assert wait_until(lambda: not free(names[0]), timeout_s=60)  # taken, then waits
+        assert not done.is_set() and free(names[2])  # the one after "m": not yet
+        release.set()
+        threads[0].join(60)
+        assert done.wait(60) is True
+        assert not free("m") and not free(names[0]) and not free(names[2])
+    finally:
+        release.set()
+        end.set()
+        for t in threads:
+            t.join(60)
+        db.close()
+    assert not errors

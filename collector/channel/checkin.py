@@ -49,7 +49,7 @@ from typing import Any
 from collector.channel import commands, remote_config, silent
 from collector.channel.errors import BadRequest, ChannelError
 from collector.channel.remote_config import MAX_INTERVAL_S, MIN_INTERVAL_S
-from collector.storage.sql import Database, Row, Tx
+from collector.storage.sql import STATEMENT_PARAMS, Database, Row, Tx
 
 MAX_BODY = 64 * 1024
 MAX_WAIT_S = 55
@@ -365,19 +365,26 @@ class _Held:
         self.flush()
         self._tx.lock(name)
 
+    def lock_all(self, names: Sequence[str]) -> None:
+        self.flush()
+        self._tx.lock_all(names)
+
     def flush(self) -> None:
-        """Send the held updates."""
+        """Send the held updates (`STATEMENT_PARAMS` values a statement at most)."""
         rows, self._rows = self._rows, []
-        if len(rows) == 1:
-            self._tx.execute(_SET_STATE, rows[0])
-        elif rows:
+        step = max(1, STATEMENT_PARAMS // (len(_STATE_COLUMNS) + 1))
+        for k in range(0, len(rows), step):
+            part = rows[k : k + step]
+            if len(part) == 1:
+                self._tx.execute(_SET_STATE, part[0])
+                continue
             mark = f"({', '.join('?' * (len(_STATE_COLUMNS) + 1))})"
             sets = ", ".join(f"{c} = v.{c}" for c in _STATE_COLUMNS)
             self._tx.execute(
                 f"WITH v ({', '.join(_STATE_COLUMNS)}, id) AS (VALUES "
-                f"{', '.join([mark] * len(rows))}) UPDATE devices SET {sets}, "
+                f"{', '.join([mark] * len(part))}) UPDATE devices SET {sets}, "
                 "silent_since = NULL FROM v WHERE devices.id = v.id",
-                [value for row in rows for value in row],
+                [value for row in part for value in row],
             )
 
 
@@ -393,14 +400,16 @@ class _Read:
         self.rows: dict[str, list[Row]] | None = None
         if len(hashes) > 1:
             self.rows = {h: [] for h in hashes}
-            marks = ", ".join("?" * len(hashes))
             now = min(i.now for i in items)
-            for row in tx.all(
-                f"{_READ}d.token_hash IN ({marks}) OR d.next_token_hash IN ({marks})",
-                (now, *hashes, *hashes),
-            ):
-                for h in (row[1], row[2]):
-                    if h in self.rows:
+            step = (STATEMENT_PARAMS - 1) // 2
+            for k in range(0, len(hashes), step):
+                part = hashes[k : k + step]
+                marks = ", ".join("?" * len(part))
+                for row in tx.all(
+                    f"{_READ}d.token_hash IN ({marks}) OR d.next_token_hash IN ({marks})",
+                    (now, *part, *part),
+                ):
+                    for h in {row[1], row[2]}.intersection(part):
                         self.rows[h].append(row)
 
     def by_token(self, token_hash: str, now: float) -> list[Row]:

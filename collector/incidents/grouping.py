@@ -86,7 +86,7 @@ from collector.incidents.model import (
     sev_rank,
 )
 from collector.storage.base import COLUMNS, BundleRecord, StorageError
-from collector.storage.sql import Database, Row, Tx
+from collector.storage.sql import STATEMENT_PARAMS, Database, Row, Tx
 
 log = structlog.get_logger(__name__)
 
@@ -556,7 +556,7 @@ class Coalesced:
     batch of grouping because nothing in it reads those rows back before the end: a
     signal reads only its own bundle's link, and a bundle is in a batch once."""
 
-    PARAMS = 50  # values in one statement at most (psycopg's MAX_CACHED_STATEMENT_PARAMS)
+    PARAMS = STATEMENT_PARAMS  # values in one statement at most
 
     def __init__(self, tx: Tx) -> None:
         self._tx = tx

@@ -116,6 +116,13 @@ class BaseTx:
         return [tuple(r) for r in self._run(sql, params).fetchall()]
 
 
+# values in one statement at most where statements are merged (multi-row INSERTs and
+# UPDATEs): psycopg converts a statement's text once and keeps it when it has no more
+# (its MAX_CACHED_STATEMENT_PARAMS; a longer one is parsed again at every call, some 16 us
+# a value), and PostgreSQL would prepare a text run again and again
+STATEMENT_PARAMS = 50
+
+
 @functools.lru_cache(maxsize=1024)
 def to_pyformat(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled)."""

@@ -7,6 +7,7 @@ its commit, and the writer's thread ends and starts again."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from collector.channel.errors import ChannelError
 from collector.channel.writer import CheckinWriter
 from collector.config import CollectorConfig
 from collector.storage import open_store
-from collector.storage.sql import Database, database
+from collector.storage.sql import STATEMENT_PARAMS, Database, database
 from tests.conftest import wait_until
 
 NOW = 1_800_000_000.0
@@ -143,6 +144,26 @@ def test_a_token_promoted_in_a_group_is_the_only_one_for_the_rest_of_it(db: Data
     with db.transaction(write=False) as tx:
         row = tx.one("SELECT token_hash, next_token_hash, boot_id FROM devices WHERE id = 'T-1'")
     assert row is not None and tuple(row) == (hash_token(new), None, "b4")
+
+
+def test_a_large_group_is_read_and_written_in_statements_of_few_values(db: Database) -> None:
+    """More devices than one statement's values (`STATEMENT_PARAMS`) hold: each stored."""
+    names = [f"T-{i:02d}" for i in range(STATEMENT_PARAMS + 7)]
+    tok = enrolled(db, *names)
+    out = checkin.receive_many(
+        db,
+        [
+            incoming(tok[d], d, {"boot_id": f"b-{d}", "summary": {"queue_depth": i}})
+            for i, d in enumerate(names)
+        ],
+        silent_after=3,
+    )
+    assert [o[0] for o in out if not isinstance(o, ChannelError)] == names
+    with db.transaction(write=False) as tx:
+        rows = tx.all("SELECT id, boot_id, summary FROM devices ORDER BY id")
+    assert [(r[0], r[1], json.loads(r[2])) for r in rows] == [
+        (d, f"b-{d}", {"queue_depth": i}) for i, d in enumerate(names)
+    ]
 
 
 class Gate:

@@ -124,6 +124,13 @@ class SqliteIndex(Timed):
 
     A new (empty) file is created at the latest schema; an existing one must be at the
     latest (SchemaError otherwise: `posagent collector migrate`), unless migrate=True.
+
+    Writers in this process take turns on a lock (`_writing`) before SQLite's own: a
+    writer that finds the database locked is put to sleep by SQLite's busy handler for
+    1, 2, 5, 10 ms and more before it looks again, where the writer ahead of it (an
+    upload's row, a batch of grouping, a group of check-ins) takes well under a
+    millisecond; on the lock it waits just that long. Another process (the CLI) still
+    meets the busy handler.
     """
 
     engine = "sqlite"
@@ -137,6 +144,7 @@ class SqliteIndex(Timed):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writer = threading.RLock()  # this process's writers, one at a time
         self.migrated = (0, 0)  # (before, after) when this open applied migrations
         conn = self._conn()
         try:
@@ -184,7 +192,7 @@ class SqliteIndex(Timed):
         )
         try:
             conn = self._conn()
-            with conn:
+            with self._writer, conn:
                 cur = conn.execute(sql, values)
             return cur.rowcount == 1
         except sqlite3.Error as e:
@@ -205,7 +213,7 @@ class SqliteIndex(Timed):
         )
         try:
             conn = self._conn()
-            with conn:
+            with self._writer, conn:
                 cur = conn.execute(sql, [*values, record.bundle_id, record.sha256])
             return cur.rowcount == 1
         except sqlite3.Error as e:
@@ -285,14 +293,15 @@ class SqliteIndex(Timed):
         """Run fn(conn) in one BEGIN IMMEDIATE transaction (one writer at a time)."""
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return out
+            with self._writer:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return out
         except sqlite3.Error as e:
             raise write_error(e) from e
 
@@ -445,22 +454,23 @@ class SqliteIndex(Timed):
         """One transaction (`collector.storage.sql`); BEGIN IMMEDIATE when it writes.
         durable and pipeline change nothing here: there are no round trips to save."""
         conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.Error as e:
-            raise write_error(e) from e
-        try:
-            yield SqliteTx(conn)
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise write_error(e) from e
+        with self._writer if write else contextlib.nullcontext():
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as e:
+                raise write_error(e) from e
+            try:
+                yield SqliteTx(conn)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise write_error(e) from e
 
     def close(self) -> None:
         with self._lock:

@@ -504,7 +504,7 @@ def paired_rounds(
         f"{out['slower_pct_pairs']}; of the totals {out['slower_pct_of_totals']} %); "
         f"{out['batches']} batches of {out['batch_mean']} on average; CPU per upload "
         f"{out['cpu_ms_per_upload_off']} ms off, {out['cpu_ms_per_upload_on']} ms on "
-        f"(+{out['cpu_more_pct']} %, median of the pairs)"
+        f"({out['cpu_more_pct']:+} %, median of the pairs)"
     )
     return out
 

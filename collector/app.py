@@ -42,7 +42,7 @@ store hostile manifests and render them all), in bounded time and memory: the
 heavy part of a per-bundle answer (page, diagnostics, entry, manifest) runs in a
 worker thread, at most MAX_RENDERS at once (`_off_loop`), and the page shows a
 bounded part of what a bundle holds (`agent.bundle.html`). Slow clients are cut off by the
-server (`collector.server.GuardedH11Protocol`: header and body deadlines, a body
+server (`collector.server.GuardedHttpToolsProtocol`: header and body deadlines, a body
 past its deadline answered 408, idle connections per client); redirects carry a
 relative Location, never the Host header.
 

@@ -1,11 +1,16 @@
 """Running the collector on uvicorn: in the foreground (`posagent collector serve`) or in a thread.
 
-uvicorn closes a connection only between requests (``timeout_keep_alive``);
-`GuardedH11Protocol` adds what it lacks against slow or idle clients:
+HTTP/1.1 is parsed by httptools (llhttp, C) through uvicorn's protocol for it: some
+three times less CPU per request than h11 (pure Python). uvicorn closes a connection
+only between requests (``timeout_keep_alive``); `GuardedHttpToolsProtocol` adds what it
+lacks against slow or idle clients:
 
 - a header deadline: a request's headers must be complete within
   ``header_timeout_s`` of the connection's start or of their first byte (a socket
   that sends nothing, or trickles its headers, is closed);
+- a head size limit: a request head over MAX_HEAD_BYTES (16 KiB, h11's limit) is
+  answered ``431`` and the connection closed (llhttp has no limit of its own; an
+  incomplete head is counted as it comes, so memory stays bounded);
 - keep-alive: after an answer the connection is kept idle up to ``keepalive_s``
   (above the terminals' check-in interval: each check-in reuses its connection, no
   TCP or TLS handshake, docs/CHANNEL.md), then closed;
@@ -19,7 +24,10 @@ uvicorn closes a connection only between requests (``timeout_keep_alive``);
   so one client cannot hold the ``limit_concurrency`` slots of everyone;
 - one write per answer (`CoalescingTransport`): uvicorn writes a response's head and
   its body apart, two send() calls and two TCP segments (two TLS records) for a
-  small JSON answer; the writes of one event-loop step go out together.
+  small JSON answer; the writes of one event-loop step go out together;
+- refusals (400 unparsable, 408, 431) are answered with ``connection: close`` and the
+  connection is cut LINGER_S later, and idle connections are cut at once: never a
+  graceful TLS close, which waits on the peer.
 
 TLS (`TlsContext`): one `ssl.SSLContext` for the listener whose certificate
 chain `reload` loads again (SIGHUP in `serve`): new connections get the new
@@ -37,13 +45,13 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
+from http import HTTPStatus
 from typing import Any, ClassVar
 
-import h11
 import structlog
 import uvicorn
 from uvicorn.protocols.http.flow_control import service_unavailable
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from collector.app import create_app
 from collector.config import CollectorConfig
@@ -137,11 +145,19 @@ class CoalescingTransport:
 
 
 log = structlog.get_logger(__name__)
-LINGER_S = 2.0  # after a 408, how long the client has to read it before the connection is cut
+LINGER_S = 2.0  # after a refusal (400, 408, 431), how long the client has to read it
+# A request head (request line and headers) longer than this is answered 431 (h11, the
+# parser before httptools, refused past the same 16 KiB; llhttp itself has no limit)
+MAX_HEAD_BYTES = 16 * 1024
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with header and body deadlines and an idle cap per client.
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a head past MAX_HEAD_BYTES."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body deadlines, a head size limit and
+    an idle cap per client.
 
     `guarded_protocol` makes a subclass carrying one server's settings and registry.
     """
@@ -151,12 +167,15 @@ class GuardedH11Protocol(H11Protocol):
     body_timeout_s: ClassVar[float] = 120.0
     max_idle_per_client: ClassVar[int] = 32
     # client host -> its idle connections, oldest first (one registry per server)
-    idle: ClassVar[dict[str, OrderedDict[GuardedH11Protocol, None]]] = {}
+    idle: ClassVar[dict[str, OrderedDict[GuardedHttpToolsProtocol, None]]] = {}
 
     _header_timer: asyncio.TimerHandle | None = None  # the header deadline, or keep-alive's
     _keeping: bool = False  # _header_timer is the keep-alive's (idle after an answer)
     _body_timer: asyncio.TimerHandle | None = None
     _body_cycle: object = None
+    _in_head: bool = False  # a request's head has begun and is not complete
+    _head_bytes: int = 0  # bytes of the incomplete head counted so far
+    _refused: bool = False  # answered with a refusal and closing: what comes is dropped
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -191,17 +210,33 @@ class GuardedH11Protocol(H11Protocol):
     def _close(self, why: str) -> None:
         if not self.transport.is_closing():
             log.info("connection_closed", reason=why, client=self._host())
-            self._abort()
+            self.transport.abort()  # no TLS close_notify exchange, which waits on the peer
 
-    def _abort(self) -> None:
-        """Close at once: no TLS close_notify exchange, which waits on the peer (an asyncio
-        SSL transport's close() holds the connection open up to 30 s for a silent peer)."""
-        if self.conn.our_state not in (h11.ERROR, h11.CLOSED):
-            try:
-                self.conn.send(h11.ConnectionClosed())
-            except h11.LocalProtocolError:
-                pass
-        self.transport.abort()
+    def _refuse(self, status: int, reason: str, error: str) -> None:
+        """Answer `status` (JSON, the upload protocol's shape) and close: the answer is
+        flushed, then the connection is cut LINGER_S later. Closing at once with the
+        client's unread bytes in our buffer would send a reset that can overtake the
+        answer; a graceful TLS close would wait on the peer (asyncio holds it up to 30 s)."""
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused = True
+        self._cancel("_header_timer")
+        self._cancel("_body_timer")
+        self._set_idle(False)
+        log.info("connection_closed", reason=reason, client=self._host())
+        body = json.dumps({"status": reason, "bundle_id": None, "error": error}).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s"
+            % (status, HTTPStatus(status).phrase.encode(), len(body), body)
+        )
+        if self.cycle is not None and not self.cycle.response_complete:
+            # the handler's receive() now returns http.disconnect; its own answer is dropped
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # half-close after the answer (plain TCP)
+        self.loop.call_later(LINGER_S, self.transport.abort)
 
     def _cancel(self, which: str) -> None:
         timer = getattr(self, which)
@@ -231,46 +266,13 @@ class GuardedH11Protocol(H11Protocol):
         self._body_timer = None
         if not (self._busy() and self.cycle.more_body):
             return
-        if self.cycle.response_started or self.conn.our_state is not h11.SEND_RESPONSE:
+        if self.cycle.response_started:
             self._close("body_timeout")
             return
-        log.info("connection_closed", reason="body_timeout", client=self._host())
-        body = json.dumps(
-            {
-                "status": "timeout",
-                "bundle_id": None,
-                "error": f"request body not complete within {self.body_timeout_s:g} s",
-            }
-        ).encode()
-        try:
-            out = self.conn.send(
-                h11.Response(
-                    status_code=408,
-                    reason=b"Request Timeout",
-                    headers=[
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"),
-                    ],
-                )
-            )
-            out = (out or b"") + (self.conn.send(h11.Data(data=body)) or b"")
-            out += self.conn.send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError:
-            self._abort()
-            return
-        # the handler's receive() now returns http.disconnect; its own answer is dropped
-        self.cycle.disconnected = True
-        self.cycle.message_event.set()
-        self.transport.write(out)
-        # half-close after the answer, then cut: closing with the client's unread bytes
-        # in our buffer would send a reset that can overtake the 408 on its way
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(LINGER_S, self.transport.abort)
+        self._refuse(408, "timeout", f"request body not complete within {self.body_timeout_s:g} s")
 
     def _after_events(self) -> None:
-        if self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
             return
         if not self._busy():
             self._set_idle(True)
@@ -294,22 +296,39 @@ class GuardedH11Protocol(H11Protocol):
         self._set_idle(True)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if not self._busy():
             self._arm_header_deadline(ends_keepalive=True)  # the next request's first bytes
+        whole = self._in_head  # the head began in an earlier read: all of data is its
         super().data_received(data)
-
-    def handle_events(self) -> None:
-        super().handle_events()
+        if self._in_head and whole:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._head_too_large()
         self._after_events()
+
+    def on_message_begin(self) -> None:
+        self._in_head, self._head_bytes = True, 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > MAX_HEAD_BYTES:
+            self._head_too_large()
+            raise _HeadTooLarge  # stops the parser; data_received drops the rest
+        super().on_headers_complete()
+
+    def _head_too_large(self) -> None:
+        self._refuse(431, "head_too_large", f"request head over {MAX_HEAD_BYTES} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "bad_request", msg)
 
     def on_response_complete(self) -> None:
         self._cancel("_body_timer")
         super().on_response_complete()
-        if (
-            not self.transport.is_closing()
-            and self.conn.their_state is h11.IDLE  # the next cycle began: nothing owed
-            and not self.conn.trailing_data[0]  # and none of its bytes came yet
-        ):
+        if not self.transport.is_closing() and not self._busy() and not self._in_head:
             self._arm_keepalive()  # idle between requests (a terminal's check-ins)
         self._after_events()
 
@@ -318,7 +337,7 @@ class GuardedH11Protocol(H11Protocol):
         if self._busy():
             super().shutdown()
         else:
-            self._abort()
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel("_header_timer")
@@ -342,11 +361,11 @@ class _Limited:
         await self.app(scope, receive, send)
 
 
-def guarded_protocol(cfg: CollectorConfig) -> type[GuardedH11Protocol]:
-    """A GuardedH11Protocol class with cfg's deadlines and cap, and its own registry."""
+def guarded_protocol(cfg: CollectorConfig) -> type[GuardedHttpToolsProtocol]:
+    """A GuardedHttpToolsProtocol class with cfg's deadlines and cap, and its own registry."""
     return type(
-        "CollectorH11Protocol",
-        (GuardedH11Protocol,),
+        "CollectorHttpProtocol",
+        (GuardedHttpToolsProtocol,),
         {
             "header_timeout_s": float(cfg.header_timeout_s),
             "keepalive_s": float(cfg.keepalive_s),
@@ -414,7 +433,7 @@ def uvicorn_config(
         "log_config": None,
         "access_log": False,
         "server_header": False,
-        # GuardedH11Protocol closes idle connections after keepalive_s; uvicorn's own timer
+        # GuardedHttpToolsProtocol closes idle connections after keepalive_s; uvicorn's own timer
         # (a graceful TLS close, which can wait on the peer) comes later and never fires
         "timeout_keep_alive": cfg.keepalive_s + 1,
         "limit_concurrency": 512,

@@ -163,18 +163,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     header_timeout_s: ClassVar[float] = 10.0
-    keepalive_s: ClassVar[float] = 360.0
     body_timeout_s: ClassVar[float] = 120.0
     max_idle_per_client: ClassVar[int] = 32
     # client host -> its idle connections, oldest first (one registry per server)
     idle: ClassVar[dict[str, OrderedDict[GuardedHttpToolsProtocol, None]]] = {}
 
-    _header_timer: asyncio.TimerHandle | None = None  # the header deadline, or keep-alive's
-    _keeping: bool = False  # _header_timer is the keep-alive's (idle after an answer)
+    _header_timer: asyncio.TimerHandle | None = None  # the header deadline
     _body_timer: asyncio.TimerHandle | None = None
     _body_cycle: object = None
     _in_head: bool = False  # a request's head has begun and is not complete
-    _head_bytes: int = 0  # bytes of the incomplete head counted so far
+    _reading: int = 0  # the length of the read being parsed
+    _head_bytes: int = 0  # the reads since the head began, the first one whole
+    _head_first: int = 0  # the first of them (it may hold the end of the previous request)
     _refused: bool = False  # answered with a refusal and closing: what comes is dropped
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -244,23 +244,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             timer.cancel()
             setattr(self, which, None)
 
-    def _arm_header_deadline(self, ends_keepalive: bool = False) -> None:
-        """The header deadline, unless one runs; `ends_keepalive`: it replaces keep-alive's."""
-        if self._header_timer is not None and not (ends_keepalive and self._keeping):
-            return
-        self._cancel("_header_timer")
-        self._keeping = False
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_expired)
-
-    def _arm_keepalive(self) -> None:
-        self._cancel("_header_timer")
-        self._keeping = True
-        self._header_timer = self.loop.call_later(self.keepalive_s, self._header_expired)
+    def _arm_header_deadline(self) -> None:
+        """The header deadline, unless one runs."""
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_expired)
 
     def _header_expired(self) -> None:
         self._header_timer = None
         if not self._busy():
-            self._close("keepalive_timeout" if self._keeping else "header_timeout")
+            self._close("header_timeout")
 
     def _body_expired(self) -> None:
         self._body_timer = None
@@ -271,12 +263,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refuse(408, "timeout", f"request body not complete within {self.body_timeout_s:g} s")
 
-    def _after_events(self) -> None:
+    def _after_events(self, data: bool) -> None:
+        """After a read (`data`) or an answer: the idle registry and the deadlines."""
         if self._refused or self.transport.is_closing():
             return
         if not self._busy():
             self._set_idle(True)
-            self._arm_header_deadline()  # the next request's headers, or close
+            if data or self._in_head:
+                self._arm_header_deadline()  # the rest of the next request's head, or close
             return
         self._set_idle(False)
         self._cancel("_header_timer")
@@ -298,23 +292,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._busy():
-            self._arm_header_deadline(ends_keepalive=True)  # the next request's first bytes
-        whole = self._in_head  # the head began in an earlier read: all of data is its
-        super().data_received(data)
-        if self._in_head and whole:
+        self._reading = len(data)
+        super().data_received(data)  # uvicorn stops its keep-alive timer
+        if self._in_head:
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._head_too_large()
-        self._after_events()
+            if self._head_bytes - self._head_first > MAX_HEAD_BYTES:
+                self._head_too_large()  # an incomplete head past the limit, however it began
+        self._after_events(data=True)
 
     def on_message_begin(self) -> None:
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._head_first = True, 0, self._reading
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > MAX_HEAD_BYTES:
+        # what was read since the head began bounds its size: the exact size only past that
+        if self._head_bytes + self._reading > MAX_HEAD_BYTES and (
+            len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > MAX_HEAD_BYTES
+        ):
             self._head_too_large()
             raise _HeadTooLarge  # stops the parser; data_received drops the rest
         super().on_headers_complete()
@@ -327,10 +322,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._cancel("_body_timer")
-        super().on_response_complete()
-        if not self.transport.is_closing() and not self._busy() and not self._in_head:
-            self._arm_keepalive()  # idle between requests (a terminal's check-ins)
-        self._after_events()
+        super().on_response_complete()  # uvicorn starts its keep-alive timer when idle
+        self._after_events(data=False)
+
+    def timeout_keep_alive_handler(self) -> None:
+        """uvicorn's keep-alive timer (``timeout_keep_alive``: started after each answer,
+        stopped by the next read) ran out: the idle connection is cut."""
+        if not self._busy() and not self._in_head:  # else the header deadline governs
+            self._close("keepalive_timeout")
 
     def shutdown(self) -> None:
         """Server stop: an idle connection is dropped at once, a busy one finishes its answer."""
@@ -342,6 +341,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel("_header_timer")
         self._cancel("_body_timer")
+        self._unset_keepalive_if_required()  # uvicorn's, which it leaves after an abort
         self._set_idle(False)
         super().connection_lost(exc)
 
@@ -368,7 +368,6 @@ def guarded_protocol(cfg: CollectorConfig) -> type[GuardedHttpToolsProtocol]:
         (GuardedHttpToolsProtocol,),
         {
             "header_timeout_s": float(cfg.header_timeout_s),
-            "keepalive_s": float(cfg.keepalive_s),
             "body_timeout_s": float(cfg.body_timeout_s),
             "max_idle_per_client": cfg.max_idle_per_client,
             "idle": {},
@@ -433,13 +432,18 @@ def uvicorn_config(
         "log_config": None,
         "access_log": False,
         "server_header": False,
-        # GuardedHttpToolsProtocol closes idle connections after keepalive_s; uvicorn's own timer
-        # (a graceful TLS close, which can wait on the peer) comes later and never fires
-        "timeout_keep_alive": cfg.keepalive_s + 1,
+        # the idle connection after an answer, cut by GuardedHttpToolsProtocol (at once,
+        # not uvicorn's graceful TLS close, which can wait on the peer)
+        "timeout_keep_alive": cfg.keepalive_s,
         "limit_concurrency": 512,
         "lifespan": "on",
         "timeout_graceful_shutdown": 30,  # answers in flight on stop, at most this long
         "proxy_headers": False,
+        # the event loop and the WebSocket protocol named, never picked by what happens to
+        # be installed ("auto"): small_tls_buffers is asyncio's; no request is upgraded to
+        # a WebSocket protocol, which has none of the guards
+        "loop": "asyncio",
+        "ws": "none",
     }
     if tls is not None:
         kwargs["ssl_context_factory"] = lambda config, default: tls.context

@@ -41,6 +41,31 @@ def _data_segments_in(s: socket.socket) -> int:
     return int(struct.unpack_from("I", info, TCP_INFO_DATA_SEGS_IN)[0])
 
 
+def _answers(s: socket.socket, n: int) -> list[bytes]:
+    """The heads of the next n answers on s (however they were split into reads)."""
+    s.settimeout(10)
+    buf, heads = b"", []
+    while len(heads) < n:
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            None,
+        )
+        if sep and length is not None and len(rest) >= length:
+            heads.append(head)
+            buf = rest[length:]
+            continue
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {len(heads)} answers"
+        buf += chunk
+    assert not buf, buf
+    return heads
+
+
 def _until_closed(s: socket.socket) -> bytes:
     """Everything s receives until the server closes it."""
     s.settimeout(30)
@@ -76,7 +101,7 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(env: Env) ->
     s = _connect(env)
     missing = b"GET /no-such-page HTTP/1.1\r\nHost: c\r\n\r\n"
     s.sendall(HEALTH + missing + HEALTH)
-    heads = [_answer(s) for _ in range(3)]
+    heads = _answers(s, 3)
     assert [h.split(b" ")[1] for h in heads] == [b"200", b"404", b"200"]
     s.sendall(HEALTH)
     assert _answer(s).startswith(b"HTTP/1.1 200")
@@ -130,3 +155,21 @@ def test_a_head_trickled_past_the_limit_is_answered_431_before_the_header_deadli
     assert sent > MAX_HEAD_BYTES
     s.close()
     assert wait_until(lambda: env.http.get(f"{env.url}/healthz", timeout=10).ok, timeout_s=30)
+
+
+def test_bytes_that_begin_no_request_end_keep_alive_at_the_header_deadline(
+    tmp_path: Path,
+) -> None:
+    """A kept connection that sends blank lines after an answer (no request begins) is
+    closed at the header deadline (1 s), not kept the keepalive_s (10 minutes) of an
+    idle one."""
+    env = Env(tmp_path, header_timeout_s=1, keepalive_s=600)
+    try:
+        s = _connect(env)
+        s.sendall(HEALTH)
+        assert _answer(s).startswith(b"HTTP/1.1 200")
+        s.sendall(b"\r\n")
+        assert wait_until(lambda: _closed(s), timeout_s=120, step_s=0.05)
+        s.close()
+    finally:
+        env.close()

@@ -1009,6 +1009,12 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         col.store.close()
 
     routes = [
+        # the terminals' routes first: Starlette tries a request's path on each route in
+        # turn (some 1 us a route), and check-ins are most of the requests
+        Route("/v1/checkins", ch.post_checkin, methods=["POST"]),
+        by_method("/v1/bundles/{bundle_id}", PUT=counted(col, put_bundle), GET=get_manifest),
+        Route("/v1/enroll", ch.post_enroll, methods=["POST"]),
+        Route("/v1/devices/self/token", ch.post_self_token, methods=["POST"]),
         Route("/", operator_only(html=True)(incident_views.home), methods=["GET"]),
         Route("/bundles", index_page, methods=["GET"]),
         Route(
@@ -1049,9 +1055,6 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
             methods=["GET"],
         ),
         Route("/favicon.ico", favicon, methods=["GET"]),
-        Route("/v1/enroll", ch.post_enroll, methods=["POST"]),
-        Route("/v1/checkins", ch.post_checkin, methods=["POST"]),
-        Route("/v1/devices/self/token", ch.post_self_token, methods=["POST"]),
         Route("/v1/devices", operator_only(html=False)(ch.list_devices), methods=["GET"]),
         Route(dev, operator_only(html=False)(ch.get_device), methods=["GET"]),
         Route(f"{dev}/keys", operator_only(html=False)(ch.get_keys), methods=["GET"]),
@@ -1073,7 +1076,6 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         ),
         Route("/v1/openapi.json", openapi_document, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
-        by_method("/v1/bundles/{bundle_id}", PUT=counted(col, put_bundle), GET=get_manifest),
         Route("/v1/bundles/{bundle_id}/download", download, methods=["GET"]),
         Route(
             "/v1/bundles/{bundle_id}/screenshot.png",

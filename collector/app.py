@@ -42,7 +42,7 @@ store hostile manifests and render them all), in bounded time and memory: the
 heavy part of a per-bundle answer (page, diagnostics, entry, manifest) runs in a
 worker thread, at most MAX_RENDERS at once (`_off_loop`), and the page shows a
 bounded part of what a bundle holds (`agent.bundle.html`). Slow clients are cut off by the
-server (`collector.server.GuardedH11Protocol`: header and body deadlines, a body
+server (`collector.server.GuardedHttpToolsProtocol`: header and body deadlines, a body
 past its deadline answered 408, idle connections per client); redirects carry a
 relative Location, never the Host header.
 
@@ -1010,6 +1010,12 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         col.store.close()
 
     routes = [
+        # the terminals' routes first: Starlette tries a request's path on each route in
+        # turn (some 1 us a route), and check-ins are most of the requests
+        Route("/v1/checkins", ch.post_checkin, methods=["POST"]),
+        by_method("/v1/bundles/{bundle_id}", PUT=counted(col, put_bundle), GET=get_manifest),
+        Route("/v1/enroll", ch.post_enroll, methods=["POST"]),
+        Route("/v1/devices/self/token", ch.post_self_token, methods=["POST"]),
         Route("/", operator_only(html=True)(incident_views.home), methods=["GET"]),
         Route("/bundles", index_page, methods=["GET"]),
         Route(
@@ -1050,9 +1056,6 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
             methods=["GET"],
         ),
         Route("/favicon.ico", favicon, methods=["GET"]),
-        Route("/v1/enroll", ch.post_enroll, methods=["POST"]),
-        Route("/v1/checkins", ch.post_checkin, methods=["POST"]),
-        Route("/v1/devices/self/token", ch.post_self_token, methods=["POST"]),
         Route("/v1/devices", operator_only(html=False)(ch.list_devices), methods=["GET"]),
         Route(dev, operator_only(html=False)(ch.get_device), methods=["GET"]),
         Route(f"{dev}/keys", operator_only(html=False)(ch.get_keys), methods=["GET"]),
@@ -1074,7 +1077,6 @@ def create_app(cfg: CollectorConfig, *, store: BundleStore | None = None) -> Sta
         ),
         Route("/v1/openapi.json", openapi_document, methods=["GET"]),
         Route("/v1/bundles", list_bundles, methods=["GET"]),
-        by_method("/v1/bundles/{bundle_id}", PUT=counted(col, put_bundle), GET=get_manifest),
         Route("/v1/bundles/{bundle_id}/download", download, methods=["GET"]),
         Route(
             "/v1/bundles/{bundle_id}/screenshot.png",

@@ -141,7 +141,7 @@ class CollectorConfig:
     # TLS terminated by `collector serve` itself (both or neither; re-read on SIGHUP)
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # slow or idle clients (collector.server.GuardedH11Protocol)
+    # slow or idle clients (collector.server.GuardedHttpToolsProtocol)
     header_timeout_s: int = _f(10, min=1, max=3600)
     # an idle connection is kept this long after an answer: above the terminals' check-in
     # interval, so each check-in reuses its connection (no TCP/TLS handshake, docs/CHANNEL.md)

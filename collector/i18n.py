@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Final
 
 import structlog
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.bundle.remedies import N_ as N_
@@ -186,17 +185,25 @@ class Negotiated:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = LANGUAGE.set(negotiate(Headers(scope=scope).get("accept-language")))
+        accept = None
+        for name, value in scope["headers"]:  # lower case (ASGI); a terminal sends none
+            if name == b"accept-language":
+                accept = value.decode("latin-1")
+                break
+        token = LANGUAGE.set(negotiate(accept) if accept else DEFAULT_LANGUAGE)
 
         async def send_with_vary(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                names = {k.lower(): v for k, v in headers}
-                if names.get(b"content-type", b"").startswith(b"text/html") and (
-                    b"accept-language" not in names.get(b"vary", b"").lower()
-                ):
-                    headers.append((b"vary", b"Accept-Language"))
-                    message["headers"] = headers
+                headers = message.get("headers", [])
+                ctype = vary = b""
+                for name, value in headers:
+                    name = name.lower()
+                    if name == b"content-type":
+                        ctype = value
+                    elif name == b"vary":
+                        vary = value
+                if ctype.startswith(b"text/html") and b"accept-language" not in vary.lower():
+                    message["headers"] = [*headers, (b"vary", b"Accept-Language")]
             await send(message)
 
         try:

@@ -1,11 +1,20 @@
 """Running the collector on uvicorn: in the foreground (`posagent collector serve`) or in a thread.
 
+HTTP/1.1 is parsed by httptools (llhttp, C) through uvicorn's protocol for it, not h11
+(pure Python): with the guards below, a request through the whole app to a 404 page took
+some 250 us of the collector's CPU where it took some 410 (wrk, loopback, 2026-12-06). The
+event loop is asyncio's: uvloop took some 10-15 % less CPU a check-in, but its TLS
+read buffer (256 KiB, filled as data comes) made 1,500 idle TLS connections after a burst
+of uploads hold some 45 MiB more than asyncio's with `small_tls_buffers`.
 uvicorn closes a connection only between requests (``timeout_keep_alive``);
-`GuardedH11Protocol` adds what it lacks against slow or idle clients:
+`GuardedHttpToolsProtocol` adds what it lacks against slow or idle clients:
 
 - a header deadline: a request's headers must be complete within
   ``header_timeout_s`` of the connection's start or of their first byte (a socket
   that sends nothing, or trickles its headers, is closed);
+- a head size limit: a request head over MAX_HEAD_BYTES (16 KiB, h11's limit) is
+  answered ``431`` and the connection closed (llhttp has no limit of its own; an
+  incomplete head is counted as it comes, so memory stays bounded);
 - keep-alive: after an answer the connection is kept idle up to ``keepalive_s``
   (above the terminals' check-in interval: each check-in reuses its connection, no
   TCP or TLS handshake, docs/CHANNEL.md), then closed;
@@ -19,7 +28,10 @@ uvicorn closes a connection only between requests (``timeout_keep_alive``);
   so one client cannot hold the ``limit_concurrency`` slots of everyone;
 - one write per answer (`CoalescingTransport`): uvicorn writes a response's head and
   its body apart, two send() calls and two TCP segments (two TLS records) for a
-  small JSON answer; the writes of one event-loop step go out together.
+  small JSON answer; the writes of one event-loop step go out together;
+- refusals (400 unparsable, 408, 431) are answered with ``connection: close`` and the
+  connection is cut LINGER_S later, and idle connections are cut at once: never a
+  graceful TLS close, which waits on the peer.
 
 TLS (`TlsContext`): one `ssl.SSLContext` for the listener whose certificate
 chain `reload` loads again (SIGHUP in `serve`): new connections get the new
@@ -37,13 +49,13 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
+from http import HTTPStatus
 from typing import Any, ClassVar
 
-import h11
 import structlog
 import uvicorn
 from uvicorn.protocols.http.flow_control import service_unavailable
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from collector.app import create_app
 from collector.config import CollectorConfig
@@ -137,26 +149,37 @@ class CoalescingTransport:
 
 
 log = structlog.get_logger(__name__)
-LINGER_S = 2.0  # after a 408, how long the client has to read it before the connection is cut
+LINGER_S = 2.0  # after a refusal (400, 408, 431), how long the client has to read it
+# A request head (request line and headers) longer than this is answered 431 (h11, the
+# parser before httptools, refused past the same 16 KiB; llhttp itself has no limit)
+MAX_HEAD_BYTES = 16 * 1024
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with header and body deadlines and an idle cap per client.
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a head past MAX_HEAD_BYTES."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body deadlines, a head size limit and
+    an idle cap per client.
 
     `guarded_protocol` makes a subclass carrying one server's settings and registry.
     """
 
     header_timeout_s: ClassVar[float] = 10.0
-    keepalive_s: ClassVar[float] = 360.0
     body_timeout_s: ClassVar[float] = 120.0
     max_idle_per_client: ClassVar[int] = 32
     # client host -> its idle connections, oldest first (one registry per server)
-    idle: ClassVar[dict[str, OrderedDict[GuardedH11Protocol, None]]] = {}
+    idle: ClassVar[dict[str, OrderedDict[GuardedHttpToolsProtocol, None]]] = {}
 
-    _header_timer: asyncio.TimerHandle | None = None  # the header deadline, or keep-alive's
-    _keeping: bool = False  # _header_timer is the keep-alive's (idle after an answer)
+    _header_timer: asyncio.TimerHandle | None = None  # the header deadline
     _body_timer: asyncio.TimerHandle | None = None
     _body_cycle: object = None
+    _in_head: bool = False  # a request's head has begun and is not complete
+    _reading: int = 0  # the length of the read being parsed
+    _head_bytes: int = 0  # the reads since the head began, the first one whole
+    _head_first: int = 0  # the first of them (it may hold the end of the previous request)
+    _refused: bool = False  # answered with a refusal and closing: what comes is dropped
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -191,17 +214,33 @@ class GuardedH11Protocol(H11Protocol):
     def _close(self, why: str) -> None:
         if not self.transport.is_closing():
             log.info("connection_closed", reason=why, client=self._host())
-            self._abort()
+            self.transport.abort()  # no TLS close_notify exchange, which waits on the peer
 
-    def _abort(self) -> None:
-        """Close at once: no TLS close_notify exchange, which waits on the peer (an asyncio
-        SSL transport's close() holds the connection open up to 30 s for a silent peer)."""
-        if self.conn.our_state not in (h11.ERROR, h11.CLOSED):
-            try:
-                self.conn.send(h11.ConnectionClosed())
-            except h11.LocalProtocolError:
-                pass
-        self.transport.abort()
+    def _refuse(self, status: int, reason: str, error: str) -> None:
+        """Answer `status` (JSON, the upload protocol's shape) and close: the answer is
+        flushed, then the connection is cut LINGER_S later. Closing at once with the
+        client's unread bytes in our buffer would send a reset that can overtake the
+        answer; a graceful TLS close would wait on the peer (asyncio holds it up to 30 s)."""
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused = True
+        self._cancel("_header_timer")
+        self._cancel("_body_timer")
+        self._set_idle(False)
+        log.info("connection_closed", reason=reason, client=self._host())
+        body = json.dumps({"status": reason, "bundle_id": None, "error": error}).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s"
+            % (status, HTTPStatus(status).phrase.encode(), len(body), body)
+        )
+        if self.cycle is not None and not self.cycle.response_complete:
+            # the handler's receive() now returns http.disconnect; its own answer is dropped
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # half-close after the answer (plain TCP)
+        self.loop.call_later(LINGER_S, self.transport.abort)
 
     def _cancel(self, which: str) -> None:
         timer = getattr(self, which)
@@ -209,72 +248,33 @@ class GuardedH11Protocol(H11Protocol):
             timer.cancel()
             setattr(self, which, None)
 
-    def _arm_header_deadline(self, ends_keepalive: bool = False) -> None:
-        """The header deadline, unless one runs; `ends_keepalive`: it replaces keep-alive's."""
-        if self._header_timer is not None and not (ends_keepalive and self._keeping):
-            return
-        self._cancel("_header_timer")
-        self._keeping = False
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_expired)
-
-    def _arm_keepalive(self) -> None:
-        self._cancel("_header_timer")
-        self._keeping = True
-        self._header_timer = self.loop.call_later(self.keepalive_s, self._header_expired)
+    def _arm_header_deadline(self) -> None:
+        """The header deadline, unless one runs."""
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_expired)
 
     def _header_expired(self) -> None:
         self._header_timer = None
         if not self._busy():
-            self._close("keepalive_timeout" if self._keeping else "header_timeout")
+            self._close("header_timeout")
 
     def _body_expired(self) -> None:
         self._body_timer = None
         if not (self._busy() and self.cycle.more_body):
             return
-        if self.cycle.response_started or self.conn.our_state is not h11.SEND_RESPONSE:
+        if self.cycle.response_started:
             self._close("body_timeout")
             return
-        log.info("connection_closed", reason="body_timeout", client=self._host())
-        body = json.dumps(
-            {
-                "status": "timeout",
-                "bundle_id": None,
-                "error": f"request body not complete within {self.body_timeout_s:g} s",
-            }
-        ).encode()
-        try:
-            out = self.conn.send(
-                h11.Response(
-                    status_code=408,
-                    reason=b"Request Timeout",
-                    headers=[
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"),
-                    ],
-                )
-            )
-            out = (out or b"") + (self.conn.send(h11.Data(data=body)) or b"")
-            out += self.conn.send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError:
-            self._abort()
-            return
-        # the handler's receive() now returns http.disconnect; its own answer is dropped
-        self.cycle.disconnected = True
-        self.cycle.message_event.set()
-        self.transport.write(out)
-        # half-close after the answer, then cut: closing with the client's unread bytes
-        # in our buffer would send a reset that can overtake the 408 on its way
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(LINGER_S, self.transport.abort)
+        self._refuse(408, "timeout", f"request body not complete within {self.body_timeout_s:g} s")
 
-    def _after_events(self) -> None:
-        if self.transport.is_closing():
+    def _after_events(self, data: bool) -> None:
+        """After a read (`data`) or an answer: the idle registry and the deadlines."""
+        if self._refused or self.transport.is_closing():
             return
         if not self._busy():
             self._set_idle(True)
-            self._arm_header_deadline()  # the next request's headers, or close
+            if data or self._in_head:
+                self._arm_header_deadline()  # the rest of the next request's head, or close
             return
         self._set_idle(False)
         self._cancel("_header_timer")
@@ -294,35 +294,58 @@ class GuardedH11Protocol(H11Protocol):
         self._set_idle(True)
 
     def data_received(self, data: bytes) -> None:
-        if not self._busy():
-            self._arm_header_deadline(ends_keepalive=True)  # the next request's first bytes
-        super().data_received(data)
+        if self._refused:
+            return
+        self._reading = len(data)
+        super().data_received(data)  # uvicorn stops its keep-alive timer
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes - self._head_first > MAX_HEAD_BYTES:
+                self._head_too_large()  # an incomplete head past the limit, however it began
+        self._after_events(data=True)
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        self._after_events()
+    def on_message_begin(self) -> None:
+        self._in_head, self._head_bytes, self._head_first = True, 0, self._reading
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        # what was read since the head began bounds its size: the exact size only past that
+        if self._head_bytes + self._reading > MAX_HEAD_BYTES and (
+            len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > MAX_HEAD_BYTES
+        ):
+            self._head_too_large()
+            raise _HeadTooLarge  # stops the parser; data_received drops the rest
+        super().on_headers_complete()
+
+    def _head_too_large(self) -> None:
+        self._refuse(431, "head_too_large", f"request head over {MAX_HEAD_BYTES} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "bad_request", msg)
 
     def on_response_complete(self) -> None:
         self._cancel("_body_timer")
-        super().on_response_complete()
-        if (
-            not self.transport.is_closing()
-            and self.conn.their_state is h11.IDLE  # the next cycle began: nothing owed
-            and not self.conn.trailing_data[0]  # and none of its bytes came yet
-        ):
-            self._arm_keepalive()  # idle between requests (a terminal's check-ins)
-        self._after_events()
+        super().on_response_complete()  # uvicorn starts its keep-alive timer when idle
+        self._after_events(data=False)
+
+    def timeout_keep_alive_handler(self) -> None:
+        """uvicorn's keep-alive timer (``timeout_keep_alive``: started after each answer,
+        stopped by the next read) ran out: the idle connection is cut."""
+        if not self._busy() and not self._in_head:  # else the header deadline governs
+            self._close("keepalive_timeout")
 
     def shutdown(self) -> None:
         """Server stop: an idle connection is dropped at once, a busy one finishes its answer."""
         if self._busy():
             super().shutdown()
         else:
-            self._abort()
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel("_header_timer")
         self._cancel("_body_timer")
+        self._unset_keepalive_if_required()  # uvicorn's, which it leaves after an abort
         self._set_idle(False)
         super().connection_lost(exc)
 
@@ -342,14 +365,13 @@ class _Limited:
         await self.app(scope, receive, send)
 
 
-def guarded_protocol(cfg: CollectorConfig) -> type[GuardedH11Protocol]:
-    """A GuardedH11Protocol class with cfg's deadlines and cap, and its own registry."""
+def guarded_protocol(cfg: CollectorConfig) -> type[GuardedHttpToolsProtocol]:
+    """A GuardedHttpToolsProtocol class with cfg's deadlines and cap, and its own registry."""
     return type(
-        "CollectorH11Protocol",
-        (GuardedH11Protocol,),
+        "CollectorHttpProtocol",
+        (GuardedHttpToolsProtocol,),
         {
             "header_timeout_s": float(cfg.header_timeout_s),
-            "keepalive_s": float(cfg.keepalive_s),
             "body_timeout_s": float(cfg.body_timeout_s),
             "max_idle_per_client": cfg.max_idle_per_client,
             "idle": {},
@@ -414,13 +436,18 @@ def uvicorn_config(
         "log_config": None,
         "access_log": False,
         "server_header": False,
-        # GuardedH11Protocol closes idle connections after keepalive_s; uvicorn's own timer
-        # (a graceful TLS close, which can wait on the peer) comes later and never fires
-        "timeout_keep_alive": cfg.keepalive_s + 1,
+        # the idle connection after an answer, cut by GuardedHttpToolsProtocol (at once,
+        # not uvicorn's graceful TLS close, which can wait on the peer)
+        "timeout_keep_alive": cfg.keepalive_s,
         "limit_concurrency": 512,
         "lifespan": "on",
         "timeout_graceful_shutdown": 30,  # answers in flight on stop, at most this long
         "proxy_headers": False,
+        # the event loop and the WebSocket protocol named, never picked by what happens to
+        # be installed ("auto"): small_tls_buffers is asyncio's; no request is upgraded to
+        # a WebSocket protocol, which has none of the guards
+        "loop": "asyncio",
+        "ws": "none",
     }
     if tls is not None:
         kwargs["ssl_context_factory"] = lambda config, default: tls.context

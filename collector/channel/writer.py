@@ -81,7 +81,6 @@ class CheckinWriter:
         """The check-in's outcome once its group is committed; its refusal raised."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[checkin.Received] = loop.create_future()
-        item = replace(item, admit=Once(item.admit))
         with self._lock:
             self._queue.put((item, loop, future))
             if self._thread is None:
@@ -145,7 +144,10 @@ class CheckinWriter:
                 return
 
     def _write(self, items: Sequence[checkin.Incoming]) -> list[Outcome]:
-        """Each check-in's outcome: the group in one transaction, or each alone."""
+        """Each check-in's outcome: the group in one transaction, or each alone (a
+        group's check-ins are asked their `admit` once: `Once`)."""
+        if len(items) > 1:
+            items = [replace(item, admit=Once(item.admit)) for item in items]
         try:
             outcomes: list[Outcome] = list(
                 checkin.receive_many(

@@ -245,32 +245,12 @@ _WRITTEN = [c for c in INCIDENT_COLUMNS if c != "id"] + ["sev_rank"]
 
 
 def _values(inc: Incident) -> dict[str, Any]:
-    """The incident's columns as written (without id): the row's values."""
-    return {
-        "device": inc.device,
-        "site": inc.site,
-        "fault_key": inc.fault_key,
-        "source": inc.source,
-        "severity": inc.severity,
-        "summary": inc.summary,
-        "status": inc.status.value,
-        "assignee": inc.assignee,
-        "active": 1 if inc.active else 0,
-        "raised_at": inc.raised_at,
-        "episode_at": inc.episode_at,
-        "cleared_at": inc.cleared_at,
-        "last_at": inc.last_at,
-        "duration_s": inc.duration_s,
-        "repeats": inc.repeats,
-        "bundles": inc.bundles,
-        "open_since": inc.open_since,
-        "touched_at": inc.touched_at,
-        "escalated_at": inc.escalated_at,
-        "resolved_at": inc.resolved_at,
-        "created_at": inc.created_at,
-        "updated_at": inc.updated_at,
-        "sev_rank": sev_rank(inc.severity),
-    }
+    """The incident's columns as written (`_WRITTEN`: without id, with sev_rank)."""
+    out = {c: getattr(inc, c) for c in INCIDENT_COLUMNS if c != "id"}
+    out.update(
+        status=inc.status.value, active=1 if inc.active else 0, sev_rank=sev_rank(inc.severity)
+    )
+    return out
 
 
 def _payload(inc: Incident) -> Row:

@@ -452,16 +452,16 @@ class PgTx(BaseTx):
     def lock_all(self, names: Sequence[str]) -> None:
         """`lock` of each name not yet held, in the order given, in one statement (the
         function scan gives the array's elements in order; ORDER BY says so)."""
-        todo = [n for n in dict.fromkeys(names) if n not in self._locks]
-        if len(todo) == 1:
-            self.lock(todo[0])
-        elif todo:
+        unheld = [n for n in dict.fromkeys(names) if n not in self._locks]
+        if len(unheld) == 1:
+            self.lock(unheld[0])
+        elif unheld:
             self._run(
                 "SELECT pg_advisory_xact_lock(hashtextextended(t.name, 0)) FROM "
                 "unnest(CAST(? AS text[])) WITH ORDINALITY AS t(name, i) ORDER BY t.i",
-                (todo,),
+                (unheld,),
             )
-            self._locks.update(todo)
+            self._locks.update(unheld)
 
 
 _TAKE = """

@@ -125,7 +125,7 @@ class SqliteIndex(Timed):
     A new (empty) file is created at the latest schema; an existing one must be at the
     latest (SchemaError otherwise: `posagent collector migrate`), unless migrate=True.
 
-    Writers in this process take turns on a lock (`_writing`) before SQLite's own: a
+    Writers in this process take turns on a lock (`_writer`) before SQLite's own: a
     writer that finds the database locked is put to sleep by SQLite's busy handler for
     1, 2, 5, 10 ms and more before it looks again, where the writer ahead of it (an
     upload's row, a batch of grouping, a group of check-ins) takes well under a

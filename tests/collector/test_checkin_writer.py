@@ -78,6 +78,11 @@ def incoming(
     )
 
 
+def codes(out: list[checkin.Received | ChannelError]) -> list[int]:
+    """Each outcome's HTTP status: 200, or the refusal's."""
+    return [o.code if isinstance(o, ChannelError) else 200 for o in out]
+
+
 def summary_of(db: Database, device: str) -> str | None:
     with db.transaction(write=False) as tx:
         row = tx.one("SELECT summary FROM devices WHERE id = ?", (device,))
@@ -101,7 +106,7 @@ def test_a_refused_checkin_leaves_the_others_of_its_transaction_stored(db: Datab
         ],
         silent_after=3,
     )
-    assert [o.code if isinstance(o, ChannelError) else 200 for o in out] == [
+    assert codes(out) == [
         200,
         401,
         403,
@@ -134,7 +139,7 @@ def test_a_token_promoted_in_a_group_is_the_only_one_for_the_rest_of_it(db: Data
         ],
         silent_after=3,
     )
-    assert [o.code if isinstance(o, ChannelError) else 200 for o in out] == [
+    assert codes(out) == [
         200,
         200,
         200,

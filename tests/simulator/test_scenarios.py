@@ -241,9 +241,9 @@ def test_pos_app_twin_stops_restarts_and_hangs(tmp_path: Path) -> None:
         assert int(app.pid_file.read_text()) == app.proc.pid
         term.apply("app", {"hung": True})
         proc = psutil.Process(app.proc.pid)
-        # signal delivery is asynchronous, and a process caught in uninterruptible disk
-        # sleep (its heartbeat write on a machine busy with I/O: seen for > 10 s) stops
-        # only when that write returns: poll until the kernel reports it stopped
+        # signal delivery is asynchronous, and a process in uninterruptible sleep stops
+        # only when that sleep ends: poll until the kernel reports it stopped (the heartbeat
+        # is in memory: on a disk busy with I/O its write held the process for over 60 s)
         assert wait_until(lambda: proc.status() == psutil.STATUS_STOPPED, 60.0), proc.status()
         mtime = app.heartbeat_file.stat().st_mtime
         # hung: the heartbeat does not move while the process is stopped

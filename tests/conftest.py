@@ -139,7 +139,11 @@ def wait_until(pred: Callable[[], Any], timeout_s: float = 5.0, step_s: float = 
 # fixed and a session holds its lock until the session ends, so the modules that use it
 # (directly or through `fleet`/`s3_url`) and the reliability module (whose fleet family
 # takes the same lock) are one unit of work: one worker runs them all. A module that
-# starts using SeaweedFS without being listed here fails the collection (below).
+# starts using SeaweedFS without being listed here fails the collection (below). The
+# reliability module comes first: its fleet family starts a SeaweedFS of its own, in a
+# process of its own, so it must run before the `seaweed` fixture takes the lock (which it
+# keeps until the session ends; the family, given the lock 1 s, was skipped every time).
+RELIABILITY_MODULE = "tests/e2e/test_reliability.py"
 SEAWEED_MODULES = frozenset(
     {
         "tests/collector/test_balancer.py",
@@ -148,7 +152,7 @@ SEAWEED_MODULES = frozenset(
         "tests/collector/test_migrate_store.py",
         "tests/collector/test_retention.py",
         "tests/collector/test_storage.py",
-        "tests/e2e/test_reliability.py",
+        RELIABILITY_MODULE,
     }
 )
 
@@ -173,7 +177,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A module using SeaweedFS must be in SEAWEED_MODULES (else two workers would wait on
-    its lock for the whole session)."""
+    its lock for the whole session); the reliability module's tests run first."""
+    first = [it for it in items if it.nodeid.split("::", 1)[0] == RELIABILITY_MODULE]
+    if first:
+        items[:] = first + [it for it in items if it.nodeid.split("::", 1)[0] != RELIABILITY_MODULE]
     unlisted = sorted(
         {
             it.nodeid.split("::", 1)[0]

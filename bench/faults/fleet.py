@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +47,35 @@ def _wait(cond: Callable[[], Any], timeout_s: float, step_s: float = 0.1) -> boo
             return True
         time.sleep(step_s)
     return bool(cond())
+
+
+class KeptFull:
+    """A disk kept full while the outage lasts: filled, then filled again every 20 ms, as
+    other writers would take any space freed. Filled once, the uploads in flight when it
+    filled finish, remove their staged files and leave room for the next ones: the
+    collector's disk then ran a whole quick round without refusing anything."""
+
+    def __init__(self, filler: Path) -> None:
+        self.filler = filler
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        fill(self.filler)
+        self._done.clear()
+        self._thread = threading.Thread(target=self._refill, name="kept-full", daemon=True)
+        self._thread.start()
+
+    def _refill(self) -> None:
+        while not self._done.wait(0.02):
+            fill(self.filler)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.filler.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -156,14 +186,8 @@ def _outages(
         out.append(Outage("S3 slow then stalled", stall, lambda: proxy.set("pass")))
     for disk, what in ((s3_disk, "S3 server's disk full"), (c_disk, "collector's disk full")):
         if disk is not None:
-            filler = disk / "filler"
-            out.append(
-                Outage(
-                    what,
-                    lambda f=filler: fill(f),
-                    lambda f=filler: f.unlink(missing_ok=True),
-                )
-            )
+            full = KeptFull(disk / "filler")
+            out.append(Outage(what, full.start, full.stop))
     return out
 
 

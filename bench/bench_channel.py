@@ -3,7 +3,8 @@
 - Check-ins handled per second: `posagent collector serve` processes (uvicorn, their own
   processes) answer check-ins of DEVICES enrolled terminals, sent for RUN_S seconds (after
   WARM_S) by wrk, a C load generator (Debian's, `WRK_SCRIPT` gives each request its
-  device's token and body), over CLIENTS keep-alive connections (a check-in with a
+  device's token and body), over CLIENTS keep-alive connections, and again over
+  FEW_CLIENTS, where the rate is bound by latency, not capacity (a check-in with a
   realistic summary, no command, the remote config unchanged: the common case), as the
   agent sends them (only what changed since the collector's state: the payment host's
   latency) and, beside it, whole every time (the first cut's). On the embedded store
@@ -50,7 +51,14 @@ from tests.collector.hookserver import free_port
 from tests.conftest import posagent_argv
 
 DEVICES = 500
-CLIENTS = 8
+# A fleet's check-ins come from as many terminals as there are: none waits for another's
+# answer. 64 keep-alive connections (the ingest bench's concurrency) give the check-in writer
+# groups to commit together, the figure of what the collector can take. A closed loop of
+# only FEW_CLIENTS connections is bound by latency instead (connections / p50, Little's
+# law: since the group commit the collector idles there between groups); it is measured
+# too, beside it.
+CLIENTS = 64
+FEW_CLIENTS = 8
 RUN_S = 10.0
 WARM_S = 3.0
 REPEATS = 3  # the shared machine's other work moves a run by a third: the median of 3
@@ -129,8 +137,9 @@ def load(
     *,
     delta: bool = True,
     postgres_port: int | None = None,
+    clients: int = CLIENTS,
 ) -> dict[str, Any]:
-    """wrk (`WRK_SCRIPT`: CLIENTS connections, one a thread) checking in the devices of the
+    """wrk (`WRK_SCRIPT`: `clients` connections, one a thread) checking in the devices of the
     devices file round-robin for RUN_S seconds, REPEATS times after WARM_S of the same;
     the run of the median rate (with every run's rate beside it): the rate, the
     collectors' CPU per check-in (and PostgreSQL's, its server processes', when
@@ -154,7 +163,7 @@ def load(
         return [pg, *pg.children(recursive=True)] if pg is not None else []
 
     def wrk(seconds: float) -> list[dict[str, Any]]:
-        per = max(1, CLIENTS // len(ports))
+        per = max(1, clients // len(ports))
         procs = [
             subprocess.Popen(
                 [
@@ -209,6 +218,7 @@ def load(
             "p50_ms": max(r["p50_ms"] for r in results),
             "p99_ms": max(r["p99_ms"] for r in results),
             "load_avg_1m": round(os.getloadavg()[0], 2),
+            "clients": clients,
         }
         if pg is not None:
             out["postgres_cpu_ms_per_checkin"] = round((p1 - p0) / n * 1000, 3)
@@ -290,6 +300,7 @@ def main() -> dict[str, Any]:
         with serving(root, 1) as (ports, pids):
             figures["sqlite_1"] = load(ports, pids, devices)
             figures["sqlite_1_whole"] = load(ports, pids, devices, delta=False)
+            figures["sqlite_1_few"] = load(ports, pids, devices, clients=FEW_CLIENTS)
         with _postgres() as url:
             if url is None:
                 figures["postgres"] = "skipped: no PostgreSQL here"
@@ -312,6 +323,9 @@ def main() -> dict[str, Any]:
                         figures[f"postgres_{n}_whole"] = load(
                             ports, pids, devices, delta=False, postgres_port=pg_port
                         )
+                        figures[f"postgres_{n}_few"] = load(
+                            ports, pids, devices, postgres_port=pg_port, clients=FEW_CLIENTS
+                        )
     figures["cpus"] = float(os.cpu_count() or 0)
     for k, v in figures.items():
         print(f"   {k:34} {v}")
@@ -324,17 +338,16 @@ def main() -> dict[str, Any]:
             else f"{'met' if total * 1000 <= TARGET_BYTES_DAY else 'MISSED'} ({total} KB)"
         )
     )
-    best = max(
-        (
-            v["checkins_per_s"]
-            for v in figures.values()
-            if isinstance(v, dict) and "checkins_per_s" in v
-        ),
-        default=0.0,
-    )
+    rates = {
+        k: figures[k]["checkins_per_s"]
+        for k in ("sqlite_1", "postgres_1", "postgres_2")
+        if isinstance(figures.get(k), dict)
+    }
+    missed = {k: v for k, v in rates.items() if v < TARGET_PER_S}
     print(
-        f"   target >= {TARGET_PER_S:.0f} check-ins/s: {'met' if best >= TARGET_PER_S else 'MISSED'} "
-        f"(best {best}/s on this {os.cpu_count()}-core machine, wrk on the same cores)"
+        f"   target >= {TARGET_PER_S:.0f} check-ins/s at {CLIENTS} connections: "
+        + ("not measured" if not rates else f"MISSED by {missed}" if missed else "met")
+        + f" ({rates}; this {os.cpu_count()}-core machine, wrk on the same cores)"
     )
     return figures
 

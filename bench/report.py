@@ -945,16 +945,26 @@ def channel_rows(res: dict[str, Any]) -> list[Row]:
         other = whole.get("checkins_per_s") if isinstance(whole, dict) else None
         pg = v.get("postgres_cpu_ms_per_checkin")
         runs = v.get("checkins_per_s_runs") or []
+        few = ch.get(f"{key}_few")
         rows.append(
             Row(
-                f"check-ins handled per second, {name} (wrk, 8 keep-alive connections, on the "
-                "same 2 cores; the agent's check-ins: only what changed)",
+                f"check-ins handled per second, {name} (wrk, {v.get('clients', 8)} keep-alive "
+                "connections, on the same 2 cores; the agent's check-ins: only what changed)",
                 "≥ 1,667/s (issue 16: 100,000 terminals at one a minute)",
                 f"{_num(rate, '/s', 1)} ("
                 + (f"median of {', '.join(f'{x:,.1f}' for x in runs)}/s; " if runs else "")
                 + f"collector CPU {v.get('server_cpu_ms_per_checkin')} ms per check-in"
                 + (f", PostgreSQL's {pg} ms" if pg is not None else "")
-                + f"; p99 {v.get('p99_ms')} ms; load avg {v.get('load_avg_1m')})",
+                + f"; p50 {v.get('p50_ms')} ms, p99 {v.get('p99_ms')} ms; "
+                + f"load avg {v.get('load_avg_1m')}"
+                + (
+                    f"; over only {few.get('clients')} connections, bound by latency: "
+                    f"{_num(few.get('checkins_per_s'), '/s', 1)}, p50 {few.get('p50_ms')} ms, "
+                    f"p99 {few.get('p99_ms')} ms"
+                    if isinstance(few, dict)
+                    else ""
+                )
+                + ")",
                 "whole check-ins every time (the first cut's body), same servers" if other else "—",
                 f"{_num(other, '/s', 1)} (collector CPU {whole.get('server_cpu_ms_per_checkin')} ms)"
                 if isinstance(whole, dict)

@@ -733,8 +733,10 @@ class Daemon:
         next_status = 0.0
         next_trim = time.monotonic() + TRIM_EVERY_S
         while True:
+            # asleep until a signal, a reload request or the next of its own deadlines
+            due = min(next_status, next_trim, next_wd if wd is not None else next_trim)
             try:
-                signum: int | None = self._signals.get(timeout=0.5)
+                signum: int | None = self._signals.get(timeout=max(0.0, due - time.monotonic()))
             except queue.Empty:
                 signum = None
             if signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,12 @@ is still running, so a hung device costs at most one thread:
   returns is dropped (its cycle was already reported), and the monitor is due
   again as soon as it returns.
 
+Every monitor polls once at start; after that, monitor i of n runs i/n of the
+shortest interval late (its phase, taken once), so that monitors of the same or
+commensurate intervals (2 s, 5 s, 10 s) do not all wake at the same moment and
+fight over the GIL: at the defaults they did, every 5 s, and a sixth of the idle
+daemon's syscalls were that fight's futex calls (issue 6: idle CPU).
+
 Readings go to `sink` (a callable: `queue.Queue.put` will do). Progress
 timestamps (`last_progress()`, time.monotonic) let the daemon's watchdog tell
 a stuck dispatcher ("scheduler") or a stuck monitor ("monitor:<name>", time of
@@ -70,6 +76,7 @@ class _Slot:
 
     monitor: Monitor
     next_due: float
+    phase: float = 0.0  # added once, to the due time after the first poll
     in_flight: bool = False  # queued or running
     running_since: float | None = None  # set by the worker when the poll starts
     deadline: float = 0.0  # next time an overrun reading is due while running
@@ -109,7 +116,10 @@ class Scheduler:
         if dup:
             raise ValueError(f"monitor names must be unique: {sorted(dup)}")
         now = time.monotonic()
-        self._slots = [_Slot(m, now) for m in monitors]
+        shortest = max(0.0, min((m.interval_s for m in monitors), default=0.0))
+        self._slots = [
+            _Slot(m, now, phase=i * shortest / len(monitors)) for i, m in enumerate(monitors)
+        ]
         self._sink = sink
         self._pool_size = max(1, min(workers, len(self._slots) or 1))
         self._jobs: queue.SimpleQueue[tuple[_Slot, int] | None] = queue.SimpleQueue()
@@ -230,7 +240,8 @@ class Scheduler:
                         s.generation += 1
                         s.in_flight = True
                         s.overrun = False
-                        s.next_due += m.interval_s
+                        s.next_due += m.interval_s + s.phase
+                        s.phase = 0.0
                         if s.next_due <= now:  # fell behind: do not burst to catch up
                             s.next_due = now + m.interval_s
                         self._jobs.put((s, s.generation))

@@ -7,18 +7,18 @@ returns once the first beat is written. The pid of the loop goes to
 <root>/run/posapp.pid; its process name is `posapp`.
 
 The heartbeat lives in memory, as a real terminal's /run does: in a directory of
-its own under /dev/shm when that is a writable tmpfs (<root>/run otherwise).
-On a disk, every beat dirties the inode and must join the journal; on a machine
-busy with I/O that write was seen to hold the process in uninterruptible sleep
-for over a minute, so it could neither beat nor be stopped. `close()` stops the
-app and removes that directory.
+its own under /dev/shm when that is a writable tmpfs (<root>/run otherwise), so
+a disk busy with other work does not hold up a beat (on ext4 each one dirties the
+inode and joins the journal). `close()` stops the app and removes that directory.
 
 - `stop()`: SIGKILL the app (and its `sleep` child) and reap it: not running;
 - `start()` again: a new process (new pid): what a supervisor's restart does;
 - `restart()`: both, as in a crash loop;
 - `close()`: `stop()` and remove the heartbeat's directory (safe to call twice);
-- `hang(True)` / `hang(False)`: SIGSTOP / SIGCONT the process group: the process is
-  still there but its main loop no longer turns, so the heartbeat ages.
+- `hang(True)` / `hang(False)`: SIGSTOP / SIGCONT the app's process: it is still there
+  but its main loop no longer turns, so the heartbeat ages. Its `sleep` child is left to
+  finish: dash starts it with vfork, and a child stopped between vfork and exec holds its
+  parent in uninterruptible sleep, never stopped (seen in CI: "disk-sleep" for 60 s).
 """
 
 from __future__ import annotations
@@ -127,11 +127,11 @@ class SimPosApp:
         self.start()
 
     def hang(self, hung: bool = True) -> None:
-        """SIGSTOP (hung) or SIGCONT (resumed) the app's process group."""
+        """SIGSTOP (hung) or SIGCONT (resumed) the app's process (not its group: see above)."""
         if not self.running:
             raise RuntimeError("the POS app is not running")
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP if hung else signal.SIGCONT)
+        os.kill(self.proc.pid, signal.SIGSTOP if hung else signal.SIGCONT)
         self.hung = hung
         # signal delivery is asynchronous: return once the kernel shows the new state
         want_stopped = hung

@@ -135,9 +135,14 @@ def pick(env: Env, *names: str) -> list[Monitor]:
 # --------------------------------------------------------------------------- twins for some cases
 
 
+# the app monitor finds the POS app by name in the machine's process table, where another
+# test (another xdist worker: the simulator's app twin) may run a "posapp" meanwhile
+APP = f"posapp{os.getpid() % 10**8}"  # at most 15 characters: the kernel's comm
+
+
 def start_posapp(env: Env) -> subprocess.Popen[bytes]:
-    """A real child process named "posapp" (a copy of sleep) standing for the POS app."""
-    exe = env.tmp / "bin" / "posapp"
+    """A real child process named APP (a copy of sleep) standing for the POS app."""
+    exe = env.tmp / "bin" / APP
     if not exe.exists():
         exe.parent.mkdir(parents=True, exist_ok=True)
         sleep = shutil.which("sleep")
@@ -149,7 +154,7 @@ def start_posapp(env: Env) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:  # wait until exec has named it
         with contextlib.suppress(psutil.Error):
-            if psutil.Process(proc.pid).name() == "posapp":
+            if psutil.Process(proc.pid).name() == APP:
                 break
         time.sleep(0.005)
     return proc
@@ -177,7 +182,7 @@ def app_monitor(env: Env) -> list[Monitor]:
 
 
 def setup_app(env: Env) -> None:
-    env.sections["app"] = {"process": "posapp", "interval_s": 0.2}
+    env.sections["app"] = {"process": APP, "interval_s": 0.2}
     start_posapp(env)
 
 
@@ -186,7 +191,7 @@ def setup_heartbeat(env: Env) -> None:
     hb.touch()
     env.extra["hb"] = hb
     env.sections["app"] = {
-        "process": "posapp",
+        "process": APP,
         "heartbeat_file": str(hb),
         "heartbeat_max_age_s": 60.0,
         "interval_s": 0.2,
@@ -525,7 +530,7 @@ CASES: dict[str, Case] = {
     ),
     # app
     "app.not_running": Case(
-        "app monitor, psutil finding a real child process named posapp",
+        "app monitor, psutil finding a real child process named APP",
         kill_posapp,
         lambda e: start_posapp(e) and None,
         build=app_monitor,

@@ -242,8 +242,9 @@ def test_pos_app_twin_stops_restarts_and_hangs(tmp_path: Path) -> None:
         term.apply("app", {"hung": True})
         proc = psutil.Process(app.proc.pid)
         # signal delivery is asynchronous, and a process in uninterruptible sleep stops
-        # only when that sleep ends: poll until the kernel reports it stopped (the heartbeat
-        # is in memory: on a disk busy with I/O its write held the process for over 60 s)
+        # only when that sleep ends: poll until the kernel reports it stopped (hang() stops
+        # the shell alone: a group stop could catch its vfork child before exec and hold
+        # the shell in "disk-sleep" for good, as CI saw)
         assert wait_until(lambda: proc.status() == psutil.STATUS_STOPPED, 60.0), proc.status()
         mtime = app.heartbeat_file.stat().st_mtime
         # hung: the heartbeat does not move while the process is stopped

@@ -6,15 +6,9 @@ the way a POS app touches its heartbeat while its main loop turns; start()
 returns once the first beat is written. The pid of the loop goes to
 <root>/run/posapp.pid; its process name is `posapp`.
 
-The heartbeat lives in memory, as a real terminal's /run does: in a directory of
-its own under /dev/shm when that is a writable tmpfs (<root>/run otherwise), so
-a disk busy with other work does not hold up a beat (on ext4 each one dirties the
-inode and joins the journal). `close()` stops the app and removes that directory.
-
 - `stop()`: SIGKILL the app (and its `sleep` child) and reap it: not running;
 - `start()` again: a new process (new pid): what a supervisor's restart does;
 - `restart()`: both, as in a crash loop;
-- `close()`: `stop()` and remove the heartbeat's directory (safe to call twice);
 - `hang(True)` / `hang(False)`: SIGSTOP / SIGCONT the app's process: it is still there
   but its main loop no longer turns, so the heartbeat ages. Its `sleep` child is left to
   finish: dash starts it with vfork, and a child stopped between vfork and exec holds its
@@ -28,35 +22,22 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from simulator.state import write_atomic
 
 APP_NAME = "posapp"
-MEMORY_DIR = Path("/dev/shm")
-
-
-def _memory_dir() -> Path | None:
-    """A fresh directory on the memory filesystem, or None when there is none to write."""
-    if not (MEMORY_DIR.is_dir() and os.access(MEMORY_DIR, os.W_OK)):
-        return None
-    try:
-        return Path(tempfile.mkdtemp(prefix="simterminal-", dir=MEMORY_DIR))
-    except OSError:
-        return None
 
 
 class SimPosApp:
-    """One POS application process under `root` (bin/posapp, run/posapp.pid; the heartbeat in memory)."""
+    """One POS application process under `root` (bin/posapp, run/posapp.pid, run/posapp.heartbeat)."""
 
     def __init__(self, root: Path, *, beat_s: float = 0.2) -> None:
         self.root = Path(root)
         self.exe = self.root / "bin" / APP_NAME
         self.pid_file = self.root / "run" / f"{APP_NAME}.pid"
-        self._memory = _memory_dir()
-        self.heartbeat_file = (self._memory or self.root / "run") / f"{APP_NAME}.heartbeat"
+        self.heartbeat_file = self.root / "run" / f"{APP_NAME}.heartbeat"
         self.beat_s = beat_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -113,13 +94,6 @@ class SimPosApp:
             self.proc.wait(timeout=5)
         self.proc = None
         self.hung = False
-
-    def close(self) -> None:
-        """Stop the app and remove the heartbeat's directory in memory (safe to call twice)."""
-        self.stop()
-        if self._memory is not None:
-            shutil.rmtree(self._memory, ignore_errors=True)
-            self._memory = None
 
     def restart(self) -> None:
         """Die and come back as a new process (one restart)."""

@@ -13,7 +13,7 @@
 - trigger/, crash/, anr/ and app.log: the directories and log the agent watches
   (app_files=False leaves them to the caller);
 - with pos_app=True, the POS application twin (SimPosApp: a real `posapp`
-  process, its pid file under run/, its heartbeat in memory);
+  process, its pid file and heartbeat under run/);
 - with disk_mib > 0, disk/: a tmpfs of that size (mounting needs root) that
   is the only path the agent's disk check watches; device "disk" fills it;
 - with payment_tls=True, a TLS payment host whose self-signed certificate is
@@ -239,7 +239,7 @@ class SimTerminal:
         self.screen = None
         if self.pos_app is not None:
             with contextlib.suppress(Exception):
-                self.pos_app.close()
+                self.pos_app.stop()
         if self._disk_mounted:
             r = run_argv(["umount", str(self.disk)], timeout_s=10)
             if r.returncode != 0:

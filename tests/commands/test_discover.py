@@ -215,7 +215,7 @@ def test_pos_app_found_in_real_proc(tmp_path: Path) -> None:
         found = [a for a in d.pos_processes if a["pid"] == app.proc.pid]
         assert found and found[0]["app_name"] == APP_NAME
     finally:
-        app.close()
+        app.stop()
     fake = tmp_path / "proc" / "4242"
     fake.mkdir(parents=True)
     (fake / "comm").write_text("Xorg\n")
